@@ -1,0 +1,51 @@
+"""Prompts: retrieve context for each question and build the chat prompt GRPO samples from.
+
+Each dataset row carries what the rewards need as columns (TRL passes them to reward functions as keyword
+arguments): `prompt` (chat messages), `question`, `answer`, `aliases`, `source`, `context` (retrieved chunk
+texts) and `context_ids`.
+"""
+
+from __future__ import annotations
+
+from toolkit.data import QA
+from toolkit.index import Index
+from toolkit.recipe import PromptSection
+
+
+def format_context(chunks: list[str]) -> str:
+    return "\n".join(f"[{i}] {text}" for i, text in enumerate(chunks, 1))
+
+
+def build_messages(prompt: PromptSection, question: str, context: list[str]) -> list[dict]:
+    """System message, few-shot turns, then the question with its context."""
+    messages = [{"role": "system", "content": prompt.system}]
+    for example in prompt.examples:
+        messages.append({"role": "user", "content": _user(prompt, example.question, example.context)})
+        messages.append({"role": "assistant", "content": example.reply})
+    messages.append({"role": "user", "content": _user(prompt, question, context)})
+    return messages
+
+
+def _user(prompt: PromptSection, question: str, context: list[str]) -> str:
+    # str.replace rather than str.format: documents and questions may contain braces.
+    return prompt.user_template.replace("{context}", format_context(context)).replace("{question}", question)
+
+
+def build_rows(questions: list[QA], index: Index, prompt: PromptSection, top_k: int) -> list[dict]:
+    hits = index.search([q.question for q in questions], top_k)
+    rows = []
+    for qa, found in zip(questions, hits, strict=True):
+        context = [h.text for h in found]
+        rows.append(
+            {
+                "prompt": build_messages(prompt, qa.question, context),
+                "question": qa.question,
+                "answer": qa.answer,
+                "aliases": list(qa.aliases),
+                "source": qa.source,
+                "context": context,
+                "context_ids": [h.id for h in found],
+                "context_sources": [h.source for h in found],
+            }
+        )
+    return rows

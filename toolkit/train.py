@@ -1,0 +1,129 @@
+"""Training: TRL's GRPOTrainer with a peft LoRA, configured from the recipe's training section.
+
+GRPO itself (sampling groups, advantages, the clipped loss) is TRL's; this module maps the recipe onto
+`GRPOConfig`, builds the weighted reward functions and shows progress. TRL defaults that are wrong for this
+toolkit are set explicitly: bf16 and gradient checkpointing are on by default even on a CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from transformers import TrainerCallback
+
+from toolkit.recipe import Recipe
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    seconds: float
+    log_history: list[dict] = field(default_factory=list)
+
+    @property
+    def final_log(self) -> dict:
+        """The last per-step training log (reward, loss, ...), without the end-of-training summary."""
+        steps = [entry for entry in self.log_history if "reward" in entry or "loss" in entry]
+        return steps[-1] if steps else {}
+
+
+def grpo_config(recipe: Recipe, output_dir: Path):
+    from trl import GRPOConfig
+
+    t = recipe.training
+    on_gpu = torch.cuda.is_available()
+    return GRPOConfig(
+        output_dir=str(output_dir),
+        max_steps=t.max_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler_type,
+        warmup_steps=t.warmup_steps,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        num_generations=t.num_generations,
+        max_completion_length=t.max_completion_length,
+        temperature=t.temperature,
+        top_p=t.top_p,
+        beta=t.beta,
+        loss_type=t.loss_type,
+        scale_rewards=t.scale_rewards,
+        mask_truncated_completions=t.mask_truncated_completions,
+        reward_weights=[s.weight for s in recipe.rewards],
+        seed=t.seed,
+        logging_steps=t.logging_steps,
+        # Explicit on purpose: TRL turns these on by default, and on a CPU bf16 is slow and checkpointing wasteful.
+        bf16=on_gpu and torch.cuda.is_bf16_supported(),
+        fp16=False,
+        gradient_checkpointing=False,
+        use_cpu=not on_gpu,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,  # rich shows progress instead
+        log_level="warning",
+    )
+
+
+def lora_config(recipe: Recipe):
+    from peft import LoraConfig
+
+    lora = recipe.training.lora
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+
+
+class RichProgress(TrainerCallback):
+    """A progress bar with the latest mean reward, so a user sees learning happen, not just steps."""
+
+    def __init__(self, progress: Progress):
+        self.progress = progress
+        self.task = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.task = self.progress.add_task("GRPO", total=state.max_steps, info="")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.progress.update(self.task, completed=state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "reward" in logs:
+            info = f"reward {logs['reward']:.3f}  len {logs.get('completions/mean_length', 0):.0f}"
+            self.progress.update(self.task, info=info)
+
+
+def train(recipe: Recipe, model, tokenizer, rows: list[dict], work_dir: Path):
+    """Run GRPO on `rows`; returns the trainer (its `.model` is the LoRA-wrapped model) and a summary."""
+    from datasets import Dataset
+    from trl import GRPOTrainer
+
+    progress = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"),
+    )
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=[spec.build() for spec in recipe.rewards],
+        args=grpo_config(recipe, work_dir),
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        peft_config=lora_config(recipe),
+        callbacks=[RichProgress(progress)],
+    )
+    start = time.perf_counter()
+    with progress:
+        trainer.train()
+    seconds = time.perf_counter() - start
+    result = TrainResult(trainer.state.global_step, round(seconds, 1), list(trainer.state.log_history))
+    logger.info("trained %d steps in %.0f s", result.steps, seconds)
+    return trainer, result
