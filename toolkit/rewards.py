@@ -21,7 +21,6 @@ shared with the evaluator so that training and evaluation agree on "correct".
 from __future__ import annotations
 
 import difflib
-import functools
 import inspect
 import logging
 import math
@@ -351,8 +350,20 @@ def build_reward(
         _check_kind(name, key, value, defaults[key])
     if name in _VALIDATORS:
         _VALIDATORS[name](**{**defaults, **params})
-    reward = functools.partial(fn, **params)
-    functools.update_wrapper(reward, fn)
-    reward.__name__ = label or name  # TRL logs rewards/<__name__>; keep it the recipe key
     logger.debug("built reward %s with params %s", name, params)
-    return reward
+    return BoundReward(fn, params, label or name)
+
+
+class BoundReward:
+    """A reward with its recipe params bound. Not a functools.partial: TRL names a partial after the function it
+    wraps, so two entries of one reward (say strict and soft format) would be logged under the same name."""
+
+    def __init__(self, fn: Callable[..., list[float | None]], params: dict[str, Any], name: str):
+        self.fn, self.params, self.__name__ = fn, dict(params), name
+        self.__doc__ = fn.__doc__
+
+    def __call__(self, completions, **kwargs) -> list[float | None]:
+        return self.fn(completions, **self.params, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"BoundReward({self.__name__}: {self.fn.__name__}(**{self.params}))"

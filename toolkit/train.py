@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from transformers import TrainerCallback
+from transformers import PrinterCallback, TrainerCallback
 
 from toolkit.recipe import Recipe
 
@@ -100,6 +100,13 @@ class RichProgress(TrainerCallback):
         if logs and "reward" in logs:
             info = f"reward {logs['reward']:.3f}  len {logs.get('completions/mean_length', 0):.0f}"
             self.progress.update(self.task, info=info)
+            rewards = "  ".join(
+                f"{key.split('/')[1]}={value:.2f}"
+                for key, value in logs.items() if key.startswith("rewards/") and key.endswith("/mean")
+            )
+            logger.info("step %d  reward %.3f  %s  zero-std groups %.2f  %.1f s",
+                        state.global_step, logs["reward"], rewards, logs.get("frac_reward_zero_std", float("nan")),
+                        logs.get("step_time", float("nan")))
 
 
 def train(recipe: Recipe, model, tokenizer, rows: list[dict], work_dir: Path):
@@ -120,6 +127,8 @@ def train(recipe: Recipe, model, tokenizer, rows: list[dict], work_dir: Path):
         peft_config=lora_config(recipe),
         callbacks=[RichProgress(progress)],
     )
+    # With tqdm off, transformers prints every raw log dict; the progress bar and the report replace it.
+    trainer.remove_callback(PrinterCallback)
     start = time.perf_counter()
     with progress:
         trainer.train()
