@@ -47,7 +47,9 @@ def read_jsonl(path: Path) -> list[tuple[int, dict]]:
 
 
 def _string(obj: dict, key: str, where: str, required: bool = True) -> str:
-    value = obj.get(key, None if required else "")
+    value = obj.get(key)
+    if value is None and not required:
+        return ""
     if not isinstance(value, str) or (required and not value.strip()):
         raise DataError(f"{where}: '{key}' must be a non-empty string")
     return value
@@ -58,7 +60,8 @@ def load_documents(paths: list[Path]) -> list[Document]:
     docs: list[Document] = []
     seen: dict[str, str] = {}
     for path in paths:
-        if path.suffix == ".jsonl":
+        suffix = path.suffix.lower()
+        if suffix == ".jsonl":
             for lineno, obj in read_jsonl(path):
                 where = f"{path}:{lineno}"
                 doc = Document(
@@ -68,8 +71,10 @@ def load_documents(paths: list[Path]) -> list[Document]:
                     raise DataError(f"{where}: duplicate document id {doc.id!r} (first in {seen[doc.id]})")
                 seen[doc.id] = where
                 docs.append(doc)
-        elif path.suffix in (".md", ".txt"):
+        elif suffix in (".md", ".txt"):
             text = path.read_text(encoding="utf-8")
+            if not text.strip():
+                raise DataError(f"{path}: empty document")
             if path.stem in seen:
                 raise DataError(f"{path}: duplicate document id {path.stem!r} (first in {seen[path.stem]})")
             seen[path.stem] = str(path)

@@ -7,8 +7,10 @@ embeds nothing, and a changed chunk gets a new id (old one deleted).
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,20 +45,45 @@ class SyncCounts:
 
 
 def chunk_documents(docs: list[Document], tokenizer, size: int, overlap: int) -> list[Chunk]:
-    """Windows of `size` embedder tokens, `overlap` tokens apart, cut on the original text by token offsets."""
+    """Windows of at most `size` embedder tokens, sharing about `overlap` tokens with the previous window.
+
+    Windows start and end on whole words (a word longer than `size` tokens stands alone), so no chunk begins
+    inside a word and re-tokenizing a chunk gives the token count it was cut by.
+    """
     chunks = []
-    step = size - overlap
     for doc in docs:
-        offsets = tokenizer(doc.text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-        starts = range(0, max(len(offsets) - overlap, 1), step)
-        for position, start in enumerate(starts):
-            window = offsets[start : start + size]
-            text = doc.text[window[0][0] : window[-1][1]].strip() if window else doc.text.strip()
-            if not text:
-                continue
+        for position, (start, end) in enumerate(_word_windows(doc.text, tokenizer, size, overlap)):
+            text = doc.text[start:end]
             digest = hashlib.sha256(text.encode()).hexdigest()[:12]
             chunks.append(Chunk(f"{doc.id}:{position}:{digest}", text, doc.id, position))
     return chunks
+
+
+def _word_windows(text: str, tokenizer, size: int, overlap: int) -> list[tuple[int, int]]:
+    words = [m.span() for m in re.finditer(r"\S+", text)]
+    if not words:
+        return []
+    # Tokens per word: each token belongs to the word its first character is in.
+    counts = [0] * len(words)
+    word_starts = [start for start, _ in words]
+    for tok_start, tok_end in tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]:
+        if tok_end > tok_start:
+            counts[max(bisect.bisect_right(word_starts, tok_start) - 1, 0)] += 1
+    windows, first = [], 0
+    while True:
+        last, tokens = first, 0
+        while last < len(words) and (last == first or tokens + counts[last] <= size):
+            tokens += counts[last]
+            last += 1
+        windows.append((words[first][0], words[last - 1][1]))
+        if last == len(words):
+            return windows
+        # Step back from the end by whole words until about `overlap` tokens are shared, always moving forward.
+        nxt, shared = last, 0
+        while nxt - 1 > first and shared + counts[nxt - 1] <= overlap:
+            nxt -= 1
+            shared += counts[nxt]
+        first = nxt
 
 
 class Index:
@@ -71,7 +98,7 @@ class Index:
         path.mkdir(parents=True, exist_ok=True)
         # Telemetry off: it would try to reach the network on every client start.
         self.client = chromadb.PersistentClient(path=str(path), settings=Settings(anonymized_telemetry=False))
-        manifest = {"embedder": embedder_name, "dimension": self.embedder.get_sentence_embedding_dimension()}
+        manifest = {"embedder": embedder_name, "dimension": self.embedder.get_embedding_dimension()}
         existing = next((c for c in self.client.list_collections() if c.name == collection), None)
         if existing is not None and dict(existing.metadata or {}) != manifest:
             logger.warning("index %s was built with %s; rebuilding it for %s", path, existing.metadata, manifest)

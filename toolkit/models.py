@@ -16,11 +16,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 logger = logging.getLogger(__name__)
 
 PACKAGED_PREFIX = "packaged:"
+# Part of the cache folder name: bump it when the conversion below changes, so old caches are not reused.
+CONVERSION_REVISION = 2
 
 
 class ModelError(ValueError):
@@ -83,10 +83,11 @@ def _convert_packaged(key: str, spec: PackagedModel, cache_dir: Path) -> Path:
     if not (source / spec.gguf_file).is_file():
         raise ModelError(f"packaged model {key!r}: {spec.gguf_file} is missing from {source}")
     version = importlib.metadata.version(spec.distribution)
-    target = cache_dir / f"{key}-{version}"
+    target = cache_dir / f"{key}-{version}-r{CONVERSION_REVISION}"
     if (target / "config.json").is_file():
         return target
 
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     logger.info("converting packaged model %s (%s) to %s — once", key, spec.gguf_file, target)
@@ -101,6 +102,8 @@ def _convert_packaged(key: str, spec: PackagedModel, cache_dir: Path) -> Path:
     # The GGUF metadata names <|im_start|> as eos and no pad token; chat turns end with <|im_end|>.
     tokenizer.eos_token = spec.eos_token
     tokenizer.pad_token = spec.eos_token
+    # The GGUF tokenizer asks for WordPiece-style clean-up, which corrupts BPE output (drops spaces before ".").
+    tokenizer.clean_up_tokenization_spaces = False
     eos_id = tokenizer.convert_tokens_to_ids(spec.eos_token)
     for config in (model.config, model.generation_config):
         config.eos_token_id = eos_id
@@ -121,6 +124,7 @@ def _convert_packaged(key: str, spec: PackagedModel, cache_dir: Path) -> Path:
 
 def load_model(name_or_path: str, dtype: str = "float32"):
     """Load a causal LM and its tokenizer, ready for left-padded batched generation."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(name_or_path)

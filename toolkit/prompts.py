@@ -7,9 +7,13 @@ texts) and `context_ids`.
 
 from __future__ import annotations
 
+import re
+
 from toolkit.data import QA
 from toolkit.index import Index
 from toolkit.recipe import PromptSection
+
+_PLACEHOLDER = re.compile(r"\{(context|question)\}")
 
 
 def format_context(chunks: list[str]) -> str:
@@ -27,8 +31,10 @@ def build_messages(prompt: PromptSection, question: str, context: list[str]) -> 
 
 
 def _user(prompt: PromptSection, question: str, context: list[str]) -> str:
-    # str.replace rather than str.format: documents and questions may contain braces.
-    return prompt.user_template.replace("{context}", format_context(context)).replace("{question}", question)
+    # One pass over the template, not str.format or chained replace: documents and questions may contain braces,
+    # even the text "{question}", and must come out verbatim.
+    values = {"context": format_context(context), "question": question}
+    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], prompt.user_template)
 
 
 def build_rows(questions: list[QA], index: Index, prompt: PromptSection, top_k: int) -> list[dict]:

@@ -243,7 +243,13 @@ def _apply_override(raw: dict, override: str, path: Path) -> None:
         elif not isinstance(node, dict):
             raise RecipeError(f"{path}: override {key}: {'.'.join(parts[:depth])} is not a section")
         if last:
-            node[part] = yaml.safe_load(text) if text else ""
+            try:
+                node[part] = yaml.safe_load(text) if text else ""
+            except yaml.YAMLError as err:
+                raise RecipeError(
+                    f"{path}: override {key}: value is not valid YAML ({getattr(err, 'problem', err)}); "
+                    f"quote it, e.g. {key}='\"...\"'"
+                ) from None
         else:
             if isinstance(node, dict):
                 node = node.setdefault(part, {})

@@ -72,7 +72,7 @@ def render_markdown(report: dict) -> str:
         f"# Run report: {report['recipe']['output_dir']}",
         "",
         f"Model `{report['recipe']['model']['name_or_path']}`, {training['steps']} GRPO steps in "
-        f"{training['seconds']:.0f} s; evaluated on {report['eval']['questions']} held-out questions "
+        f"{training['wall_seconds']:.0f} s; evaluated on {report['eval']['questions']} held-out questions "
         "(greedy decoding, same prompts for both columns).",
         "",
         "| metric | base | tuned | Δ |",

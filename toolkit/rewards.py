@@ -105,11 +105,15 @@ def _golds(answer: Any, aliases: Any) -> list[str]:
 
 
 def is_exact_match(text: str, answer: str | None, aliases: Sequence[str] | None = None) -> bool:
-    """Normalized extracted answer equals the gold or an alias.
+    """Normalized extracted answer equals the gold or an alias, given exactly once.
 
     A numeric gold also matches when the answer's first number equals it, because
-    models like to add units ("92 points" for "92", "$25" for "25").
+    models like to add units ("92 points" for "92", "$25" for "25"). Several
+    ``<answer>`` tags never match: hedging across guesses is not an answer (and a
+    measured reward hack repeated the tag up to the length limit).
     """
+    if text.count("<answer>") > 1:
+        return False
     pred = extract_answer(text)
     if not pred:
         return False

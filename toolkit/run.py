@@ -13,18 +13,22 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from toolkit.data import DataError, load_documents, load_qa
-from toolkit.evaluate import evaluate
-from toolkit.index import build_index
-from toolkit.models import ModelError, load_model, resolve_model
-from toolkit.prompts import build_rows
+from toolkit.models import ModelError
 from toolkit.recipe import Recipe, RecipeError, load_recipe
 from toolkit.report import comparison_table, save_dir_atomic, write_report
-from toolkit.train import train
 
 logger = logging.getLogger("toolkit")
 
 
 def run(recipe: Recipe, console: Console) -> dict:
+    # Imported here, not at the top: they pull in torch, transformers and TRL (seconds), and a recipe error
+    # should be reported at once.
+    from toolkit.evaluate import evaluate
+    from toolkit.index import build_index
+    from toolkit.models import load_model, resolve_model
+    from toolkit.prompts import build_rows
+    from toolkit.train import train
+
     out = recipe.output_dir
     docs = load_documents(recipe.data.corpus)
     train_qa = load_qa(recipe.data.train)[: recipe.data.max_train_questions]
@@ -51,7 +55,7 @@ def run(recipe: Recipe, console: Console) -> dict:
         "tuned": tuned.metrics,
         "training": {
             "steps": trained.steps,
-            "seconds": trained.seconds,
+            "wall_seconds": trained.seconds,
             "train_questions": len(train_rows),
             "final_log": trained.final_log,
             "log_history": trained.log_history,

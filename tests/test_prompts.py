@@ -1,0 +1,118 @@
+"""Tests for toolkit.prompts: chat messages with numbered context, and dataset rows built from retrieval."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from toolkit.data import QA, Document
+from toolkit.index import Index, chunk_documents
+from toolkit.models import resolve_embedder
+from toolkit.prompts import build_messages, build_rows, format_context
+from toolkit.recipe import FewShotExample, PromptSection, load_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+EMBEDDER = "packaged:all-minilm-l6-v2"
+
+EXAMPLE = FewShotExample(
+    question="Which grape is Chianti Classico mainly made from?",
+    context=["Chianti Classico must contain at least 80% Sangiovese."],
+    reply="<think>The context says Sangiovese.</think><answer>Sangiovese</answer>",
+)
+PROMPT = PromptSection(system="Answer from the context.", examples=[EXAMPLE])
+
+DOCS = [
+    Document("barolo", "Barolo is a red wine from Piedmont made entirely from Nebbiolo."),
+    Document("rioja", "Rioja is a Spanish region whose reds are made mostly from Tempranillo."),
+    Document("sancerre", "Sancerre is a Loire Valley appellation known for Sauvignon Blanc."),
+    Document("tokaji", "Tokaji Aszú is a sweet Hungarian wine made from botrytised Furmint grapes."),
+]
+QUESTIONS = [
+    QA("Which grape is Barolo made from?", "Nebbiolo", ["Spanna"], "barolo"),
+    QA("Which country is Tokaji Aszú from?", "Hungary", [], "tokaji"),
+    QA("Which grape dominates red Rioja?", "Tempranillo"),
+]
+
+
+@pytest.fixture(scope="module")
+def index(tmp_path_factory) -> Index:
+    index = Index(tmp_path_factory.mktemp("index"), "prompts", EMBEDDER, resolve_embedder(EMBEDDER))
+    index.sync(chunk_documents(DOCS, index.embedder.tokenizer, 128, 16))
+    return index
+
+
+def test_format_context_numbers_chunks():
+    assert format_context(["first", "second"]) == "[1] first\n[2] second"
+    assert format_context([]) == ""
+
+
+def test_build_messages_order_and_content():
+    messages = build_messages(PROMPT, "Which grape makes Barolo?", ["Barolo is Nebbiolo.", "Rioja is Tempranillo."])
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
+    assert messages[0]["content"] == "Answer from the context."
+    assert messages[1]["content"] == (
+        "Context:\n[1] Chianti Classico must contain at least 80% Sangiovese.\n\n"
+        "Question: Which grape is Chianti Classico mainly made from?"
+    )
+    assert messages[2]["content"] == EXAMPLE.reply
+    assert messages[3]["content"] == (
+        "Context:\n[1] Barolo is Nebbiolo.\n[2] Rioja is Tempranillo.\n\nQuestion: Which grape makes Barolo?"
+    )
+
+
+def test_build_messages_without_examples_and_custom_template():
+    prompt = PromptSection(system="S", user_template="Q: {question}\n---\n{context}\n---\nQ again: {question}")
+    assert build_messages(prompt, "why?", ["a"]) == [
+        {"role": "system", "content": "S"},
+        {"role": "user", "content": "Q: why?\n---\n[1] a\n---\nQ again: why?"},
+    ]
+
+
+def test_braces_stay_literal():
+    context = ["A {x} placeholder, a {0} and an empty {} pair.", "JSON: {\"grape\": \"Nebbiolo\"}"]
+    question = "What does {y} mean in {context}?"
+    [_, user] = build_messages(PromptSection(system="{system}"), question, context)
+    assert user["content"] == f"Context:\n[1] {context[0]}\n[2] {context[1]}\n\nQuestion: {question}"
+
+
+def test_question_placeholder_inside_a_document_stays_literal():
+    context = ["Templates write {question} where the question goes."]
+    [_, user] = build_messages(PromptSection(system="S"), "Which grape?", context)
+    assert user["content"] == f"Context:\n[1] {context[0]}\n\nQuestion: Which grape?"
+
+
+def test_build_rows(index):
+    rows = build_rows(QUESTIONS, index, PROMPT, top_k=2)
+    assert len(rows) == len(QUESTIONS)
+    stored = index.collection.get(include=["documents", "metadatas"])
+    text_of = dict(zip(stored["ids"], stored["documents"], strict=True))
+    source_of = {i: m["source"] for i, m in zip(stored["ids"], stored["metadatas"], strict=True)}
+    for row, qa in zip(rows, QUESTIONS, strict=True):
+        assert set(row) == {
+            "prompt", "question", "answer", "aliases", "source", "context", "context_ids", "context_sources"
+        }
+        assert (row["question"], row["answer"], row["aliases"], row["source"]) == (
+            qa.question, qa.answer, qa.aliases, qa.source
+        )
+        assert row["aliases"] is not qa.aliases
+        assert len(row["context"]) == len(row["context_ids"]) == len(row["context_sources"]) == 2
+        assert row["context"] == [text_of[i] for i in row["context_ids"]]
+        assert row["context_sources"] == [source_of[i] for i in row["context_ids"]]
+        assert row["prompt"] == build_messages(PROMPT, qa.question, row["context"])
+        assert f"[1] {row['context'][0]}\n[2] {row['context'][1]}" in row["prompt"][-1]["content"]
+    assert [row["context_sources"][0] for row in rows] == ["barolo", "tokaji", "rioja"]
+
+
+def test_build_rows_with_the_wine_recipe_prompt(index, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    recipe = load_recipe(ROOT / "recipes" / "wine.yaml")
+    [row] = build_rows(QUESTIONS[:1], index, recipe.prompt, recipe.retrieval.top_k)
+    assert [m["role"] for m in row["prompt"]] == ["system", "user", "assistant", "user"]
+    assert row["prompt"][0]["content"] == recipe.prompt.system
+    assert row["prompt"][-1]["content"].endswith(f"Question: {QUESTIONS[0].question}")
+    assert len(row["context"]) == recipe.retrieval.top_k
+
+
+def test_build_rows_without_questions(index):
+    assert build_rows([], index, PROMPT, top_k=2) == []

@@ -1,0 +1,236 @@
+"""Tests for toolkit.recipe: shipped recipes validate, overrides, and one-line errors from the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from toolkit.recipe import Recipe, RecipeError, load_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
+WINE = ROOT / "recipes" / "wine.yaml"
+
+
+@pytest.fixture(autouse=True)
+def _in_repo_root(monkeypatch):
+    # Recipe paths are relative to the working directory, the project root.
+    monkeypatch.chdir(ROOT)
+
+
+# ---------------------------------------------------------------------------------------- shipped recipes
+
+
+def test_recipes_are_shipped():
+    assert RECIPES, "no recipes/*.yaml"
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_shipped_recipe_validates(path):
+    recipe = load_recipe(path)
+    assert isinstance(recipe, Recipe)
+    assert all(p.is_file() for p in [*recipe.data.corpus, recipe.data.train, recipe.data.eval])
+    for spec in recipe.rewards:
+        assert callable(spec.build())
+
+
+# ------------------------------------------------------------------------------------------- the CLI
+
+# case id -> (recipe argument, overrides, substrings the one error line must contain). A recipe of None is
+# replaced by a file the fixture writes.
+CLI_CASES = {
+    "unknown_key": ("recipes/wine.yaml", ["training.lerning_rate=1"],
+                    ["training.lerning_rate", "did you mean 'learning_rate'"]),
+    "wrong_type": ("recipes/wine.yaml", ["training.max_steps=abc"], ["training.max_steps", "abc"]),
+    "missing_corpus_file": ("recipes/wine.yaml", ["data.corpus=[nope.jsonl]"], ["data.corpus.0", "nope.jsonl"]),
+    "unknown_reward": ("recipes/wine.yaml", ["rewards.0.name=answer_mach"],
+                       ["rewards.0", "unknown reward 'answer_mach'", "did you mean 'answer_match'"]),
+    "bad_reward_param": ("recipes/wine.yaml", ["rewards.0.params.partiall=true"],
+                         ["rewards.0", "unknown param 'partiall'", "partial"]),
+    "generation_batch": ("recipes/wine.yaml", ["training.per_device_train_batch_size=6"],
+                         ["training", "num_generations (4)", "= 6"]),
+    "override_without_equals": ("recipes/wine.yaml", ["training.max_steps"],
+                                ["'training.max_steps'", "section.field=value"]),
+    "missing_recipe": ("recipes/no-such-recipe.yaml", [], ["recipes/no-such-recipe.yaml", "not found"]),
+    "invalid_yaml": (None, [], [":3:", "invalid YAML"]),
+}
+BAD_YAML = "output_dir: runs/x\ntraining:\n  max_steps: 1: 2\nmodel: {}\n"  # error on line 3
+
+
+@pytest.fixture(scope="module")
+def cli_results(tmp_path_factory):
+    """Run every CLI case at once (each start pays for importing torch and TRL) and collect (rc, stderr)."""
+    bad = tmp_path_factory.mktemp("recipes") / "broken.yaml"
+    bad.write_text(BAD_YAML)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "COLUMNS": "80",
+           "PYTHONIOENCODING": "utf-8"}
+    procs = {}
+    for case, (recipe, overrides, _) in CLI_CASES.items():
+        argv = [sys.executable, "-m", "toolkit.run", str(bad) if recipe is None else recipe, *overrides]
+        procs[case] = subprocess.Popen(
+            argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8"
+        )
+    results = {}
+    for case, proc in procs.items():
+        _, stderr = proc.communicate(timeout=300)
+        results[case] = (proc.returncode, stderr)
+    return results, bad
+
+
+@pytest.mark.parametrize("case", CLI_CASES)
+def test_cli_rejects_bad_recipe_with_one_line(cli_results, case):
+    results, bad = cli_results
+    returncode, stderr = results[case]
+    assert returncode == 2, stderr
+    assert "Traceback" not in stderr
+    lines = [line for line in stderr.splitlines() if "error:" in line]
+    assert len(lines) == 1, stderr
+    line = lines[0]
+    for expected in CLI_CASES[case][2]:
+        assert expected in line, line
+    if CLI_CASES[case][0] is None:
+        assert line.startswith(f"error: {bad}:3:"), line
+
+
+# ------------------------------------------------------------------------------------ load_recipe in-process
+
+
+def test_overrides_set_nested_values_and_list_items():
+    recipe = load_recipe(
+        WINE,
+        [
+            "rewards.0.weight=2.5",
+            "rewards.4.params.max_words=10",
+            "training.lora.r=4",
+            "retrieval.top_k=3",
+            "model.cache_dir=/tmp/toolkit-cache",
+        ],
+    )
+    assert recipe.rewards[0].weight == 2.5
+    assert recipe.rewards[4].params == {"min_words": 3, "max_words": 10, "falloff": 40}
+    assert recipe.training.lora.r == 4
+    assert recipe.retrieval.top_k == 3
+    assert recipe.model.cache_dir == Path("/tmp/toolkit-cache")
+    untouched = load_recipe(WINE)
+    assert recipe.rewards[1:4] == untouched.rewards[1:4]
+    assert recipe.training.learning_rate == untouched.training.learning_rate
+
+
+def test_override_values_are_parsed_as_yaml():
+    recipe = load_recipe(
+        WINE,
+        [
+            "eval.limit=5",
+            "output_dir=/tmp/x",
+            "training.mask_truncated_completions=true",
+            "training.learning_rate=1e-4",  # YAML 1.1 reads this as a string; the float field still accepts it
+            "training.lora.target_modules=[q_proj, v_proj]",
+            "rewards.1.params={mode: soft}",
+            "data.max_train_questions=null",
+        ],
+    )
+    assert recipe.eval.limit == 5 and isinstance(recipe.eval.limit, int)
+    assert recipe.output_dir == Path("/tmp/x")
+    assert recipe.training.mask_truncated_completions is True
+    assert recipe.training.learning_rate == 1e-4
+    assert recipe.training.lora.target_modules == ["q_proj", "v_proj"]
+    assert recipe.rewards[1].params == {"mode": "soft"}
+    assert recipe.data.max_train_questions is None
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (["outptu_dir=x"], "outptu_dir: unknown field (did you mean 'output_dir'?)"),
+        (["zzz=1"], "zzz: unknown field (known fields: data, eval, model, output_dir, prompt, retrieval"),
+        (["training.lora.rr=3"], "training.lora.rr: unknown field (did you mean 'r'?)"),
+        (["rewards.0.wieght=1"], "rewards.0.wieght: unknown field (did you mean 'weight'?)"),
+        (["rewards.9.weight=1"], "rewards.9 is not an index of a 5-item list"),
+        (["rewards.x.weight=1"], "rewards.x is not an index"),
+        (["model.dtype.bits=4"], "model.dtype is not a section"),
+        (["=3"], "must look like section.field=value"),
+        (["model.dtype=float8"], "model.dtype:"),
+        (["retrieval.chunk_overlap=128"], "chunk_overlap (128) must be smaller than chunk_size (128)"),
+        (["prompt.user_template='Q: {question}'"], "user_template must contain {context}"),
+        (["rewards=[]"], "rewards:"),
+        (["rewards.1.params.mode=loose"], "unknown mode 'loose'"),
+        (["rewards.0.params.partial=1"], "param 'partial' must be a bool"),
+        (["rewards.4.params.min_words=50"], "min_words (50) > max_words (40)"),
+    ],
+)
+def test_bad_overrides_raise_recipe_error(overrides, expected):
+    with pytest.raises(RecipeError) as err:
+        load_recipe(WINE, overrides)
+    message = str(err.value)
+    assert message.startswith(f"{WINE}: ")
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_several_problems_are_reported_on_one_line():
+    with pytest.raises(RecipeError) as err:
+        load_recipe(WINE, ["training.max_steps=0", "eval.batch_size=abc"])
+    message = str(err.value)
+    assert "training.max_steps" in message and "eval.batch_size" in message
+    assert "\n" not in message
+
+
+def test_extra_top_level_key_rejected(tmp_path):
+    raw = yaml.safe_load(WINE.read_text())
+    raw["notes"] = "a stray section"
+    path = tmp_path / "extra.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(RecipeError, match=r"notes: unknown field"):
+        load_recipe(path)
+
+
+@pytest.mark.parametrize("text, expected", [("", "got NoneType"), ("- a\n- b\n", "got list")])
+def test_recipe_must_be_a_mapping(tmp_path, text, expected):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    with pytest.raises(RecipeError, match=expected):
+        load_recipe(path)
+
+
+def test_invalid_yaml_names_the_line(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text(BAD_YAML)
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    assert str(err.value).startswith(f"{path}:3: invalid YAML")
+
+
+def test_reward_listed_twice_needs_a_label():
+    # wine.yaml lists `format` twice, told apart by labels; without them the keys collide.
+    with pytest.raises(RecipeError) as err:
+        load_recipe(WINE, ["rewards.1.label=null", "rewards.2.label=null"])
+    message = str(err.value)
+    assert "rewards" in message and "'format'" in message and "`label`" in message
+
+    recipe = load_recipe(WINE, ["rewards.1.label=null"])  # one of the two may go without a label
+    assert [spec.key for spec in recipe.rewards if spec.name == "format"] == ["format", "format_soft"]
+    assert len({spec.key for spec in load_recipe(WINE).rewards}) == len(load_recipe(WINE).rewards)
+
+
+def test_json_dump_round_trips():
+    recipe = load_recipe(WINE, ["eval.limit=3", "model.cache_dir=/tmp/c"])
+    assert Recipe.model_validate(recipe.model_dump(mode="json")) == recipe
+
+
+def test_json_dump_round_trips_through_a_recipe_file(tmp_path):
+    # A run's report holds model_dump(mode="json"); written back as YAML it must rerun the same recipe.
+    recipe = load_recipe(WINE)
+    path = tmp_path / "from-report.yaml"
+    path.write_text(yaml.safe_dump(recipe.model_dump(mode="json")))
+    assert load_recipe(path) == recipe
+
+
+@pytest.mark.parametrize("override", ["prompt.system=a: b: c", "training.max_steps=["])
+def test_unparsable_override_value_is_a_recipe_error(override):
+    with pytest.raises(RecipeError, match=override.split("=")[0]):
+        load_recipe(WINE, [override])

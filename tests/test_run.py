@@ -1,0 +1,123 @@
+"""End to end: `python -m toolkit.run recipes/wine.yaml` with tiny settings, offline, on the real packaged model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Loaded by Python at start-up from PYTHONPATH: every connection or name lookup that leaves this machine is
+# recorded and refused, so a run that reached for a hub (or telemetry) is caught even if the caller swallowed
+# the error.
+NETWORK_GUARD = textwrap.dedent(
+    """
+    import os, socket
+
+    _LOG = os.environ["TOOLKIT_NETWORK_LOG"]
+    _LOCAL = {"127.0.0.1", "::1", "localhost", "0.0.0.0"}
+    _connect, _getaddrinfo = socket.socket.connect, socket.getaddrinfo
+
+    def _refuse(what):
+        with open(_LOG, "a") as f:
+            f.write(repr(what) + "\\n")
+        raise OSError(f"network access refused in tests: {what!r}")
+
+    def connect(self, address):
+        if isinstance(address, tuple) and address[0] not in _LOCAL:
+            _refuse(address)
+        return _connect(self, address)
+
+    def getaddrinfo(host, *args, **kwargs):
+        if host not in _LOCAL and host is not None:
+            _refuse(host)
+        return _getaddrinfo(host, *args, **kwargs)
+
+    socket.socket.connect = connect
+    socket.getaddrinfo = getaddrinfo
+    """
+)
+
+TINY = [
+    "training.max_steps=2",
+    "training.num_generations=4",
+    "training.per_device_train_batch_size=4",
+    "training.max_completion_length=16",
+    # A length band no 16-token sample fits, so rewards differ within every group (word counts vary) and the
+    # GRPO loss cannot be zero by chance: the test below relies on the weights moving.
+    "rewards.4.params={min_words: 1, max_words: 2, falloff: 30}",
+    "data.max_train_questions=4",
+    "eval.limit=4",
+    "eval.max_new_tokens=16",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("run")
+    guard = tmp / "guard"
+    guard.mkdir()
+    (guard / "sitecustomize.py").write_text(NETWORK_GUARD)
+    log = tmp / "network.log"
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "PYTHONPATH": os.pathsep.join([str(guard), os.environ.get("PYTHONPATH", "")]),
+        "TOOLKIT_NETWORK_LOG": str(log),
+    }
+    out = tmp / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "toolkit.run", "recipes/wine.yaml", f"output_dir={out}", *TINY],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200,
+    )
+    return proc, out, log
+
+
+@pytest.mark.slow
+def test_run_succeeds_offline(tiny_run):
+    proc, out, log = tiny_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not log.exists(), f"the run tried to reach the network: {log.read_text()}"
+    assert "answer_match" in proc.stdout and "tuned" in proc.stdout  # the before/after table is printed
+
+
+@pytest.mark.slow
+def test_report_has_both_columns(tiny_run):
+    _, out, _ = tiny_run
+    report = json.loads((out / "report.json").read_text())
+    for column in ("base", "tuned"):
+        for metric in ("answer_match", "format", "reward_total", "reward/answer_match"):
+            assert 0.0 <= report[column][metric] <= 1.5, (column, metric)
+    assert report["training"]["steps"] == 2
+    assert report["training"]["final_log"]["reward"] is not None
+    assert report["eval"]["questions"] == 4
+    assert report["recipe"]["training"]["max_steps"] == 2  # the resolved recipe, overrides applied
+    assert "| answer_match |" in (out / "report.md").read_text()
+    predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == 4 and {"base", "tuned", "gold", "question"} <= predictions[0].keys()
+    # Written to temporary names, then renamed: nothing half-written or left behind.
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.slow
+def test_adapter_loads_and_was_trained(tiny_run):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    _, out, _ = tiny_run
+    report = json.loads((out / "report.json").read_text())
+    base = AutoModelForCausalLM.from_pretrained(report["model_path"])
+    model = PeftModel.from_pretrained(base, out / "adapter")
+    lora_b = {name: p for name, p in model.named_parameters() if "lora_B" in name}
+    assert lora_b, "no LoRA weights in the adapter"
+    # peft initializes every lora_B to zero; after two GRPO steps with a non-zero loss they must have moved.
+    moved = [name for name, p in lora_b.items() if torch.count_nonzero(p) > 0]
+    assert moved, "LoRA weights are still at their initial values"
