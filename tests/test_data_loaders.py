@@ -7,10 +7,13 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import WINEMAG_ROWS
 
-from toolkit.data import QA, DataError, Document, load_documents, load_qa
+from toolkit.data import QA, DataError, Document, load_dataset, load_documents, load_qa
+from toolkit.recipe import DataSection, load_recipe
 
-WINE = Path(__file__).resolve().parents[1] / "data" / "wine"
+ROOT = Path(__file__).resolve().parents[1]
+WINE = ROOT / "data" / "wine"
 
 
 def write_jsonl(path: Path, rows: list) -> Path:
@@ -36,15 +39,26 @@ def test_load_documents_jsonl(tmp_path):
     ]
 
 
-def test_load_documents_md_and_txt_are_one_document_each(tmp_path):
+def test_load_documents_md_txt_and_jsonl(tmp_path):
     (tmp_path / "sherry.md").write_text("# Sherry\n\nFino is aged under flor.\n", encoding="utf-8")
     (tmp_path / "tokaji.txt").write_text("Tokaji Aszú comes from Hungary.", encoding="utf-8")
     jsonl = write_jsonl(tmp_path / "docs.jsonl", [{"id": "port", "text": "Port is fortified."}])
     docs = load_documents([tmp_path / "sherry.md", jsonl, tmp_path / "tokaji.txt"])
     assert docs == [
-        Document("sherry", "# Sherry\n\nFino is aged under flor.\n", "sherry"),
+        Document("sherry#sherry", "# Sherry\n\nFino is aged under flor.", "Sherry"),  # a section per heading
         Document("port", "Port is fortified.", ""),
-        Document("tokaji", "Tokaji Aszú comes from Hungary.", "tokaji"),
+        Document("tokaji", "Tokaji Aszú comes from Hungary.", "tokaji"),  # a .txt file is one document
+    ]
+
+
+def test_jsonl_id_is_optional_and_metadata_is_kept(tmp_path):
+    path = write_jsonl(tmp_path / "notes.jsonl", [
+        {"text": "Barolo is made from Nebbiolo.", "metadata": {"country": "Italy", "points": 94, "price": None}},
+        {"id": 7, "text": "Rioja is mostly Tempranillo."},
+    ])
+    assert load_documents([path]) == [
+        Document("notes#1", "Barolo is made from Nebbiolo.", "", {"country": "Italy", "points": 94}),
+        Document("7", "Rioja is mostly Tempranillo."),
     ]
 
 
@@ -69,7 +83,6 @@ def test_duplicate_id_across_files(tmp_path):
         ({"id": "a"}, "text"),
         ({"id": "a", "text": "  "}, "text"),
         ({"id": "a", "text": 3}, "text"),
-        ({"text": "no id"}, "id"),
         ({"id": "", "text": "empty id"}, "id"),
         ({"id": "a", "text": "x", "title": 7}, "title"),
     ],
@@ -93,7 +106,7 @@ def test_non_object_line(tmp_path):
         load_documents([path])
 
 
-@pytest.mark.parametrize("name", ["docs.csv", "docs.json", "README"])
+@pytest.mark.parametrize("name", ["docs.json", "README"])
 def test_unsupported_suffix(tmp_path, name):
     path = tmp_path / name
     path.write_text("id,text\na,b\n")
@@ -167,3 +180,63 @@ def test_shipped_wine_data_loads():
     assert all(qa.source in ids for qa in train + evals)
     # Held-out questions are about documents never used in training.
     assert not {qa.source for qa in train} & {qa.source for qa in evals}
+
+
+# ------------------------------------------------------------------------------------ the recipe's data section
+
+
+def data_section(**fields) -> DataSection:
+    return DataSection.model_validate(fields)
+
+
+def test_winemag_recipe_reads_a_users_csv(winemag_csv):
+    path = winemag_csv(name="winemag-data-130k-v2.csv")
+    recipe = load_recipe(ROOT / "recipes" / "winemag.yaml", [f"data.corpus.0.path={path}"])
+    dataset = load_dataset(recipe.data)
+    assert len(dataset.documents) == 10
+    assert dataset.documents[0].id == "winemag-data-130k-v2#10"
+    assert dataset.documents[0].metadata["variety"] == "Sangiovese"
+    ids = {doc.id for doc in dataset.documents}
+    assert dataset.train and dataset.eval
+    assert all(qa.source in ids for qa in dataset.train + dataset.eval)
+    assert not {qa.source for qa in dataset.train} & {qa.source for qa in dataset.eval}
+
+
+def test_question_files_and_generated_questions_together(winemag_csv):
+    csv_entry = {"path": str(winemag_csv()), "template": "{title}. {description}", "id_column": "id",
+                 "questions": {"templates": [{"question": "Which grape variety is '{title}'?", "answer": "variety"}],
+                               "eval_fraction": 0.25}}
+    data = data_section(corpus=[str(WINE / "docs.jsonl"), csv_entry], train=WINE / "train.jsonl",
+                        eval=WINE / "eval.jsonl")
+    dataset = load_dataset(data)
+    file_train, file_eval = load_qa(WINE / "train.jsonl"), load_qa(WINE / "eval.jsonl")
+    assert dataset.train[: len(file_train)] == file_train
+    assert dataset.eval[: len(file_eval)] == file_eval
+    generated = dataset.train[len(file_train):] + dataset.eval[len(file_eval):]
+    assert len(generated) == 8  # one per row, minus the two rows sharing a title
+    assert {qa.source for qa in generated} <= {doc.id for doc in dataset.documents}
+    assert len(dataset.documents) == len(load_documents([WINE / "docs.jsonl"])) + 10
+
+
+def test_generated_questions_can_stand_alone_but_not_be_empty(winemag_csv):
+    rows = [[row[0], *row[1:11], "", *row[12:]] for row in WINEMAG_ROWS]  # no titles: no question
+    entry = {"path": str(winemag_csv(rows=rows)), "template": "{description}",
+             "questions": {"templates": [{"question": "Which grape variety is '{title}'?", "answer": "variety"}]}}
+    with pytest.raises(DataError, match="^no training questions"):
+        load_dataset(data_section(corpus=[entry]))
+
+
+def test_duplicate_document_id_across_entries(tmp_path, winemag_csv):
+    jsonl = write_jsonl(tmp_path / "extra.jsonl", [{"id": "reviews#11", "text": "clash"}])
+    entry = data_section(corpus=[{"path": str(winemag_csv()), "template": "{title}", "id_column": "id"}],
+                         train=jsonl, eval=jsonl).corpus[0]
+    clash = r"extra.jsonl:1: duplicate document id 'reviews#11' \(first in .*reviews.csv:3\)"
+    with pytest.raises(DataError, match=clash):
+        load_documents([entry, jsonl])
+
+
+def test_no_documents_in_a_folder_of_empty_files(tmp_path):
+    (tmp_path / "a.md").write_text("")
+    (tmp_path / "b.txt").write_text(" \n")
+    with pytest.raises(DataError, match="^no documents in "):
+        load_documents([tmp_path])

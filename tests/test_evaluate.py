@@ -1,57 +1,98 @@
-"""Evaluation metrics on hand-made completions (no model): the headline metrics and the recipe's rewards."""
+"""Evaluation columns without a model: `generate` is replaced by canned completions, the rest is real."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from toolkit.evaluate import score
-from toolkit.recipe import load_recipe
+from toolkit import evaluate
+from toolkit.evaluate import compare, evaluate_columns, no_context_prompt
+from toolkit.prompts import build_messages
 
 ROOT = Path(__file__).resolve().parents[1]
-CONTEXT = ["Barolo is a red wine from Piedmont made from Nebbiolo."]
-
-
-def row(answer="Nebbiolo", aliases=()):
-    return {"question": "Which grape is Barolo made from?", "answer": answer, "aliases": list(aliases),
-            "source": "region-barolo", "context": CONTEXT, "context_ids": ["region-barolo:0:abc"]}
+GOOD = "<think>The context says Nebbiolo.</think><answer>Nebbiolo</answer>"
 
 
 @pytest.fixture(scope="module")
-def recipe(request):
-    import os
+def recipe():
+    from toolkit.recipe import load_recipe
 
     os.chdir(ROOT)  # recipe paths are relative to the project root
     return load_recipe(ROOT / "recipes" / "wine.yaml")
 
 
-def test_headline_metrics(recipe):
-    completions = [
-        "<think>The context says Nebbiolo.</think><answer>Nebbiolo</answer>",  # right, strict format
-        "<answer>Nebbiolo</answer>",  # right, no think block
-        "<think>Hmm.</think><answer>Merlot</answer>",  # wrong, strict format
-        "Nebbiolo, I think",  # no tags at all
-    ]
-    metrics, per_question = score(recipe, [row()] * 4, completions)
-    assert metrics["answer_match"] == 0.5
-    assert metrics["format"] == 0.5
-    assert [q["exact_match"] for q in per_question] == [True, True, False, False]
-    assert {f"reward/{spec.key}" for spec in recipe.rewards} <= metrics.keys()
-    # The clean, correct completion earns the highest weighted total.
-    totals = [q["reward_total"] for q in per_question]
-    assert totals[0] == max(totals)
+def make_rows(recipe, n=3):
+    rows = []
+    for i in range(n):
+        context = [f"Barolo {i} is a red wine from Piedmont made from Nebbiolo."]
+        rows.append({
+            "prompt": build_messages(recipe.prompt, "Which grape is Barolo made from?", context),
+            "question": "Which grape is Barolo made from?", "answer": "Nebbiolo", "aliases": ["Spanna"],
+            "source": "region-barolo", "context": context, "context_ids": [f"region-barolo:{i}:x"],
+            "context_sources": ["region-barolo" if i else "grape-merlot"],  # the first question missed its document
+        })
+    return rows
 
 
-def test_repeated_answer_tags_score_below_clean(recipe):
-    """The reward hack measured on CPU: `<answer>X</answer>` repeated to the length limit."""
-    clean = "<think>The context says Barolo is made from Nebbiolo.</think><answer>Nebbiolo</answer>"
-    hacked = "<answer>Nebbiolo</answer>" * 12
-    _, per_question = score(recipe, [row(), row()], [clean, hacked])
-    assert per_question[1]["reward_total"] < per_question[0]["reward_total"]
-    assert per_question[1]["exact_match"] is False
+@pytest.fixture
+def canned(monkeypatch):
+    """`generate` answers from a table keyed by whether the prompt's last turn carries a context."""
+    seen = []
+
+    def fake_generate(model, tokenizer, prompts, max_new_tokens, batch_size):
+        seen.extend(prompts)
+        texts = [model[bool(p[-1]["content"].split("Question:")[0].strip().removeprefix("Context:").strip())]
+                 for p in prompts]
+        return texts, [len(t.split()) for t in texts], [False] * len(texts)
+
+    monkeypatch.setattr(evaluate, "generate", fake_generate)
+    return seen
 
 
-def test_aliases_count_as_exact(recipe):
-    metrics, _ = score(recipe, [row("Cabernet Sauvignon", ["Cab Sauv"])], ["<think>x</think><answer>cab sauv</answer>"])
-    assert metrics["answer_match"] == 1.0
+def test_no_context_prompt_keeps_system_and_examples(recipe):
+    row = make_rows(recipe, 1)[0]
+    plain = no_context_prompt(recipe, row)
+    assert plain[:-1] == row["prompt"][:-1]  # same system message and worked examples
+    assert "Question: Which grape is Barolo made from?" in plain[-1]["content"]
+    assert "Barolo 0 is a red wine" not in plain[-1]["content"]
+
+
+def test_three_columns_share_questions(recipe, canned):
+    rows = make_rows(recipe)
+    base_model = {True: GOOD, False: "<think>I recall.</think><answer>Merlot</answer>"}
+    tuned_model = {True: GOOD, False: GOOD}
+    results = evaluate_columns(recipe, base_model, None, rows, ("no_context", "base"))
+    results |= evaluate_columns(recipe, tuned_model, None, rows, ("tuned",))
+    assert len(canned) == 9
+    section, predictions = compare(recipe, rows, results)
+
+    assert section["no_context"]["answer_match"] == 0.0
+    assert section["base"]["answer_match"] == section["tuned"]["answer_match"] == 1.0
+    assert section["base"]["retrieval_recall"] == pytest.approx(0.6667)  # 2 of 3 retrieved the gold document
+    assert section["no_context"]["retrieval_recall"] is None
+    assert {"answer_match", "token_f1", "context_grounding", "format", "completion_tokens", "truncated",
+            "retrieval_recall", "reward_total"} <= section["base"].keys()
+    assert section["eval"]["questions"] == 3 and section["eval"]["predictions"] == "eval/predictions.jsonl"
+    rag = section["differences"]["base - no_context"]["answer_match"]
+    assert rag["mean"] == 1.0 and rag["significant"]
+    assert not section["differences"]["tuned - base"]["answer_match"]["significant"]
+
+    assert len(predictions) == 3
+    first = predictions[0]
+    assert {"question", "gold", "no_context", "base", "tuned"} <= first.keys()
+    assert first["no_context"]["answer"] == "Merlot" and first["tuned"]["answer"] == "Nebbiolo"
+    assert first["base"]["scores"]["answer_match"] is True and first["base"]["scores"]["retrieval_recall"] is False
+
+
+def test_unknown_column_is_refused(recipe, canned):
+    with pytest.raises(ValueError, match="unknown eval column"):
+        evaluate_columns(recipe, {}, None, make_rows(recipe, 1), ("rag",))
+
+
+def test_cli_reports_bad_recipe_and_missing_adapter(tmp_path, capsys):
+    assert evaluate.main(["recipes/wine.yaml", "eval.lmit=3"]) == 2
+    assert "did you mean 'limit'" in capsys.readouterr().err
+    assert evaluate.main(["recipes/wine.yaml", "--adapter", str(tmp_path), "--limit", "2"]) == 2
+    assert "not a LoRA adapter folder" in capsys.readouterr().err

@@ -1,18 +1,23 @@
-"""Tests for toolkit.index: chunking by embedder tokens, incremental persistent sync, and cosine search."""
+"""Tests for toolkit.index: incremental persistent sync, kill-safety, cosine search, recall/MRR, the command."""
 
 from __future__ import annotations
 
+import csv
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
+from conftest import WINEMAG_COLUMNS, WINEMAG_ROWS
 
-from toolkit.data import Document, load_documents, load_qa
-from toolkit.index import Chunk, Index, SyncCounts, chunk_documents
-from toolkit.models import resolve_embedder
+from toolkit.data import QA, Document, load_documents, load_qa
+from toolkit.index import Chunk, Index, IndexUnavailable, SyncCounts, chunk_documents, retrieval_metrics
+from toolkit.models import ModelError, resolve_embedder
 
 ROOT = Path(__file__).resolve().parents[1]
 WINE = ROOT / "data" / "wine"
@@ -49,100 +54,6 @@ def long_doc(wine_docs) -> Document:
     return Document("long", " ".join(words[:600]))
 
 
-def n_tokens(tokenizer, text: str) -> int:
-    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-def spans(doc: Document, chunks: list[Chunk]) -> list[tuple[int, int]]:
-    """(start, end) of each chunk in its document's text, in order."""
-    found, start = [], 0
-    for chunk in chunks:
-        start = doc.text.index(chunk.text, start)
-        found.append((start, start + len(chunk.text)))
-        start += 1
-    return found
-
-
-# ---------------------------------------------------------------------------------------------- chunking
-
-
-def test_short_document_is_one_chunk(tokenizer):
-    doc = Document("barolo", "  Barolo is made from Nebbiolo in Piedmont.\n")
-    [chunk] = chunk_documents([doc], tokenizer, 64, 16)
-    assert chunk.text == doc.text.strip()
-    assert (chunk.source, chunk.position) == ("barolo", 0)
-    assert re.fullmatch(r"barolo:0:[0-9a-f]{12}", chunk.id)
-
-
-def test_blank_document_gives_no_chunks(tokenizer):
-    assert chunk_documents([Document("empty", " \n ")], tokenizer, 64, 16) == []
-
-
-def test_long_document_windows(tokenizer, long_doc):
-    chunks = chunk_documents([long_doc], tokenizer, 64, 16)
-    assert len(chunks) >= 5
-    assert [c.position for c in chunks] == list(range(len(chunks)))
-    assert all(c.source == "long" for c in chunks)
-
-    where = spans(long_doc, chunks)
-    # Together the windows cover the whole text.
-    assert where[0][0] == 0 and where[-1][1] == len(long_doc.text)
-    # Each window holds at most `size` of the document's embedder tokens.
-    offsets = tokenizer(long_doc.text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-    for start, end in where:
-        assert 0 < sum(start <= s and e <= end for s, e in offsets) <= 64
-    # Consecutive windows overlap: the start of chunk i+1 is the end of chunk i.
-    for (text_a, (start_a, end_a)), (text_b, (start_b, _)) in zip(
-        [(c.text, w) for c, w in zip(chunks, where, strict=True)][:-1],
-        [(c.text, w) for c, w in zip(chunks, where, strict=True)][1:],
-        strict=True,
-    ):
-        assert start_a < start_b < end_a
-        assert text_b[:20] in text_a
-        assert text_a.endswith(long_doc.text[start_b:end_a])
-
-
-def test_single_token_words_stay_within_size(tokenizer):
-    # Text made of whole-word tokens, so re-tokenizing a chunk gives exactly its window.
-    words = "the red wine is made from grapes grown in old vineyards near a river".split()
-    assert all(n_tokens(tokenizer, word) == 1 for word in words)
-    doc = Document("plain", " ".join(words[i % len(words)] for i in range(500)))
-    chunks = chunk_documents([doc], tokenizer, 64, 16)
-    assert len(chunks) == 11  # starts 0, 48, ..., 480: every start below 500 - 16
-    assert all(n_tokens(tokenizer, c.text) <= 64 for c in chunks)
-    assert n_tokens(tokenizer, chunks[0].text) == 64
-
-
-def test_chunks_respect_word_boundaries(tokenizer, long_doc):
-    chunks = chunk_documents([long_doc], tokenizer, 64, 16)
-    text = long_doc.text
-    for chunk, (start, end) in zip(chunks, spans(long_doc, chunks), strict=True):
-        assert start == 0 or not (text[start - 1].isalnum() and text[start].isalnum()), chunk.text[:30]
-        assert end == len(text) or not (text[end - 1].isalnum() and text[end].isalnum()), chunk.text[-30:]
-        assert n_tokens(tokenizer, chunk.text) <= 64
-
-
-def test_chunk_ids_are_stable_and_content_addressed(tokenizer, long_doc):
-    first = chunk_documents([long_doc], tokenizer, 64, 16)
-    assert chunk_documents([long_doc], tokenizer, 64, 16) == first
-    for chunk in first:
-        assert re.fullmatch(rf"long:{chunk.position}:[0-9a-f]{{12}}", chunk.id)
-    assert len({c.id for c in first}) == len(first)
-
-    # The same text gives the same id, whatever else is chunked alongside it.
-    other = Document("other", "Rioja is made mostly from Tempranillo.")
-    alongside = chunk_documents([other, long_doc], tokenizer, 64, 16)
-    assert [c.id for c in alongside if c.source == "long"] == [c.id for c in first]
-
-    # Editing the end of a document changes only the id of the last chunk.
-    edited = chunk_documents([Document("long", long_doc.text + " red.")], tokenizer, 64, 16)
-    changed = chunk_documents([Document("long", long_doc.text + " white.")], tokenizer, 64, 16)
-    assert len(edited) == len(changed)
-    assert [c.id for c in edited[:-1]] == [c.id for c in changed[:-1]]
-    assert edited[-1].id != changed[-1].id
-    assert edited[-1].id.rsplit(":", 1)[0] == changed[-1].id.rsplit(":", 1)[0]
-
-
 def test_wine_documents_fit_one_chunk_each(wine, wine_docs):
     # recipes/wine.yaml relies on this: a hit carries a whole document.
     _, chunks, counts = wine
@@ -175,13 +86,13 @@ def test_sync_embeds_only_what_changed(tmp_path, embedder_path, tokenizer):
 
     edited = [SMALL[0], Document("rioja", "Rioja reds are mostly Tempranillo, often aged in oak."), SMALL[2]]
     new_chunks = chunk_documents(edited, tokenizer, 128, 16)
-    assert index.sync(new_chunks) == SyncCounts(added=1, deleted=1, unchanged=2)
+    assert index.sync(new_chunks) == SyncCounts(updated=1, unchanged=2)  # same doc and position, new text
     assert stored(index) == {c.id: c.text for c in new_chunks}
     assert chunks[1].id not in stored(index)
 
-    assert index.sync(new_chunks[:2]) == SyncCounts(added=0, deleted=1, unchanged=2)
+    assert index.sync(new_chunks[:2]) == SyncCounts(deleted=1, unchanged=2)
     assert sorted(stored(index)) == sorted(c.id for c in new_chunks[:2])
-    assert index.sync([]) == SyncCounts(added=0, deleted=2, unchanged=0)
+    assert index.sync([]) == SyncCounts(deleted=2)
     assert index.collection.count() == 0
 
 
@@ -205,11 +116,13 @@ def test_index_persists_across_objects_and_processes(tmp_path, embedder_path, to
     assert json.loads(out.stdout.splitlines()[-1]) == sorted(c.id for c in chunks)
 
 
-def test_other_embedder_rebuilds_the_collection(tmp_path, embedder_path, tokenizer):
+def test_other_embedder_rebuilds_the_collection(tmp_path, embedder_path, tokenizer, caplog):
     chunks = chunk_documents(SMALL, tokenizer, 128, 16)
     Index(tmp_path, "small", EMBEDDER, embedder_path).sync(chunks)
 
     rebuilt = Index(tmp_path, "small", "some-other-embedder", embedder_path)
+    assert f"was built with embedder '{EMBEDDER}'; rebuilding it for 'some-other-embedder'" in caplog.text
+    assert rebuilt.manifest == {"embedder": "some-other-embedder", "dimension": 384}
     assert rebuilt.collection.count() == 0
     assert rebuilt.collection.metadata["embedder"] == "some-other-embedder"
     assert rebuilt.sync(chunks) == SyncCounts(added=3, deleted=0, unchanged=0)
@@ -274,3 +187,244 @@ def test_recall_at_2_on_eval_questions(wine):
     results = wine[0].search([q.question for q in questions], 2)
     found = sum(q.source in {h.source for h in hits} for q, hits in zip(questions, results, strict=True))
     assert found / len(questions) >= 0.9
+
+
+# -------------------------------------------------------------------------------------- incremental update
+
+NOTES = [Document(f"note-{i}", f"Note {i}: a {grape} from {region}.", "", {"n": i})
+         for i, (grape, region) in enumerate([("Nebbiolo", "Piedmont"), ("Riesling", "Mosel"), ("Malbec", "Mendoza"),
+                                              ("Syrah", "the Rhône"), ("Chenin Blanc", "the Loire")])]
+
+
+def test_update_embeds_only_what_changed(tmp_path, embedder_path):
+    first = Index(tmp_path, "notes", EMBEDDER, embedder_path)
+    assert first.update(NOTES, 128, 16) == SyncCounts(added=5)
+
+    # A fresh process would start like this: nothing changed, so the embedder is never even loaded.
+    again = Index(tmp_path, "notes", EMBEDDER, embedder_path)
+    assert again.update(NOTES, 128, 16) == SyncCounts(unchanged=5)
+    assert again._embedder is None
+
+    edited = [*NOTES[:1], Document("note-1", "Note 1: a dry Riesling from the Mosel.", "", {"n": 1}), *NOTES[2:4],
+              Document("note-9", "Note 9: a Grenache from Priorat.")]
+    index = Index(tmp_path, "notes", EMBEDDER, embedder_path)
+    assert index.update(edited, 128, 16) == SyncCounts(added=1, updated=1, deleted=1, unchanged=3)
+    assert sorted(hit.split(":")[0] for hit in index.collection.get()["ids"]) == sorted(d.id for d in edited)
+
+    # Only metadata changed: the chunk is rewritten with it (and re-embedded, being a new id).
+    moved = [*edited[:4], Document("note-9", "Note 9: a Grenache from Priorat.", "", {"country": "Spain"})]
+    assert index.update(moved, 128, 16) == SyncCounts(updated=1, unchanged=4)
+    hit = index.search(["Grenache from Priorat"], 1)[0][0]
+    assert (hit.source, hit.metadata) == ("note-9", {"source": "note-9", "position": 0, "country": "Spain"})
+
+
+def test_update_without_the_memo_rechunks_but_embeds_nothing(tmp_path, embedder_path):
+    index = Index(tmp_path, "notes", EMBEDDER, embedder_path)
+    index.update(NOTES, 128, 16)
+    (tmp_path / "notes.chunks.json").unlink()
+    assert Index(tmp_path, "notes", EMBEDDER, embedder_path).update(NOTES, 128, 16) == SyncCounts(unchanged=5)
+    (tmp_path / "notes.chunks.json").write_text("{not json")
+    assert Index(tmp_path, "notes", EMBEDDER, embedder_path).update(NOTES, 128, 16) == SyncCounts(unchanged=5)
+
+
+def test_new_chunk_settings_rechunk_every_document(tmp_path, embedder_path, long_doc):
+    index = Index(tmp_path, "notes", EMBEDDER, embedder_path)
+    index.update([long_doc, *NOTES], 128, 16)
+    counts = index.update([long_doc, *NOTES], 64, 16)
+    assert counts.unchanged == 5  # the short notes are one chunk either way
+    assert counts.updated + counts.added > 0
+
+
+def test_chunk_size_beyond_what_the_embedder_reads(tmp_path, embedder_path):
+    index = Index(tmp_path, "notes", EMBEDDER, embedder_path)
+    with pytest.raises(IndexUnavailable, match=r"chunk_size 300 is more than embedder .* reads \(254 tokens\)"):
+        index.update(NOTES, 300, 16)
+
+
+def test_search_mode_never_builds(tmp_path, embedder_path):
+    with pytest.raises(IndexUnavailable, match="no index at"):
+        Index(tmp_path / "missing", "notes", EMBEDDER, embedder_path, create=False)
+    assert not (tmp_path / "missing").exists()
+    Index(tmp_path, "notes", EMBEDDER, embedder_path).update(NOTES, 128, 16)
+    with pytest.raises(IndexUnavailable, match="no collection 'other'"):
+        Index(tmp_path, "other", EMBEDDER, embedder_path, create=False)
+    with pytest.raises(IndexUnavailable, match=f"was built with embedder '{EMBEDDER}', not 'another'"):
+        Index(tmp_path, "notes", "another", embedder_path, create=False)
+    assert Index(tmp_path, "notes", EMBEDDER, embedder_path, create=False).count() == 5
+
+
+def test_an_embedder_that_fails_to_load_leaves_the_index(tmp_path, embedder_path):
+    Index(tmp_path, "notes", EMBEDDER, embedder_path).update(NOTES, 128, 16)
+    with pytest.raises(ModelError, match="cannot load embedder 'broken'"):
+        Index(tmp_path, "notes", "broken", str(tmp_path / "no-such-model"))
+    assert Index(tmp_path, "notes", EMBEDDER, embedder_path).count() == 5
+
+
+def test_killed_mid_index_completes_on_the_next_run(tmp_path, monkeypatch, capsys):
+    """SIGKILL the index command once its first batch is stored; the next run adds exactly what is missing."""
+    docs = [{"id": f"note-{i}", "text": f"Note {i}: a {grape} tasted in {1990 + i % 30}, {aroma}."}
+            for i, (grape, aroma) in enumerate(
+                (["Nebbiolo", "Riesling", "Malbec", "Syrah", "Merlot"][i % 5], ["plum", "lime", "smoke"][i % 3])
+                for i in range(300))]
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (tmp_path / "qa.jsonl").write_text(json.dumps({"question": "Note 7?", "answer": "Syrah", "source": "note-7"}))
+    recipe = tmp_path / "notes.yaml"
+    recipe.write_text(
+        f"output_dir: {tmp_path / 'out'}\n"
+        "data: {corpus: [docs.jsonl], train: qa.jsonl, eval: qa.jsonl}\n"
+        "retrieval: {collection: notes, embed_batch_size: 8, write_batch_size: 32}\n"
+        "prompt: {system: Answer.}\n"
+        "rewards: [{name: answer_match}]\n"
+    )
+    env = {**os.environ, "COLUMNS": "200", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "toolkit.index", str(recipe)], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    watchdog = threading.Timer(600, proc.kill)
+    watchdog.start()
+    stored = None
+    try:
+        for line in proc.stderr:
+            if (found := re.match(r"stored (\d+)/300 chunks", line)) and int(found.group(1)) > 0:
+                stored = int(found.group(1))
+                proc.send_signal(signal.SIGKILL)
+                break
+        proc.wait()
+    finally:
+        watchdog.cancel()
+        proc.stderr.close()
+    assert stored == 32, "the first batch never landed"
+
+    from toolkit.index import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main([str(recipe)]) == 0
+    counts = dict(re.findall(r"(added|updated|deleted|unchanged) (\d+)", capsys.readouterr().out))
+    assert int(counts["added"]) + int(counts["unchanged"]) == 300
+    assert int(counts["unchanged"]) >= 32 and counts["updated"] == counts["deleted"] == "0"
+
+    index = Index(tmp_path / "out" / "index", "notes", EMBEDDER, resolve_embedder(EMBEDDER), create=False)
+    assert sorted(i.split(":")[0] for i in index.collection.get()["ids"]) == sorted(d["id"] for d in docs)
+    # Both what the killed run stored and what the rerun added are searchable (the HNSW index is whole).
+    for doc in docs[::37]:
+        assert index.search([doc["text"]], 1)[0][0].source == doc["id"]
+    assert main([str(recipe)]) == 0  # and a third run finds nothing to do
+    assert "added 0  updated 0  deleted 0  unchanged 300" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------- recall and MRR
+
+
+def test_retrieval_metrics(wine):
+    questions = load_qa(WINE / "eval.jsonl")
+    metrics = retrieval_metrics(wine[0], [*questions, QA("Who?", "nobody")], top_k=2)
+    assert list(metrics) == ["questions", "recall@1", "recall@2", "recall@5", "recall@10", "mrr@10"]
+    assert metrics["questions"] == len(questions)  # a question without a source does not count
+    assert 0.9 <= metrics["recall@1"] <= metrics["recall@2"] <= metrics["recall@5"] <= metrics["recall@10"] <= 1
+    assert metrics["recall@1"] <= metrics["mrr@10"] <= metrics["recall@10"]
+    assert retrieval_metrics(wine[0], [QA("Who?", "nobody")], top_k=1) == {"questions": 0}
+
+
+def test_retrieval_metrics_counts_ranks(tmp_path, embedder_path):
+    index = Index(tmp_path, "notes", EMBEDDER, embedder_path)
+    index.update(NOTES, 128, 16)
+    questions = [QA(NOTES[0].text, "x", [], "note-0"), QA(NOTES[1].text, "x", [], "note-3"),
+                 QA(NOTES[2].text, "x", [], "elsewhere")]
+    metrics = retrieval_metrics(index, questions, top_k=1)
+    # note-0 is found first; note-3 somewhere in the top 5 of 5 notes, never first; "elsewhere" never.
+    assert metrics["recall@1"] == round(1 / 3, 4)
+    assert metrics["recall@5"] == metrics["recall@10"] == round(2 / 3, 4)
+    assert round(1 / 3, 4) < metrics["mrr@10"] < round(2 / 3, 4)
+
+
+# ------------------------------------------------------------------------------------------------ the command
+
+WINEMAG_RECIPE = ROOT / "recipes" / "winemag.yaml"
+
+
+def write_csv(path: Path, rows=WINEMAG_ROWS, header=WINEMAG_COLUMNS) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([header, *rows])
+    return path
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """A folder with a 10-review CSV, and the overrides that point recipes/winemag.yaml at it."""
+    tmp = tmp_path_factory.mktemp("winemag")
+    return tmp, [f"data.corpus.0.path={write_csv(tmp / 'reviews.csv')}", f"output_dir={tmp / 'out'}"]
+
+
+def run_index(capsys, *argv) -> tuple[int, str, str]:
+    from toolkit.index import main
+
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_index_command_counts(built, capsys):
+    tmp, overrides = built
+    code, out, _ = run_index(capsys, WINEMAG_RECIPE, *overrides)
+    assert code == 0
+    assert f"index {tmp / 'out' / 'index'} (collection winemag, packaged:all-minilm-l6-v2): 10 documents, 10 chunks" \
+        in out
+    assert "added 10  updated 0  deleted 0  unchanged 0" in out
+    code, out, _ = run_index(capsys, WINEMAG_RECIPE, *overrides)
+    assert "added 0  updated 0  deleted 0  unchanged 10" in out
+
+    # One review edited, one gone: the update replaces and deletes exactly those.
+    rows = [row[:] for row in WINEMAG_ROWS[:-1]]
+    rows[0][2] = "Now tasting of leather and tobacco."
+    (tmp / "v2").mkdir(exist_ok=True)
+    edited = [f"data.corpus.0.path={write_csv(tmp / 'v2' / 'reviews.csv', rows)}", overrides[1]]
+    code, out, _ = run_index(capsys, WINEMAG_RECIPE, *edited)
+    assert "9 documents, 9 chunks" in out and "added 0  updated 1  deleted 1  unchanged 8" in out
+    code, out, _ = run_index(capsys, WINEMAG_RECIPE, *overrides)  # back to the original
+    assert "added 1  updated 1  deleted 0  unchanged 8" in out
+
+
+def test_index_command_eval(built, capsys):
+    _, overrides = built
+    code, out, _ = run_index(capsys, WINEMAG_RECIPE, *overrides, "--eval")
+    assert code == 0
+    found = re.search(r"retrieval on (\d+) eval questions: recall@1 ([\d.]+)  recall@5 ([\d.]+)  recall@10 ([\d.]+)  "
+                      r"mrr@10 ([\d.]+)", out)
+    assert found, out
+    assert int(found.group(1)) >= 2
+    assert all(0 <= float(v) <= 1 for v in found.groups()[1:])
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("no_variety_column", "{csv}:1: template 'variety' is not a column of this file (columns: id, country, "),
+        ("short_row", "{csv}:3: row 2 has 11 of 14 columns: no value for 'title', 'variety'"),
+        ("latin1", "{csv}:2: not UTF-8 text (byte 0xe0 at offset"),
+        ("empty", "{csv}: empty CSV file (no header)"),
+        ("missing", "data.corpus.0.path: file not found: {csv}"),
+        ("no_rows", "no documents in {csv}"),
+    ],
+)
+def test_bad_input_is_one_line_and_leaves_the_index(built, capsys, case, expected):
+    tmp, overrides = built
+    run_index(capsys, WINEMAG_RECIPE, *overrides)  # the index as built from the good file
+    memo = (tmp / "out" / "index" / "winemag.chunks.json").read_bytes()
+    path = tmp / f"{case}.csv"
+    if case == "no_variety_column":
+        write_csv(path, [row[:12] + row[13:] for row in WINEMAG_ROWS], WINEMAG_COLUMNS[:12] + WINEMAG_COLUMNS[13:])
+    elif case == "short_row":
+        write_csv(path, [WINEMAG_ROWS[0], WINEMAG_ROWS[1][:11]])
+    elif case == "latin1":
+        path.write_bytes(",".join(WINEMAG_COLUMNS).encode() + "\n1,Italy,Vulkà".encode("latin-1"))
+    elif case == "empty":
+        path.write_text("")
+    elif case == "no_rows":
+        write_csv(path, [])
+    code, _, err = run_index(capsys, WINEMAG_RECIPE, f"data.corpus.0.path={path}", overrides[1])
+    assert code == 2
+    assert "Traceback" not in err
+    [line] = [line for line in err.splitlines() if line.strip()]
+    assert line.startswith("error: ") and expected.format(csv=path) in line, line
+    assert (tmp / "out" / "index" / "winemag.chunks.json").read_bytes() == memo
+    index = Index(tmp / "out" / "index", "winemag", EMBEDDER, resolve_embedder(EMBEDDER), create=False)
+    assert index.count() == 10

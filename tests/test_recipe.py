@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from toolkit.loaders import expand
 from toolkit.recipe import Recipe, RecipeError, load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +35,10 @@ def test_recipes_are_shipped():
 def test_shipped_recipe_validates(path):
     recipe = load_recipe(path)
     assert isinstance(recipe, Recipe)
-    assert all(p.is_file() for p in [*recipe.data.corpus, recipe.data.train, recipe.data.eval])
+    # Every corpus entry names existing files; question files exist where given. (recipes/winemag.yaml reads the
+    # review sample kept beside the project, ../shared/data, which is never copied into it.)
+    assert all(expand(source.path) for source in recipe.data.corpus)
+    assert all(p.is_file() for p in [recipe.data.train, recipe.data.eval] if p is not None)
     for spec in recipe.rewards:
         assert callable(spec.build())
 
@@ -234,3 +238,57 @@ def test_json_dump_round_trips_through_a_recipe_file(tmp_path):
 def test_unparsable_override_value_is_a_recipe_error(override):
     with pytest.raises(RecipeError, match=override.split("=")[0]):
         load_recipe(WINE, [override])
+
+
+# ------------------------------------------------------------------------------------------- data.corpus
+
+
+WINEMAG = ROOT / "recipes" / "winemag.yaml"
+
+
+def test_corpus_entries_are_paths_or_mappings():
+    recipe = load_recipe(WINE, ["data.corpus=[data/wine, 'data/wine/*.jsonl', {path: data/wine/docs.jsonl}]"])
+    assert [str(source.path) for source in recipe.data.corpus] == ["data/wine", "data/wine/*.jsonl",
+                                                                   "data/wine/docs.jsonl"]
+    assert recipe.data.corpus[2].template is None and recipe.data.corpus[2].metadata_columns == []
+
+
+def test_winemag_recipe_takes_the_csv_path_as_an_override(tmp_path):
+    csv = tmp_path / "winemag-data-130k-v2.csv"
+    csv.write_text("id,title\n1,x\n")
+    recipe = load_recipe(WINEMAG, [f"data.corpus.0.path={csv}"])
+    [source] = recipe.data.corpus
+    assert source.path == csv and source.id_column == "id" and source.questions is not None
+    assert recipe.data.train is None and recipe.data.eval is None  # every question comes from the rows
+    assert Recipe.model_validate(recipe.model_dump(mode="json")) == recipe
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (["data.corpus.0.path=nope/*.jsonl"], "data.corpus.0.path: no file matches nope/*.jsonl"),
+        (["data.corpus.0.path=nope.csv"], "data.corpus.0.path: file not found: nope.csv"),
+        (["data.corpus.0.metadata_columns=[source]"], "metadata column 'source' is reserved"),
+        (["data.corpus.0.template='{title:>10}'"], "only plain {column} placeholders"),
+        (["data.corpus.0.template='no placeholders'"], "has no {column} placeholder"),
+        (["data.corpus.0.questions.templates.0.question=Which grape?"], "has no {column} placeholder"),
+        (["data.corpus.0.questions.templates.0.answr=variety"], "answr: unknown field (did you mean 'answer'?)"),
+        (["data.corpus.0.questions.eval_fraction=1"], "eval_fraction"),
+        (["data.corpus.0.questions=null"], "train and eval question files needed"),
+        (["data.corpus.0.questions=null", "data.train=data/wine/train.jsonl"], "eval question file needed"),
+        (["data.corpus.0.path=data/wine/docs.jsonl"], "template, id_column, questions, metadata_columns: only for "
+                                                      ".csv files"),
+        (["data.corpus.0.template=null"], "give a row template"),
+    ],
+)
+def test_bad_corpus_entries(overrides, expected):
+    with pytest.raises(RecipeError) as err:
+        load_recipe(WINEMAG, overrides)
+    assert expected in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_corpus_path_expands_the_home_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "reviews.csv").write_text("id,title\n1,x\n")
+    assert load_recipe(WINEMAG, ["data.corpus.0.path=~/reviews.csv"]).data.corpus[0].path == tmp_path / "reviews.csv"

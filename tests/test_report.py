@@ -1,10 +1,19 @@
-"""Outputs are written whole or not at all, and the report renders the before/after table."""
+"""Outputs are written whole or not at all, and the report renders the three columns, intervals and curves."""
 
 from __future__ import annotations
 
-import pytest
+import io
+import json
 
-from toolkit.report import comparison_table, render_markdown, save_dir_atomic, write_atomic
+import pytest
+from matplotlib.image import imread
+from rich.console import Console
+
+from toolkit.curves import render_plots, training_curves, training_warnings
+from toolkit.metrics import summarize
+from toolkit.report import comparison_table, render_markdown, save_dir_atomic, write_atomic, write_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def test_write_atomic_replaces_and_leaves_no_temp(tmp_path):
@@ -49,9 +58,83 @@ def test_markdown_and_console_table():
         "base": base, "tuned": tuned, "eval": {"questions": 10},
         "training": {"steps": 3, "wall_seconds": 12.0},
     }
-    text = render_markdown(report)
-    assert "| answer_match | 0.100 | 0.500 | +0.400 |" in text
-    assert "| format | 0.000 | 0.900 | +0.900 |" in text
+    text = render_markdown(report)  # means only: no intervals, no differences, no no-context column
+    assert "| metric | base + RAG | tuned + RAG |" in text
+    assert "| answer_match | 0.100 | 0.500 |" in text
+    assert "| format | 0.000 | 0.900 |" in text
     assert "10 held-out questions" in text
-    table = comparison_table(base, tuned, 10)
+    table = comparison_table(report)
     assert table.row_count == 2
+
+
+def finished_run(tmp_path, history):
+    """What toolkit.run writes for a finished 6-step run on 8 eval questions, built from hand-made results."""
+    answers = {
+        "no_context": [False, False, False, True, False, False, False, False],
+        "base": [True, False, True, True, True, False, True, False],
+        "tuned": [True, True, True, True, False, True, True, True],
+    }
+    per_question = {
+        label: [{"answer_match": a, "format": float(label == "tuned"), "completion_tokens": 30 + i,
+                 "retrieval_recall": None if label == "no_context" else i != 4} for i, a in enumerate(column)]
+        for label, column in answers.items()
+    }
+    summary = summarize(per_question)
+    curves = training_curves(history)
+    images = render_plots(curves)
+    report = {
+        "recipe": {"output_dir": str(tmp_path), "model": {"name_or_path": "packaged:smollm2-135m-instruct"}},
+        "eval": {"questions": 8, "top_k": 1, "bootstrap": summary["bootstrap"], "predictions": "eval/predictions.jsonl",
+                 "columns": {"no_context": "question only", "base": "plain RAG", "tuned": "tuned RAG"}},
+        **summary["means"],
+        "intervals": summary["intervals"],
+        "differences": summary["differences"],
+        "warnings": training_warnings(curves),
+        "training": {"steps": 6, "wall_seconds": 61.0, "curves": curves, "plots": list(images)},
+    }
+    predictions = [
+        {"question": f"q{i}", "gold": "a", **{label: {"answer": "a", "scores": per_question[label][i]}
+                                              for label in per_question}}
+        for i in range(8)
+    ]
+    write_report(tmp_path, report, predictions, images)
+    return report
+
+
+def test_finished_run_report(tmp_path, log_history):
+    report = finished_run(tmp_path, log_history())
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved == report
+    assert saved["base"]["answer_match"] == 0.625 and saved["no_context"]["answer_match"] == 0.125
+    assert saved["tuned"]["answer_match"] == 0.875
+    assert saved["no_context"]["retrieval_recall"] is None
+    assert saved["differences"]["tuned - base"]["format"]["significant"]
+    assert not saved["differences"]["tuned - base"]["answer_match"]["significant"]  # 3 wins, 1 loss of 8: could be luck
+    assert saved["training"]["curves"]["series"]["reward"][0] == 0.2
+
+    text = (tmp_path / "report.md").read_text()
+    assert "| metric | no context | base + RAG | tuned + RAG | base − no context | tuned − base |" in text
+    assert "| answer_match | 0.125 [" in text and "(n.s.)" in text and "**+1.000** [+1.000, +1.000]" in text
+    assert "GRPO vs plain RAG (tuned − base), answer_match: +0.250 [" in text
+    assert "over 8 questions: not significant" in text
+    assert "| retrieval_recall | n/a | 0.875 [" in text
+    assert "## Warnings" not in text
+    for path in report["training"]["plots"]:
+        assert f"]({path})" in text  # embedded with a path relative to report.md
+        data = (tmp_path / path).read_bytes()
+        assert data.startswith(PNG_MAGIC) and imread(io.BytesIO(data), format="png").ndim == 3
+    lines = (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()
+    assert len(lines) == 8 and json.loads(lines[0])["tuned"]["scores"]["answer_match"] is True
+    assert not [p for p in tmp_path.rglob(".*")]  # no temporary files left behind
+
+    console = Console(width=200, record=True)
+    console.print(comparison_table(report))
+    shown = console.export_text()
+    assert "no context" in shown and "tuned − base" in shown and "n.s." in shown and "[+1.000, +1.000]" in shown
+
+
+def test_broken_training_is_flagged_in_the_report(tmp_path, log_history):
+    finished_run(tmp_path, log_history(zero_std=1.0, clipped=1.0))
+    text = (tmp_path / "report.md").read_text()
+    assert "## Warnings" in text and text.count("**Training looked broken:**") == 2
+    assert len(json.loads((tmp_path / "report.json").read_text())["warnings"]) == 2

@@ -33,6 +33,8 @@ VARIANTS = [
     ("format", {"mode": "soft"}), ("context_grounding", {}),
     ("context_grounding", {"include_reasoning": True}), ("length", {}),
     ("length", {"min_words": 3, "max_words": 5, "falloff": 2.5}),
+    ("length", {"unit": "chars", "max_completion_length": 64, "overlong_buffer": 16}),
+    ("repetition", {}), ("repetition", {"ngram_size": 1, "max_penalty": 0.5}),
 ]
 
 
@@ -296,12 +298,17 @@ def test_extract_answer_is_none_or_stripped(text):
 
 # ------------------------------------------------------------------ build_reward
 def test_rewards_registry():
-    assert set(REWARDS) == {"answer_match", "format", "context_grounding", "length"}
+    assert set(REWARDS) == {"answer_match", "format", "context_grounding", "length", "repetition",
+                            "semantic_match", "reward_model"}
 
 
 @pytest.mark.parametrize(("name", "expected"), [
-    ("answer_match", ["partial"]), ("format", ["mode"]),
-    ("context_grounding", ["include_reasoning"]), ("length", ["falloff", "max_words", "min_words"]),
+    ("answer_match", ["partial", "rel_tolerance", "tolerance"]), ("format", ["mode"]),
+    ("context_grounding", ["include_reasoning"]),
+    ("length", ["falloff", "max_completion_length", "max_words", "min_words", "overlong_buffer", "unit"]),
+    ("repetition", ["max_penalty", "ngram_size"]),
+    ("semantic_match", ["batch_size", "device", "embedder"]),
+    ("reward_model", ["batch_size", "device", "max_length", "model", "positive_label", "with_question"]),
 ])
 def test_accepted_params(name, expected):
     assert accepted_params(name) == expected
@@ -309,11 +316,26 @@ def test_accepted_params(name, expected):
 
 @pytest.mark.parametrize(("name", "params", "message"), [
     ("answr_match", {}, "unknown reward 'answr_match'; did you mean 'answer_match'? "
-                        "known: answer_match, context_grounding, format, length"),
-    ("zzz", {}, "unknown reward 'zzz'; known: answer_match, context_grounding, format, length"),
+                        "known: answer_match, context_grounding, format, length, repetition, reward_model, "
+                        "semantic_match (or a custom 'package.module:function' / 'path/to/file.py:function')"),
+    ("zzz", {}, "unknown reward 'zzz'; known: answer_match, context_grounding, format, length, repetition"),
     ("length", {"max_word": 10},
-     "reward 'length': unknown param 'max_word' (accepted: falloff, max_words, min_words)"),
-    ("answer_match", {"answer": ["x"]}, "reward 'answer_match': unknown param 'answer' (accepted: partial)"),
+     "reward 'length': unknown param 'max_word' (accepted: falloff, max_completion_length, max_words, min_words, "
+     "overlong_buffer, unit)"),
+    ("answer_match", {"answer": ["x"]},
+     "reward 'answer_match': unknown param 'answer' (accepted: partial, rel_tolerance, tolerance)"),
+    ("answer_match", {"tolerance": -1}, "reward 'answer_match': tolerance must be a finite number >= 0, got -1"),
+    ("answer_match", {"rel_tolerance": float("nan")}, "rel_tolerance must be a finite number >= 0"),
+    ("length", {"unit": "tokens"}, "reward 'length': unknown unit 'tokens' (accepted: chars, words)"),
+    ("length", {"max_completion_length": 64}, "overlong_buffer must be in [1, max_completion_length (64)], got 0"),
+    ("length", {"max_completion_length": 64, "overlong_buffer": 65}, "overlong_buffer must be in [1"),
+    ("length", {"max_completion_length": 6.5, "overlong_buffer": 1}, "max_completion_length must be an integer"),
+    ("length", {"overlong_buffer": -1}, "overlong_buffer must be an integer >= 0"),
+    ("repetition", {"ngram_size": 0}, "reward 'repetition': ngram_size must be an integer >= 1, got 0"),
+    ("repetition", {"ngram_size": 2.5}, "ngram_size must be an integer >= 1"),
+    ("repetition", {"max_penalty": 0}, "reward 'repetition': max_penalty must be in (0, 1], got 0"),
+    ("repetition", {"max_penalty": 1.5}, "max_penalty must be in (0, 1]"),
+    ("repetition", {"max_penalty": -0.5}, "max_penalty must be in (0, 1]"),
     ("context_grounding", {"context": [["x"]]}, "unknown param 'context'"),
     ("format", {"mode": "stric"}, "reward 'format': unknown mode 'stric' (accepted: soft, strict)"),
     ("format", {"mode": 1}, "param 'mode' must be str"),

@@ -90,21 +90,38 @@ def test_run_succeeds_offline(tiny_run):
 
 
 @pytest.mark.slow
-def test_report_has_both_columns(tiny_run):
+def test_report_has_all_columns(tiny_run):
     _, out, _ = tiny_run
     report = json.loads((out / "report.json").read_text())
-    for column in ("base", "tuned"):
-        for metric in ("answer_match", "format", "reward_total", "reward/answer_match"):
+    metrics = ("answer_match", "token_f1", "context_grounding", "format", "reward_total", "reward/answer_match")
+    for column in ("no_context", "base", "tuned"):
+        for metric in metrics:
             assert 0.0 <= report[column][metric] <= 1.5, (column, metric)
+            interval = report["intervals"][column][metric]
+            assert interval["low"] <= report[column][metric] <= interval["high"], (column, metric)
+        assert report[column]["completion_tokens"] <= 16
+    assert report["no_context"]["retrieval_recall"] is None
+    assert 0.0 <= report["base"]["retrieval_recall"] == report["tuned"]["retrieval_recall"] <= 1.0
+    for key in ("tuned - base", "base - no_context"):
+        difference = report["differences"][key]["answer_match"]
+        assert difference["low"] <= difference["mean"] <= difference["high"] and difference["questions"] == 4
     assert report["training"]["steps"] == 2
     assert report["training"]["final_log"]["reward"] is not None
     assert report["eval"]["questions"] == 4
     assert report["recipe"]["training"]["max_steps"] == 2  # the resolved recipe, overrides applied
-    assert "| answer_match |" in (out / "report.md").read_text()
-    predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
-    assert len(predictions) == 4 and {"base", "tuned", "gold", "question"} <= predictions[0].keys()
+    markdown = (out / "report.md").read_text()
+    assert "| answer_match |" in markdown and "| metric | no context | base + RAG | tuned + RAG |" in markdown
+    predictions = [json.loads(line) for line in (out / "eval" / "predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == 4 and {"no_context", "base", "tuned", "gold", "question"} <= predictions[0].keys()
+    assert {"completion", "answer", "scores"} <= predictions[0]["tuned"].keys()
+    # Training curves: the numbers in report.json, the PNGs next to it, embedded in report.md.
+    assert report["training"]["curves"]["step"] == [1, 2]
+    assert "plots/reward.png" in report["training"]["plots"]
+    for path in report["training"]["plots"]:
+        assert (out / path).read_bytes().startswith(b"\x89PNG\r\n\x1a\n") and f"]({path})" in markdown
+    assert isinstance(report["warnings"], list)
     # Written to temporary names, then renamed: nothing half-written or left behind.
-    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+    assert not [p.name for p in out.rglob(".*")]
 
 
 @pytest.mark.slow

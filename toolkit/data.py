@@ -1,101 +1,83 @@
-"""Reading the user's files: corpus documents and question/answer sets.
+"""Reading the user's data: the corpus a recipe names, and its train/eval question sets.
 
-Bad input fails with one line naming the file and line, before any model is loaded.
+The formats live in `toolkit.loaders` (files, folders, globs; .md/.txt/.jsonl/.csv) and `toolkit.questions`
+(question files, questions generated from CSV rows). Bad input fails with one line naming the file and line,
+before any model is loaded or the index is touched.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
+import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from toolkit.loaders import DataError, Document, Row, expand, load_file, read_jsonl
+from toolkit.questions import QA, load_qa, question_columns, row_questions
 
-class DataError(ValueError):
-    """A data file that cannot be used; the message names the file and line."""
+if TYPE_CHECKING:
+    from toolkit.recipe import CorpusSource, DataSection
+
+__all__ = ["QA", "DataError", "Dataset", "Document", "load_dataset", "load_documents", "load_qa", "read_jsonl"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Document:
-    id: str
-    text: str
-    title: str = ""
+class Dataset:
+    documents: list[Document]
+    train: list[QA]
+    eval: list[QA]
 
 
-@dataclass(frozen=True)
-class QA:
-    question: str
-    answer: str
-    aliases: list[str] = field(default_factory=list)
-    source: str = ""
+def load_documents(sources: list[CorpusSource | str | Path]) -> list[Document]:
+    """Documents of every corpus entry (a recipe `CorpusSource`, or a plain path: file, folder or glob)."""
+    return _load_corpus(sources)[0]
 
 
-def read_jsonl(path: Path) -> list[tuple[int, dict]]:
-    """(line number, object) for each non-blank line."""
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{lineno}: invalid JSON: {err.msg}") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            rows.append((lineno, obj))
-    return rows
+def load_dataset(data: DataSection) -> Dataset:
+    """The recipe's documents and its train/eval questions: the question files plus questions from CSV rows."""
+    documents, generated = _load_corpus(data.corpus)
+    train = (load_qa(data.train) if data.train else []) + [qa for split, _ in generated for qa in split]
+    held_out = (load_qa(data.eval) if data.eval else []) + [qa for _, split in generated for qa in split]
+    if not train or not held_out:
+        raise DataError(f"no {'training' if not train else 'eval'} questions: the question files and the "
+                        "questions generated from CSV rows are all empty")
+    ids = {doc.id for doc in documents}
+    unknown = sum(bool(qa.source) and qa.source not in ids for qa in train + held_out)
+    if unknown:
+        logger.warning("%d questions name a source that is no corpus document; retrieval recall counts them as "
+                       "misses", unknown)
+    return Dataset(documents, train, held_out)
 
 
-def _string(obj: dict, key: str, where: str, required: bool = True) -> str:
-    value = obj.get(key)
-    if value is None and not required:
-        return ""
-    if not isinstance(value, str) or (required and not value.strip()):
-        raise DataError(f"{where}: '{key}' must be a non-empty string")
-    return value
-
-
-def load_documents(paths: list[Path]) -> list[Document]:
-    """Documents from .jsonl ({id, text, title?} per line) and .md/.txt (a document per file) files."""
-    docs: list[Document] = []
-    seen: dict[str, str] = {}
-    for path in paths:
-        suffix = path.suffix.lower()
-        if suffix == ".jsonl":
-            for lineno, obj in read_jsonl(path):
-                where = f"{path}:{lineno}"
-                doc = Document(
-                    _string(obj, "id", where), _string(obj, "text", where), _string(obj, "title", where, False)
-                )
-                if doc.id in seen:
-                    raise DataError(f"{where}: duplicate document id {doc.id!r} (first in {seen[doc.id]})")
-                seen[doc.id] = where
-                docs.append(doc)
-        elif suffix in (".md", ".txt"):
-            text = path.read_text(encoding="utf-8")
-            if not text.strip():
-                raise DataError(f"{path}: empty document")
-            if path.stem in seen:
-                raise DataError(f"{path}: duplicate document id {path.stem!r} (first in {seen[path.stem]})")
-            seen[path.stem] = str(path)
-            docs.append(Document(path.stem, text, path.stem))
-        else:
-            raise DataError(f"{path}: unsupported corpus file type {path.suffix!r} (use .jsonl, .md or .txt)")
-    if not docs:
-        raise DataError(f"no documents in {', '.join(map(str, paths))}")
-    return docs
-
-
-def load_qa(path: Path) -> list[QA]:
-    """Question/answer rows; `aliases` (list of strings) and `source` (a document id) are optional."""
-    rows = []
-    for lineno, obj in read_jsonl(path):
-        where = f"{path}:{lineno}"
-        aliases = obj.get("aliases", [])
-        if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
-            raise DataError(f"{where}: 'aliases' must be a list of strings")
-        rows.append(QA(_string(obj, "question", where), _string(obj, "answer", where), aliases,
-                       _string(obj, "source", where, required=False)))
-    if not rows:
-        raise DataError(f"{path}: no questions")
-    return rows
+def _load_corpus(sources) -> tuple[list[Document], list[tuple[list[QA], list[QA]]]]:
+    documents: list[Document] = []
+    generated = []
+    first: dict[str, str] = {}  # document id -> where it was first seen
+    for source in sources:
+        spec = source if hasattr(source, "path") else None
+        questions = getattr(spec, "questions", None)
+        columns = question_columns(questions.templates) if questions else []
+        rows: list[Row] = []
+        for path, file_id, explicit in expand(spec.path if spec else source):
+            loaded = load_file(
+                path,
+                file_id,
+                explicit=explicit,
+                template=getattr(spec, "template", None),
+                id_column=getattr(spec, "id_column", None),
+                metadata_columns=getattr(spec, "metadata_columns", ()),
+                row_columns=columns,
+            )
+            for doc, where in loaded.documents:
+                if doc.id in first:
+                    raise DataError(f"{where}: duplicate document id {doc.id!r} (first in {first[doc.id]})")
+                first[doc.id] = where
+                documents.append(doc)
+            rows += loaded.rows
+        if questions:
+            generated.append(row_questions(rows, questions.templates, questions.eval_fraction, questions.seed))
+    if not documents:
+        raise DataError(f"no documents in {', '.join(str(getattr(s, 'path', s)) for s in sources)}")
+    return documents, generated

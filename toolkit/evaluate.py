@@ -1,38 +1,48 @@
-"""Evaluation: greedy answers on the eval split, scored with the recipe's rewards plus fixed headline metrics.
+"""`python -m toolkit.evaluate RECIPE [--adapter DIR] [--limit N] [section.field=value ...]`: does GRPO beat plain
+RAG, and does RAG beat no context?
 
-Base and tuned models see the same prompts and the same decoding, so their columns are comparable. Headline
-metrics are computed the same way whatever the recipe's reward mix is:
-- `answer_match`: fraction of answers that exactly match the gold answer or an alias (after normalization);
-- `format`: fraction of completions in the strict `<think>…</think><answer>…</answer>` format;
-- `reward_total`: the recipe's weighted reward sum (what GRPO optimizes), `reward/<name>`: each reward's mean;
-- `completion_tokens`, `truncated`: mean length and the fraction cut at `eval.max_new_tokens`.
+Up to three columns answer the same eval questions with greedy decoding:
+- `no_context`: the base model, same system prompt and worked examples, the question with an empty context;
+- `base`: the base model with the retrieved context (plain RAG);
+- `tuned`: the LoRA-tuned model with the same retrieved context.
+
+`toolkit.run` calls the same functions (`evaluate_columns`, then `compare`) around training. Metrics and intervals
+are defined in `toolkit.metrics`. Run on its own, the command writes `report.json`, `report.md` and
+`predictions.jsonl` to `<output_dir>/eval/` (or `--out`); without `--adapter` there is no tuned column.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
-import math
-from dataclasses import dataclass
+import sys
+from pathlib import Path
 
-import torch
-
+from toolkit.metrics import extracted, retrieval_hit, score_completions, summarize
+from toolkit.models import ModelError
+from toolkit.prompts import build_messages
 from toolkit.recipe import Recipe
-from toolkit.rewards import build_reward, completion_text, extract_answer, is_exact_match
+from toolkit.report import comparison_table, table_console, write_report
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("toolkit.evaluate")  # not __name__: "__main__" under python -m
 
-REWARD_COLUMNS = ("question", "answer", "aliases", "source", "context", "context_ids")
+COLUMNS = {
+    "no_context": "base model, question only (same system prompt and examples, empty context)",
+    "base": "base model + retrieved context (plain RAG)",
+    "tuned": "GRPO-tuned model + retrieved context",
+}
+PREDICTIONS = "eval/predictions.jsonl"
 
 
-@dataclass
-class EvalResult:
-    metrics: dict[str, float]
-    predictions: list[dict]
+def no_context_prompt(recipe: Recipe, row: dict) -> list[dict]:
+    """The row's chat prompt with nothing retrieved: same system message and worked examples."""
+    return build_messages(recipe.prompt, row["question"], [])
 
 
-@torch.no_grad()
 def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, batch_size: int):
     """Greedy completions for chat prompts; returns (texts, token counts, truncated flags)."""
+    import torch
+
     model.eval()
     texts, lengths, truncated = [], [], []
     eos = {tokenizer.eos_token_id, tokenizer.pad_token_id}
@@ -41,10 +51,11 @@ def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, b
             prompts[start : start + batch_size], add_generation_prompt=True, tokenize=True, padding=True,
             return_tensors="pt", return_dict=True,
         ).to(model.device)
-        out = model.generate(
-            **batch, max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None, top_k=None,
-            pad_token_id=tokenizer.pad_token_id,
-        )
+        with torch.no_grad():
+            out = model.generate(
+                **batch, max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None, top_k=None,
+                pad_token_id=tokenizer.pad_token_id,
+            )
         for row in out[:, batch["input_ids"].shape[1] :].tolist():
             ended = next((i for i, tok in enumerate(row) if tok in eos), None)
             lengths.append(ended if ended is not None else len(row))
@@ -53,44 +64,114 @@ def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, b
     return texts, lengths, truncated
 
 
-def _mean(values) -> float:
-    kept = [v for v in values if v is not None and not math.isnan(v)]
-    return round(sum(kept) / len(kept), 4) if kept else float("nan")
-
-
-def score(recipe: Recipe, rows: list[dict], completions: list[str]) -> tuple[dict[str, float], list[dict]]:
-    """Metrics over all completions, and per-question scores."""
-    columns = {key: [row[key] for row in rows] for key in REWARD_COLUMNS}
-    per_reward = {spec.key: spec.build()(completions, **columns) for spec in recipe.rewards}
-    strict = build_reward("format", {"mode": "strict"})(completions, **columns)
-    exact = [is_exact_match(c, row["answer"], row["aliases"]) for c, row in zip(completions, rows, strict=True)]
-    totals = [
-        sum(spec.weight * v for spec in recipe.rewards if (v := per_reward[spec.key][i]) is not None)
-        for i in range(len(completions))
-    ]
-    metrics = {"answer_match": _mean(map(float, exact)), "format": _mean(strict), "reward_total": _mean(totals)}
-    metrics |= {f"reward/{name}": _mean(values) for name, values in per_reward.items()}
-    per_question = [
-        {"exact_match": exact[i], "format": strict[i], "reward_total": totals[i]}
-        | {name: values[i] for name, values in per_reward.items()}
-        for i in range(len(completions))
-    ]
-    return metrics, per_question
-
-
-def evaluate(recipe: Recipe, model, tokenizer, rows: list[dict], label: str) -> EvalResult:
+def evaluate_column(recipe: Recipe, model, tokenizer, rows: list[dict], label: str) -> list[dict]:
+    """One column's per-question results: `{"completion", "answer", "scores"}` (scores: metric → value)."""
+    if label not in COLUMNS:
+        raise ValueError(f"unknown eval column {label!r}; known: {', '.join(COLUMNS)}")
+    with_context = label != "no_context"
     logger.info("evaluating %s on %d questions", label, len(rows))
-    texts, lengths, truncated = generate(
-        model, tokenizer, [row["prompt"] for row in rows], recipe.eval.max_new_tokens, recipe.eval.batch_size
-    )
-    metrics, per_question = score(recipe, rows, texts)
-    metrics["completion_tokens"] = _mean(lengths)
-    metrics["truncated"] = _mean(map(float, truncated))
+    prompts = [row["prompt"] if with_context else no_context_prompt(recipe, row) for row in rows]
+    texts, lengths, truncated = generate(model, tokenizer, prompts, recipe.eval.max_new_tokens, recipe.eval.batch_size)
+    results = []
+    for row, text, scores, n_tokens, cut in zip(
+        rows, texts, score_completions(recipe, rows, texts), lengths, truncated, strict=True
+    ):
+        headline = {key: scores.pop(key) for key in ("answer_match", "token_f1", "context_grounding", "format")}
+        hit = retrieval_hit(row) if with_context else None
+        headline |= {"completion_tokens": n_tokens, "truncated": cut, "retrieval_recall": hit}
+        results.append({"completion": text, "answer": extracted(text), "scores": headline | scores})
+    return results
+
+
+def evaluate_columns(recipe: Recipe, model, tokenizer, rows: list[dict], labels) -> dict[str, list[dict]]:
+    return {label: evaluate_column(recipe, model, tokenizer, rows, label) for label in labels}
+
+
+def compare(recipe: Recipe, rows: list[dict], results: dict[str, list[dict]]) -> tuple[dict, list[dict]]:
+    """Report sections (`eval`, one metric → mean dict per column, `intervals`, `differences`) and the
+    per-question predictions, from `evaluate_columns` results on `rows`."""
+    labels = [label for label in COLUMNS if label in results]
+    summary = summarize({label: [r["scores"] for r in results[label]] for label in labels})
+    section = {
+        "eval": {
+            "questions": len(rows),
+            "top_k": recipe.retrieval.top_k,
+            "max_new_tokens": recipe.eval.max_new_tokens,
+            "columns": {label: COLUMNS[label] for label in labels},
+            "bootstrap": summary["bootstrap"],
+            "predictions": PREDICTIONS,
+        },
+        **summary["means"],
+        "intervals": summary["intervals"],
+        "differences": summary["differences"],
+    }
     predictions = [
         {
-            "question": row["question"], "gold": row["answer"], "completion": text,
-            "extracted": extract_answer(completion_text(text)), **scores,
+            "question": row["question"],
+            "gold": row["answer"],
+            "aliases": row["aliases"],
+            "source": row.get("source"),
+            "context_sources": row.get("context_sources", []),
+            **{label: results[label][i] for label in labels},
         }
-        for row, text, scores in zip(rows, texts, per_question, strict=True)
+        for i, row in enumerate(rows)
     ]
-    return EvalResult(metrics, predictions)
+    return section, predictions
+
+
+def evaluate_recipe(recipe: Recipe, dataset, adapter: Path | None, out: Path) -> dict:
+    """The standalone evaluation: index, prompts, no-context and base columns, then the adapter's column."""
+    from toolkit.index import build_index
+    from toolkit.models import load_model, resolve_model
+    from toolkit.prompts import build_rows
+
+    index, counts = build_index(recipe, dataset.documents)
+    rows = build_rows(dataset.eval[: recipe.eval.limit], index, recipe.prompt, recipe.retrieval.top_k)
+    model_path = resolve_model(recipe.model.name_or_path, recipe.model.cache_dir)
+    model, tokenizer = load_model(model_path, recipe.model.dtype)
+    results = evaluate_columns(recipe, model, tokenizer, rows, ("no_context", "base"))
+    if adapter is not None:
+        from peft import PeftModel
+
+        tuned = PeftModel.from_pretrained(model, adapter)  # wraps the base model in place: evaluated last
+        results |= evaluate_columns(recipe, tuned, tokenizer, rows, ("tuned",))
+    section, predictions = compare(recipe, rows, results)
+    section["eval"]["predictions"] = "predictions.jsonl"  # next to this report
+    report = {
+        "recipe": recipe.model_dump(mode="json"),
+        "model_path": model_path,
+        "adapter": None if adapter is None else str(adapter),
+        "index": {"documents": len(dataset.documents), **vars(counts)},
+        **section,
+    }
+    write_report(out, report, predictions)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    from toolkit.cli import ERRORS, fail, load_with_overrides, setup_logging
+
+    parser = argparse.ArgumentParser(prog="python -m toolkit.evaluate", description=__doc__.splitlines()[0])
+    parser.add_argument("recipe", help="path to a recipe YAML, e.g. recipes/wine.yaml")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides: eval.max_new_tokens=32 output_dir=/tmp/x")
+    parser.add_argument("--adapter", type=Path, help="a LoRA adapter folder (e.g. runs/wine/adapter): adds `tuned`")
+    parser.add_argument("--limit", type=int, help="evaluate only the first N eval questions (eval.limit)")
+    parser.add_argument("--out", type=Path, help="where to write the report (default: <output_dir>/eval)")
+    args = parser.parse_intermixed_args(argv)
+    console = setup_logging()
+    overrides = [*args.overrides, *([f"eval.limit={args.limit}"] if args.limit is not None else [])]
+    try:
+        recipe, dataset = load_with_overrides(args.recipe, overrides)
+        if args.adapter is not None and not (args.adapter / "adapter_config.json").is_file():
+            raise ModelError(f"{args.adapter}: not a LoRA adapter folder (no adapter_config.json)")
+        out = args.out or recipe.output_dir / "eval"
+        report = evaluate_recipe(recipe, dataset, args.adapter, out)
+    except ERRORS as err:
+        return fail(console, err)
+    table_console().print(comparison_table(report))
+    console.print(f"outputs in [bold]{out}[/]: report.json, report.md, predictions.jsonl")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

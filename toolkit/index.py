@@ -1,32 +1,44 @@
-"""The retrieval index: chunk documents by embedder tokens, embed them, keep them in a persistent Chroma collection.
+"""The retrieval index: embed document chunks and keep them in a persistent Chroma collection.
 
-Chroma always receives precomputed embeddings (adds and queries): without them it falls back to its own ONNX
-embedder, which downloads a model. Chunk ids are `doc id:position:content hash`, so syncing an unchanged corpus
-embeds nothing, and a changed chunk gets a new id (old one deleted).
+- Chunks come from `toolkit.chunking`; their ids depend only on their content, so syncing embeds exactly the
+  chunks whose ids the collection lacks and deletes those no document gives any more.
+- Chroma always receives precomputed embeddings (adds and queries): without them it falls back to its own ONNX
+  embedder, which downloads a model. The collection uses cosine distance.
+- The collection's metadata is the manifest: the embedder's name and dimension. Opening it for another embedder
+  rebuilds it, and says so.
+- New chunks are embedded and written in batches of `write_batch_size`, longest first (as one big `encode` call
+  would order them), each batch one Chroma write: a process killed mid-index keeps every finished batch, and the
+  next run embeds only what is missing.
+- Unchanged runs embed and tokenize nothing: `<collection>.chunks.json` beside the collection memoizes, per
+  document content hash, the chunk ids the chunker gave it (a pure function of that hash, so the file can never be
+  wrong, only missing); a document whose chunk ids are all in the collection is skipped.
+
+`python -m toolkit.index RECIPE [overrides] [--eval]` builds or updates a recipe's index and prints what changed;
+`--eval` adds recall@k and MRR of the questions' gold documents.
 """
 
 from __future__ import annotations
 
-import bisect
-import hashlib
+import argparse
+import functools
+import json
 import logging
-import re
-from dataclasses import dataclass
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from toolkit.data import Document
+from toolkit.chunking import CHUNKER_VERSION, Chunk, chunk_documents, document_hash
+from toolkit.data import QA, DataError, Document
 
 logger = logging.getLogger(__name__)
 
-EMBED_BATCH = 32  # measured: 16–32 is fastest for MiniLM on CPU; bigger batches pad more
+_DELETE_BATCH = 4096  # under Chroma's maximum batch size (5461 with SQLite)
 
 
-@dataclass(frozen=True)
-class Chunk:
-    id: str
-    text: str
-    source: str  # document id
-    position: int
+class IndexUnavailable(DataError):
+    """The index cannot be used as asked (missing, built for another embedder, ...); the message is one line."""
 
 
 @dataclass(frozen=True)
@@ -35,121 +47,359 @@ class Hit:
     text: str
     source: str
     score: float  # cosine similarity
+    metadata: dict = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)
 class SyncCounts:
-    added: int
-    deleted: int
-    unchanged: int
+    """Chunks, by `doc id:position`: new ones, changed ones (re-embedded), gone ones, and ones kept as they were."""
+
+    added: int = 0
+    updated: int = 0
+    deleted: int = 0
+    unchanged: int = 0
 
 
-def chunk_documents(docs: list[Document], tokenizer, size: int, overlap: int) -> list[Chunk]:
-    """Windows of at most `size` embedder tokens, sharing about `overlap` tokens with the previous window.
-
-    Windows start and end on whole words (a word longer than `size` tokens stands alone), so no chunk begins
-    inside a word and re-tokenizing a chunk gives the token count it was cut by.
-    """
-    chunks = []
-    for doc in docs:
-        for position, (start, end) in enumerate(_word_windows(doc.text, tokenizer, size, overlap)):
-            text = doc.text[start:end]
-            digest = hashlib.sha256(text.encode()).hexdigest()[:12]
-            chunks.append(Chunk(f"{doc.id}:{position}:{digest}", text, doc.id, position))
-    return chunks
+def _key(chunk_id: str) -> str:
+    """`doc id:position` of a chunk id: a chunk with the same key and another hash is an update."""
+    return chunk_id.rsplit(":", 1)[0]
 
 
-def _word_windows(text: str, tokenizer, size: int, overlap: int) -> list[tuple[int, int]]:
-    words = [m.span() for m in re.finditer(r"\S+", text)]
-    if not words:
-        return []
-    # Tokens per word: each token belongs to the word its first character is in.
-    counts = [0] * len(words)
-    word_starts = [start for start, _ in words]
-    for tok_start, tok_end in tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]:
-        if tok_end > tok_start:
-            counts[max(bisect.bisect_right(word_starts, tok_start) - 1, 0)] += 1
-    windows, first = [], 0
-    while True:
-        last, tokens = first, 0
-        while last < len(words) and (last == first or tokens + counts[last] <= size):
-            tokens += counts[last]
-            last += 1
-        windows.append((words[first][0], words[last - 1][1]))
-        if last == len(words):
-            return windows
-        # Step back from the end by whole words until about `overlap` tokens are shared, always moving forward.
-        nxt, shared = last, 0
-        while nxt - 1 > first and shared + counts[nxt - 1] <= overlap:
-            nxt -= 1
-            shared += counts[nxt]
-        first = nxt
+# ------------------------------------------------------------------------------------------------- index
+
+
+@functools.lru_cache(maxsize=2)
+def _load_embedder(path: str):
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(path, device="cpu")
 
 
 class Index:
-    """A Chroma collection plus the sentence-transformer that embeds both chunks and queries."""
+    """A Chroma collection plus the sentence-transformer that embeds both chunks and queries.
 
-    def __init__(self, path: Path, collection: str, embedder_name: str, embedder_path: str):
+    `create=False` opens an existing index read-only in spirit (for search): a missing index or one built with
+    another embedder is an error instead of a (re)build. The embedder loads on first use, so an unchanged update
+    never loads it.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        collection: str,
+        embedder_name: str,
+        embedder_path: str,
+        *,
+        embed_batch_size: int = 32,
+        write_batch_size: int = 1024,
+        create: bool = True,
+    ):
         import chromadb
         from chromadb.config import Settings
-        from sentence_transformers import SentenceTransformer
 
-        self.embedder = SentenceTransformer(embedder_path, device="cpu")
-        path.mkdir(parents=True, exist_ok=True)
+        self.path, self.name = Path(path), collection
+        self.embedder_name, self.embedder_path = embedder_name, embedder_path
+        self.embed_batch_size, self.write_batch_size = embed_batch_size, write_batch_size
+        self._embedder = None
+        if not create and not (self.path / "chroma.sqlite3").is_file():
+            raise IndexUnavailable(f"no index at {self.path}")
+        self.path.mkdir(parents=True, exist_ok=True)
         # Telemetry off: it would try to reach the network on every client start.
-        self.client = chromadb.PersistentClient(path=str(path), settings=Settings(anonymized_telemetry=False))
-        manifest = {"embedder": embedder_name, "dimension": self.embedder.get_embedding_dimension()}
+        self.client = chromadb.PersistentClient(path=str(self.path), settings=Settings(anonymized_telemetry=False))
         existing = next((c for c in self.client.list_collections() if c.name == collection), None)
-        if existing is not None and dict(existing.metadata or {}) != manifest:
-            logger.warning("index %s was built with %s; rebuilding it for %s", path, existing.metadata, manifest)
+        built_with = (existing.metadata or {}).get("embedder") if existing is not None else None
+        if not create:
+            if existing is None:
+                raise IndexUnavailable(f"no collection {collection!r} in the index at {self.path}")
+            if built_with != embedder_name:
+                raise IndexUnavailable(
+                    f"the index at {self.path} was built with embedder {built_with!r}, not {embedder_name!r}"
+                )
+        elif existing is not None and built_with != embedder_name:
+            self.embedder  # noqa: B018 -- load the new embedder first: if it fails, the old index stays
+            logger.warning(
+                "index %s (collection %s) was built with embedder %r; rebuilding it for %r",
+                self.path, collection, built_with, embedder_name,
+            )
             self.client.delete_collection(collection)
-        self.collection = self.client.get_or_create_collection(
-            collection, configuration={"hnsw": {"space": "cosine"}}, embedding_function=None, metadata=manifest
-        )
+            existing = None
+        if existing is None:
+            manifest = {"embedder": embedder_name, "dimension": self.embedder.get_embedding_dimension()}
+            existing = self.client.create_collection(
+                collection, configuration={"hnsw": {"space": "cosine"}}, embedding_function=None, metadata=manifest
+            )
+        self.collection = existing
+
+    @property
+    def manifest(self) -> dict:
+        return dict(self.collection.metadata or {})
+
+    @property
+    def embedder(self):
+        if self._embedder is None:
+            from toolkit.models import ModelError
+
+            try:
+                embedder = _load_embedder(self.embedder_path)
+            except (OSError, ValueError) as err:
+                raise ModelError(f"cannot load embedder {self.embedder_name!r}: {err}".splitlines()[0]) from None
+            stored = getattr(self, "collection", None) and self.manifest.get("dimension")
+            if stored and stored != embedder.get_embedding_dimension():
+                raise IndexUnavailable(
+                    f"embedder {self.embedder_name!r} now gives {embedder.get_embedding_dimension()}-dimensional "
+                    f"vectors, the index at {self.path} holds {stored}: delete that folder to rebuild it"
+                )
+            self._embedder = embedder
+        return self._embedder
+
+    @property
+    def tokenizer(self):
+        return self.embedder.tokenizer
 
     def embed(self, texts: list[str]):
         return self.embedder.encode(
-            texts, batch_size=EMBED_BATCH, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+            texts, batch_size=self.embed_batch_size, normalize_embeddings=True, convert_to_numpy=True,
+            show_progress_bar=False,
         )
 
-    def sync(self, chunks: list[Chunk]) -> SyncCounts:
-        """Make the collection hold exactly `chunks`: embed only the new ones, delete the stale ones."""
+    # -------------------------------------------------------------------------------------------- writing
+
+    def update(
+        self, docs: list[Document], size: int, overlap: int, progress: Callable[[int, int], None] | None = None
+    ) -> SyncCounts:
+        """Make the collection hold exactly the chunks of `docs`; documents whose chunks are all stored are
+        neither tokenized nor embedded. `progress(done, total)` is called after each stored batch."""
         have = set(self.collection.get(include=[])["ids"])
-        want = {c.id: c for c in chunks}
-        stale = sorted(have - want.keys())
-        new = [c for c in chunks if c.id not in have]
-        if stale:
-            self.collection.delete(ids=stale)
-        for start in range(0, len(new), 1024):
-            batch = new[start : start + 1024]
+        memo = self._read_memo()
+        hashes = [document_hash(doc, size, overlap, self.embedder_name) for doc in docs]
+        kept: set[str] = set()
+        todo: list[tuple[Document, str]] = []
+        chunk_ids: dict[str, list[str]] = {}
+        for doc, digest in zip(docs, hashes, strict=True):
+            known = memo.get(digest)
+            if known is not None and have.issuperset(known):
+                kept.update(known)
+                chunk_ids[digest] = known
+            else:
+                todo.append((doc, digest))
+        chunks = []
+        if todo:
+            limit = self.embedder.max_seq_length - 2  # [CLS] and [SEP]
+            if size > limit:
+                raise IndexUnavailable(
+                    f"retrieval.chunk_size {size} is more than embedder {self.embedder_name!r} reads ({limit} "
+                    "tokens): the rest of each chunk would be cut off"
+                )
+            chunks = chunk_documents([doc for doc, _ in todo], self.tokenizer, size, overlap)
+            by_source: dict[str, list[str]] = {}
+            for chunk in chunks:
+                by_source.setdefault(chunk.source, []).append(chunk.id)
+            for doc, digest in todo:
+                chunk_ids[digest] = by_source.get(doc.id, [])
+        counts = self._sync(chunks, have, kept, progress)
+        if chunk_ids != memo:
+            self._write_memo(chunk_ids)
+        return counts
+
+    def sync(self, chunks: list[Chunk], progress: Callable[[int, int], None] | None = None) -> SyncCounts:
+        """Make the collection hold exactly `chunks`: embed only the new ones, delete the stale ones."""
+        return self._sync(chunks, set(self.collection.get(include=[])["ids"]), set(), progress)
+
+    def _sync(self, chunks: list[Chunk], have: set[str], kept: set[str], progress) -> SyncCounts:
+        want = {chunk.id: chunk for chunk in chunks}
+        if len(want) != len(chunks):
+            raise ValueError("duplicate chunk ids: are two documents sharing an id?")
+        wanted = kept | want.keys()
+        stale = sorted(have - wanted)
+        new = [chunk for chunk in chunks if chunk.id not in have]
+        have_keys, want_keys = {_key(i) for i in have}, {_key(i) for i in wanted}
+        updated = sum(_key(chunk.id) in have_keys for chunk in new)
+        counts = SyncCounts(
+            added=len(new) - updated,
+            updated=updated,
+            deleted=sum(_key(i) not in want_keys for i in stale),
+            unchanged=len(wanted) - len(new),
+        )
+        for start in range(0, len(stale), _DELETE_BATCH):
+            self.collection.delete(ids=stale[start : start + _DELETE_BATCH])
+        # Longest first, as sentence-transformers orders one big encode call: batches of similar lengths pad little.
+        new.sort(key=lambda chunk: -chunk.tokens)
+        if new:
+            logger.info("index: embedding %d new chunks in batches of %d", len(new), self.write_batch_size)
+            if progress is not None:
+                progress(0, len(new))
+        for start in range(0, len(new), self.write_batch_size):
+            batch = new[start : start + self.write_batch_size]
             self.collection.add(
-                ids=[c.id for c in batch],
-                embeddings=self.embed([c.text for c in batch]),
-                documents=[c.text for c in batch],
-                metadatas=[{"source": c.source, "position": c.position} for c in batch],
+                ids=[chunk.id for chunk in batch],
+                embeddings=self.embed([chunk.text for chunk in batch]),
+                documents=[chunk.text for chunk in batch],
+                metadatas=[{**chunk.metadata, "source": chunk.source, "position": chunk.position} for chunk in batch],
             )
-        return SyncCounts(added=len(new), deleted=len(stale), unchanged=len(want) - len(new))
+            if progress is not None:
+                progress(start + len(batch), len(new))
+        return counts
+
+    def _memo_path(self) -> Path:
+        return self.path / f"{self.name}.chunks.json"
+
+    def _read_memo(self) -> dict[str, list[str]]:
+        try:
+            memo = json.loads(self._memo_path().read_text())
+            return memo["documents"] if memo.get("chunker") == CHUNKER_VERSION else {}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return {}  # missing or unreadable: chunk everything again (slower, never wrong)
+
+    def _write_memo(self, chunk_ids: dict[str, list[str]]) -> None:
+        path = self._memo_path()
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"chunker": CHUNKER_VERSION, "documents": chunk_ids}, separators=(",", ":")))
+        os.replace(tmp, path)
+
+    # -------------------------------------------------------------------------------------------- reading
+
+    def count(self) -> int:
+        return self.collection.count()
 
     def search(self, queries: list[str], k: int) -> list[list[Hit]]:
+        """The top-k chunks of each query, best first."""
         if not queries:
             return []
+        return self.query(self.embed(queries), k)
+
+    def query(self, embeddings, k: int) -> list[list[Hit]]:
+        """`search` with precomputed (normalized) query embeddings."""
         result = self.collection.query(
-            query_embeddings=self.embed(queries), n_results=k, include=["documents", "metadatas", "distances"]
+            query_embeddings=embeddings, n_results=k, include=["documents", "metadatas", "distances"]
         )
         columns = (result["ids"], result["documents"], result["metadatas"], result["distances"])
         return [
-            [Hit(*hit[:2], hit[2]["source"], 1.0 - hit[3]) for hit in zip(*per_query, strict=True)]
+            [
+                Hit(chunk_id, text, meta["source"], 1.0 - distance, meta)
+                for chunk_id, text, meta, distance in zip(*per_query, strict=True)
+            ]
             for per_query in zip(*columns, strict=True)
         ]
 
 
-def build_index(recipe, docs: list[Document]) -> tuple[Index, SyncCounts]:
-    """Open (or create) the recipe's index under its output folder and sync it with the corpus."""
+def open_index(recipe, *, create: bool = True) -> Index:
+    """The recipe's index, under its output folder."""
     from toolkit.models import resolve_embedder
 
     cfg = recipe.retrieval
-    index = Index(recipe.output_dir / "index", cfg.collection, cfg.embedder, resolve_embedder(cfg.embedder))
-    chunks = chunk_documents(docs, index.embedder.tokenizer, cfg.chunk_size, cfg.chunk_overlap)
-    counts = index.sync(chunks)
-    logger.info("index: %d chunks (%d added, %d deleted, %d unchanged)", len(chunks), *vars(counts).values())
+    return Index(
+        recipe.output_dir / "index",
+        cfg.collection,
+        cfg.embedder,
+        resolve_embedder(cfg.embedder),
+        embed_batch_size=cfg.embed_batch_size,
+        write_batch_size=cfg.write_batch_size,
+        create=create,
+    )
+
+
+def build_index(recipe, docs: list[Document], progress=None) -> tuple[Index, SyncCounts]:
+    """Open (or create) the recipe's index under its output folder and sync it with the corpus."""
+    index = open_index(recipe)
+    cfg = recipe.retrieval
+    counts = index.update(docs, cfg.chunk_size, cfg.chunk_overlap, progress)
+    logger.info("index: %d chunks (%d added, %d updated, %d deleted, %d unchanged)", index.count(),
+                *vars(counts).values())
     return index, counts
+
+
+# ------------------------------------------------------------------------------------------------ quality
+
+
+def retrieval_metrics(index: Index, questions: list[QA], top_k: int) -> dict:
+    """Recall@k (gold document among the top k chunks) for k in 1, top_k, 5, 10, and MRR@10 of the gold document.
+
+    Only questions with a `source` count; `questions` says how many did.
+    """
+    ks = sorted({1, top_k, 5, 10})
+    scored = [qa for qa in questions if qa.source]
+    metrics: dict = {"questions": len(scored)}
+    if not scored:
+        return metrics
+    ranks = []
+    for qa, hits in zip(scored, index.search([qa.question for qa in scored], ks[-1]), strict=True):
+        sources = [hit.source for hit in hits]
+        ranks.append(sources.index(qa.source) + 1 if qa.source in sources else None)
+    for k in ks:
+        metrics[f"recall@{k}"] = round(sum(r is not None and r <= k for r in ranks) / len(ranks), 4)
+    metrics[f"mrr@{ks[-1]}"] = round(sum(1 / r for r in ranks if r is not None) / len(ranks), 4)
+    return metrics
+
+
+# ----------------------------------------------------------------------------------------------- command
+
+
+def main(argv: list[str] | None = None) -> int:
+    from rich.console import Console
+
+    from toolkit.cli import ERRORS, fail, load_with_overrides, setup_logging
+
+    parser = argparse.ArgumentParser(
+        prog="python -m toolkit.index", description="Build or update a recipe's retrieval index."
+    )
+    parser.add_argument("recipe", help="path to a recipe YAML, e.g. recipes/wine.yaml")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides: data.corpus.0.path=my.csv output_dir=/tmp/x")
+    parser.add_argument("--eval", action="store_true", help="also print recall@k and MRR on the eval questions")
+    args = parser.parse_intermixed_args(argv)
+    console = setup_logging()
+    out = Console(highlight=False)
+    try:
+        recipe, dataset = load_with_overrides(args.recipe, args.overrides)
+        index = open_index(recipe)
+        cfg = recipe.retrieval
+        with _Progress(console) as progress:
+            counts = index.update(dataset.documents, cfg.chunk_size, cfg.chunk_overlap, progress)
+        out.print(
+            f"index {index.path} (collection {index.name}, {cfg.embedder}): {len(dataset.documents)} documents, "
+            f"{index.count()} chunks",
+            soft_wrap=True,
+        )
+        out.print("  ".join(f"{name} {value}" for name, value in vars(counts).items()))
+        if args.eval:
+            questions = dataset.eval[: recipe.eval.limit]
+            metrics = retrieval_metrics(index, questions, cfg.top_k)
+            scores = "  ".join(f"{name} {value:.3f}" for name, value in metrics.items() if name != "questions")
+            out.print(f"retrieval on {metrics['questions']} eval questions: {scores}", soft_wrap=True)
+    except ERRORS as err:
+        return fail(console, err)
+    except KeyboardInterrupt:
+        console.print("interrupted: every finished batch is stored; run the command again to complete the index")
+        return 130
+    return 0
+
+
+class _Progress:
+    """A rich progress bar on a terminal; elsewhere (logs, pipes) one plain line per stored batch."""
+
+    def __init__(self, console):
+        self.console, self.bar, self.task = console, None, None
+
+    def __enter__(self):
+        return self
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.console.is_terminal:
+            if done:
+                self.console.print(f"stored {done}/{total} chunks", highlight=False)
+            return
+        if self.bar is None:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                                console=self.console)
+            self.bar.start()
+            self.task = self.bar.add_task("embedding", total=total)
+        self.bar.update(self.task, completed=done)
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,6 +1,10 @@
-"""Run outputs: report.json, report.md, predictions and the adapter, each written to a temporary path and renamed.
+"""Run outputs: report.json, report.md, eval/predictions.jsonl, plots/*.png and the adapter, each written to a
+temporary path and renamed.
 
 A crash mid-write never leaves a half report or half adapter: readers see the previous file or the new one.
+The Markdown report and the console table show the same numbers as report.json: each column's mean with its 95%
+bootstrap interval, and the paired differences (tuned − base, base − no context), not significant when their
+interval spans zero.
 """
 
 from __future__ import annotations
@@ -12,14 +16,16 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from rich.console import Console
 from rich.table import Table
 
 
-def write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str | bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        binary = isinstance(text, bytes)
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
             f.write(text)
         os.replace(tmp, path)
     except BaseException:
@@ -47,53 +53,163 @@ def save_dir_atomic(path: Path, save: Callable[[Path], None]) -> None:
         raise
 
 
-def metric_names(base: dict, tuned: dict) -> list[str]:
-    return list(dict.fromkeys([*base, *tuned]))
+COLUMN_TITLES = {"no_context": "no context", "base": "base + RAG", "tuned": "tuned + RAG"}
+DIFFERENCE_TITLES = {"base - no_context": "base − no context", "tuned - base": "tuned − base"}
+HEADLINE = ("answer_match", "token_f1", "context_grounding", "format", "completion_tokens", "truncated",
+            "retrieval_recall", "reward_total")
+VERDICTS = {"tuned - base": "GRPO vs plain RAG", "base - no_context": "RAG vs no context"}
 
 
-def _fmt(value) -> str:
-    return "—" if value is None else f"{value:.3f}"
+def columns(report: dict) -> list[str]:
+    return [label for label in COLUMN_TITLES if isinstance(report.get(label), dict)]
 
 
-def comparison_table(base: dict, tuned: dict, n_questions: int) -> Table:
-    table = Table(title=f"Eval split: {n_questions} questions, greedy decoding")
-    for column in ("metric", "base", "tuned", "Δ"):
-        table.add_column(column, justify="left" if column == "metric" else "right")
-    for name in metric_names(base, tuned):
-        b, t = base.get(name), tuned.get(name)
-        delta = f"{t - b:+.3f}" if b is not None and t is not None else "—"
-        table.add_row(name, _fmt(b), _fmt(t), delta)
+def difference_keys(report: dict) -> list[str]:
+    found = report.get("differences", {})
+    return [key for key in DIFFERENCE_TITLES if key in found]
+
+
+def metric_names(report: dict) -> list[str]:
+    names = [name for label in columns(report) for name in report[label]]
+    return list(dict.fromkeys([*[h for h in HEADLINE if h in names], *names]))
+
+
+def _fmt(value, signed: bool = False) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:+.3f}" if signed else f"{value:.3f}"
+
+
+def _interval(found: dict | None, signed: bool = False) -> str:
+    return f"[{_fmt(found['low'], signed)}, {_fmt(found['high'], signed)}]" if found else ""
+
+
+def cell(report: dict, label: str, name: str) -> tuple[str, str]:
+    """(mean, interval) texts of one column's metric."""
+    return _fmt(report[label].get(name)), _interval(report.get("intervals", {}).get(label, {}).get(name))
+
+
+def difference_cell(report: dict, key: str, name: str) -> tuple[str, str, bool | None]:
+    """(mean, interval, significant) texts of one difference; significant is None when there is no interval."""
+    found = report.get("differences", {}).get(key, {}).get(name)
+    if not found:
+        return "n/a", "", None
+    return _fmt(found["mean"], signed=True), _interval(found, signed=True), found["significant"]
+
+
+def verdicts(report: dict, name: str = "answer_match") -> list[str]:
+    """One sentence per difference for a headline metric, e.g. "GRPO vs plain RAG (tuned − base), answer_match:
+    +0.107 [+0.036, +0.179] over 56 questions: significant"."""
+    lines = []
+    for key in difference_keys(report):
+        found = report["differences"][key].get(name)
+        if found:
+            verdict = "significant" if found["significant"] else "not significant (the interval spans 0)"
+            lines.append(
+                f"{VERDICTS[key]} ({DIFFERENCE_TITLES[key]}), {name}: {_fmt(found['mean'], True)} "
+                f"{_interval(found, True)} over {found['questions']} questions: {verdict}"
+            )
+    return lines
+
+
+def table_console(stderr: bool = False) -> Console:
+    """A console for the comparison table: a terminal's own width, 160 columns when writing to a file or pipe (rich
+    would use 80 there and squeeze five interval columns into unreadable wraps)."""
+    console = Console(stderr=stderr)
+    return console if console.is_terminal else Console(stderr=stderr, width=160)
+
+
+def comparison_table(report: dict) -> Table:
+    """The console table: each column's mean over its 95% interval, then the differences (n.s.: interval spans 0)."""
+    confidence = report.get("eval", {}).get("bootstrap", {}).get("confidence", 0.95)
+    table = Table(title=f"{report['eval']['questions']} eval questions, greedy; mean over its {confidence:.0%} "
+                  "interval; n.s.: interval spans 0")
+    table.add_column("metric", no_wrap=True)
+    for label in columns(report):
+        table.add_column(COLUMN_TITLES[label], justify="right")
+    for key in difference_keys(report):
+        table.add_column(DIFFERENCE_TITLES[key], justify="right")
+    for name in metric_names(report):
+        cells = ["\n".join(filter(None, cell(report, label, name))) for label in columns(report)]
+        for key in difference_keys(report):
+            mean, interval, sig = difference_cell(report, key, name)
+            mark = "" if sig is None else (" [bold green]*[/]" if sig else " [dim]n.s.[/]")
+            cells.append("\n".join(filter(None, [mean + mark, interval])))
+        table.add_row(name, *cells)
     return table
 
 
+def markdown_table(report: dict) -> list[str]:
+    labels, keys = columns(report), difference_keys(report)
+    header = ["metric", *(COLUMN_TITLES[label] for label in labels), *(DIFFERENCE_TITLES[key] for key in keys)]
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    for name in metric_names(report):
+        cells = [" ".join(filter(None, cell(report, label, name))) for label in labels]
+        for key in keys:
+            mean, interval, sig = difference_cell(report, key, name)
+            if sig is not None:
+                mean = f"**{mean}**" if sig else f"{mean} (n.s.)"
+            cells.append(" ".join(filter(None, [mean, interval])))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def render_markdown(report: dict) -> str:
-    base, tuned, training = report["base"], report["tuned"], report["training"]
+    evaluation, training = report["eval"], report.get("training")
+    bootstrap = evaluation.get("bootstrap", {})
+    model = f"Model `{report['recipe']['model']['name_or_path']}`"
+    if training:
+        model += f", {training['steps']} GRPO steps in {training['wall_seconds']:.0f} s"
+    if report.get("adapter"):
+        model += f", adapter `{report['adapter']}`"
     lines = [
         f"# Run report: {report['recipe']['output_dir']}",
         "",
-        f"Model `{report['recipe']['model']['name_or_path']}`, {training['steps']} GRPO steps in "
-        f"{training['wall_seconds']:.0f} s; evaluated on {report['eval']['questions']} held-out questions "
-        "(greedy decoding, same prompts for both columns).",
+        f"{model}; evaluated on {evaluation['questions']} held-out questions (greedy decoding, the same prompts for "
+        f"every column; retrieval top_k = {evaluation.get('top_k', '?')}).",
         "",
-        "| metric | base | tuned | Δ |",
-        "|---|---:|---:|---:|",
     ]
-    for name in metric_names(base, tuned):
-        b, t = base.get(name), tuned.get(name)
-        delta = f"{t - b:+.3f}" if b is not None and t is not None else "—"
-        lines.append(f"| {name} | {_fmt(b)} | {_fmt(t)} | {delta} |")
+    if report.get("warnings"):
+        lines += ["## Warnings", "", *(f"- **Training looked broken:** {w}" for w in report["warnings"]), ""]
+    lines += ["## Does GRPO beat plain RAG, and does RAG beat no context?", ""]
+    lines += [f"- {line}" for line in verdicts(report)] + [""]
+    lines += markdown_table(report)
     lines += [
         "",
-        "`answer_match`: exact match with the gold answer or an alias after normalization; `format`: strict "
-        "`<think>…</think><answer>…</answer>`; `reward_total`: the recipe's weighted reward sum.",
+        f"Each cell: the mean, then its {bootstrap.get('confidence', 0.95):.0%} paired bootstrap interval over "
+        f"questions ({bootstrap.get('resamples', '?')} resamples, seed {bootstrap.get('seed', '?')}). Differences in "
+        "**bold** are significant; (n.s.) marks one whose interval spans 0.",
         "",
-        "Files: `adapter/` (peft LoRA adapter), `report.json`, `predictions.jsonl` (per-question answers), `index/`.",
+        "Columns: " + "; ".join(f"**{COLUMN_TITLES[k]}**: {v}" for k, v in evaluation.get("columns", {}).items())
+        + ".",
+        "",
+        "Metrics: `answer_match` exact match with the gold answer or an alias after normalization; `token_f1` token "
+        "F1 of the extracted answer; `context_grounding` share of the answer's content words found in the retrieved "
+        "chunks; `format` strict `<think>…</think><answer>…</answer>`; `completion_tokens` mean length; `truncated` "
+        "share cut at the token limit; `retrieval_recall` gold document among the retrieved chunks (recall@top_k; "
+        "n/a without context); `reward_total` the recipe's weighted reward sum; `reward/<label>` each reward.",
         "",
     ]
+    if training and training.get("plots"):
+        lines += ["## Training curves", ""]
+        for path in training["plots"]:
+            lines += [f"![{Path(path).stem}]({path})", ""]
+        lines += ["The numbers behind the plots are in `report.json` under `training.curves`.", ""]
+    files = f"`{evaluation.get('predictions', 'eval/predictions.jsonl')}` (per-question answers and scores)"
+    if training:
+        files = f"`adapter/` (peft LoRA adapter), `report.json`, {files}, `plots/`, `index/`"
+    else:
+        files = f"`report.json`, {files}"
+    lines += [f"Files: {files}.", ""]
     return "\n".join(lines)
 
 
-def write_report(output_dir: Path, report: dict, predictions: list[dict]) -> None:
-    write_atomic(output_dir / "predictions.jsonl", "".join(json.dumps(p) + "\n" for p in predictions))
+def write_report(output_dir: Path, report: dict, predictions: list[dict], images: dict[str, bytes] | None = None):
+    """Predictions (at `report["eval"]["predictions"]`), images (relative path → PNG bytes), then report.json and
+    report.md: the report comes last, so every file it names already exists."""
+    predictions_path = output_dir / report["eval"].get("predictions", "eval/predictions.jsonl")
+    write_atomic(predictions_path, "".join(json.dumps(p) + "\n" for p in predictions))
+    for path, data in (images or {}).items():
+        write_atomic(output_dir / path, data)
     write_atomic(output_dir / "report.json", json.dumps(report, indent=2) + "\n")
     write_atomic(output_dir / "report.md", render_markdown(report))

@@ -1,4 +1,4 @@
-"""`python -m toolkit.run RECIPE [section.field=value ...]`: index, prompts, base eval, GRPO, tuned eval, report.
+"""`python -m toolkit.run RECIPE [section.field=value ...]`: index, prompts, base evals, GRPO, tuned eval, report.
 
 One builder per stage, called in order; each stage lives in its own module.
 """
@@ -12,10 +12,11 @@ import sys
 from rich.console import Console
 from rich.logging import RichHandler
 
-from toolkit.data import DataError, load_documents, load_qa
+from toolkit.data import DataError, load_dataset
 from toolkit.models import ModelError
 from toolkit.recipe import Recipe, RecipeError, load_recipe
-from toolkit.report import comparison_table, save_dir_atomic, write_report
+from toolkit.report import comparison_table, save_dir_atomic, table_console, write_report
+from toolkit.rewards import RewardError
 
 logger = logging.getLogger("toolkit")
 
@@ -23,16 +24,18 @@ logger = logging.getLogger("toolkit")
 def run(recipe: Recipe, console: Console) -> dict:
     # Imported here, not at the top: they pull in torch, transformers and TRL (seconds), and a recipe error
     # should be reported at once.
-    from toolkit.evaluate import evaluate
-    from toolkit.index import build_index
+    from toolkit.curves import render_plots, training_curves, training_warnings
+    from toolkit.evaluate import compare, evaluate_columns
+    from toolkit.index import build_index, retrieval_metrics
     from toolkit.models import load_model, resolve_model
     from toolkit.prompts import build_rows
     from toolkit.train import train
 
     out = recipe.output_dir
-    docs = load_documents(recipe.data.corpus)
-    train_qa = load_qa(recipe.data.train)[: recipe.data.max_train_questions]
-    eval_qa = load_qa(recipe.data.eval)[: recipe.eval.limit]
+    dataset = load_dataset(recipe.data)  # documents; question files plus questions generated from CSV rows
+    docs = dataset.documents
+    train_qa = dataset.train[: recipe.data.max_train_questions]
+    eval_qa = dataset.eval[: recipe.eval.limit]
 
     index, counts = build_index(recipe, docs)
     train_rows = build_rows(train_qa, index, recipe.prompt, recipe.retrieval.top_k)
@@ -40,39 +43,36 @@ def run(recipe: Recipe, console: Console) -> dict:
 
     model_path = resolve_model(recipe.model.name_or_path, recipe.model.cache_dir)
     model, tokenizer = load_model(model_path, recipe.model.dtype)
-    base = evaluate(recipe, model, tokenizer, eval_rows, "base")
+    results = evaluate_columns(recipe, model, tokenizer, eval_rows, ("no_context", "base"))
 
     trainer, trained = train(recipe, model, tokenizer, train_rows, out / "trainer")
-    tuned = evaluate(recipe, trainer.model, tokenizer, eval_rows, "tuned")
+    results |= evaluate_columns(recipe, trainer.model, tokenizer, eval_rows, ("tuned",))
 
     save_dir_atomic(out / "adapter", trainer.model.save_pretrained)
+    evaluation, predictions = compare(recipe, eval_rows, results)
+    curves = training_curves(trained.log_history)
+    images = render_plots(curves)
     report = {
         "recipe": recipe.model_dump(mode="json"),
         "model_path": model_path,
         "index": {"documents": len(docs), **vars(counts)},
-        "eval": {"questions": len(eval_rows)},
-        "base": base.metrics,
-        "tuned": tuned.metrics,
+        "retrieval": retrieval_metrics(index, eval_qa, recipe.retrieval.top_k),  # recall@k, MRR of gold sources
+        **evaluation,  # eval, no_context, base, tuned (metric → mean), intervals, differences
+        "warnings": training_warnings(curves),
         "training": {
             "steps": trained.steps,
             "wall_seconds": trained.seconds,
             "train_questions": len(train_rows),
             "final_log": trained.final_log,
             "log_history": trained.log_history,
+            "curves": curves,
+            "plots": list(images),
         },
     }
-    predictions = [
-        {"question": b["question"], "gold": b["gold"], "base": _strip(b), "tuned": _strip(t)}
-        for b, t in zip(base.predictions, tuned.predictions, strict=True)
-    ]
-    write_report(out, report, predictions)
-    console.print(comparison_table(base.metrics, tuned.metrics, len(eval_rows)))
-    console.print(f"outputs in [bold]{out}[/]: adapter/, report.json, report.md, predictions.jsonl")
+    write_report(out, report, predictions, images)
+    console.print(comparison_table(report))
+    console.print(f"outputs in [bold]{out}[/]: adapter/, report.json, report.md, eval/predictions.jsonl, plots/")
     return report
-
-
-def _strip(prediction: dict) -> dict:
-    return {k: v for k, v in prediction.items() if k not in ("question", "gold")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     logger.setLevel(logging.INFO)
     try:
         recipe = load_recipe(args.recipe, args.overrides)
-        run(recipe, Console())
-    except (RecipeError, DataError, ModelError) as err:
+        run(recipe, table_console())
+    except (RecipeError, DataError, ModelError, RewardError) as err:
         console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
         return 2
     return 0

@@ -79,6 +79,7 @@ def lora_config(recipe: Recipe):
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
         target_modules=lora.target_modules,
+        layers_to_transform=lora.layers_to_transform,
         task_type="CAUSAL_LM",
     )
 

@@ -1,0 +1,148 @@
+"""Tests for toolkit.chunking: windows of embedder tokens on whole words and paragraphs, content-addressed ids."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer
+
+from toolkit.chunking import Chunk, chunk_documents
+from toolkit.data import Document, load_documents
+from toolkit.models import resolve_embedder
+
+WINE = Path(__file__).resolve().parents[1] / "data" / "wine"
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(resolve_embedder("packaged:all-minilm-l6-v2"))
+
+
+@pytest.fixture(scope="module")
+def long_doc() -> Document:
+    words = " ".join(doc.text for doc in load_documents([WINE / "docs.jsonl"])).split()
+    assert len(words) >= 600
+    return Document("long", " ".join(words[:600]))
+
+
+def n_tokens(tokenizer, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def spans(doc: Document, chunks: list[Chunk]) -> list[tuple[int, int]]:
+    """(start, end) of each chunk in its document's text, in order."""
+    found, start = [], 0
+    for chunk in chunks:
+        start = doc.text.index(chunk.text, start)
+        found.append((start, start + len(chunk.text)))
+        start += 1
+    return found
+
+
+def test_short_document_is_one_chunk(tokenizer):
+    doc = Document("barolo", "  Barolo is made from Nebbiolo in Piedmont.\n")
+    [chunk] = chunk_documents([doc], tokenizer, 64, 16)
+    assert chunk.text == doc.text.strip()
+    assert (chunk.source, chunk.position) == ("barolo", 0)
+    assert re.fullmatch(r"barolo:0:[0-9a-f]{12}", chunk.id)
+
+
+def test_blank_document_gives_no_chunks(tokenizer):
+    assert chunk_documents([Document("empty", " \n ")], tokenizer, 64, 16) == []
+
+
+def test_long_document_windows(tokenizer, long_doc):
+    chunks = chunk_documents([long_doc], tokenizer, 64, 16)
+    assert len(chunks) >= 5
+    assert [c.position for c in chunks] == list(range(len(chunks)))
+    assert all(c.source == "long" for c in chunks)
+
+    where = spans(long_doc, chunks)
+    # Together the windows cover the whole text.
+    assert where[0][0] == 0 and where[-1][1] == len(long_doc.text)
+    # Each window holds at most `size` of the document's embedder tokens.
+    offsets = tokenizer(long_doc.text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    for start, end in where:
+        assert 0 < sum(start <= s and e <= end for s, e in offsets) <= 64
+    # Consecutive windows overlap: the start of chunk i+1 is the end of chunk i.
+    for (text_a, (start_a, end_a)), (text_b, (start_b, _)) in zip(
+        [(c.text, w) for c, w in zip(chunks, where, strict=True)][:-1],
+        [(c.text, w) for c, w in zip(chunks, where, strict=True)][1:],
+        strict=True,
+    ):
+        assert start_a < start_b < end_a
+        assert text_b[:20] in text_a
+        assert text_a.endswith(long_doc.text[start_b:end_a])
+
+
+def test_single_token_words_stay_within_size(tokenizer):
+    # Text made of whole-word tokens, so re-tokenizing a chunk gives exactly its window.
+    words = "the red wine is made from grapes grown in old vineyards near a river".split()
+    assert all(n_tokens(tokenizer, word) == 1 for word in words)
+    doc = Document("plain", " ".join(words[i % len(words)] for i in range(500)))
+    chunks = chunk_documents([doc], tokenizer, 64, 16)
+    assert len(chunks) == 11  # starts 0, 48, ..., 480: every start below 500 - 16
+    assert all(n_tokens(tokenizer, c.text) <= 64 for c in chunks)
+    assert n_tokens(tokenizer, chunks[0].text) == 64
+
+
+def test_chunks_respect_word_boundaries(tokenizer, long_doc):
+    chunks = chunk_documents([long_doc], tokenizer, 64, 16)
+    text = long_doc.text
+    for chunk, (start, end) in zip(chunks, spans(long_doc, chunks), strict=True):
+        assert start == 0 or not (text[start - 1].isalnum() and text[start].isalnum()), chunk.text[:30]
+        assert end == len(text) or not (text[end - 1].isalnum() and text[end].isalnum()), chunk.text[-30:]
+        assert n_tokens(tokenizer, chunk.text) <= 64
+
+
+def test_chunk_ids_are_stable_and_content_addressed(tokenizer, long_doc):
+    first = chunk_documents([long_doc], tokenizer, 64, 16)
+    assert chunk_documents([long_doc], tokenizer, 64, 16) == first
+    for chunk in first:
+        assert re.fullmatch(rf"long:{chunk.position}:[0-9a-f]{{12}}", chunk.id)
+    assert len({c.id for c in first}) == len(first)
+
+    # The same text gives the same id, whatever else is chunked alongside it.
+    other = Document("other", "Rioja is made mostly from Tempranillo.")
+    alongside = chunk_documents([other, long_doc], tokenizer, 64, 16)
+    assert [c.id for c in alongside if c.source == "long"] == [c.id for c in first]
+
+    # Editing the end of a document changes only the id of the last chunk.
+    edited = chunk_documents([Document("long", long_doc.text + " red.")], tokenizer, 64, 16)
+    changed = chunk_documents([Document("long", long_doc.text + " white.")], tokenizer, 64, 16)
+    assert len(edited) == len(changed)
+    assert [c.id for c in edited[:-1]] == [c.id for c in changed[:-1]]
+    assert edited[-1].id != changed[-1].id
+    assert edited[-1].id.rsplit(":", 1)[0] == changed[-1].id.rsplit(":", 1)[0]
+
+
+def test_paragraphs_are_packed_while_they_fit(tokenizer):
+    paragraphs = ["Barolo is made from Nebbiolo.", "Rioja is mostly Tempranillo.", "Sancerre is Sauvignon Blanc."]
+    doc = Document("notes", "\n\n".join(paragraphs))
+    [whole] = chunk_documents([doc], tokenizer, 64, 8)
+    assert whole.text == doc.text
+    # Too small for all three: cut between paragraphs, never inside one, and no overlap across the cut.
+    two = n_tokens(tokenizer, paragraphs[0]) + n_tokens(tokenizer, paragraphs[1])
+    assert [c.text for c in chunk_documents([doc], tokenizer, two, 4)] == ["\n\n".join(paragraphs[:2]), paragraphs[2]]
+
+
+def test_a_long_paragraph_takes_the_heading_before_it(tokenizer, long_doc):
+    doc = Document("notes", "## Tasting notes\n\n" + long_doc.text + "\n\nThe end.")
+    chunks = chunk_documents([doc], tokenizer, 64, 16)
+    assert chunks[0].text.startswith("## Tasting notes\n\n" + long_doc.text[:20])
+    assert chunks[-1].text == "The end."
+    assert all(c.tokens <= 64 for c in chunks)
+    assert [c.tokens for c in chunks] == [n_tokens(tokenizer, c.text) for c in chunks]
+
+
+def test_metadata_is_part_of_the_chunk_id(tokenizer):
+    text = "Barolo is made from Nebbiolo."
+    plain, italian, priced = chunk_documents(
+        [Document("a", text), Document("b", text, "", {"country": "Italy"}), Document("c", text, "", {"price": 40})],
+        tokenizer, 64, 8,
+    )
+    hashes = {chunk.id.rsplit(":", 1)[1] for chunk in (plain, italian, priced)}
+    assert len(hashes) == 3
+    assert italian.metadata == {"country": "Italy"}

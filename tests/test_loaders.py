@@ -1,0 +1,277 @@
+"""Tests for toolkit.loaders: which files a corpus entry names, each format's documents, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import pytest
+from conftest import WINEMAG_COLUMNS, WINEMAG_ROWS
+
+from toolkit.loaders import DataError, Document, expand, load_file, read_text, render, template_fields
+
+WINEMAG_TEMPLATE = "{title}: a {variety} from {province}, {country}. {description}"
+
+
+def docs_of(path, file_id=None, **kwargs) -> list[Document]:
+    return [doc for doc, _ in load_file(path, file_id or path.stem, **kwargs).documents]
+
+
+# ------------------------------------------------------------------------------------------- which files
+
+
+def test_expand_folder_recursively_skipping_hidden_and_other_files(tmp_path):
+    for name in ["a.md", "sub/b.txt", "sub/deeper/c.jsonl", "d.csv", ".hidden/e.md", "sub/.f.md", "g.pdf", "h"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x")
+    assert [(p.relative_to(tmp_path).as_posix(), file_id, explicit) for p, file_id, explicit in expand(tmp_path)] == [
+        ("a.md", "a", False),
+        ("d.csv", "d", False),
+        ("sub/b.txt", "sub/b", False),
+        ("sub/deeper/c.jsonl", "sub/deeper/c", False),
+    ]
+
+
+def test_expand_glob_ids_are_relative_to_the_fixed_part(tmp_path):
+    for name in ["notes/2023/a.md", "notes/2024/b.md", "notes/2024/c.txt"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x")
+    found = expand(tmp_path / "notes" / "**" / "*.md")
+    assert [(file_id, explicit) for _, file_id, explicit in found] == [("2023/a", False), ("2024/b", False)]
+
+
+def test_expand_one_file(tmp_path):
+    (tmp_path / "Barolo Notes.md").write_text("x")
+    assert expand(tmp_path / "Barolo Notes.md") == [(tmp_path / "Barolo Notes.md", "Barolo Notes", True)]
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ("missing.md", "missing.md: file not found"),
+        ("empty", "empty: no .md, .txt, .jsonl, .csv files in this folder"),
+        ("*.rst", r"\*.rst: no .md, .txt, .jsonl, .csv files match"),
+        ("notes.pdf", "notes.pdf: unsupported corpus file type '.pdf'"),
+    ],
+)
+def test_expand_errors(tmp_path, entry, message):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.pdf").write_text("x")
+    (tmp_path / "notes.pdf").write_text("x")
+    (tmp_path / "a.rst").write_text("x")
+    with pytest.raises(DataError, match="^" + re.escape(str(tmp_path)) + "/" + message):
+        expand(tmp_path / entry)
+
+
+# ------------------------------------------------------------------------------------------- reading text
+
+
+def test_non_utf8_text_names_the_line(tmp_path):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("Rosé wines\nfrom Provence, côte\n".encode("latin-1"))
+    with pytest.raises(DataError) as err:
+        read_text(path)
+    assert str(err.value) == f"{path}:1: not UTF-8 text (byte 0xe9 at offset 3); save it as UTF-8"
+
+
+def test_byte_order_mark_is_dropped(tmp_path):
+    path = tmp_path / "bom.txt"
+    path.write_bytes(b"\xef\xbb\xbfFino")
+    assert read_text(path) == "Fino"
+
+
+def test_unreadable_file(tmp_path):
+    with pytest.raises(DataError, match=rf"^{re.escape(str(tmp_path))}: cannot read: Is a directory$"):
+        read_text(tmp_path)
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root reads any file")
+def test_file_without_read_permission(tmp_path):
+    path = tmp_path / "secret.md"
+    path.write_text("# Secret")
+    path.chmod(0)
+    with pytest.raises(DataError, match="cannot read: Permission denied"):
+        docs_of(path)
+
+
+# ------------------------------------------------------------------------------------------- markdown
+
+
+def test_markdown_sections_by_heading(tmp_path):
+    path = tmp_path / "notes.md"
+    path.write_text(
+        "Tasting notes, kept since 2019.\n\n"
+        "# Sherry\n\n"
+        "## Fino\n\nAged under flor.\n\n"
+        "```\n# not a heading inside a fence\n```\n\n"
+        "## Oloroso ##\n\nAged without flor.\n\n"
+        "# Port\n\nFortified in the Douro.\n\n"
+        "## Fino\n\nA second 'Fino' heading under Port.\n\n"
+        "## Fino\n\nAnd a third.\n"
+    )
+    docs = docs_of(path)
+    assert [(d.id, d.title) for d in docs] == [
+        ("notes", "notes"),  # text before the first heading
+        ("notes#sherry/fino", "Sherry › Fino"),  # "# Sherry" alone has no body: no document
+        ("notes#sherry/oloroso", "Sherry › Oloroso"),
+        ("notes#port", "Port"),
+        ("notes#port/fino", "Port › Fino"),
+        ("notes#port/fino-2", "Port › Fino"),
+    ]
+    assert docs[1].text == "## Fino\n\nAged under flor.\n\n```\n# not a heading inside a fence\n```"
+    assert docs[0].text == "Tasting notes, kept since 2019."
+
+
+def test_markdown_errors_name_the_heading_line(tmp_path):
+    from toolkit.data import load_documents
+
+    path = tmp_path / "notes.md"
+    path.write_text("# Fino\n\nOne.\n\n# Fino!\n\nTwo.\n")  # two headings, two slugs: fino and fino-2
+    assert [d.id for d in load_documents([path])] == ["notes#fino", "notes#fino-2"]
+    other = tmp_path / "notes.jsonl"
+    other.write_text(json.dumps({"id": "notes#fino-2", "text": "clash"}) + "\n")
+    clash = r"notes.jsonl:1: duplicate document id 'notes#fino-2' \(first in .*notes.md:5\)"
+    with pytest.raises(DataError, match=clash):
+        load_documents([path, other])
+
+
+def test_empty_file_is_an_error_only_when_named(tmp_path):
+    (tmp_path / "empty.md").write_text("  \n")
+    with pytest.raises(DataError, match="empty.md: empty document$"):
+        docs_of(tmp_path / "empty.md")
+    assert docs_of(tmp_path / "empty.md", explicit=False) == []
+
+
+# ------------------------------------------------------------------------------------------- jsonl
+
+
+@pytest.mark.parametrize(
+    "metadata, message",
+    [
+        ({"source": "x"}, "metadata key 'source' is reserved for the index"),
+        ({"tags": ["a", "b"]}, "metadata 'tags' must be a string, number or boolean, got list"),
+        ("Italy", "'metadata' must be an object"),
+    ],
+)
+def test_jsonl_metadata_errors(tmp_path, metadata, message):
+    path = tmp_path / "docs.jsonl"
+    path.write_text(json.dumps({"id": "a", "text": "t", "metadata": metadata}) + "\n")
+    with pytest.raises(DataError, match=rf"^{re.escape(str(path))}:1: {re.escape(message)}"):
+        docs_of(path)
+
+
+# ------------------------------------------------------------------------------------------- csv
+
+
+def test_csv_rows_become_documents(winemag_csv):
+    path = winemag_csv()
+    docs = docs_of(path, template=WINEMAG_TEMPLATE, id_column="id", metadata_columns=["country", "points", "price"])
+    assert len(docs) == len(WINEMAG_ROWS)
+    assert docs[0] == Document(
+        "reviews#10",
+        "Castello Verde 2016 Riserva (Chianti Classico): a Sangiovese from Tuscany, Italy. Sour cherry and dried "
+        "herbs, firm tannins.",
+        "",
+        {"country": "Italy", "points": 91, "price": 35},
+    )
+    by_id = {doc.id: doc for doc in docs}
+    # Empty cells are left out of the metadata (Chroma cannot store None); decimals become floats.
+    assert by_id["reviews#11"].metadata == {"country": "Spain", "points": 88}
+    assert by_id["reviews#14"].metadata["price"] == 30.5
+    assert by_id["reviews#13"].text.startswith("Nowhere Cellars NV Red: a Red Blend from , . ")
+    # Quotes, commas, braces and newlines inside cells come through verbatim.
+    assert by_id["reviews#17"].text.endswith('Dark fruit, "big" and plush, with {braces} kept.')
+    assert by_id["reviews#18"].text.endswith("Fig, walnut and caramel.\nLong and warm.")
+
+
+def test_csv_without_id_column_numbers_rows(winemag_csv):
+    docs = docs_of(winemag_csv(), template="{title}")
+    assert [d.id for d in docs[:3]] == ["reviews#1", "reviews#2", "reviews#3"]
+    assert docs[0].metadata == {}
+
+
+def test_csv_blank_first_header_cell_is_the_id(winemag_csv):
+    # Kaggle's winemag-data-130k-v2.csv (written by pandas) has no name for its first, index column.
+    path = winemag_csv(header=["", *WINEMAG_COLUMNS[1:]])
+    assert docs_of(path, template="{title}", id_column="id")[0].id == "reviews#10"
+
+
+def test_csv_rows_are_kept_for_questions(winemag_csv):
+    loaded = load_file(winemag_csv(), "reviews", template="{title}", id_column="id", row_columns=["title", "variety"])
+    assert loaded.rows[0].doc_id == "reviews#10"
+    assert loaded.rows[0].values == {
+        "id": "10", "title": "Castello Verde 2016 Riserva (Chianti Classico)", "variety": "Sangiovese"
+    }
+    assert loaded.rows[0].line == 2
+    assert load_file(winemag_csv(), "reviews", template="{title}").rows == []  # not kept unless asked
+
+
+@pytest.mark.parametrize(
+    "kwargs, line, message",
+    [
+        ({"template": "{title} from {region}"}, 1, "template 'region' is not a column of this file (columns: id, "),
+        ({"template": "{title}", "id_column": "row_id"}, 1, "id_column 'row_id' is not a column"),
+        ({"template": "{title}", "metadata_columns": ["colour"]}, 1, "metadata column 'colour' is not a column"),
+        ({"template": "{title}", "row_columns": ["grape"]}, 1, "question column 'grape' is not a column"),
+    ],
+)
+def test_csv_missing_column_names_column_and_line(winemag_csv, kwargs, line, message):
+    path = winemag_csv()
+    with pytest.raises(DataError) as err:
+        load_file(path, "reviews", **kwargs)
+    assert str(err.value).startswith(f"{path}:{line}: {message}")
+
+
+def test_csv_short_row_names_its_line_and_the_missing_column(winemag_csv):
+    rows = [WINEMAG_ROWS[0], WINEMAG_ROWS[1][:11]]  # a truncated record: no title, variety or winery
+    path = winemag_csv(rows=rows)
+    with pytest.raises(DataError) as err:
+        load_file(path, "reviews", template=WINEMAG_TEMPLATE)
+    assert str(err.value) == f"{path}:3: row 2 has 11 of 14 columns: no value for 'title', 'variety'"
+
+
+@pytest.mark.parametrize(
+    "ids, message",
+    [(["10", "10"], "duplicate 'id' '10' (first on line 2)"), (["10", " "], "row 2 has an empty 'id'")],
+)
+def test_csv_ids_must_be_unique_and_present(winemag_csv, ids, message):
+    rows = [[ids[0], *WINEMAG_ROWS[0][1:]], [ids[1], *WINEMAG_ROWS[1][1:]]]
+    path = winemag_csv(rows=rows)
+    with pytest.raises(DataError, match=rf"^{re.escape(str(path))}:3: {re.escape(message)}$"):
+        load_file(path, "reviews", template="{title}", id_column="id")
+
+
+def test_csv_needs_a_template(winemag_csv):
+    path = winemag_csv()
+    with pytest.raises(DataError, match="a .csv corpus file needs a row template"):
+        load_file(path, "reviews")
+
+
+@pytest.mark.parametrize(
+    "header, message", [(["id", "", "title"], "column 2 of the header has no name"),
+                        (["id", "title", "title"], "column name 'title' appears twice")],
+)
+def test_csv_header_problems(winemag_csv, header, message):
+    path = winemag_csv(rows=[["1", "a", "b"]], header=header)
+    with pytest.raises(DataError, match=rf"^{re.escape(str(path))}:1: {message}"):
+        load_file(path, "reviews", template="{title}")
+
+
+# ------------------------------------------------------------------------------------------- templates
+
+
+def test_template_fields_and_render():
+    template = "{title}: a {variety} from {country} {{sic}}"
+    assert template_fields(template) == ["title", "variety", "country"]
+    assert render(template, {"title": "T {x}", "variety": "V", "country": "C"}) == "T {x}: a V from C {sic}"
+
+
+@pytest.mark.parametrize(
+    "template, message",
+    [("{price:.2f}", "only plain {column} placeholders"), ("{}", "empty placeholder"),
+     ("{title", "expected '}'"), ("{title!r}", "only plain")],
+)
+def test_template_errors(template, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        template_fields(template)

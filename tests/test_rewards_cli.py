@@ -1,0 +1,65 @@
+"""`python -m toolkit.rewards`: score one completion against a recipe's question, as training would."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from toolkit.rewards.__main__ import main
+
+ROOT = Path(__file__).resolve().parent.parent
+# Train question 3: "Which fruit aroma is typical of Cabernet Sauvignon wines?" (blackcurrant; aliases cassis, ...)
+CLEAN = "<think>The context says blackcurrant.</think><answer>Blackcurrant</answer>"
+
+
+def cli(*args, stdin=None):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "COLUMNS": "120"}
+    return subprocess.run([sys.executable, "-m", "toolkit.rewards", *map(str, args)], cwd=ROOT, env=env,
+                          input=stdin, capture_output=True, text=True, timeout=600)
+
+
+def test_scores_every_reward_of_the_recipe(tmp_path):
+    done = cli("recipes/wine.yaml", "--completion", "-", "--question-index", "3", f"output_dir={tmp_path}",
+               "rewards.0.weight=2", stdin=CLEAN)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "Which fruit aroma is typical of Cabernet Sauvignon wines?" in out and "blackcurrant" in out
+    assert "extracted answer 'Blackcurrant'" in out
+    rows = {line.split()[1]: line.split()[2:] for line in out.splitlines() if line.startswith("│")}
+    assert rows["answer_match"] == ["│", "2", "│", "1.000", "│", "2.000", "│"]  # weight override applied
+    assert set(rows) >= {"format_strict", "format_soft", "context_grounding", "length", "total"}
+    assert rows["format_strict"][3] == "1.000"
+    assert rows["total"][-2] == "3.250"  # 2 + 0.5 + 0.25 + 0.25 × 1 (grounded) + 0.25 × 1 (short)
+    assert (tmp_path / "index").is_dir()  # the index lives under the recipe's output_dir
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--completion", "x", "--question-index", "999"],
+     "error: --question-index 999 is out of range: the train split has 152 questions (0–151)"),
+    (["--completion", "x", "--question-index", "-1", "--split", "eval"], "the eval split has 56 questions"),
+    (["--completion", "x", "data.max_train_questions=5", "--question-index", "5"], "train split has 5 questions"),
+    (["--completion", "x", "rewards.0.name=answr_match"], "error: recipes/wine.yaml: rewards.0: unknown reward"),
+    (["--completion", "x", "rewards.0.name=nope.py:f"], "custom reward 'nope.py:f': file not found: nope.py"),
+    (["--completion", "x", "--tokens", "-3"], "error: --tokens must be >= 0, got -3"),
+    (["--question-index", "2"], "error: the following arguments are required: --completion"),
+    (["--completion", "x", "--split", "test"], "error: argument --split: invalid choice: 'test'"),
+    (["--completion", "x", "--question-index", "two"], "error: argument --question-index: invalid int value"),
+])
+def test_bad_input_is_one_line_and_exit_2(capsys, args, message):
+    try:
+        code = main(["recipes/wine.yaml", *args])
+    except SystemExit as stop:  # argparse's errors
+        code = stop.code
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+
+
+def test_missing_recipe_from_the_shell():
+    done = cli("no/such/recipe.yaml", "--completion", "x")
+    assert done.returncode == 2
+    assert done.stderr.strip() == "error: no/such/recipe.yaml: recipe file not found"
+    assert done.stdout == ""
+

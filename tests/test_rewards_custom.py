@@ -1,0 +1,202 @@
+"""Custom rewards named in a recipe, and the BoundReward guard: a reward that raises, returns NaN/inf or the wrong
+number of values stops the run with a RewardError naming the reward and the sample."""
+
+import re
+import textwrap
+import uuid
+
+import numpy as np
+import pytest
+import torch
+
+from toolkit.recipe import RecipeError, load_recipe
+from toolkit.rewards import RewardError, accepted_params, build_reward
+
+WINE = "recipes/wine.yaml"
+MODULE = """
+import math
+
+def scaled(completions, *, scale=1.0, answer=None, **kwargs):
+    return [scale * float(c == "yes") for c in completions]
+
+def needs_threshold(completions, threshold, **kwargs):
+    return [float(len(c) > threshold) for c in completions]
+
+def positional(completions, bonus=0.5, **kwargs):
+    return [bonus] * len(completions)
+
+def boom(completions, **kwargs):
+    return [1.0 / (c != "bad") for c in completions]
+
+def batch_only(completions, **kwargs):
+    if len(completions) > 1:
+        raise RuntimeError("too many")
+    return [1.0] * len(completions)
+
+def returns(completions, *, values=None, **kwargs):
+    return list(values)
+
+def echo(completions, **kwargs):
+    return kwargs["value"]
+
+def keyword_only(*, completions, **kwargs):
+    return [1.0] * len(completions)
+
+def no_kwargs(completions):
+    return [0.0] * len(completions)
+
+def wrong_name(texts, **kwargs):
+    return [0.0] * len(texts)
+
+def only_kwargs(**kwargs):
+    return [0.0] * len(kwargs["completions"])
+
+async def coroutine(completions, **kwargs):
+    return [0.0] * len(completions)
+
+class Scorer:
+    def __init__(self, completions, **kwargs):
+        pass
+
+NOT_CALLABLE = 3
+"""
+
+
+@pytest.fixture
+def rewards_file(tmp_path):
+    path = tmp_path / "my_rewards.py"
+    path.write_text(textwrap.dedent(MODULE))
+    return path
+
+
+@pytest.fixture
+def rewards_module(tmp_path, monkeypatch):
+    name = f"custom_rewards_{uuid.uuid4().hex[:8]}"  # a fresh module per test: sys.modules keeps imports
+    (tmp_path / f"{name}.py").write_text(textwrap.dedent(MODULE))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return name
+
+
+# ------------------------------------------------------------------------------------------------------ loading
+def test_module_and_file_rewards_take_params_as_keywords(rewards_file, rewards_module):
+    for target in (f"{rewards_file}:scaled", f"{rewards_module}:scaled"):
+        reward = build_reward(target, {"scale": 0.5})
+        assert reward.__name__ == "scaled"
+        assert reward(["yes", "no"], answer=["a", "b"], trainer_state=None) == [0.5, 0.0]
+        assert accepted_params(target) == ["scale"]
+    assert build_reward(f"{rewards_file}:positional", {"bonus": 2})(["x"]) == [2.0]
+    assert build_reward(f"{rewards_file}:needs_threshold", {"threshold": 2})(["abc", "a"]) == [1.0, 0.0]
+    assert build_reward(f"{rewards_file}:keyword_only")(["a", "b"]) == [1.0, 1.0]
+
+
+def test_a_file_is_loaded_once(rewards_file):
+    first = build_reward(f"{rewards_file}:scaled").fn
+    assert build_reward(f"{rewards_file}:scaled").fn is first
+
+
+@pytest.mark.parametrize(("target", "params", "message"), [
+    ("no_such_module_xyz:f", {}, "custom reward 'no_such_module_xyz:f': cannot import 'no_such_module_xyz': "
+                                 "ModuleNotFoundError: No module named 'no_such_module_xyz'"),
+    ("{file}:missing", {}, "has no attribute 'missing'"),
+    ("{file}:NOT_CALLABLE", {}, "NOT_CALLABLE is a int, not a function"),
+    ("{file}:Scorer", {}, "Scorer is a type, not a function"),
+    ("{file}:no_kwargs", {}, "no_kwargs(completions) must accept `completions` and `**kwargs`"),
+    ("{file}:wrong_name", {}, "must accept `completions` and `**kwargs`"),
+    ("{file}:only_kwargs", {}, "must accept `completions` and `**kwargs`"),
+    ("{file}:coroutine", {}, "async reward functions are not supported"),
+    ("{file}:scaled", {"scal": 2}, "reward '{file}:scaled': unknown param 'scal' (accepted: scale)"),
+    ("{file}:scaled", {"answer": "x"}, "unknown param 'answer' (accepted: scale)"),
+    ("{file}:scaled", {"scale": "2"}, "param 'scale' must be a number, got '2'"),
+    ("{file}:needs_threshold", {}, "reward '{file}:needs_threshold': missing param threshold"),
+    ("{dir}/nope.py:f", {}, "file not found: {dir}/nope.py"),
+    ("{file}:", {}, "expected 'package.module:function' or 'path/to/file.py:function'"),
+    (":scaled", {}, "expected 'package.module:function'"),
+    ("{file}:not an identifier", {}, "expected 'package.module:function'"),
+])
+def test_custom_reward_errors(rewards_file, target, params, message):
+    fill = {"file": rewards_file, "dir": rewards_file.parent}
+    with pytest.raises(ValueError, match=re.escape(message.format(**fill))) as err:
+        build_reward(target.format(**fill), params)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(("source", "message"), [
+    ("def f(completions, **kwargs):\n    return [\n", "cannot import {path}: SyntaxError"),
+    ("raise RuntimeError('broken\\nat import')\n", "cannot import {path}: RuntimeError: broken at import"),
+])
+def test_a_broken_file_is_one_line(tmp_path, source, message):
+    path = tmp_path / f"broken_{uuid.uuid4().hex[:6]}.py"
+    path.write_text(source)
+    with pytest.raises(ValueError, match=re.escape(message.format(path=path))) as err:
+        build_reward(f"{path}:f")
+    assert "\n" not in str(err.value)
+
+
+def test_recipe_checks_custom_rewards_at_load(rewards_file):
+    recipe = load_recipe(WINE, [f"rewards.0.name={rewards_file}:scaled", "rewards.0.params={scale: 2.0}"])
+    assert recipe.rewards[0].key == "scaled"  # the function's name, not the whole path
+    assert recipe.rewards[0].build()(["yes"]) == [2.0]
+    with pytest.raises(RecipeError, match=r"rewards\.0: custom reward .*has no attribute 'nope'") as err:
+        load_recipe(WINE, [f"rewards.0.name={rewards_file}:nope"])
+    assert "\n" not in str(err.value)
+    with pytest.raises(RecipeError, match=r"rewards\.1: reward .*unknown param 'mode' \(accepted: scale\)"):
+        load_recipe(WINE, [f"rewards.1.name={rewards_file}:scaled"])  # wine's format params stay behind
+
+
+def test_two_custom_rewards_with_one_name_need_a_label(rewards_file, rewards_module):
+    overrides = [f"rewards.0.name={rewards_file}:scaled", "rewards.0.params={}",
+                 f"rewards.4.name={rewards_module}:scaled", "rewards.4.params={}"]
+    with pytest.raises(RecipeError, match="reward 'scaled' is listed twice"):
+        load_recipe(WINE, overrides)
+    assert load_recipe(WINE, [*overrides, "rewards.4.label=scaled_again"]).rewards[4].key == "scaled_again"
+
+
+# ------------------------------------------------------------------------------------------------- the guard
+def test_an_exception_names_the_reward_and_the_sample(rewards_file):
+    reward = build_reward(f"{rewards_file}:boom", label="my_boom")
+    message = r"reward 'my_boom' raised ZeroDivisionError: [\w ]+ on sample 2 of 3 \(completion 'bad'\)$"
+    with pytest.raises(RewardError, match=message) as err:
+        reward(["ok", "fine", "bad"], answer=["a", "b", "c"], trainer_state=object())
+    assert isinstance(err.value, RuntimeError) and isinstance(err.value.__cause__, ZeroDivisionError)
+
+
+def test_a_batch_level_exception_says_so(rewards_file):
+    with pytest.raises(RewardError, match=re.escape("reward 'batch_only' raised RuntimeError: too many on a batch "
+                                                    "of 2 completions (no single sample reproduces it)")):
+        build_reward(f"{rewards_file}:batch_only")(["a", "b"])
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ([0.5, float("nan"), 1.0], "reward 'returns' returned nan for sample 1 of 3 (completion 'b')"),
+    ([float("inf"), 0.0, 0.0], "returned inf for sample 0 of 3 (completion 'a')"),
+    ([0.0, 0.0, -float("inf")], "returned -inf for sample 2 of 3"),
+    ([0.0, "0.5", 0.0], "returned a str for sample 1 of 3"),
+    ([0.0, [1.0], 0.0], "returned a list for sample 1 of 3"),
+    ([0.0, np.float32("nan"), 0.0], "returned nan for sample 1 of 3"),
+    ([0.0, 1.0], "reward 'returns' returned 2 values for 3 completions"),
+    ([0.0] * 4, "returned 4 values for 3 completions"),
+])
+def test_bad_values_name_the_reward_and_the_sample(rewards_file, values, message):
+    with pytest.raises(RewardError, match=re.escape(message)) as err:
+        build_reward(f"{rewards_file}:returns", {"values": values})(["a", "b", "c"])
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("value", ["0.5", {"a": 1.0}, 0.5, None])
+def test_a_non_list_result_is_an_error(rewards_file, value):
+    with pytest.raises(RewardError, match=r"reward 'echo' returned a \w+, expected a list of 1 floats"):
+        build_reward(f"{rewards_file}:echo")(["a"], value=value)
+
+
+def test_none_and_other_numbers_pass(rewards_file):
+    values = [None, 1, True, np.float64(0.25), torch.tensor(-2.5), 0.5]
+    scores = build_reward(f"{rewards_file}:returns", {"values": values})(["x"] * 6)
+    assert scores == [None, 1.0, 1.0, 0.25, -2.5, 0.5]  # custom rewards may leave [0, 1]
+    assert all(s is None or type(s) is float for s in scores)
+    assert build_reward(f"{rewards_file}:echo")(["a", "b"], value=np.array([0.5, 1.0])) == [0.5, 1.0]
+
+
+def test_long_completions_are_cut_in_the_message(rewards_file):
+    with pytest.raises(RewardError, match=re.escape("(completion '" + "b" * 60 + "'…)")):
+        build_reward(f"{rewards_file}:returns", {"values": [float("nan")]})([[{"role": "assistant",
+                                                                              "content": "b" * 500}]])

@@ -1,0 +1,95 @@
+"""Tests for toolkit.search: `python -m toolkit.search RECIPE "query" [-k N]` over an index toolkit.index built."""
+
+from __future__ import annotations
+
+import csv
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import WINEMAG_COLUMNS, WINEMAG_ROWS
+
+from toolkit.index import Hit
+from toolkit.search import format_hit, main
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = str(ROOT / "recipes" / "winemag.yaml")
+
+
+@pytest.fixture(scope="module")
+def overrides(tmp_path_factory) -> list[str]:
+    """recipes/winemag.yaml pointed at a 10-review CSV, with its index built."""
+    from toolkit.index import main as index_main
+
+    tmp = tmp_path_factory.mktemp("search")
+    with open(tmp / "reviews.csv", "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([WINEMAG_COLUMNS, *WINEMAG_ROWS])
+    overrides = [f"data.corpus.0.path={tmp / 'reviews.csv'}", f"output_dir={tmp / 'out'}"]
+    assert index_main([RECIPE, *overrides]) == 0
+    return overrides
+
+
+def search(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_top_k_chunks_with_scores_and_sources(overrides, capsys):
+    code, out, _ = search(capsys, RECIPE, "Which grape variety is 'Alto Sol 2017 Malbec (Mendoza)'?", "-k", "3",
+                          *overrides)
+    assert code == 0
+    heads = re.findall(r"^(\d)\. (\d\.\d{3})  (\S+)  \[(\S+)\]", out, flags=re.MULTILINE)
+    assert [rank for rank, *_ in heads] == ["1", "2", "3"]
+    scores = [float(score) for _, score, _, _ in heads]
+    assert scores == sorted(scores, reverse=True)
+    _, _, source, chunk_id = heads[0]
+    assert source == "reviews#17" and chunk_id.startswith("reviews#17:0:")
+    # The document's metadata follows, then its text, indented; braces and quotes come out verbatim.
+    assert "country=Argentina" in out.splitlines()[0] and "variety=Malbec" in out.splitlines()[0]
+    assert '   Alto Sol 2017 Malbec (Mendoza): a Malbec from Mendoza Province, Argentina. Dark fruit, "big" and ' \
+           "plush, with {braces} kept." in out
+
+
+def test_k_defaults_to_the_recipe_top_k(overrides, capsys):
+    code, out, _ = search(capsys, RECIPE, "Sancerre", *overrides)  # winemag.yaml: top_k 1
+    assert code == 0
+    assert re.findall(r"^\d\. ", out, flags=re.MULTILINE) == ["1. "]
+    assert "reviews#14" in out
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["Malbec", "output_dir={tmp}/nowhere"], "error: no index at {tmp}/nowhere/index; build it with: "
+                                                 "python -m toolkit.index " + RECIPE),
+        (["Malbec", "retrieval.collection=other"], "error: no collection 'other' in the index at"),
+        (["Malbec", "retrieval.embedder=/some/other-embedder"], "was built with embedder 'packaged:all-minilm-l6-v2', "
+                                                               "not '/some/other-embedder'"),
+        (["  "], "error: the query is empty"),
+        (["Malbec", "-k", "0"], "error: -k must be at least 1, got 0"),
+        (["Malbec", "retrieval.top_kk=2"], "retrieval.top_kk: unknown field (did you mean 'top_k'?)"),
+    ],
+)
+def test_errors_are_one_line(overrides, capsys, tmp_path, argv, expected):
+    query, *rest = [a.format(tmp=tmp_path) for a in argv]
+    code, out, err = search(capsys, RECIPE, query, *overrides, *rest)  # later overrides win
+    assert code == 2 and not out
+    [line] = [line for line in err.splitlines() if line.strip()]
+    assert expected.format(tmp=tmp_path) in line, line
+    assert not (tmp_path / "nowhere").exists()  # searching never creates an index
+
+
+def test_format_hit():
+    hit = Hit("notes#fino:0:abc", "## Fino\n\nAged under flor.", "notes#fino", 0.81234,
+              {"source": "notes#fino", "position": 0, "style": "dry"})
+    assert format_hit(2, hit) == "2. 0.812  notes#fino  [notes#fino:0:abc]  style=dry\n   ## Fino\n   Aged under flor."
+
+
+def test_runs_as_a_module(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "toolkit.search", RECIPE, "Malbec", f"output_dir={tmp_path}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert f"no index at {tmp_path}/index" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,0 +1,133 @@
+"""Chunking: documents cut into windows of embedder tokens, with ids that depend only on their content.
+
+A chunk id is `doc id:position:hash`, the hash covering the chunk's text and its document's metadata: the same
+input always gives the same ids, and an edit changes only the ids of the chunks it touches.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+
+from toolkit.loaders import Document
+
+# Part of every document hash: bump it when chunk_documents changes, so memoized chunk ids are not reused.
+CHUNKER_VERSION = 2
+
+
+@dataclass(frozen=True)
+class Chunk:
+    id: str
+    text: str
+    source: str  # document id
+    position: int
+    tokens: int = field(default=0, compare=False)  # embedder tokens in the chunk
+    metadata: dict = field(default_factory=dict, compare=False)  # the document's, stored with the chunk
+
+
+def chunk_documents(docs: list[Document], tokenizer, size: int, overlap: int) -> list[Chunk]:
+    """Chunks of at most `size` embedder tokens, cut on whole words.
+
+    Paragraphs (separated by a blank line) are packed into a chunk while they fit; a paragraph longer than `size`
+    is cut into windows that share about `overlap` tokens, the first of which also takes the short paragraphs
+    before it (a heading is never left alone). A word longer than `size` tokens stands alone.
+    """
+    chunks = []
+    encode = _encoder(tokenizer)
+    for start in range(0, len(docs), 256):  # one tokenizer call per group: the fast tokenizer batches in Rust
+        group = docs[start : start + 256]
+        for doc, (count, offsets) in zip(group, encode([doc.text for doc in group]), strict=True):
+            for position, (begin, end, tokens) in enumerate(_windows(doc.text, count, offsets, size, overlap)):
+                text = doc.text[begin:end]
+                chunk_id = f"{doc.id}:{position}:{_content_hash(text, doc.metadata)}"
+                chunks.append(Chunk(chunk_id, text, doc.id, position, tokens, doc.metadata))
+    return chunks
+
+
+def _encoder(tokenizer):
+    """texts -> (token count, a function giving the tokens' character offsets) per text; no special tokens.
+
+    A fast tokenizer's Rust backend is called directly: the offsets of most documents (those that fit one chunk)
+    are then never turned into Python lists. It is a copy, so that its truncation and padding can be turned off
+    (MiniLM's tokenizer.json truncates and pads to 128) without touching the embedder's own tokenizer.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:  # a slow, pure-Python tokenizer
+        def encode(texts):
+            mapping = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+            return [(len(offsets), lambda offsets=offsets: offsets) for offsets in mapping["offset_mapping"]]
+
+        return encode
+    from tokenizers import Tokenizer
+
+    own = Tokenizer.from_str(backend.to_str())
+    own.no_truncation()
+    own.no_padding()
+    return lambda texts: [(len(e), lambda e=e: e.offsets) for e in own.encode_batch(texts, add_special_tokens=False)]
+
+
+def _content_hash(text: str, metadata: dict) -> str:
+    content = text if not metadata else text + "\0" + json.dumps(metadata, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(content.encode()).hexdigest()[:12]
+
+
+def document_hash(doc: Document, size: int, overlap: int, embedder: str) -> str:
+    """Everything the chunks of `doc` depend on: its id, text and metadata, the chunker and its settings."""
+    key = [CHUNKER_VERSION, embedder, size, overlap, doc.id, doc.text, doc.metadata]
+    return hashlib.sha256(json.dumps(key, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:24]
+
+
+def _windows(text: str, count: int, offsets, size: int, overlap: int) -> list[tuple[int, int, int]]:
+    """(start, end, tokens) of each chunk of `text`, given its token count and a function giving their offsets."""
+    if not text.strip():
+        return []
+    if count <= size:  # the whole text: from its first to its last non-space character
+        return [(len(text) - len(text.lstrip()), len(text.rstrip()), count)]
+    words = [m.span() for m in re.finditer(r"\S+", text)]
+    real = [(s, e) for s, e in offsets() if e > s]
+    # Tokens per word: each token belongs to the word its first character is in.
+    counts = [0] * len(words)
+    word_starts = [start for start, _ in words]
+    for tok_start, _ in real:
+        counts[max(bisect.bisect_right(word_starts, tok_start) - 1, 0)] += 1
+    # Paragraphs: runs of words with no blank line between them.
+    breaks = [i for i in range(1, len(words)) if text.count("\n", words[i - 1][1], words[i][0]) >= 2]
+    paragraphs = list(zip([0, *breaks], [*breaks, len(words)], strict=True))
+
+    windows: list[tuple[int, int, int]] = []  # (first word, end word, tokens)
+    group: tuple[int, int, int] | None = None  # paragraphs packed so far
+    for first, end in paragraphs:
+        tokens = sum(counts[first:end])
+        if tokens > size:
+            windows += _word_windows(counts, group[0] if group else first, end, size, overlap)
+            group = None
+        elif group and group[2] + tokens <= size:
+            group = (group[0], end, group[2] + tokens)
+        else:
+            if group:
+                windows.append(group)
+            group = (first, end, tokens)
+    if group:
+        windows.append(group)
+    return [(words[first][0], words[end - 1][1], tokens) for first, end, tokens in windows]
+
+
+def _word_windows(counts: list[int], first: int, stop: int, size: int, overlap: int) -> list[tuple[int, int, int]]:
+    windows = []
+    while True:
+        last, tokens = first, 0
+        while last < stop and (last == first or tokens + counts[last] <= size):
+            tokens += counts[last]
+            last += 1
+        windows.append((first, last, tokens))
+        if last == stop:
+            return windows
+        # Step back from the end by whole words until about `overlap` tokens are shared, always moving forward.
+        nxt, shared = last, 0
+        while nxt - 1 > first and shared + counts[nxt - 1] <= overlap:
+            nxt -= 1
+            shared += counts[nxt]
+        first = nxt

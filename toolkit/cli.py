@@ -1,0 +1,38 @@
+"""What the small commands (`toolkit.index`, `toolkit.search`) share: logging, recipe loading, one-line errors."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.markup import escape
+
+from toolkit.data import DataError, Dataset, load_dataset
+from toolkit.models import ModelError
+from toolkit.recipe import Recipe, RecipeError, load_recipe
+
+# What a command reports as one line and exit status 2; anything else is a bug and keeps its traceback.
+ERRORS = (RecipeError, DataError, ModelError)
+
+
+def setup_logging() -> Console:
+    """Warnings and the toolkit's info messages on stderr; returns that stderr console."""
+    # Read when huggingface_hub / transformers are imported: no "Loading weights" bar on every command.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    console = Console(stderr=True)
+    logging.basicConfig(level=logging.WARNING, handlers=[RichHandler(console=console, show_path=False)],
+                        format="%(message)s")
+    logging.getLogger("toolkit").setLevel(logging.INFO)
+    return console
+
+
+def load_with_overrides(path: str, overrides: list[str]) -> tuple[Recipe, Dataset]:
+    recipe = load_recipe(path, overrides)
+    return recipe, load_dataset(recipe.data)
+
+
+def fail(console: Console, err: Exception) -> int:
+    console.print(f"[red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
+    return 2

@@ -1,0 +1,81 @@
+"""Question/answer sets: read from .jsonl files, or generated from CSV rows by templates.
+
+Generated questions are deterministic: the same rows, templates and seed always give the same questions, split and
+order. The split is by row (all questions of a row land on one side), and each question's `source` is the id of its
+row's document, so retrieval recall can be measured against the index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from toolkit.loaders import DataError, Row, read_jsonl, render, string_field, template_fields
+
+
+@dataclass(frozen=True)
+class QA:
+    question: str
+    answer: str
+    aliases: list[str] = field(default_factory=list)
+    source: str = ""  # id of the document that answers it
+
+
+def load_qa(path: Path) -> list[QA]:
+    """Question/answer rows; `aliases` (list of strings) and `source` (a document id) are optional."""
+    rows = []
+    for lineno, obj in read_jsonl(path):
+        where = f"{path}:{lineno}"
+        aliases = obj.get("aliases", [])
+        if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
+            raise DataError(f"{where}: 'aliases' must be a list of strings")
+        rows.append(QA(string_field(obj, "question", where), string_field(obj, "answer", where), aliases,
+                       string_field(obj, "source", where, required=False)))
+    if not rows:
+        raise DataError(f"{path}: no questions")
+    return rows
+
+
+def question_columns(templates) -> list[str]:
+    """Every column the templates read: the question placeholders and the answer columns."""
+    names = [name for t in templates for name in (*template_fields(t.question), t.answer)]
+    return list(dict.fromkeys(names))
+
+
+def row_questions(rows: list[Row], templates, eval_fraction: float, seed: int) -> tuple[list[QA], list[QA]]:
+    """(train, eval) questions from `rows`, one per template and row.
+
+    `templates` are items with `question` (a `{column}` template) and `answer` (a column name). A row gets no
+    question from a template whose answer or placeholders are blank in it. A question that several rows would
+    produce (two reviews of the same wine: a duplicate title) is dropped for all of them: its source is
+    ambiguous. Rows are ranked by a hash of the seed and the row's document id; the first `eval_fraction` of the
+    rows that have questions are held out. Questions come ordered by that rank, so taking the first N is a
+    random sample that does not depend on file order.
+    """
+    by_question: dict[str, list[tuple[Row, str]]] = defaultdict(list)
+    for row in rows:
+        for template in templates:
+            answer = row.values[template.answer].strip()
+            if not answer or not all(row.values[name].strip() for name in template_fields(template.question)):
+                continue
+            by_question[render(template.question, row.values)].append((row, answer))
+    per_row: dict[str, list[QA]] = defaultdict(list)
+    for question, found in by_question.items():
+        if len({row.doc_id for row, _ in found}) == 1:
+            row, answer = found[0]
+            per_row[row.doc_id].append(QA(question, answer, [], row.doc_id))
+    if not per_row:
+        return [], []
+    ranked = sorted(per_row, key=lambda doc_id: _rank(seed, doc_id))
+    n_eval = min(max(round(eval_fraction * len(ranked)), 1), len(ranked) - 1) if len(ranked) > 1 else 0
+    # Within a row, questions are in template order (the order they were generated in).
+    train = [qa for doc_id in ranked[n_eval:] for qa in per_row[doc_id]]
+    held_out = [qa for doc_id in ranked[:n_eval] for qa in per_row[doc_id]]
+    return train, held_out
+
+
+def _rank(seed: int, doc_id: str) -> str:
+    return hashlib.sha256(f"{seed}\0{doc_id}".encode()).hexdigest()
+

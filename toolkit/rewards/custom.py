@@ -1,0 +1,85 @@
+"""Custom rewards named in a recipe as ``package.module:function`` or ``path/to/file.py:function``.
+
+Loaded and checked when the recipe loads (importable, callable, takes ``completions`` and ``**kwargs``), so a
+typo costs a one-line error at once rather than a crash after the model has loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+
+def is_custom(name: str) -> bool:
+    return ":" in name
+
+
+def default_label(name: str) -> str:
+    """Name in logs: the function's name for a custom reward (``pkg.mod:score`` → ``score``), else ``name``."""
+    return name.rpartition(":")[2] if is_custom(name) else name
+
+
+def load_custom(name: str) -> Callable[..., Any]:
+    """The function ``name`` points to, checked; ValueError with a one-line reason otherwise."""
+    target, _, attr = name.rpartition(":")
+    if not target or not attr.isidentifier():
+        raise ValueError(f"custom reward {name!r}: expected 'package.module:function' or 'path/to/file.py:function'")
+    module = _load_file(name, target) if target.endswith(".py") or "/" in target else _import(name, target)
+    fn = getattr(module, attr, None)
+    if fn is None:
+        raise ValueError(f"custom reward {name!r}: {target} has no attribute {attr!r}")
+    if not callable(fn) or inspect.isclass(fn):
+        raise ValueError(f"custom reward {name!r}: {attr} is a {type(fn).__name__}, not a function")
+    if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__):
+        raise ValueError(f"custom reward {name!r}: async reward functions are not supported; make it synchronous")
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        raise ValueError(f"custom reward {name!r}: cannot read the signature of {attr}") from None
+    takes_completions = "completions" in params and params["completions"].kind in (
+        inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    if not (takes_completions and takes_kwargs):
+        raise ValueError(f"custom reward {name!r}: {attr}{inspect.signature(fn)} must accept `completions` and "
+                         f"`**kwargs` (TRL passes every dataset column as a keyword argument)")
+    return fn
+
+
+def _import(name: str, module: str) -> ModuleType:
+    try:
+        return importlib.import_module(module)
+    except Exception as err:  # a broken module may raise anything at import
+        raise ValueError(f"custom reward {name!r}: cannot import {module!r}: {_one_line(err)}") from None
+
+
+def _load_file(name: str, target: str) -> ModuleType:
+    path = Path(target).resolve()
+    if not path.is_file():
+        raise ValueError(f"custom reward {name!r}: file not found: {target}")
+    # One module per file, keyed by its resolved path: loading a recipe twice does not execute the file twice,
+    # and two files called rewards.py do not collide.
+    key = f"toolkit_custom_reward_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:10]}"
+    if key in sys.modules:
+        return sys.modules[key]
+    spec = importlib.util.spec_from_file_location(key, path)
+    if spec is None or spec.loader is None:
+        raise ValueError(f"custom reward {name!r}: cannot load {target} as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[key] = module  # before exec, as import does, so dataclasses and pickling inside it work
+    try:
+        spec.loader.exec_module(module)
+    except Exception as err:
+        del sys.modules[key]
+        raise ValueError(f"custom reward {name!r}: cannot import {target}: {_one_line(err)}") from None
+    return module
+
+
+def _one_line(err: Exception) -> str:
+    return " ".join(f"{type(err).__name__}: {err}".split())

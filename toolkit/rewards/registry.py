@@ -1,0 +1,192 @@
+"""The registry: ``REWARDS`` (name → reward), ``build_reward`` (recipe entry → checked, bound TRL reward function)
+and ``BoundReward``, the wrapper that turns a reward's misbehaviour into an error naming the reward and sample.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import logging
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from toolkit.rewards import builtin, custom, model_based
+from toolkit.rewards.text import completion_text
+
+logger = logging.getLogger(__name__)
+
+Reward = Callable[..., list[float | None]]
+
+# A plain dict: a function takes its params as keyword arguments on every call; a class (the model-based
+# rewards) takes them once in __init__ and keeps its model between calls.
+REWARDS: dict[str, Callable[..., Any]] = {
+    "answer_match": builtin.answer_match,
+    "format": builtin.format_reward,
+    "context_grounding": builtin.context_grounding,
+    "length": builtin.length,
+    "repetition": builtin.repetition,
+    "semantic_match": model_based.SemanticMatch,
+    "reward_model": model_based.RewardModel,
+}
+MODEL_BASED = frozenset({"semantic_match", "reward_model"})
+_VALIDATORS: dict[str, Callable[..., None]] = {
+    "answer_match": builtin.check_answer_match, "format": builtin.check_format,
+    "length": builtin.check_length, "repetition": builtin.check_repetition}
+# Filled in by TRL (or the evaluator) from the batch: a recipe binding one would silently shadow data.
+DATASET_COLUMNS = frozenset({
+    "completions", "prompts", "completion_ids", "answer", "aliases", "context", "question", "context_ids",
+    "source", "context_sources", "trainer_state", "log_extra", "log_metric", "environments"})
+
+
+class RewardError(RuntimeError):
+    """A reward raised, returned NaN/inf or the wrong number of values; the message names reward and sample."""
+
+
+def _lookup(name: Any) -> Callable[..., Any]:
+    if isinstance(name, str) and name in REWARDS:
+        return REWARDS[name]
+    if isinstance(name, str) and custom.is_custom(name):
+        return custom.load_custom(name)
+    close = difflib.get_close_matches(name, REWARDS, n=1) if isinstance(name, str) else []
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise ValueError(f"unknown reward {name!r}; {hint}known: {', '.join(sorted(REWARDS))} "
+                     f"(or a custom 'package.module:function' / 'path/to/file.py:function')")
+
+
+def _own_params(fn: Callable[..., Any], custom_fn: bool = False) -> dict[str, Any]:
+    """Params a recipe may set, with their defaults (``inspect.Parameter.empty`` when required).
+
+    Built-ins and model-based rewards declare theirs keyword-only; a custom function may use any named
+    parameter, which TRL would fill by keyword anyway.
+    """
+    kinds = (inspect.Parameter.KEYWORD_ONLY,) + ((inspect.Parameter.POSITIONAL_OR_KEYWORD,) if custom_fn else ())
+    return {p.name: p.default for p in inspect.signature(fn).parameters.values()
+            if p.kind in kinds and p.name not in DATASET_COLUMNS}
+
+
+def accepted_params(name: str) -> list[str]:
+    """Sorted names of the params a recipe may set for reward ``name``."""
+    return sorted(_own_params(_lookup(name), custom.is_custom(name)))
+
+
+def _check_kind(name: str, key: str, value: Any, default: Any) -> None:
+    # The default's type is the param's kind; YAML makes "true" vs true easy to get wrong.
+    if default is inspect.Parameter.empty or default is None:
+        return
+    if isinstance(default, bool):
+        ok, kind = isinstance(value, bool), "a bool"
+    elif builtin.is_number(default):
+        ok, kind = builtin.is_number(value), "a number"
+    else:
+        ok, kind = isinstance(value, type(default)), type(default).__name__
+    if not ok:
+        raise ValueError(f"reward {name!r}: param {key!r} must be {kind}, got {value!r}")
+
+
+def build_reward(name: str, params: dict[str, Any] | None = None, label: str | None = None) -> BoundReward:
+    """TRL reward function for recipe entry ``name`` (a ``REWARDS`` key, ``package.module:function`` or
+    ``path/to/file.py:function``) with ``params`` bound, called ``label`` in logs (default: the name, or the
+    function's name for a custom reward), so one reward can appear twice with different params.
+
+    One-line ValueError on an unknown name, unknown or missing param or bad value: a broken recipe should fail
+    at load time, not an hour into training. Model-based rewards load their model on first call, not here.
+    """
+    fn = _lookup(name)
+    params = {} if params is None else params
+    if not isinstance(params, dict):
+        raise TypeError(f"reward {name!r}: params must be a mapping, got {type(params).__name__}")
+    defaults = _own_params(fn, custom.is_custom(name))
+    for key, value in params.items():
+        if key not in defaults:
+            raise ValueError(f"reward {name!r}: unknown param {key!r} "
+                             f"(accepted: {', '.join(sorted(defaults)) or 'none'})")
+        _check_kind(name, key, value, defaults[key])
+    missing = sorted(k for k, v in defaults.items() if v is inspect.Parameter.empty and k not in params)
+    if missing:
+        raise ValueError(f"reward {name!r}: missing param{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
+    if name in _VALIDATORS:
+        _VALIDATORS[name](**{**defaults, **params})
+    logger.debug("built reward %s with params %s", name, params)
+    return BoundReward(fn, params, label or custom.default_label(name))
+
+
+class BoundReward:
+    """A reward with its recipe params bound, and its output checked.
+
+    Not a functools.partial: TRL names a partial after the function it wraps, so two entries of one reward (say
+    strict and soft format) would be logged under the same name. The check is here, not in TRL, so that training
+    and evaluation stop alike: an exception, a NaN/inf or a wrong count becomes a ``RewardError`` naming the
+    reward and the sample, instead of a NaN advantage that silently poisons a whole GRPO group.
+    """
+
+    def __init__(self, fn: Callable[..., Any], params: dict[str, Any], name: str):
+        self.fn, self.params, self.__name__ = fn, dict(params), name
+        self.__doc__ = fn.__doc__
+        # A class reward takes its params once and keeps its state (a loaded model) across calls.
+        self._instance = fn(**self.params) if inspect.isclass(fn) else None
+
+    def _call(self, completions: Sequence[Any], kwargs: dict[str, Any]) -> Any:
+        # By keyword, as TRL calls: a custom reward may declare `completions` keyword-only.
+        if self._instance is not None:
+            return self._instance(completions=completions, **kwargs)
+        return self.fn(completions=completions, **self.params, **kwargs)
+
+    def __call__(self, completions: Sequence[Any], **kwargs: Any) -> list[float | None]:
+        try:
+            values = self._call(completions, kwargs)
+        except Exception as err:
+            raise self._locate(completions, kwargs, err) from err
+        return self._checked(values, completions)
+
+    def _checked(self, values: Any, completions: Sequence[Any]) -> list[float | None]:
+        n = len(completions)
+        if isinstance(values, (str, bytes, dict)) or not hasattr(values, "__len__"):
+            raise RewardError(f"reward {self.__name__!r} returned a {type(values).__name__}, "
+                              f"expected a list of {n} floats")
+        if len(values) != n:
+            raise RewardError(f"reward {self.__name__!r} returned {len(values)} values for {n} completions")
+        # Fast path, the common case: plain finite floats (x - x is 0.0 unless x is inf or nan).
+        if type(values) is list and all(v is None or (type(v) is float and v - v == 0.0) for v in values):
+            return values
+        checked: list[float | None] = []
+        for i, value in enumerate(values):
+            if value is None:
+                checked.append(None)
+                continue
+            try:  # ints, bools, numpy and 0-d torch scalars all have __float__; strings do not
+                number = float(value) if hasattr(type(value), "__float__") else None
+            except (TypeError, ValueError):
+                number = None
+            if number is None or not math.isfinite(number):
+                shown = f"{number}" if number is not None else f"a {type(value).__name__}"
+                raise RewardError(f"reward {self.__name__!r} returned {shown} for sample {i} of {n} "
+                                  f"({_snippet(completions[i])}); rewards must be finite numbers or None")
+            checked.append(number)
+        return checked
+
+    def _locate(self, completions: Sequence[Any], kwargs: dict[str, Any], err: Exception) -> RewardError:
+        # A raise says nothing about which sample caused it: replay the batch one sample at a time (only ever on
+        # this failure path), slicing every per-sample column alongside the completions.
+        what = " ".join(f"{type(err).__name__}: {err}".split())
+        try:
+            n = len(completions)
+            for i in range(n):
+                one = {k: v[i:i + 1] if isinstance(v, (list, tuple)) and len(v) == n else v for k, v in kwargs.items()}
+                try:
+                    self._call(completions[i:i + 1], one)
+                except Exception:
+                    return RewardError(f"reward {self.__name__!r} raised {what} on sample {i} of {n} "
+                                       f"({_snippet(completions[i])})")
+        except Exception:  # completions that cannot be measured or sliced: report without a sample
+            n = "?"
+        return RewardError(f"reward {self.__name__!r} raised {what} on a batch of {n} completions "
+                           f"(no single sample reproduces it)")
+
+    def __repr__(self) -> str:
+        return f"BoundReward({self.__name__}: {getattr(self.fn, '__name__', self.fn)}(**{self.params}))"
+
+
+def _snippet(completion: Any, limit: int = 60) -> str:
+    text = completion_text(completion)
+    return f"completion {text[:limit]!r}{'…' if len(text) > limit else ''}"

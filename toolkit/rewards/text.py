@@ -1,0 +1,244 @@
+"""Text helpers shared by the rewards and the evaluator, so training and evaluation agree on "correct".
+
+Everything here is pure and never raises on model text. Hot paths use str methods and translate tables rather
+than per-character Python loops or backtracking regexes: the rewards run on every sampled completion.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+import unicodedata
+from collections.abc import Sequence
+from typing import Any
+
+_ARTICLES = frozenset({"a", "an", "the"})
+# Small on purpose: it only has to stop glue words from counting as "grounded".
+STOPWORDS = frozenset({
+    "a", "an", "the", "and", "or", "but", "if", "of", "to", "in", "on", "at", "by", "for",
+    "with", "from", "as", "into", "about", "is", "are", "was", "were", "be", "been", "being",
+    "it", "its", "this", "that", "these", "those", "which", "who", "what", "there", "their",
+    "they", "he", "she", "his", "her", "has", "have", "had", "do", "does", "did", "so", "than"})
+_NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?", re.ASCII)
+_CURRENCY = "$€£%"
+
+# Number words, for golds or answers written out ("ninety-two"). English only, up to the billions: enough for
+# scores, years and prices, and cheap because it only runs when a gold is numeric and the answer has no digits.
+_SMALL = {word: value for value, word in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen".split())}
+_SMALL |= {word: 10 * value for value, word in enumerate(
+    "twenty thirty forty fifty sixty seventy eighty ninety".split(), 2)}
+_SCALES = {"thousand": 10**3, "million": 10**6, "billion": 10**9}
+
+
+# ------------------------------------------------------------------------------------------------- completions
+def completion_text(completion: Any) -> str:
+    """Text of one completion: a string as is, else the last message's content."""
+    if isinstance(completion, str):
+        return completion
+    if type(completion) is list and completion and type(completion[-1]) is dict:  # TRL's chat form, fast path
+        content = completion[-1].get("content")
+        if type(content) is str:
+            return content
+    if isinstance(completion, (list, tuple)):
+        completion = completion[-1] if completion else ""
+        if isinstance(completion, str):
+            return completion
+    if isinstance(completion, dict):
+        content = completion.get("content")
+        if isinstance(content, str):
+            return content
+        if isinstance(content, list):  # content given as typed parts
+            return "".join(p["text"] for p in content
+                           if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return ""
+
+
+def row(column: Sequence[Any] | None, i: int) -> Any:
+    """Value of a dataset column for sample i; a short or absent column means "does not apply"."""
+    return column[i] if column is not None and i < len(column) else None
+
+
+# --------------------------------------------------------------------------------------------- normalization
+class _FoldTable(dict):
+    """Character → folded form for normalize(), filled on first sight of each character: combining marks vanish
+    (accent folding after NFKD), punctuation becomes a space, everything else stays. Building it for all of
+    Unicode up front would cost a second at import."""
+
+    def __missing__(self, ch: str) -> str:
+        value = "" if unicodedata.combining(ch) else " " if unicodedata.category(ch).startswith("P") else ch
+        self[ch] = value
+        return value
+
+
+_FOLD = _FoldTable()
+# ASCII never changes under NFKD and has no combining marks: one C-level translate is all it needs.
+_ASCII_FOLD = str.maketrans({chr(c): _FOLD[chr(c)] for c in range(128)})
+_BYTES_FOLD = bytes(ord(_FOLD[chr(c)]) if c < 128 else c for c in range(256))
+_NON_ASCII = re.compile(r"[^\x00-\x7f]+")
+
+
+def _fold_run(match: re.Match[str]) -> str:
+    return "".join([_FOLD[ch] for ch in match.group()])
+
+
+def _fold(text: str) -> str:
+    """Lowercase, accents dropped, punctuation as spaces."""
+    if text.isascii():
+        return text.lower().translate(_ASCII_FOLD)
+    text = unicodedata.normalize("NFKD", text.lower())
+    # str.translate takes a slow path on any non-ASCII string (measured 2x slower than all of this): fold the
+    # ASCII bulk as UTF-8 bytes, whose multi-byte sequences (>= 0x80) pass unchanged, then only the non-ASCII
+    # runs character by character. surrogatepass: model text may hold lone surrogates, which must not raise.
+    text = text.encode("utf-8", "surrogatepass").translate(_BYTES_FOLD).decode("utf-8", "surrogatepass")
+    return _NON_ASCII.sub(_fold_run, text)
+
+
+def normalize(text: str) -> str:
+    """SQuAD-style answer normalization, plus accent folding ("Nebbióló" == "nebbiolo")."""
+    tokens = _fold(text).split()
+    if not _ARTICLES.isdisjoint(tokens):  # the common case has none: skip the per-token Python loop
+        tokens = [tok for tok in tokens if tok not in _ARTICLES]
+    return " ".join(tokens)
+
+
+def content_tokens(text: str) -> set[str]:
+    """Normalized tokens minus STOPWORDS (which include the articles)."""
+    return set(_fold(text).split()).difference(STOPWORDS)
+
+
+# ------------------------------------------------------------------------------------------------ extraction
+def extract_answer(text: str) -> str | None:
+    """Content of the first ``<answer>`` block after the first ``</think>`` (anywhere when there is no
+    ``</think>``); else what follows the last ``</think>``. An answer inside the think block does not count."""
+    # str.find, not a regex: a lazy regex goes quadratic on many unclosed tags.
+    think_end = text.find("</think>")
+    start = text.find("<answer>", think_end if think_end != -1 else 0)
+    if start != -1:
+        end = text.find("</answer>", start)
+        if end != -1:
+            return text[start + len("<answer>"):end].strip()
+    if think_end == -1:
+        return None
+    return text.rpartition("</think>")[2].strip() or None
+
+
+def think_text(text: str) -> str:
+    """Content of the first ``<think>…</think>`` block, or ""."""
+    start = text.find("<think>")
+    end = text.find("</think>", start) if start != -1 else -1
+    return text[start + len("<think>"):end] if end != -1 else ""
+
+
+# ---------------------------------------------------------------------------------------------------- numbers
+def _finite(value: float) -> float | None:
+    # _NUMBER only admits ASCII digits, so float() cannot fail; a huge one overflows to inf: no usable number.
+    return value if math.isfinite(value) else None
+
+
+def words_number(tokens: Sequence[str]) -> float | None:
+    """Value of the first run of English number words in normalized tokens ("ninety two points" → 92)."""
+    total = current = 0
+    seen = False
+    for tok in tokens:
+        if tok in _SMALL:
+            current += _SMALL[tok]
+        elif tok == "hundred":
+            current = max(current, 1) * 100
+        elif tok in _SCALES:
+            total, current = total + max(current, 1) * _SCALES[tok], 0
+        elif tok == "and" and seen:
+            continue
+        elif seen:
+            break
+        else:
+            continue
+        seen = True
+    return float(total + current) if seen else None
+
+
+def answer_number(pred: str) -> float | None:
+    """First number in an answer: digits ("about 1,000 metres" → 1000), else number words."""
+    match = _NUMBER.search(pred)
+    if match:
+        return _finite(float(match.group().replace(",", "")))
+    return words_number(normalize(pred).split())
+
+
+@functools.lru_cache(maxsize=4096)
+def gold_forms(gold: str) -> tuple[str, float | None]:
+    """(match key, number or None) of a gold answer; cached because a GRPO group shares its gold."""
+    bare = gold.strip().strip(_CURRENCY).strip()
+    match = _NUMBER.fullmatch(bare)
+    number = _finite(float(match.group().replace(",", ""))) if match else None
+    if number is None:
+        # A gold counts as numeric when it is only number words ("ninety-two").
+        tokens = normalize(bare).split()
+        if tokens and all(t in _SMALL or t in _SCALES or t in ("hundred", "and") for t in tokens):
+            number = words_number(tokens)
+    return answer_key(gold), number
+
+
+def answer_key(text: str) -> str:
+    # Article-only golds ("A" in multiple choice) normalize to nothing; keep the raw text so that they are not
+    # matched by any answer made of punctuation.
+    return normalize(text) or text.strip().lower()
+
+
+# ------------------------------------------------------------------------------------------------- matching
+def golds(answer: Any, aliases: Any) -> list[str]:
+    if isinstance(aliases, str):
+        aliases = [aliases]
+    candidates = [answer, *(aliases if isinstance(aliases, (list, tuple)) else [])]
+    return [g for g in candidates if isinstance(g, str) and g.strip()]
+
+
+def matches(pred: str, gold_list: Sequence[str], tolerance: float = 0.0, rel_tolerance: float = 0.0) -> bool:
+    """Normalized ``pred`` equals a gold; for a numeric gold, ``pred``'s first number equals it (within the
+    tolerances) instead: normalization drops signs and separators, so "-3" would otherwise match "3"."""
+    key = number = None
+    for gold in gold_list:
+        gold_key, gold_number = gold_forms(gold)
+        if gold_number is None:
+            if key is None:
+                key = answer_key(pred)
+            if gold_key == key:
+                return True
+            continue
+        if number is None:
+            number = answer_number(pred)
+            if number is None:
+                number = math.nan  # looked once, found nothing: nan is close to nothing
+        if math.isclose(number, gold_number, rel_tol=rel_tolerance, abs_tol=tolerance):
+            return True
+    return False
+
+
+def is_exact_match(text: str, answer: str | None, aliases: Sequence[str] | None = None, *,
+                   tolerance: float = 0.0, rel_tolerance: float = 0.0) -> bool:
+    """Normalized extracted answer equals the gold or an alias, given exactly once.
+
+    A numeric gold also matches when the answer's first number equals it (within ``tolerance`` absolute or
+    ``rel_tolerance`` relative, as ``math.isclose``), because models like to add units ("92 points" for "92",
+    "$25" for "25"). Several ``<answer>`` tags never match: hedging across guesses is not an answer (and a
+    measured reward hack repeated the tag up to the length limit).
+    """
+    if text.count("<answer>") > 1:
+        return False
+    pred = extract_answer(text)
+    return bool(pred) and matches(pred, golds(answer, aliases), tolerance, rel_tolerance)
+
+
+def token_f1(pred: str, gold: str) -> float:
+    """SQuAD token F1 on normalized tokens (1.0 when both are empty)."""
+    pred_toks, gold_toks = normalize(pred).split(), normalize(gold).split()
+    if not pred_toks or not gold_toks:
+        return float(pred_toks == gold_toks)
+    # Counter & Counter is slow for a few tokens; count only the shared ones, which are few.
+    common = sum(min(pred_toks.count(tok), gold_toks.count(tok)) for tok in set(pred_toks).intersection(gold_toks))
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred_toks), common / len(gold_toks)
+    return 2 * precision * recall / (precision + recall)
