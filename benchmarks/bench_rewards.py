@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import json
 import random
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from toolkit.rewards import build_reward, builtin, completion_text, text
 
-from toolkit.rewards import build_reward, builtin, completion_text, text  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 N_COMPLETIONS, GROUP, BATCH, REPEATS = 10_000, 4, 64, 7
 VARIANTS = {

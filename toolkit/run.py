@@ -11,6 +11,7 @@ import sys
 
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 
 from toolkit.data import DataError, load_dataset
 from toolkit.models import ModelError
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         recipe = load_recipe(args.recipe, args.overrides)
         run(recipe, table_console())
     except (RecipeError, DataError, ModelError, RewardError) as err:
-        console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         return 2
     return 0
 
