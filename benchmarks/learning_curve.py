@@ -4,7 +4,8 @@
     .venv/bin/python benchmarks/learning_curve.py training.max_steps=1 eval.limit=4   # a smoke test
 
 Runs `recipes/wine.yaml` unchanged through `toolkit.run.run` (the same code as `python -m toolkit.run`), with its
-20 GRPO steps (the recipe's comments give the measurements behind that choice). Extra `key=value` arguments are recipe overrides; the output goes to a fresh folder under
+20 GRPO steps (the recipe's comments give the measurements behind that choice). Extra `key=value` arguments are
+recipe overrides; the output goes to a fresh folder under
 `runs/bench/` (or `--output-dir`). Progress and the report table go to stderr; stdout gets only
 
     {"bench": "learning", "format_before": …, "format_after": …, "answer_match_before": …,
