@@ -1,0 +1,147 @@
+"""The data part of the recipe schema: corpus sources (files, folders, globs, CSV rows) and question files.
+
+Split from recipe.py so each file stays readable; `toolkit.recipe` re-exports these names.
+"""
+
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from toolkit import loaders
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), validate_assignment=True)
+
+
+def _must_exist(path: Path) -> Path:
+    if not path.exists():
+        raise ValueError(f"file not found: {path}")
+    return path
+
+
+ExistingPath = Annotated[Path, AfterValidator(_must_exist)]
+
+class RowQuestion(_Section):
+    question: str = Field(
+        description="Question template: {column} placeholders take the row's values, e.g. "
+        "\"Which grape variety is '{title}'?\". Rows where a placeholder is blank get no question."
+    )
+    answer: str = Field(description="The column holding the answer; rows where it is blank get no question.")
+
+    @model_validator(mode="after")
+    def _placeholders(self) -> RowQuestion:
+        if not loaders.template_fields(self.question):
+            raise ValueError(f"question template {self.question!r} has no {{column}} placeholder")
+        return self
+
+
+class RowQuestions(_Section):
+    templates: list[RowQuestion] = Field(min_length=1, description="One question per template and row.")
+    eval_fraction: float = Field(
+        0.2, gt=0, lt=1, description="Share of rows (not questions) held out: a row's questions all land on one side."
+    )
+    seed: int = Field(0, description="Picks the held-out rows and the question order; same seed, same split.")
+
+
+class CorpusSource(_Section):
+    """One corpus entry. In YAML a plain path stands for {path: ...}."""
+
+    path: Path = Field(
+        description="A .md/.txt/.jsonl/.csv file, a folder (its files of those types, recursively) or a glob "
+        "such as notes/**/*.md."
+    )
+    template: str | None = Field(
+        None,
+        description="CSV (required): a row's document text, {column} placeholders, e.g. "
+        "'{title}: a {variety} from {province}, {country}. {description}'.",
+    )
+    id_column: str | None = Field(
+        None,
+        description="CSV: a column with a unique id per row; document id = '<file>#<value>'. Default: the row "
+        "number, which shifts (and re-embeds) when rows are inserted.",
+    )
+    metadata_columns: list[str] = Field(
+        default_factory=list,
+        description="CSV: columns stored with each chunk (Chroma metadata; empty values left out, numbers as numbers).",
+    )
+    questions: RowQuestions | None = Field(
+        None, description="CSV: generate question/answer pairs from the rows (added to data.train / data.eval)."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plain_path(cls, value: Any) -> Any:
+        return {"path": value} if isinstance(value, (str, Path)) else value
+
+    @field_validator("path")
+    @classmethod
+    def _exists(cls, path: Path) -> Path:
+        path = path.expanduser()  # `data.corpus.0.path=~/reviews.csv`: the shell leaves that ~ alone
+        if loaders.is_glob(path):
+            if not glob.glob(str(path), recursive=True):
+                raise ValueError(f"no file matches {path}")
+        elif not path.exists():
+            raise ValueError(f"file not found: {path}")
+        return path
+
+    @field_validator("template")
+    @classmethod
+    def _template(cls, template: str | None) -> str | None:
+        if template is not None and not loaders.template_fields(template):
+            raise ValueError(f"template {template!r} has no {{column}} placeholder")
+        return template
+
+    @field_validator("metadata_columns")
+    @classmethod
+    def _not_reserved(cls, columns: list[str]) -> list[str]:
+        for name in columns:
+            if name in loaders.RESERVED_METADATA:
+                raise ValueError(f"metadata column {name!r} is reserved for the index (it stores {name} itself)")
+        return columns
+
+    @model_validator(mode="after")
+    def _csv_fields(self) -> CorpusSource:
+        csv_only = [name for name in ("template", "id_column", "questions") if getattr(self, name) is not None]
+        csv_only += ["metadata_columns"] if self.metadata_columns else []
+        single_file = not loaders.is_glob(self.path) and self.path.is_file()
+        if single_file and self.path.suffix.lower() == ".csv" and self.template is None:
+            raise ValueError(f"{self.path} is a CSV file: give a row template, e.g. template: '{{title}}. {{text}}'")
+        if single_file and self.path.suffix.lower() != ".csv" and csv_only:
+            raise ValueError(f"{', '.join(csv_only)}: only for .csv files, and {self.path} is not one")
+        if self.questions is not None and self.template is None:
+            raise ValueError("questions are generated from CSV rows: give the CSV's row template too")
+        return self
+
+
+class DataSection(_Section):
+    corpus: list[CorpusSource] = Field(
+        description="Documents to index. Each entry is a path (file, folder or glob: .jsonl with {text, id?, "
+        "title?, metadata?} per line, .md split at headings, .txt one document per file) or a mapping "
+        "{path, template, id_column, metadata_columns, questions} for a CSV with one document per row.",
+        min_length=1,
+    )
+    train: ExistingPath | None = Field(
+        None,
+        description="Training questions: .jsonl with question, answer, aliases, source. Optional when a corpus "
+        "entry generates questions; both are used when given.",
+    )
+    eval: ExistingPath | None = Field(
+        None, description="Held-out questions, same columns; their documents must not be in train."
+    )
+    max_train_questions: int | None = Field(None, ge=1, description="Use only the first N training questions.")
+
+    @model_validator(mode="after")
+    def _has_questions(self) -> DataSection:
+        if not any(source.questions for source in self.corpus):
+            missing = [name for name in ("train", "eval") if getattr(self, name) is None]
+            if missing:
+                raise ValueError(
+                    f"{' and '.join(missing)} question file{'s' if len(missing) > 1 else ''} needed: no corpus "
+                    "entry generates questions from CSV rows"
+                )
+        return self
