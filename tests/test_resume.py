@@ -1,0 +1,145 @@
+"""Checkpoints and `--resume`: finding the latest whole checkpoint, reusing base evaluations, and (slow) a run killed
+with SIGKILL after its first checkpoint that resumes and finishes with every training step logged once."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from toolkit.checkpoints import (
+    CheckpointError,
+    base_results,
+    latest_checkpoint,
+    resume_checkpoint,
+    start_fresh,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _checkpoint(folder: Path, step: int, state: str | None = None) -> Path:
+    path = folder / f"checkpoint-{step}"
+    path.mkdir(parents=True)
+    if state is not None:
+        (path / "trainer_state.json").write_text(state)
+    return path
+
+
+def test_latest_whole_checkpoint_wins(tmp_path):
+    _checkpoint(tmp_path, 2, json.dumps({"global_step": 2, "max_steps": 10}))
+    ten = _checkpoint(tmp_path, 10, json.dumps({"global_step": 10, "max_steps": 10}))
+    _checkpoint(tmp_path, 4, json.dumps({"global_step": 4}))
+    (tmp_path / "checkpoint-x").mkdir()  # not a checkpoint name
+    assert latest_checkpoint(tmp_path) == ten  # by step number, not name order (checkpoint-4 > checkpoint-10)
+    assert resume_checkpoint(tmp_path) == ten
+
+
+def test_checkpoint_cut_short_is_skipped(tmp_path):
+    two = _checkpoint(tmp_path, 2, json.dumps({"global_step": 2}))
+    _checkpoint(tmp_path, 4, '{"global_st')  # killed while the state was written
+    _checkpoint(tmp_path, 6)  # killed before it
+    assert latest_checkpoint(tmp_path) == two
+
+
+@pytest.mark.parametrize("make", [lambda p: None, lambda p: _checkpoint(p / "trainer", 2)])
+def test_resume_without_a_checkpoint_is_one_clear_line(tmp_path, make):
+    make(tmp_path)
+    with pytest.raises(CheckpointError, match="no complete checkpoint in .*training.save_steps") as err:
+        resume_checkpoint(tmp_path / "trainer")
+    assert "\n" not in str(err.value)
+
+
+def test_resume_flag_fails_before_loading_anything(tmp_path, capsys):
+    from toolkit.run import main
+
+    assert main(["recipes/wine.yaml", f"output_dir={tmp_path}", "--resume"]) == 2
+    assert "--resume: no complete checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "index").exists()
+
+
+def test_fresh_run_removes_old_checkpoints(tmp_path):
+    _checkpoint(tmp_path, 20, json.dumps({"global_step": 20}))
+    (tmp_path / "base_eval.json").write_text("{}")
+    start_fresh(tmp_path)
+    assert latest_checkpoint(tmp_path) is None and (tmp_path / "base_eval.json").exists()
+    start_fresh(tmp_path / "missing")  # nothing to do on a first run
+
+
+def test_base_results_reused_only_on_resume_with_the_same_key(tmp_path):
+    calls = []
+
+    def evaluate(value):
+        return lambda: calls.append(value) or {"base": [{"completion": value}]}
+
+    assert base_results(tmp_path, "k1", False, evaluate("a")) == {"base": [{"completion": "a"}]}
+    assert base_results(tmp_path, "k1", True, evaluate("b")) == {"base": [{"completion": "a"}]}  # reused
+    assert base_results(tmp_path, "k2", True, evaluate("c")) == {"base": [{"completion": "c"}]}  # recipe changed
+    assert base_results(tmp_path, "k2", False, evaluate("d")) == {"base": [{"completion": "d"}]}  # fresh run
+    assert calls == ["a", "c", "d"]
+
+
+# Tiny on purpose (CI has 2 cores): 4 steps of one question × 4 completions of 8 tokens, 2 eval questions.
+TINY = [
+    "training.max_steps=4",
+    "training.save_steps=2",
+    "training.num_generations=4",
+    "training.per_device_train_batch_size=4",
+    "training.max_completion_length=8",
+    "data.max_train_questions=4",
+    "eval.limit=2",
+    "eval.max_new_tokens=8",
+]
+
+
+def _steps(log_history: list[dict]) -> list[int]:
+    return [entry["step"] for entry in log_history if "reward" in entry]
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_max_steps(tmp_path):
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "toolkit.run", "recipes/wine.yaml", f"output_dir={out}", *TINY]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    state = out / "trainer" / "checkpoint-2" / "trainer_state.json"
+    first = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 900
+        while not _readable(state):  # written last: the checkpoint is whole once it parses
+            assert first.poll() is None, f"the run ended before its first checkpoint:\n{first.stderr.read()[-3000:]}"
+            assert time.monotonic() < deadline, "no checkpoint-2 after 15 minutes"
+            time.sleep(0.2)
+        first.send_signal(signal.SIGKILL)  # no cleanup, no atexit: like a preempted machine
+        first.wait(timeout=60)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert not (out / "adapter").exists() and not (out / "report.json").exists()
+    saved = json.loads(state.read_text())
+    assert _steps(saved["log_history"]) == [1, 2]
+
+    resumed = subprocess.run([*command, "--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    logged = " ".join(resumed.stderr.split())  # rich wraps log lines at the console width
+    assert "resuming from" in logged and "reusing the base evaluation" in logged, resumed.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    history = report["training"]["log_history"]
+    assert _steps(history) == [1, 2, 3, 4]  # every step exactly once, continuing from the checkpoint
+    assert history[:2] == saved["log_history"]  # steps 1–2 come from the checkpoint, not from training them again
+    assert report["training"]["steps"] == 4 and report["training"]["curves"]["step"] == [1, 2, 3, 4]
+    assert (out / "adapter" / "adapter_model.safetensors").exists()
+    assert {"no_context", "base", "tuned"} <= report.keys()
+    assert (out / "trainer" / "checkpoint-4").is_dir()
+
+
+def _readable(path: Path) -> bool:
+    try:
+        return "global_step" in json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False

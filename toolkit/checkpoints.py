@@ -1,0 +1,110 @@
+"""Checkpoints of a run and what `python -m toolkit.run RECIPE --resume` continues from.
+
+The trainer writes `<output_dir>/trainer/checkpoint-N` every `training.save_steps` steps (adapter, optimizer,
+scheduler, RNG state and `trainer_state.json` with the log history so far). transformers writes
+`trainer_state.json` last, so a checkpoint without a readable one was cut short by a kill and is skipped.
+
+The base columns of the evaluation (no context, base + RAG) are computed before training and take about a third of
+a CPU run. They are kept in `<output_dir>/trainer/base_eval.json` with a key of everything they depend on (model,
+eval, prompt, retrieval and reward settings and the eval rows), so a resumed run reuses them when nothing changed
+and evaluates again when something did. Greedy decoding makes the recomputed numbers the same anyway.
+
+Only standard-library imports: `--resume` without a checkpoint must fail at once, before torch loads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from toolkit.report import write_atomic
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT = re.compile(r"checkpoint-(\d+)")
+BASE_EVAL = "base_eval.json"
+STATE = "trainer_state.json"
+
+
+class CheckpointError(ValueError):
+    """`--resume` with nothing to resume from; the message is one line saying where it looked and what to do."""
+
+
+def checkpoints(folder: Path) -> list[tuple[int, Path]]:
+    """`(step, path)` of every checkpoint folder under `folder`, complete or not, in step order."""
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := CHECKPOINT.fullmatch(p.name))]
+    return sorted(found)
+
+
+def complete(path: Path) -> bool:
+    try:
+        state = json.loads((path / STATE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(state, dict) and "global_step" in state
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    """The complete checkpoint with the highest step, or None."""
+    for _, path in reversed(checkpoints(folder)):
+        if complete(path):
+            return path
+        logger.warning("skipping %s: no readable %s (the run was killed while saving it)", path, STATE)
+    return None
+
+
+def resume_checkpoint(folder: Path) -> Path:
+    """The checkpoint `--resume` continues from; CheckpointError when there is none."""
+    path = latest_checkpoint(folder)
+    if path is None:
+        raise CheckpointError(
+            f"--resume: no complete checkpoint in {folder} (checkpoint-N folders appear every training.save_steps "
+            "steps; set it to write them, or run without --resume to start over)"
+        )
+    state = json.loads((path / STATE).read_text(encoding="utf-8"))
+    logger.info("resuming from %s (step %d of %d)", path, state["global_step"], state.get("max_steps", 0))
+    return path
+
+
+def start_fresh(folder: Path) -> None:
+    """A run without --resume starts over: checkpoints of an earlier run would otherwise be rotated in among the
+    new ones (the trainer keeps the highest steps, so an old checkpoint-20 would outlive a new checkpoint-2) and
+    picked by a later --resume."""
+    old = checkpoints(folder)
+    for _, path in old:
+        shutil.rmtree(path)
+    if old:
+        logger.info("removed %d checkpoint(s) of an earlier run from %s (use --resume to continue a run instead)",
+                    len(old), folder)
+
+
+def eval_key(recipe, model_path: str, rows: list[dict]) -> str:
+    """A hash of everything the base columns depend on."""
+    sections = recipe.model_dump(mode="json", include={"model", "prompt", "retrieval", "rewards", "eval"})
+    text = json.dumps({"model_path": str(model_path), "recipe": sections, "rows": rows}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def base_results(folder: Path, key: str, resume: bool, evaluate: Callable[[], dict]) -> dict:
+    """The base columns: on --resume the earlier run's when `key` matches, else `evaluate()` (then kept)."""
+    path = folder / BASE_EVAL
+    if resume:
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            saved = None
+        if isinstance(saved, dict) and saved.get("key") == key:
+            logger.info("reusing the base evaluation of the interrupted run (%s)", path)
+            return saved["results"]
+        logger.info("evaluating the base columns again: %s", "the recipe or eval data changed since the "
+                    "interrupted run" if saved else f"no saved base evaluation in {folder}")
+    results = evaluate()
+    write_atomic(path, json.dumps({"key": key, "results": results}))
+    return results
