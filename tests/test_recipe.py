@@ -292,3 +292,110 @@ def test_corpus_path_expands_the_home_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     (tmp_path / "reviews.csv").write_text("id,title\n1,x\n")
     assert load_recipe(WINEMAG, ["data.corpus.0.path=~/reviews.csv"]).data.corpus[0].path == tmp_path / "reviews.csv"
+
+
+# ------------------------------------------------------------------------------------------------ extends
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_extends_deep_merges_mappings_and_replaces_lists_and_scalars(tmp_path):
+    # grandparent (the real wine.yaml, by absolute path) <- parent <- child, with relative `extends` in the child.
+    _write(tmp_path / "base" / "parent.yaml", f"""
+extends: {WINE}
+output_dir: runs/parent
+training:
+  max_steps: 7
+  lora: {{r: 4}}
+eval: {{limit: 3}}
+""")
+    child = _write(tmp_path / "child.yaml", """
+extends: base/parent.yaml
+training:
+  learning_rate: 1.0e-5
+  lora: {alpha: 8}
+rewards:
+  - {name: answer_match, weight: 2.0}
+data:
+  corpus: [data/wine]
+""")
+    recipe, wine = load_recipe(child), load_recipe(WINE)
+    assert recipe.output_dir == Path("runs/parent")                 # from the parent
+    assert recipe.training.max_steps == 7                           # parent over grandparent
+    assert recipe.training.learning_rate == 1e-5                    # child over both
+    assert (recipe.training.lora.r, recipe.training.lora.alpha) == (4, 8)  # nested mappings merge
+    assert recipe.training.lora.target_modules == wine.training.lora.target_modules
+    assert recipe.training.num_generations == wine.training.num_generations
+    assert [spec.name for spec in recipe.rewards] == ["answer_match"]  # a list replaces, it does not append
+    assert [str(s.path) for s in recipe.data.corpus] == ["data/wine"]
+    assert recipe.data.train == wine.data.train and recipe.prompt == wine.prompt
+    assert recipe.eval.limit == 3 and recipe.eval.max_new_tokens == wine.eval.max_new_tokens
+    # Command-line overrides apply last, over the whole chain.
+    overridden = load_recipe(child, ["training.lora.r=16", "training.max_steps=2"])
+    assert (overridden.training.lora.r, overridden.training.lora.alpha, overridden.training.max_steps) == (16, 8, 2)
+
+
+@pytest.mark.parametrize("files, start, expected", [
+    ({"a.yaml": "extends: b.yaml\n", "b.yaml": "extends: a.yaml\n"}, "a.yaml", "a.yaml -> {d}/b.yaml -> {d}/a.yaml"),
+    ({"self.yaml": "extends: self.yaml\n"}, "self.yaml", "self.yaml -> {d}/self.yaml"),
+    ({"x.yaml": "extends: sub/../x.yaml\n"}, "x.yaml", "x.yaml -> {d}/x.yaml"),
+])
+def test_extends_cycle_is_one_line_error(tmp_path, files, start, expected):
+    for name, text in files.items():
+        _write(tmp_path / name, text)
+    with pytest.raises(RecipeError) as err:
+        load_recipe(tmp_path / start)
+    message = str(err.value)
+    assert "extends: cycle: " in message and message.endswith(expected.format(d=tmp_path)), message
+    assert "\n" not in message
+
+
+def test_extends_missing_parent_names_the_child(tmp_path):
+    child = _write(tmp_path / "child.yaml", "extends: nope.yaml\n")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(child)
+    assert str(err.value) == f"{child}: extends: recipe file not found: {tmp_path / 'nope.yaml'}"
+
+
+@pytest.mark.parametrize("value", ["3", "''", "[wine.yaml]"])
+def test_extends_must_be_a_path(tmp_path, value):
+    child = _write(tmp_path / "child.yaml", f"extends: {value}\n")
+    with pytest.raises(RecipeError, match=r"child.yaml: extends: must be the path of a recipe file"):
+        load_recipe(child)
+
+
+def test_extends_parent_yaml_error_names_the_parent_and_line(tmp_path):
+    _write(tmp_path / "parent.yaml", BAD_YAML)
+    child = _write(tmp_path / "child.yaml", "extends: parent.yaml\n")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(child)
+    assert str(err.value).startswith(f"{tmp_path / 'parent.yaml'}:3: invalid YAML")
+
+
+def test_typo_in_child_is_caught_with_did_you_mean(tmp_path):
+    child = _write(tmp_path / "child.yaml", f"extends: {WINE}\ntraining:\n  lerning_rate: 1.0e-5\n")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(child)
+    assert str(err.value) == f"{child}: training.lerning_rate: unknown field (did you mean 'learning_rate'?)"
+
+
+def test_problem_in_an_inherited_field_names_the_parent(tmp_path):
+    parent = _write(tmp_path / "parent.yaml", WINE.read_text().replace("learning_rate:", "lerning_rate:"))
+    child = _write(tmp_path / "child.yaml", "extends: parent.yaml\ntraining: {max_steps: 3}\n")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(child)
+    assert str(err.value) == (f"{child}: training.lerning_rate (inherited from {parent}): unknown field "
+                              "(did you mean 'learning_rate'?)")
+    # Set again on the command line, the field is no longer the parent's alone.
+    with pytest.raises(RecipeError) as err:
+        load_recipe(child, ["training.lerning_rate=oops"])
+    assert "(inherited from" not in str(err.value)
+    # A section-level problem with fields from both files names only the recipe given.
+    _write(tmp_path / "child.yaml", f"extends: {WINE}\ntraining: {{per_device_train_batch_size: 6}}\n")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(child)
+    assert str(err.value).startswith(f"{child}: training: the generation batch")
+    assert "(inherited from" not in str(err.value)

@@ -10,6 +10,7 @@ Relative paths in a recipe are resolved against the current working directory (r
 from __future__ import annotations
 
 import difflib
+import os
 import types
 import typing
 from pathlib import Path
@@ -215,24 +216,78 @@ class Recipe(_Section):
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
-    """Read a YAML recipe, apply `a.b.c=value` overrides (values parsed as YAML) and validate it."""
+    """Read a YAML recipe, apply `a.b.c=value` overrides (values parsed as YAML) and validate it.
+
+    A recipe may start from another one: `extends: wine.yaml` (relative to the recipe's own folder) loads that
+    recipe first (itself possibly extending another) and deep-merges this one over it: mappings merge key by key,
+    lists and scalars replace. Overrides apply to the merged recipe. A problem in a field that only a parent set
+    names that parent too, so the fix lands in the right file.
+    """
     path = Path(path)
+    raw, origins = _read_with_parents(path, ())
+    for override in overrides:
+        _apply_override(raw, override, path)
+        key = override.partition("=")[0]
+        origins[tuple(int(p) if p.isdigit() else p for p in key.split("."))] = path
+
+    def inherited_from(loc: tuple) -> Path | None:
+        # The file that set this field: the longest prefix of `loc` anyone set, unless a key below it came from
+        # another file (then the problem may be either file's, and the recipe given is named alone).
+        found = next((origins[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in origins), None)
+        below = {file for key, file in origins.items() if len(key) > len(loc) and key[: len(loc)] == loc}
+        return found if found not in (None, path) and below <= {found} else None
+
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as err:
+        raise RecipeError(f"{path}: {format_validation_error(err, inherited_from)}") from None
+
+
+def _read_yaml(path: Path, missing: str) -> dict:
+    """One recipe file as a mapping; `missing` is the message when the file does not exist."""
     try:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:
-        raise RecipeError(f"{path}: recipe file not found") from None
+        raise RecipeError(missing) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""
         raise RecipeError(f"{path}{where}: invalid YAML: {getattr(err, 'problem', err)}") from None
     if not isinstance(raw, dict):
         raise RecipeError(f"{path}: a recipe must be a mapping of sections, got {type(raw).__name__}")
-    for override in overrides:
-        _apply_override(raw, override, path)
-    try:
-        return Recipe.model_validate(raw)
-    except ValidationError as err:
-        raise RecipeError(f"{path}: {format_validation_error(err)}") from None
+    return raw
+
+
+def _read_with_parents(path: Path, chain: tuple[Path, ...], child: Path | None = None) -> tuple[dict, dict]:
+    """The recipe at `path` merged over its `extends` parents, and which file set each key path (tuple -> file)."""
+    missing = f"{child}: extends: recipe file not found: {path}" if child else f"{path}: recipe file not found"
+    raw = _read_yaml(path, missing)
+    chain = (*chain, path)
+    parent_name = raw.pop("extends", None)
+    if parent_name is None:
+        return raw, {(key,): path for key in raw}
+    if not isinstance(parent_name, str) or not parent_name.strip():
+        raise RecipeError(f"{path}: extends: must be the path of a recipe file, relative to this one "
+                          f"(got {parent_name!r})")
+    parent = Path(os.path.normpath(path.parent / Path(parent_name).expanduser()))
+    if any(parent.resolve() == seen.resolve() for seen in chain):
+        raise RecipeError(f"{path}: extends: cycle: {' -> '.join(str(p) for p in (*chain, parent))}")
+    merged, origins = _read_with_parents(parent, chain, child=path)
+    _deep_merge(merged, raw, origins, path, ())
+    return merged, origins
+
+
+def _deep_merge(base: dict, child: dict, origins: dict, child_path: Path, prefix: tuple) -> None:
+    """Merge `child` into `base` in place: mappings key by key, anything else (lists too) replaces."""
+    for key, value in child.items():
+        here = (*prefix, key)
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_merge(base[key], value, origins, child_path, here)
+            continue
+        for known in [k for k in origins if k[: len(here)] == here]:
+            del origins[known]  # the parent's value below this key is gone
+        base[key] = value
+        origins[here] = child_path
 
 
 def _apply_override(raw: dict, override: str, path: Path) -> None:
@@ -265,11 +320,17 @@ def _apply_override(raw: dict, override: str, path: Path) -> None:
                 node = node[part]
 
 
-def format_validation_error(err: ValidationError) -> str:
-    """One line per problem, joined with '; ': `training.lerning_rate: unknown field (did you mean ...)`."""
+def format_validation_error(err: ValidationError, inherited_from=None) -> str:
+    """One line per problem, joined with '; ': `training.lerning_rate: unknown field (did you mean ...)`.
+
+    `inherited_from(loc)` may name the parent recipe a field came from; it is shown after the field's path.
+    """
     messages = []
     for problem in err.errors():
         loc = ".".join(str(p) for p in problem["loc"]) or "recipe"
+        parent = inherited_from(tuple(problem["loc"])) if inherited_from else None
+        if parent is not None:
+            loc = f"{loc} (inherited from {parent})"
         if problem["type"] == "extra_forbidden":
             field = str(problem["loc"][-1])
             known = _field_names_at(problem["loc"][:-1])
