@@ -31,7 +31,8 @@ COLUMNS = {"answer": ["Nebbiolo"], "aliases": [["Spanna"]], "context": [CONTEXT]
 VARIANTS = [
     ("answer_match", {}), ("answer_match", {"partial": True}), ("format", {}),
     ("format", {"mode": "soft"}), ("context_grounding", {}),
-    ("context_grounding", {"include_reasoning": True}), ("length", {}),
+    ("context_grounding", {"include_reasoning": True}), ("context_grounding", {"exclude_question": True}),
+    ("length", {}),
     ("length", {"min_words": 3, "max_words": 5, "falloff": 2.5}),
     ("length", {"unit": "chars", "max_completion_length": 64, "overlong_buffer": 16}),
     ("repetition", {}), ("repetition", {"ngram_size": 1, "max_penalty": 0.5}),
@@ -215,6 +216,20 @@ def test_context_grounding(text, chunks, answer, reasoning, expected):
     assert scores == [pytest.approx(expected)]
 
 
+@pytest.mark.parametrize(("text", "question", "expected"), [
+    ("<answer>Barolo</answer>", "Which grape is Barolo made from?", 0.0),          # echoes the subject
+    ("<answer>the BARÓLO</answer>", "Which grape is Barolo made from?", 0.0),
+    ("<answer>Nebbiolo</answer>", "Which grape is Barolo made from?", 1.0),
+    ("<answer>Nebbiolo grapes</answer>", "Which grape is Barolo made from?", 1.0),  # a new word: not an echo
+    ("<answer>Barolo</answer>", None, 1.0),                                         # no question column
+])
+def test_context_grounding_exclude_question(text, question, expected):
+    scores = context_grounding([text], exclude_question=True, context=[CONTEXT], question=[question])
+    assert scores == [pytest.approx(expected)]
+    # off by default: the same answer keeps its grounding score
+    assert context_grounding([text], context=[CONTEXT], question=[question])[0] > 0
+
+
 @pytest.mark.parametrize("context", [None, [None, None], [[], []], [[None], [None]]])
 def test_context_grounding_none_without_context(context):
     assert context_grounding([CLEAN, CLEAN], context=context, answer=["Nebbiolo"] * 2) == [None, None]
@@ -304,7 +319,7 @@ def test_rewards_registry():
 
 @pytest.mark.parametrize(("name", "expected"), [
     ("answer_match", ["partial", "rel_tolerance", "tolerance"]), ("format", ["mode"]),
-    ("context_grounding", ["include_reasoning"]),
+    ("context_grounding", ["exclude_question", "include_reasoning"]),
     ("length", ["falloff", "max_completion_length", "max_words", "min_words", "overlong_buffer", "unit"]),
     ("repetition", ["max_penalty", "ngram_size"]),
     ("semantic_match", ["batch_size", "device", "embedder"]),

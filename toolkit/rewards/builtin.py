@@ -93,23 +93,44 @@ def _soft_format(text: str) -> float:
 
 
 # ------------------------------------------------------------------------------------------- context_grounding
-def context_grounding(completions: Sequence[Any], *, include_reasoning: bool = False,
+def context_grounding(completions: Sequence[Any], *, include_reasoning: bool = False, exclude_question: bool = False,
                       context: Sequence[Sequence[str] | None] | None = None,
-                      answer: Sequence[str | None] | None = None, **kwargs: Any) -> list[float | None]:
+                      answer: Sequence[str | None] | None = None,
+                      question: Sequence[str | None] | None = None, **kwargs: Any) -> list[float | None]:
     """Share of the answer's content words found in the retrieved context.
 
     ``score = |T & C| / |T|``: T = content tokens (normalized, minus ``STOPWORDS``) of the extracted answer,
     plus the think block's if ``include_reasoning``; C = all chunk tokens. 0.0 when the answer is missing or has
     no content tokens, when there are several ``<answer>`` tags (as in answer_match), or when the normalized gold
     occurs in some chunk but the normalized answer in none. None for rows without context.
+    With ``exclude_question``, also 0.0 when every content token of the answer is in the question: such an
+    answer echoes the question's subject ("Which grape partners Grenache in GSM?" → "Grenache") — the context
+    contains it, so plain grounding would pay for it.
     """
     rewards: list[float | None] = []
     for i, completion in enumerate(completions):
         gold = row(answer, i)
         forms = _row_forms(row(context, i), gold if isinstance(gold, str) else "")
-        rewards.append(None if forms is None else _grounding_score(completion_text(completion), forms,
-                                                                   include_reasoning))
+        if forms is None:
+            rewards.append(None)
+            continue
+        text = completion_text(completion)
+        score = _grounding_score(text, forms, include_reasoning)
+        asked = row(question, i)
+        if score and exclude_question and isinstance(asked, str) and _echoes(text, asked):
+            score = 0.0
+        rewards.append(score)
     return rewards
+
+
+def _echoes(text: str, question: str) -> bool:
+    tokens = content_tokens(extract_answer(text) or "")
+    return bool(tokens) and tokens <= _question_tokens(question)
+
+
+@functools.lru_cache(maxsize=1024)
+def _question_tokens(question: str) -> frozenset[str]:
+    return frozenset(content_tokens(question))
 
 
 def _row_forms(value: Any, gold: str) -> tuple[str, frozenset[str], bool] | None:
