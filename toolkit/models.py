@@ -122,8 +122,11 @@ def _convert_packaged(key: str, spec: PackagedModel, cache_dir: Path) -> Path:
     return target
 
 
-def load_model(name_or_path: str, dtype: str = "float32"):
-    """Load a causal LM and its tokenizer, ready for left-padded batched generation."""
+def load_model(name_or_path: str, dtype: str = "float32", **from_pretrained_kwargs):
+    """Load a causal LM and its tokenizer, ready for left-padded batched generation.
+
+    `from_pretrained_kwargs` reach the model's `from_pretrained` (the CUDA backends pass a quantization config
+    and a device map)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -133,5 +136,5 @@ def load_model(name_or_path: str, dtype: str = "float32"):
     tokenizer.padding_side = "left"
     if tokenizer.chat_template is None:
         raise ModelError(f"model {name_or_path}: its tokenizer has no chat template; use an instruct/chat model")
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=getattr(torch, dtype))
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=getattr(torch, dtype), **from_pretrained_kwargs)
     return model, tokenizer
