@@ -101,10 +101,10 @@ def base_results(folder: Path, key: str, resume: bool, evaluate: Callable[[], di
         except (OSError, ValueError):
             saved = None
         if isinstance(saved, dict) and saved.get("key") == key:
-            logger.info("reusing the base evaluation of the interrupted run (%s)", path)
+            logger.info("reusing the base evaluation of the earlier run (%s)", path)
             return saved["results"]
         logger.info("evaluating the base columns again: %s", "the recipe or eval data changed since the "
-                    "interrupted run" if saved else f"no saved base evaluation in {folder}")
+                    "earlier run" if saved else f"no saved base evaluation in {folder}")
     results = evaluate()
     write_atomic(path, json.dumps({"key": key, "results": results}))
     return results
