@@ -146,3 +146,18 @@ def test_preflight_does_nothing_without_a_gpu(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert memory.preflight(load_recipe(WINE), "no/such/model", []) is None
+
+
+def test_8bit_adam_halves_the_adapter_states(qwen):
+    plain = estimate_memory(qwen, recipe(), 300).parts["lora_states"]
+    assert estimate_memory(qwen, recipe("training.trl={optim: adamw_8bit}"), 300).parts["lora_states"] == plain // 2
+
+
+def test_the_gpu_recipe_fits_a_t4_by_the_estimate(qwen):
+    """recipes/wine-r1.yaml is sized for a 16 GB T4 (about 14.5 GiB free) with Unsloth; R1-Distill-Qwen-1.5B has
+    Qwen2.5-1.5B's shape except untied embeddings. Its prompts are about 350 tokens."""
+    r1 = load_recipe(ROOT / "recipes" / "wine-r1.yaml")
+    untied = Qwen2Config(**{**qwen.to_dict(), "tie_word_embeddings": False})
+    estimate = estimate_memory(untied, r1, prompt_tokens=400, backend=r1.model.backend)
+    check_fits(estimate, int(14.5 * GIB), r1, "Tesla T4")
+    assert estimate.total < 10 * GIB

@@ -28,8 +28,8 @@ SKIP_ENV = "TOOLKIT_SKIP_MEMORY_CHECK"
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 # NF4 packs two weights per byte; with double quantization its block scales add ~0.13 bit per weight.
 NF4_BYTES = 0.52
-# Per trainable LoRA parameter: fp32 weight, fp32 gradient, Adam's two fp32 moments.
-LORA_WEIGHT_BYTES, LORA_STATE_BYTES = 4, 12
+# Per trainable LoRA parameter: fp32 weight, fp32 gradient, Adam's two moments (fp32, or 8-bit with an 8-bit optim).
+LORA_WEIGHT_BYTES, LORA_STATE_BYTES, LORA_STATE_BYTES_8BIT = 4, 12, 6
 # Per logit element of the loss: the 16-bit logits, their fp32 log-softmax and the gradient flowing back.
 LOGIT_BYTES = 8
 LORA_SHAPES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -143,10 +143,11 @@ def estimate_memory(config, recipe: Recipe, prompt_tokens: int, backend: str = "
     logit_rows = t.max_completion_length * (1 if backend == "unsloth" else t.per_device_train_batch_size)
     backward = activations + logit_rows * shape.vocab * LOGIT_BYTES
 
-    resident = weights + lora_params * (LORA_WEIGHT_BYTES + LORA_STATE_BYTES) + max(generation, backward)
+    state_bytes = LORA_STATE_BYTES_8BIT if "8bit" in str(t.trl.get("optim", "")) else LORA_STATE_BYTES
+    resident = weights + lora_params * (LORA_WEIGHT_BYTES + state_bytes) + max(generation, backward)
     # Allocator fragmentation, cuBLAS workspaces, kernels' temporaries.
     margin = 0.1 * resident + 256 * 1024**2
-    parts = {"weights": weights, "lora": lora_params * LORA_WEIGHT_BYTES, "lora_states": lora_params * LORA_STATE_BYTES,
+    parts = {"weights": weights, "lora": lora_params * LORA_WEIGHT_BYTES, "lora_states": lora_params * state_bytes,
              "generation": generation, "backward": backward, "margin": margin}
     return MemoryEstimate({key: int(value) for key, value in parts.items()})
 

@@ -170,6 +170,12 @@ class TrainingSection(_Section):
         False, description="Exclude completions cut at max_completion_length from the loss."
     )
     logging_steps: int = Field(1, ge=1)
+    save_steps: int | None = Field(
+        None, ge=1,
+        description="Write a checkpoint (adapter, optimizer, RNG and trainer state) to <output_dir>/trainer/"
+        "checkpoint-N every N steps, keeping the last two; `python -m toolkit.run RECIPE --resume` continues from "
+        "the latest. None: no checkpoints.",
+    )
     seed: int = 42
     lora: LoraSection = Field(default_factory=LoraSection)
 

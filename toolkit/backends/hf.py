@@ -34,10 +34,12 @@ class HFBackend(Backend):
         if not settings.load_in_4bit:
             model, tokenizer = load_model(model_path, settings.dtype)
             return model.to(device), tokenizer
+        # The recipe's 16-bit dtype if it names one (a T4 has no bf16), else the GPU's best.
+        dtype = settings.dtype if settings.dtype != "float32" else compute_dtype_name()
         return load_model(
             model_path,
-            compute_dtype_name(),
-            quantization_config=bnb_4bit_config(),
+            dtype,
+            quantization_config=bnb_4bit_config(dtype),
             # One GPU, all of it: bitsandbytes quantizes while loading, on the device it loads to.
             device_map={"": device},
         )
@@ -58,8 +60,8 @@ def compute_dtype_name() -> str:
     return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
 
 
-def bnb_4bit_config():
-    """QLoRA's settings: NF4 with double quantization, computing in the GPU's 16-bit type."""
+def bnb_4bit_config(compute_dtype: str):
+    """QLoRA's settings: NF4 with double quantization, computing in a 16-bit type."""
     import torch
     from transformers import BitsAndBytesConfig
 
@@ -67,5 +69,5 @@ def bnb_4bit_config():
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=getattr(torch, compute_dtype_name()),
+        bnb_4bit_compute_dtype=getattr(torch, compute_dtype),
     )
