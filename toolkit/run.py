@@ -1,4 +1,4 @@
-"""`python -m toolkit.run RECIPE [section.field=value ...]`: index, prompts, base evals, GRPO, tuned eval, report.
+"""`python -m toolkit.run RECIPE [--resume] [section.field=value ...]`: index, base evals, GRPO, tuned eval, report.
 
 One builder per stage, called in order; each stage lives in its own module.
 """
@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
 
+from toolkit.checkpoints import CheckpointError, base_results, eval_key, resume_checkpoint, start_fresh
 from toolkit.data import DataError, load_dataset
 from toolkit.models import ModelError
 from toolkit.recipe import Recipe, RecipeError, load_recipe
@@ -22,7 +23,10 @@ from toolkit.rewards import RewardError
 logger = logging.getLogger("toolkit")
 
 
-def run(recipe: Recipe, console: Console) -> dict:
+def run(recipe: Recipe, console: Console, resume: bool = False) -> dict:
+    """The whole run. `resume`: continue training from the latest checkpoint in <output_dir>/trainer (checked
+    first, so a missing one fails before anything loads) and reuse the base columns the interrupted run evaluated,
+    when nothing they depend on changed; the report then covers the whole run, every training step once."""
     # Imported here, not at the top: they pull in torch, transformers and TRL (seconds), and a recipe error
     # should be reported at once.
     from toolkit.curves import render_plots, training_curves, training_warnings
@@ -33,6 +37,8 @@ def run(recipe: Recipe, console: Console) -> dict:
     from toolkit.train import train
 
     out = recipe.output_dir
+    work = out / "trainer"
+    checkpoint = resume_checkpoint(work) if resume else start_fresh(work)
     dataset = load_dataset(recipe.data)  # documents; question files plus questions generated from CSV rows
     docs = dataset.documents
     train_qa = dataset.train[: recipe.data.max_train_questions]
@@ -44,9 +50,10 @@ def run(recipe: Recipe, console: Console) -> dict:
 
     model_path = resolve_model(recipe.model.name_or_path, recipe.model.cache_dir)
     model, tokenizer = load_model(model_path, recipe.model.dtype)
-    results = evaluate_columns(recipe, model, tokenizer, eval_rows, ("no_context", "base"))
+    results = base_results(work, eval_key(recipe, model_path, eval_rows), resume,
+                           lambda: evaluate_columns(recipe, model, tokenizer, eval_rows, ("no_context", "base")))
 
-    trainer, trained = train(recipe, model, tokenizer, train_rows, out / "trainer")
+    trainer, trained = train(recipe, model, tokenizer, train_rows, work, resume_from=checkpoint)
     results |= evaluate_columns(recipe, trainer.model, tokenizer, eval_rows, ("tuned",))
 
     save_dir_atomic(out / "adapter", trainer.model.save_pretrained)
@@ -79,16 +86,18 @@ def run(recipe: Recipe, console: Console) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m toolkit.run", description=__doc__.splitlines()[0])
     parser.add_argument("recipe", help="path to a recipe YAML, e.g. recipes/wine.yaml")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the latest checkpoint in <output_dir>/trainer (see training.save_steps)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides: training.max_steps=2 output_dir=/tmp/x")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # --resume may come before, between or after the overrides
     console = Console(stderr=True)
     handler = RichHandler(console=console, show_path=False)
     logging.basicConfig(level=logging.WARNING, handlers=[handler], format="%(message)s")
     logger.setLevel(logging.INFO)
     try:
         recipe = load_recipe(args.recipe, args.overrides)
-        run(recipe, table_console())
-    except (RecipeError, DataError, ModelError, RewardError) as err:
+        run(recipe, table_console(), resume=args.resume)
+    except (RecipeError, DataError, ModelError, RewardError, CheckpointError) as err:
         console.print(f"[red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         return 2
     return 0

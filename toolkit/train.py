@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from transformers import PrinterCallback, TrainerCallback
+from transformers import PrinterCallback
 
+from toolkit.live import LiveMetrics
 from toolkit.recipe import Recipe
 
 logger = logging.getLogger(__name__)
@@ -63,7 +63,10 @@ def grpo_config(recipe: Recipe, output_dir: Path):
         fp16=False,
         gradient_checkpointing=False,
         use_cpu=not on_gpu,
-        save_strategy="no",
+        # Checkpoints only when asked (each holds the optimizer state too). Two are kept so that a kill while the
+        # newest is written still leaves a whole one; transformers removes the older only after a save completes.
+        **({"save_strategy": "steps", "save_steps": t.save_steps, "save_total_limit": 2} if t.save_steps
+           else {"save_strategy": "no"}),
         report_to="none",
         disable_tqdm=True,  # rich shows progress instead
         log_level="warning",
@@ -84,41 +87,17 @@ def lora_config(recipe: Recipe):
     )
 
 
-class RichProgress(TrainerCallback):
-    """A progress bar with the latest mean reward, so a user sees learning happen, not just steps."""
+def train(recipe: Recipe, model, tokenizer, rows: list[dict], work_dir: Path, resume_from: Path | None = None,
+          callbacks: list | None = None):
+    """Run GRPO on `rows`; returns the trainer (its `.model` is the LoRA-wrapped model) and a summary.
 
-    def __init__(self, progress: Progress):
-        self.progress = progress
-        self.task = None
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.task = self.progress.add_task("GRPO", total=state.max_steps, info="")
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.progress.update(self.task, completed=state.global_step)
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "reward" in logs:
-            info = f"reward {logs['reward']:.3f}  len {logs.get('completions/mean_length', 0):.0f}"
-            self.progress.update(self.task, info=info)
-            rewards = "  ".join(
-                f"{key.split('/')[1]}={value:.2f}"
-                for key, value in logs.items() if key.startswith("rewards/") and key.endswith("/mean")
-            )
-            logger.info("step %d  reward %.3f  %s  zero-std groups %.2f  %.1f s",
-                        state.global_step, logs["reward"], rewards, logs.get("frac_reward_zero_std", float("nan")),
-                        logs.get("step_time", float("nan")))
-
-
-def train(recipe: Recipe, model, tokenizer, rows: list[dict], work_dir: Path):
-    """Run GRPO on `rows`; returns the trainer (its `.model` is the LoRA-wrapped model) and a summary."""
+    `callbacks`: more `TrainerCallback`s, after the live metrics (benchmarks/bench_overhead.py times steps so).
+    `resume_from`: a checkpoint folder; training continues at its step with its optimizer, RNG and log history,
+    so the summary's log history still holds every step once."""
     from datasets import Dataset
     from trl import GRPOTrainer
 
-    progress = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TextColumn("{task.fields[info]}"),
-    )
+    live = LiveMetrics()
     trainer = GRPOTrainer(
         model=model,
         reward_funcs=[spec.build() for spec in recipe.rewards],
@@ -126,13 +105,15 @@ def train(recipe: Recipe, model, tokenizer, rows: list[dict], work_dir: Path):
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
         peft_config=lora_config(recipe),
-        callbacks=[RichProgress(progress)],
+        callbacks=[live, *(callbacks or [])],
     )
-    # With tqdm off, transformers prints every raw log dict; the progress bar and the report replace it.
+    # With tqdm off, transformers prints every raw log dict; the live table and the report replace it.
     trainer.remove_callback(PrinterCallback)
     start = time.perf_counter()
-    with progress:
-        trainer.train()
+    try:
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    finally:
+        live.close()  # an exception skips on_train_end, and a progress bar left running hides the cursor
     seconds = time.perf_counter() - start
     result = TrainResult(trainer.state.global_step, round(seconds, 1), list(trainer.state.log_history))
     logger.info("trained %d steps in %.0f s", result.steps, seconds)
