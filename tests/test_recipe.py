@@ -151,7 +151,7 @@ def test_override_values_are_parsed_as_yaml():
     "overrides, expected",
     [
         (["outptu_dir=x"], "outptu_dir: unknown field (did you mean 'output_dir'?)"),
-        (["zzz=1"], "zzz: unknown field (known fields: data, eval, model, output_dir, prompt, retrieval"),
+        (["zzz=1"], "zzz: unknown field (known fields: data, eval, export, model, output_dir, prompt, retrieval"),
         (["training.lora.rr=3"], "training.lora.rr: unknown field (did you mean 'r'?)"),
         (["rewards.0.wieght=1"], "rewards.0.wieght: unknown field (did you mean 'weight'?)"),
         (["rewards.9.weight=1"], "rewards.9 is not an index of a 5-item list"),
@@ -296,10 +296,25 @@ def test_corpus_path_expands_the_home_folder(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------------------------------------ extends
 
+WINE_R1 = ROOT / "recipes" / "wine-r1.yaml"
+
+
 def _write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path
+
+
+def test_wine_r1_shares_data_prompt_and_rewards_with_wine():
+    assert WINE_R1 in RECIPES  # so test_shipped_recipe_validates covers it
+    raw = yaml.safe_load(WINE_R1.read_text())
+    assert raw["extends"] == "wine.yaml"
+    assert not {"data", "prompt", "rewards", "retrieval"} & set(raw), "inherited from wine.yaml, not copied"
+    r1, wine = load_recipe(WINE_R1), load_recipe(WINE)
+    assert (r1.data, r1.prompt, r1.rewards, r1.retrieval) == (wine.data, wine.prompt, wine.rewards, wine.retrieval)
+    assert r1.model.name_or_path != wine.model.name_or_path and r1.output_dir != wine.output_dir
+    assert r1.training.lora.target_modules == wine.training.lora.target_modules  # merged key by key
+    assert r1.training.lora.layers_to_transform is None  # null replaces the parent's list
 
 
 def test_extends_deep_merges_mappings_and_replaces_lists_and_scalars(tmp_path):
@@ -399,3 +414,83 @@ def test_problem_in_an_inherited_field_names_the_parent(tmp_path):
         load_recipe(child)
     assert str(err.value).startswith(f"{child}: training: the generation batch")
     assert "(inherited from" not in str(err.value)
+
+
+# ------------------------------------------------------------------------- training.trl: GRPOConfig passthrough
+
+
+@pytest.mark.parametrize(
+    "trl, expected",
+    [
+        ("{max_grad_nrm: 0.1}", "training.trl.max_grad_nrm: not a trl.GRPOConfig field (did you mean "
+                                "'max_grad_norm'?)"),
+        # Close to a field the recipe maps: the suggestion is the recipe field.
+        ("{lerning_rate: 0.1}", "training.trl.lerning_rate: not a trl.GRPOConfig field (did you mean "
+                                "training.learning_rate?)"),
+        ("{learning_rate: 0.1}", "training.trl.learning_rate: set by the recipe, not here: use training.learning_rate"),
+        ("{num_generations: 8}", "training.trl.num_generations: set by the recipe, not here: use "
+                                 "training.num_generations"),
+        ("{output_dir: /tmp/x}", "training.trl.output_dir: set by the recipe, not here: use output_dir"),
+        ("{reward_weights: [1, 2]}", "training.trl.reward_weights: set by the recipe, not here: use each reward's"),
+    ],
+)
+def test_trl_passthrough_refuses_typos_and_mapped_fields(trl, expected):
+    with pytest.raises(RecipeError) as err:
+        load_recipe(WINE, [f"training.trl={trl}"])
+    assert expected in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_trl_passthrough_names_every_bad_key():
+    with pytest.raises(RecipeError) as err:
+        load_recipe(WINE, ["training.trl={optim: adamw_torch, max_grad_nrm: 1, seed: 3}"])
+    message = str(err.value)
+    assert "training.trl.max_grad_nrm" in message and "training.trl.seed: set by the recipe" in message
+    assert "training.trl.optim" not in message
+
+
+def test_trl_passthrough_keeps_real_grpo_fields():
+    recipe = load_recipe(WINE, ["training.trl={optim: adamw_torch, max_grad_norm: 0.1, report_to: none}"])
+    assert recipe.training.trl == {"optim": "adamw_torch", "max_grad_norm": 0.1, "report_to": "none"}
+    assert Recipe.model_validate(recipe.model_dump(mode="json")) == recipe
+
+
+def test_recipe_without_trl_does_not_import_trl():
+    # The check needs TRL's GRPOConfig only when training.trl has keys; an empty one must stay fast to load.
+    code = ("import sys; from toolkit.recipe import load_recipe; load_recipe('recipes/wine.yaml'); "
+            "print('trl' in sys.modules, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+@pytest.mark.parametrize(
+    "overrides, fix",
+    [
+        (["training.per_device_train_batch_size=6"], "set per_device_train_batch_size to 8, or num_generations to 3"),
+        (["training.per_device_train_batch_size=2", "training.gradient_accumulation_steps=3"],
+         "(per_device_train_batch_size × gradient_accumulation_steps = 6)"),
+        (["training.per_device_train_batch_size=2", "training.gradient_accumulation_steps=3"],
+         "set per_device_train_batch_size to 4"),  # 4 × 3 = 12 completions: three groups of 4
+        (["training.trl={generation_batch_size: 6}"], "set training.trl.generation_batch_size to 8"),
+        (["training.per_device_train_batch_size=2", "training.trl={steps_per_generation: 3}"],
+         "(per_device_train_batch_size × steps_per_generation = 6)"),
+    ],
+)
+def test_generation_batch_error_explains_the_fix(overrides, fix):
+    with pytest.raises(RecipeError) as err:
+        load_recipe(WINE, overrides)
+    message = str(err.value)
+    assert "must be divisible by num_generations (4)" in message and "one GRPO group" in message
+    assert fix in message
+
+
+def test_cli_reports_a_trl_typo_in_one_line_before_loading_anything():
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "COLUMNS": "80"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "toolkit.run", "recipes/wine.yaml", "training.trl={optimm: adamw_torch}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    [line] = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert "training.trl.optimm: not a trl.GRPOConfig field (did you mean 'optim'?)" in line
+    assert "backend" not in proc.stderr and "evaluating" not in proc.stderr  # nothing was selected or loaded

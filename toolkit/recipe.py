@@ -19,6 +19,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from toolkit import recipe_trl
 from toolkit import rewards as rewards_lib
 from toolkit.recipe_data import (  # noqa: F401  re-exported: the schema is one namespace
     CorpusSource,
@@ -45,7 +46,18 @@ class ModelSection(_Section):
         description="Where converted packaged models are kept. Default: $XDG_CACHE_HOME/toolkit or ~/.cache/toolkit.",
     )
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32", description="Weights dtype for training and evaluation; CPUs want float32."
+        "float32", description="Weights dtype for training and evaluation; CPUs want float32. (unsloth picks its own.)"
+    )
+    backend: Literal["auto", "hf", "unsloth"] = Field(
+        "auto",
+        description="auto: unsloth on a CUDA GPU where it imports, else hf (transformers + peft, the CPU path); "
+        "the choice and why are logged. See toolkit/backends.",
+    )
+    load_in_4bit: bool = Field(
+        False, description="4-bit (bitsandbytes NF4, QLoRA) base weights on a CUDA GPU; ignored (warning) on a CPU."
+    )
+    max_seq_length: int = Field(
+        2048, ge=32, description="unsloth: longest prompt + completion in tokens (sizes its caches); hf ignores it."
     )
 
 
@@ -178,16 +190,17 @@ class TrainingSection(_Section):
     )
     seed: int = 42
     lora: LoraSection = Field(default_factory=LoraSection)
+    trl: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Any other trl.GRPOConfig field, passed as is after the mapped ones (e.g. {optim: adamw_8bit, "
+        "report_to: wandb}); keys are checked against GRPOConfig when the recipe loads.",
+    )
 
     @model_validator(mode="after")
     def _generation_batch_divides(self) -> TrainingSection:
-        batch = self.per_device_train_batch_size * self.gradient_accumulation_steps
-        if batch % self.num_generations:
-            raise ValueError(
-                f"the generation batch (per_device_train_batch_size × gradient_accumulation_steps = {batch}) must be "
-                f"divisible by num_generations ({self.num_generations}); e.g. set per_device_train_batch_size to "
-                f"{-(-batch // self.num_generations) * self.num_generations}"
-            )
+        problem = recipe_trl.generation_batch_problem(self)
+        if problem:
+            raise ValueError(problem)
         return self
 
 
@@ -195,6 +208,20 @@ class EvalSection(_Section):
     max_new_tokens: int = Field(96, ge=1, description="Greedy decoding limit for evaluation answers.")
     batch_size: int = Field(16, ge=1)
     limit: int | None = Field(None, ge=1, description="Evaluate only the first N eval questions.")
+
+
+ExportFormat = Literal["adapter", "merged", "gguf-f32", "gguf-f16", "gguf-q8_0", "gguf-q4_k_m"]
+
+
+class ExportSection(_Section):
+    formats: list[ExportFormat] = Field(
+        default_factory=list,
+        description="What `toolkit.run` exports at the end into <output_dir>/export/ (see toolkit/export.py); "
+        "empty: nothing. GGUF quantization and verification need the `export` extra (llama-cpp-python).",
+    )
+    verify: bool = Field(True, description="Compare each GGUF file's greedy tokens with the merged model's.")
+    verify_prompts: int = Field(3, ge=1, le=50, description="Eval questions used as verification prompts.")
+    verify_tokens: int = Field(32, ge=1, description="Greedy tokens compared per verification prompt.")
 
 
 class Recipe(_Section):
@@ -206,6 +233,7 @@ class Recipe(_Section):
     rewards: list[RewardSpec] = Field(min_length=1)
     training: TrainingSection = Field(default_factory=TrainingSection)
     eval: EvalSection = Field(default_factory=EvalSection)
+    export: ExportSection = Field(default_factory=ExportSection)
 
     @field_validator("rewards")
     @classmethod
@@ -216,6 +244,11 @@ class Recipe(_Section):
                 raise ValueError(f"reward {spec.key!r} is listed twice; give one of them a distinct `label`")
             seen.add(spec.key)
         return specs
+
+    @model_validator(mode="after")
+    def _trl_passthrough_known(self) -> Recipe:
+        recipe_trl.check_trl_passthrough(self)  # here, not in TrainingSection: the backend decides the import order
+        return self
 
 
 # ---------------------------------------------------------------------------------------------- loading

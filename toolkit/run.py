@@ -27,16 +27,25 @@ def run(recipe: Recipe, console: Console, resume: bool = False) -> dict:
     """The whole run. `resume`: continue training from the latest checkpoint in <output_dir>/trainer (checked
     first, so a missing one fails before anything loads) and reuse the base columns the interrupted run evaluated,
     when nothing they depend on changed; the report then covers the whole run, every training step once."""
+    from toolkit.backends import select_backend
+
+    # First, before anything imports transformers or TRL: the unsloth backend has to patch them as they load.
+    backend = select_backend(recipe.model.backend)
     # Imported here, not at the top: they pull in torch, transformers and TRL (seconds), and a recipe error
     # should be reported at once.
     from toolkit.curves import render_plots, training_curves, training_warnings
     from toolkit.evaluate import compare, evaluate_columns
     from toolkit.index import build_index, retrieval_metrics
-    from toolkit.models import load_model, resolve_model
+    from toolkit.memory import preflight
+    from toolkit.models import resolve_model
     from toolkit.prompts import build_rows
     from toolkit.train import train
 
     out = recipe.output_dir
+    if recipe.export.formats:
+        from toolkit.export import check_export_ready
+
+        check_export_ready(recipe.export.formats, recipe.export.verify)  # a missing extra fails now, not after training
     work = out / "trainer"
     checkpoint = resume_checkpoint(work) if resume else start_fresh(work)
     dataset = load_dataset(recipe.data)  # documents; question files plus questions generated from CSV rows
@@ -49,20 +58,24 @@ def run(recipe: Recipe, console: Console, resume: bool = False) -> dict:
     eval_rows = build_rows(eval_qa, index, recipe.prompt, recipe.retrieval.top_k)
 
     model_path = resolve_model(recipe.model.name_or_path, recipe.model.cache_dir)
-    model, tokenizer = load_model(model_path, recipe.model.dtype)
+    preflight(recipe, model_path, train_rows + eval_rows, backend.name)  # CUDA only: refuse what cannot fit
+    model, tokenizer = backend.load(recipe, model_path)
     results = base_results(work, eval_key(recipe, model_path, eval_rows), resume,
-                           lambda: evaluate_columns(recipe, model, tokenizer, eval_rows, ("no_context", "base")))
+                           lambda: evaluate_columns(recipe, backend.for_inference(model, tokenizer), tokenizer,
+                                                    eval_rows, ("no_context", "base")))
 
-    trainer, trained = train(recipe, model, tokenizer, train_rows, work, resume_from=checkpoint)
-    results |= evaluate_columns(recipe, trainer.model, tokenizer, eval_rows, ("tuned",))
+    trainer, trained = train(recipe, model, tokenizer, train_rows, work, resume_from=checkpoint, backend=backend)
+    tuned = backend.for_inference(trainer.model, tokenizer)
+    results |= evaluate_columns(recipe, tuned, tokenizer, eval_rows, ("tuned",))
 
-    save_dir_atomic(out / "adapter", trainer.model.save_pretrained)
+    save_dir_atomic(out / "adapter", lambda path: backend.save_adapter(trainer.model, path))
     evaluation, predictions = compare(recipe, eval_rows, results)
     curves = training_curves(trained.log_history)
     images = render_plots(curves)
     report = {
         "recipe": recipe.model_dump(mode="json"),
         "model_path": model_path,
+        "backend": backend.describe(),  # which backend trained and why (auto picks unsloth only on CUDA)
         "index": {"documents": len(docs), **vars(counts)},
         "retrieval": retrieval_metrics(index, eval_qa, recipe.retrieval.top_k),  # recall@k, MRR of gold sources
         **evaluation,  # eval, no_context, base, tuned (metric → mean), intervals, differences
@@ -80,6 +93,12 @@ def run(recipe: Recipe, console: Console, resume: bool = False) -> dict:
     write_report(out, report, predictions, images)
     console.print(comparison_table(report))
     console.print(f"outputs in [bold]{out}[/]: adapter/, report.json, report.md, eval/predictions.jsonl, plots/")
+    if recipe.export.formats:
+        from toolkit.export import export  # imported here: llama-cpp-python is an optional extra
+
+        manifest = export(recipe)
+        verdict = "verified" if manifest["ok"] else "[red]a GGUF file does not match the merged model[/]"
+        console.print(f"export in [bold]{out / 'export'}[/]: {', '.join(manifest['formats'])} ({verdict})")
     return report
 
 

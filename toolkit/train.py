@@ -34,12 +34,14 @@ class TrainResult:
         return steps[-1] if steps else {}
 
 
-def grpo_config(recipe: Recipe, output_dir: Path):
+def grpo_config(recipe: Recipe, output_dir: Path, backend=None):
+    """The recipe's training section as a GRPOConfig; then what the backend needs (`Backend.grpo_overrides`), then
+    `training.trl`, which the recipe check keeps off the fields mapped here."""
     from trl import GRPOConfig
 
     t = recipe.training
     on_gpu = torch.cuda.is_available()
-    return GRPOConfig(
+    mapped = dict(
         output_dir=str(output_dir),
         max_steps=t.max_steps,
         learning_rate=t.learning_rate,
@@ -71,6 +73,8 @@ def grpo_config(recipe: Recipe, output_dir: Path):
         disable_tqdm=True,  # rich shows progress instead
         log_level="warning",
     )
+    overrides = backend.grpo_overrides(recipe) if backend is not None else {}
+    return GRPOConfig(**(mapped | overrides | t.trl))
 
 
 def lora_config(recipe: Recipe):
@@ -88,23 +92,27 @@ def lora_config(recipe: Recipe):
 
 
 def train(recipe: Recipe, model, tokenizer, rows: list[dict], work_dir: Path, resume_from: Path | None = None,
-          callbacks: list | None = None):
+          backend=None, callbacks: list | None = None):
     """Run GRPO on `rows`; returns the trainer (its `.model` is the LoRA-wrapped model) and a summary.
 
+    `backend` (toolkit.backends) wraps the model with LoRA and builds the trainer; default: hf.
     `callbacks`: more `TrainerCallback`s, after the live metrics (benchmarks/bench_overhead.py times steps so).
+
     `resume_from`: a checkpoint folder; training continues at its step with its optimizer, RNG and log history,
     so the summary's log history still holds every step once."""
     from datasets import Dataset
-    from trl import GRPOTrainer
 
+    from toolkit.backends.hf import HFBackend
+
+    backend = backend or HFBackend("default")
     live = LiveMetrics()
-    trainer = GRPOTrainer(
-        model=model,
+    trainer = backend.build_trainer(
+        recipe,
+        model,
+        tokenizer,
         reward_funcs=[spec.build() for spec in recipe.rewards],
-        args=grpo_config(recipe, work_dir),
+        args=grpo_config(recipe, work_dir, backend),
         train_dataset=Dataset.from_list(rows),
-        processing_class=tokenizer,
-        peft_config=lora_config(recipe),
         callbacks=[live, *(callbacks or [])],
     )
     # With tqdm off, transformers prints every raw log dict; the live table and the report replace it.
