@@ -219,6 +219,12 @@ class ExportSection(_Section):
         description="What `toolkit.run` exports at the end into <output_dir>/export/ (see toolkit/export.py); "
         "empty: nothing. GGUF quantization and verification need the `export` extra (llama-cpp-python).",
     )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="Weights dtype of the merged model; the GGUF of the same precision (F32 for float32, else F16) "
+        "must reproduce its greedy tokens. auto: model.dtype, but bfloat16 after 4-bit training (the base is "
+        "reloaded unquantized: a LoRA is never merged into 4-bit weights).",
+    )
     verify: bool = Field(True, description="Compare each GGUF file's greedy tokens with the merged model's.")
     verify_prompts: int = Field(3, ge=1, le=50, description="Eval questions used as verification prompts.")
     verify_tokens: int = Field(32, ge=1, description="Greedy tokens compared per verification prompt.")

@@ -1,0 +1,162 @@
+"""`python -m toolkit.chat RECIPE [--gguf FILE | --adapter DIR] [--question "…"] [--run DIR]`: ask the tuned model.
+
+Each question is answered the way the model was trained and evaluated: the recipe's index retrieves `top_k`
+chunks, `toolkit.prompts.build_messages` lays out the same system prompt, worked examples and context, and the
+model answers greedily. The answer is printed with the sources of the chunks it was given. Without `--question`
+the command reads questions until an empty line or end of input.
+
+Models: `--gguf FILE` runs an exported GGUF in llama.cpp (its own chat template, as any llama.cpp program would);
+`--adapter DIR` runs the base model plus that LoRA in transformers; with neither, the run's `adapter/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from toolkit.index import Hit, IndexUnavailable, open_index
+from toolkit.metrics import extracted
+from toolkit.models import ModelError
+from toolkit.prompts import build_messages
+from toolkit.recipe import Recipe
+
+logger = logging.getLogger("toolkit.chat")  # not __name__: "__main__" under python -m
+
+
+@dataclass
+class Reply:
+    question: str
+    completion: str
+    answer: str | None  # the text inside <answer>…</answer>, when the model used the format
+    hits: list[Hit]
+
+    @property
+    def sources(self) -> list[str]:
+        return list(dict.fromkeys(hit.source for hit in self.hits))
+
+
+class GGUFChat:
+    """An exported GGUF in llama.cpp, prompted through the chat template stored in the file."""
+
+    def __init__(self, path: str | Path, max_new_tokens: int):
+        from toolkit.verify import load_llama
+
+        if not Path(path).is_file():
+            raise ModelError(f"no GGUF file at {path}")
+        self.llm = load_llama(Path(path), n_ctx=4096)
+        self.max_new_tokens = max_new_tokens
+
+    def complete(self, messages: list[dict]) -> str:
+        # temperature 0 is llama.cpp's greedy sampler; no repeat penalty, as in the transformers evaluation.
+        out = self.llm.create_chat_completion(
+            messages=messages, temperature=0.0, repeat_penalty=1.0, max_tokens=self.max_new_tokens
+        )
+        return out["choices"][0]["message"]["content"] or ""
+
+    def close(self) -> None:
+        self.llm.close()  # now, not in a destructor at interpreter exit, where llama-cpp-python's fails
+
+
+class AdapterChat:
+    """The run's base model plus a LoRA adapter in transformers, generating as `toolkit.evaluate` does."""
+
+    def __init__(self, recipe: Recipe, adapter: Path, max_new_tokens: int):
+        from peft import PeftModel
+
+        from toolkit.export import base_model_path
+        from toolkit.models import load_model
+
+        if not (adapter / "adapter_config.json").is_file():
+            raise ModelError(f"no LoRA adapter in {adapter}: train first, or pass --adapter DIR or --gguf FILE")
+        model, self.tokenizer = load_model(base_model_path(recipe, recipe.output_dir), recipe.model.dtype)
+        self.model = PeftModel.from_pretrained(model, adapter)
+        self.max_new_tokens = max_new_tokens
+
+    def complete(self, messages: list[dict]) -> str:
+        from toolkit.evaluate import generate
+
+        texts, _, _ = generate(self.model, self.tokenizer, [messages], self.max_new_tokens, 1)
+        return texts[0]
+
+    def close(self) -> None:
+        pass
+
+
+def ask(recipe: Recipe, index, model, question: str, top_k: int | None = None) -> Reply:
+    """Retrieve context for `question`, prompt `model` in the training format, return the reply and its sources."""
+    hits = index.search([question], top_k or recipe.retrieval.top_k)[0]
+    messages = build_messages(recipe.prompt, question, [hit.text for hit in hits])
+    completion = model.complete(messages)
+    return Reply(question, completion, extracted(completion), hits)
+
+
+def render(reply: Reply) -> str:
+    lines = [f"answer: {reply.answer if reply.answer is not None else '(no <answer> tag)'}",
+             f"reply:  {reply.completion.strip()}", "sources:"]
+    lines += [f"  {rank}. {hit.source}  (score {hit.score:.3f})" for rank, hit in enumerate(reply.hits, 1)]
+    return "\n".join(lines)
+
+
+def _answer_questions(recipe: Recipe, index, model, question: str | None, k: int | None, out) -> None:
+    """One question, or questions read from stdin until an empty line, end of input or `exit`."""
+    if question is not None:
+        out.print(render(ask(recipe, index, model, question, k)), markup=False)
+        return
+    while True:
+        try:
+            question = input("question> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            return
+        if not question or question in ("exit", "quit"):
+            return
+        out.print(render(ask(recipe, index, model, question, k)), markup=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from rich.console import Console
+
+    from toolkit.cli import ERRORS, fail, setup_logging
+    from toolkit.recipe import load_recipe
+
+    parser = argparse.ArgumentParser(prog="python -m toolkit.chat", description=__doc__.splitlines()[0])
+    parser.add_argument("recipe", help="path to a recipe YAML, e.g. recipes/wine.yaml")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. retrieval.top_k=3")
+    model_args = parser.add_mutually_exclusive_group()
+    model_args.add_argument("--gguf", help="an exported GGUF file (needs the export extra: llama-cpp-python)")
+    model_args.add_argument("--adapter", help="a LoRA adapter folder (default: <run>/adapter)")
+    parser.add_argument("--question", help="ask this one question and exit (default: read questions interactively)")
+    parser.add_argument("--run", help="the run folder with index/ and adapter/ (default: the recipe's output_dir)")
+    parser.add_argument("-k", type=int, default=None, help="chunks retrieved (default: retrieval.top_k)")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="default: eval.max_new_tokens")
+    args = parser.parse_intermixed_args(argv)
+    console = setup_logging()
+    out = Console(highlight=False, soft_wrap=True)
+    try:
+        recipe = load_recipe(args.recipe, args.overrides)
+        if args.run:
+            recipe = recipe.model_copy(update={"output_dir": Path(args.run)})
+        if args.question is not None and not args.question.strip():
+            raise ModelError("the question is empty")
+        try:
+            index = open_index(recipe, create=False)
+        except IndexUnavailable as err:
+            raise IndexUnavailable(f"{err}; build it with: python -m toolkit.index {args.recipe}") from None
+        limit = args.max_new_tokens or recipe.eval.max_new_tokens
+        if args.gguf:
+            model = GGUFChat(args.gguf, limit)
+        else:
+            model = AdapterChat(recipe, Path(args.adapter) if args.adapter else recipe.output_dir / "adapter", limit)
+        try:
+            _answer_questions(recipe, index, model, args.question, args.k, out)
+        finally:
+            model.close()
+    except ERRORS as err:
+        return fail(console, err)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

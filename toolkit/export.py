@@ -1,0 +1,318 @@
+"""`python -m toolkit.export RECIPE [--formats adapter,merged,gguf-f16,gguf-q8_0,gguf-q4_k_m] [--run DIR]`: leave
+the toolkit with a model that runs elsewhere, and prove the GGUF files behave like the model that was trained.
+
+Writes `<run>/export/` (run: the recipe's output_dir unless --run):
+- `adapter/`: the peft LoRA adapter of the run.
+- `merged/`: base + LoRA merged into plain weights (safetensors, config, tokenizer, chat template). The base is
+  reloaded unquantized first (export.dtype; auto: the recipe's dtype, bfloat16 after 4-bit training): a LoRA is
+  never merged into quantized weights.
+- `model-f32.gguf`, `model-f16.gguf`: merged/ converted by `toolkit.gguf_convert`, offline.
+- `model-q8_0.gguf`, `model-q4_k_m.gguf`: made from the F32 (else F16) file by llama.cpp's own quantizer.
+- `manifest.json`: every file with its size and sha256, the quant types, and per GGUF file the comparison of its
+  first greedy tokens on fixed prompts with the merged transformers model. The GGUF at the merge's own precision
+  must match exactly: F32 for a float32 merge (the CPU path, tiny models), F16 for a 16-bit one; the others report
+  where they first diverge. (Measured on SmolLM2-135M: F32 matched on every prompt, F16 diverged at token 19 of
+  one, because llama.cpp rounds activations to f16 for F16 weights; transformers on the same f16-rounded weights
+  did not diverge.)
+
+Every file and folder is written under a temporary name and renamed, so a crash never leaves half an export.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+import typing
+from datetime import datetime, timezone
+from pathlib import Path
+
+from toolkit.recipe import ExportFormat, Recipe
+from toolkit.report import save_dir_atomic
+from toolkit.verify import ExportError, Reference, cpu_threads, require_llama_cpp, verify_gguf
+
+logger = logging.getLogger("toolkit.export")  # not __name__: "__main__" under python -m
+
+FORMATS: tuple[str, ...] = typing.get_args(ExportFormat)
+GGUF_FILES = {  # format → (file name, quant type)
+    "gguf-f32": ("model-f32.gguf", "F32"),
+    "gguf-f16": ("model-f16.gguf", "F16"),
+    "gguf-q8_0": ("model-q8_0.gguf", "Q8_0"),
+    "gguf-q4_k_m": ("model-q4_k_m.gguf", "Q4_K_M"),
+}
+UNQUANTIZED = ("gguf-f32", "gguf-f16")  # written by our converter; the others by llama.cpp's quantizer
+QUANTIZER_FTYPES = {"gguf-q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "gguf-q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}
+
+
+def exact_format(dtype: str) -> str:
+    """The GGUF type that holds the merged weights unrounded, so it must reproduce their greedy tokens exactly."""
+    return "gguf-f32" if dtype == "float32" else "gguf-f16"
+
+
+def merge_dtype(recipe: Recipe) -> str:
+    if recipe.export.dtype != "auto":
+        return recipe.export.dtype
+    if getattr(recipe.model, "load_in_4bit", False) and recipe.model.dtype == "float32":
+        return "bfloat16"  # a QLoRA run on a GPU: 16-bit, not a 4x larger float32 copy
+    return recipe.model.dtype
+
+
+def default_formats(dtype: str) -> tuple[str, ...]:
+    return ("adapter", "merged", exact_format(dtype), "gguf-q8_0", "gguf-q4_k_m")
+
+
+def check_export_ready(formats: list[str], verify: bool) -> None:
+    """Fail fast when the formats need llama-cpp-python and it is not installed."""
+    ggufs = [f for f in formats if f in GGUF_FILES]
+    if any(f in QUANTIZER_FTYPES for f in ggufs) or (ggufs and verify):
+        require_llama_cpp()
+
+
+def parse_formats(text: str) -> list[str]:
+    formats = [f.strip() for f in text.split(",") if f.strip()]
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        given = ", ".join(unknown) or "(none)"
+        raise ExportError(f"unknown export format(s) {given}; choose from {', '.join(FORMATS)}")
+    return formats
+
+
+# ------------------------------------------------------------------------------------------------- export
+
+
+def export(recipe: Recipe, run_dir: str | Path | None = None, formats: list[str] | None = None) -> dict:
+    """Export a finished run; returns the manifest (also written to `<run>/export/manifest.json`)."""
+    from toolkit import gguf_convert
+
+    run_dir = Path(run_dir or recipe.output_dir)
+    recipe = recipe.model_copy(update={"output_dir": run_dir})  # the index and adapter are read from the run
+    dtype = merge_dtype(recipe)
+    exact = exact_format(dtype)
+    formats = [f for f in FORMATS if f in (formats or recipe.export.formats or default_formats(dtype))]
+    adapter_dir = run_dir / "adapter"
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise ExportError(f"no adapter in {adapter_dir}: train first (python -m toolkit.run RECIPE) or pass --run DIR")
+    ggufs = [f for f in formats if f in GGUF_FILES]
+    check_export_ready(formats, recipe.export.verify)  # before minutes of merging, not after
+    base_path = base_model_path(recipe, run_dir)
+    if ggufs:
+        gguf_convert.check_architecture(_config_dict(base_path))
+    out = run_dir / "export"
+    out.mkdir(parents=True, exist_ok=True)
+    entries: list[dict] = []
+    work = Path(tempfile.mkdtemp(prefix=".work-", dir=out))  # intermediates nobody asked for
+    try:
+        if "adapter" in formats:
+            start = time.perf_counter()
+            save_dir_atomic(out / "adapter", lambda tmp: shutil.copytree(adapter_dir, tmp, dirs_exist_ok=True))
+            entries.append(_dir_entry(out, "adapter", time.perf_counter() - start))
+        merged_dir = out / "merged" if "merged" in formats else work / "merged"
+        if "merged" in formats or ggufs:
+            start = time.perf_counter()
+            merge(base_path, adapter_dir, dtype, merged_dir)
+            if "merged" in formats:
+                entries.append(_dir_entry(out, "merged", time.perf_counter() - start, dtype=dtype))
+        # Quantized files are made from the most precise unquantized file asked for, else from the exact one.
+        master = next((f for f in UNQUANTIZED if f in ggufs), exact)
+        for fmt in ggufs:
+            name, quant = GGUF_FILES[fmt]
+            start = time.perf_counter()
+            if fmt in UNQUANTIZED:
+                gguf_convert.convert(merged_dir, out / name, quant.lower())
+            else:
+                source = out / GGUF_FILES[master][0] if master in ggufs else work / GGUF_FILES[master][0]
+                if not source.is_file():
+                    gguf_convert.convert(merged_dir, source, GGUF_FILES[master][1].lower())
+                quantize(source, out / name, fmt)
+            entries.append(_file_entry(out, fmt, name, quant, time.perf_counter() - start))
+        if ggufs and recipe.export.verify:
+            reference = Reference.from_merged(recipe, merged_dir)
+            for entry in entries:
+                if entry["format"] in GGUF_FILES:
+                    entry["verify"] = verify_gguf(out / entry["path"], reference, exact=entry["format"] == exact)
+            prompts = reference.questions
+        else:
+            prompts = []
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    manifest = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "run": str(run_dir),
+        "base_model": base_path,
+        "adapter": str(adapter_dir),
+        "formats": formats,
+        "merge_dtype": dtype,
+        "exact_format": exact,  # the GGUF that must reproduce the merged model's greedy tokens
+        "verify_prompts": prompts,
+        "files": entries,
+        "ok": all(entry.get("verify", {}).get("ok", True) for entry in entries),
+    }
+    _write_json_atomic(out / "manifest.json", manifest)
+    return manifest
+
+
+def base_model_path(recipe: Recipe, run_dir: Path) -> str:
+    """The base the run trained: report.json's `model_path` when the run finished, else the recipe's model."""
+    from toolkit.models import resolve_model
+
+    report = run_dir / "report.json"
+    if report.is_file():
+        path = json.loads(report.read_text()).get("model_path")
+        if path:
+            return path
+    return resolve_model(recipe.model.name_or_path, recipe.model.cache_dir)
+
+
+def _config_dict(model_path: str) -> dict:
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(model_path).to_dict()
+
+
+def merge(base_path: str, adapter_dir: Path, dtype: str, target: Path) -> None:
+    """Reload the base unquantized in `dtype`, merge the LoRA into it and save it (with tokenizer) at `target`."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    quantized = _config_dict(base_path).get("quantization_config")
+    if quantized:
+        raise ExportError(
+            f"base model {base_path} is stored quantized ({quantized.get('quant_method', '?')}); merging needs its "
+            "16-bit weights: set model.name_or_path to the unquantized model"
+        )
+    logger.info("merging %s into %s (%s)", adapter_dir, base_path, dtype)
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=getattr(torch, dtype))
+    model = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    tokenizer = AutoTokenizer.from_pretrained(base_path)
+
+    def save(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)  # transformers 5 writes the chat template as chat_template.jinja
+
+    save_dir_atomic(target, save)
+
+
+def quantize(source: Path, target: Path, fmt: str) -> None:
+    """llama.cpp's own quantizer (the library llama-quantize wraps), written to a temp name then renamed."""
+    llama_cpp = require_llama_cpp()
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, QUANTIZER_FTYPES[fmt])
+    params.nthread = cpu_threads()
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        with _native_output() as lines:
+            status = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), params)
+        logger.debug("llama.cpp quantizer:\n%s", "\n".join(lines))
+        if status != 0:
+            detail = " | ".join(lines[-3:])
+            raise ExportError(f"llama.cpp could not quantize {source} to {GGUF_FILES[fmt][1]}: {detail}")
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _native_output():
+    """Capture what native code writes to the process's stdout/stderr: llama.cpp's quantizer prints a line per
+    tensor there, past Python's streams and past llama-cpp-python's log callback."""
+    import ctypes
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    lines: list[str] = []
+    with tempfile.TemporaryFile() as sink:
+        saved = os.dup(1), os.dup(2)
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            ctypes.CDLL(None).fflush(None)  # C stdio buffers, before the descriptors point back
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+            sink.seek(0)
+            lines.extend(sink.read().decode("utf-8", "replace").splitlines())
+
+
+# ------------------------------------------------------------------------------------------------ manifest
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _file_entry(out: Path, fmt: str, name: str, quant: str, seconds: float) -> dict:
+    path = out / name
+    return {"format": fmt, "path": name, "bytes": path.stat().st_size, "sha256": _sha256(path),
+            "quant_type": quant, "seconds": round(seconds, 2)}
+
+
+def _dir_entry(out: Path, name: str, seconds: float, **extra) -> dict:
+    files = [
+        {"path": str(p.relative_to(out)), "bytes": p.stat().st_size, "sha256": _sha256(p)}
+        for p in sorted((out / name).rglob("*")) if p.is_file()
+    ]
+    return {"format": name, "path": f"{name}/", "bytes": sum(f["bytes"] for f in files), "files": files,
+            "seconds": round(seconds, 2), **extra}
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------------------- command
+
+
+def main(argv: list[str] | None = None) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from toolkit.cli import ERRORS, fail, setup_logging
+    from toolkit.recipe import load_recipe
+
+    parser = argparse.ArgumentParser(prog="python -m toolkit.export", description=__doc__.splitlines()[0])
+    parser.add_argument("recipe", help="path to a recipe YAML, e.g. recipes/wine.yaml")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. export.verify=false")
+    parser.add_argument("--formats", help=f"comma-separated, from: {','.join(FORMATS)} (default: the recipe's "
+                        f"export.formats, else {','.join(default_formats('float32'))}; gguf-f16 for 16-bit models)")
+    parser.add_argument("--run", help="the run folder holding adapter/ (default: the recipe's output_dir)")
+    args = parser.parse_intermixed_args(argv)
+    console = setup_logging()
+    try:
+        recipe = load_recipe(args.recipe, args.overrides)
+        manifest = export(recipe, args.run, parse_formats(args.formats) if args.formats else None)
+    except ERRORS as err:
+        return fail(console, err)
+    table = Table("format", "path", "MB", "quant", "seconds", "greedy tokens vs transformers")
+    for entry in manifest["files"]:
+        check = entry.get("verify")
+        verdict = "" if check is None else "match" if check["match"] else f"diverge at {check['first_divergence']}"
+        table.add_row(entry["format"], entry["path"], f"{entry['bytes'] / 1e6:.1f}", entry.get("quant_type", ""),
+                      f"{entry['seconds']:.1f}", verdict)
+    out = Console()
+    out.print(table)
+    out.print(f"manifest: {Path(manifest['run']) / 'export' / 'manifest.json'}", highlight=False, soft_wrap=True)
+    if not manifest["ok"]:
+        console.print(f"[red]error:[/] {manifest['exact_format']} does not reproduce the merged model's greedy tokens")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
