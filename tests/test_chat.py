@@ -1,0 +1,94 @@
+"""`python -m toolkit.chat`: retrieval + the training prompt format + the tuned model, answer and sources.
+
+The slow tests ask the run exported in tests/export_run.py (shared with test_export.py), through its F16 GGUF in
+llama.cpp and through its adapter in transformers.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+
+import pytest
+from export_run import RECIPE, ROOT, exported_run
+
+from toolkit import chat
+from toolkit.index import Hit
+from toolkit.prompts import build_messages
+from toolkit.recipe import load_recipe
+
+QUESTION = "Which grape is Barolo made from?"  # its document, region-barolo, is in the wine corpus
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return exported_run(tmp_path_factory)
+
+
+def _reply_block(out: str) -> dict:
+    answer = re.search(r"^answer: (.*)$", out, re.M)
+    reply = re.search(r"^reply:  (.*)$", out, re.M)
+    sources = re.findall(r"^  \d+\. (\S+)  \(score (-?[\d.]+)\)$", out, re.M)
+    assert answer and reply and "sources:" in out, out
+    return {"answer": answer.group(1), "reply": reply.group(1), "sources": [s for s, _ in sources]}
+
+
+@pytest.mark.slow
+def test_gguf_answers_a_wine_question_with_its_sources(run_dir, monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    gguf = run_dir / "export" / "model-f16.gguf"
+    status = chat.main(["recipes/wine.yaml", "--run", str(run_dir), "--gguf", str(gguf), "--question", QUESTION])
+    assert status == 0
+    block = _reply_block(capsys.readouterr().out)
+    assert block["reply"].strip()
+    assert block["sources"] == ["region-barolo"]  # the recipe's top_k is 1
+
+
+@pytest.mark.slow
+def test_adapter_is_the_default_and_k_widens_the_context(run_dir, monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    assert chat.main(["recipes/wine.yaml", f"output_dir={run_dir}", "-k", "3", "--question", QUESTION]) == 0
+    block = _reply_block(capsys.readouterr().out)
+    assert block["reply"].strip()
+    assert len(block["sources"]) == 3 and "region-barolo" in block["sources"]
+
+
+@pytest.mark.slow
+def test_interactive_loop_until_empty_line(run_dir, monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"{QUESTION}\nWhat is Rioja mainly made from?\n\nnever asked\n"))
+    gguf = run_dir / "export" / "model-q8_0.gguf"
+    assert chat.main(["recipes/wine.yaml", "--run", str(run_dir), "--gguf", str(gguf), "--max-new-tokens", "8"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("sources:") == 2
+
+
+def test_ask_prompts_in_the_training_format(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    recipe = load_recipe(RECIPE)
+    hits = [Hit("region-barolo:0:ab", "Barolo is made from Nebbiolo.", "region-barolo", 0.8)]
+
+    class Index:
+        def search(self, queries, k):
+            assert queries == [QUESTION] and k == recipe.retrieval.top_k
+            return [hits]
+
+    class Model:
+        def complete(self, messages):
+            self.messages = messages
+            return "<think>The context says so.</think><answer>Nebbiolo</answer>"
+
+    model = Model()
+    reply = chat.ask(recipe, Index(), model, QUESTION)
+    assert model.messages == build_messages(recipe.prompt, QUESTION, ["Barolo is made from Nebbiolo."])
+    assert reply.answer == "Nebbiolo" and reply.sources == ["region-barolo"]
+    assert _reply_block(chat.render(reply)) == {"answer": "Nebbiolo", "reply": model.complete([]),
+                                                "sources": ["region-barolo"]}
+
+
+def test_missing_index_or_model_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    assert chat.main(["recipes/wine.yaml", f"output_dir={tmp_path}", "--question", QUESTION]) == 2
+    assert "python -m toolkit.index recipes/wine.yaml" in capsys.readouterr().err
+    assert chat.main(["recipes/wine.yaml", f"output_dir={tmp_path}", "--question", " "]) == 2
+    assert "the question is empty" in capsys.readouterr().err

@@ -1,0 +1,235 @@
+"""Export: adapter, merged model, GGUF files and their verification, after a real (tiny) training run.
+
+The slow tests share one 1-step GRPO run whose recipe asks `toolkit.run` to export at the end (tests/export_run.py);
+the converter is also checked on tiny random Llama and Qwen2 models, and the error paths without any model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+
+import pytest
+import torch
+from export_run import FORMATS, RECIPE, ROOT, exported_run
+
+from toolkit import export as export_mod
+from toolkit.gguf_convert import ConvertError, check_architecture, convert
+from toolkit.recipe import load_recipe
+from toolkit.verify import first_divergence, llama_greedy, load_llama, verification_messages
+
+N_TOKENS = 32
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return exported_run(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def recipe(run_dir):
+    os.chdir(ROOT)  # recipe paths are relative to the project root
+    return load_recipe(RECIPE, [f"output_dir={run_dir}"])
+
+
+@pytest.fixture(scope="module")
+def manifest(run_dir):
+    return json.loads((run_dir / "export" / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def prompt_ids(recipe, run_dir):
+    """The three verification prompts (eval questions with retrieved context), tokenized as the merged model does."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "export" / "merged")
+    _, prompts = verification_messages(recipe, 3)
+    return [tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=True, return_dict=False)
+            for m in prompts]
+
+
+def greedy(model, ids: list[int], n: int = N_TOKENS) -> list[int]:
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False, temperature=None, top_p=None,
+                             top_k=None, pad_token_id=2)
+    return out[0, len(ids):].tolist()
+
+
+@pytest.mark.slow
+def test_merged_generates_like_base_plus_adapter(run_dir, prompt_ids):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    report = json.loads((run_dir / "report.json").read_text())
+    base = AutoModelForCausalLM.from_pretrained(report["model_path"], dtype=torch.float32)
+    tuned = PeftModel.from_pretrained(base, run_dir / "adapter").eval()
+    assert any(torch.count_nonzero(p) for n, p in tuned.named_parameters() if "lora_B" in n), "the LoRA never moved"
+    merged_dir = run_dir / "export" / "merged"
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
+    assert not any("lora" in name for name, _ in merged.named_parameters())
+    for ids in prompt_ids:
+        assert greedy(merged, ids) == greedy(tuned, ids)
+    names = {p.name for p in merged_dir.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "generation_config.json"} <= names
+    assert "chat_template.jinja" in names or "chat_template" in (merged_dir / "tokenizer_config.json").read_text()
+
+
+@pytest.mark.slow
+def test_f32_gguf_reproduces_transformers_greedy_tokens(run_dir, prompt_ids):
+    """The merge is float32 (the CPU path), so the F32 file is the exact one; see test_manifest for F16."""
+    from transformers import AutoModelForCausalLM
+
+    merged = AutoModelForCausalLM.from_pretrained(run_dir / "export" / "merged", dtype=torch.float32).eval()
+    llm = load_llama(run_dir / "export" / "model-f32.gguf")
+    for ids in prompt_ids:
+        expected = greedy(merged, ids)
+        assert llama_greedy(llm, ids, N_TOKENS, {2}) == expected
+    llm.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, file_type", [("model-q8_0.gguf", 7), ("model-q4_k_m.gguf", 15)])
+def test_quantized_files_load_and_generate(run_dir, prompt_ids, name, file_type):
+    from gguf import GGUFReader
+
+    path = run_dir / "export" / name
+    reader = GGUFReader(path)
+    assert reader.fields["general.file_type"].contents() == file_type  # llama.cpp's LLAMA_FTYPE_MOSTLY_*
+    assert reader.fields["tokenizer.chat_template"].contents().startswith("{% for message in messages %}")
+    llm = load_llama(path)
+    tokens = llama_greedy(llm, prompt_ids[0], 8, {2})
+    assert tokens and llm.detokenize(tokens).strip()
+    llm.close()
+
+
+@pytest.mark.slow
+def test_manifest_lists_every_file_with_size_hash_and_verification(run_dir, manifest):
+    out = run_dir / "export"
+    assert manifest["ok"] is True and manifest["formats"] == FORMATS
+    assert manifest["merge_dtype"] == "float32" and manifest["exact_format"] == "gguf-f32"
+    assert len(manifest["verify_prompts"]) == 3
+    entries = {entry["format"]: entry for entry in manifest["files"]}
+    assert list(entries) == FORMATS
+    for fmt in ("adapter", "merged"):
+        files = entries[fmt]["files"]
+        assert files and entries[fmt]["bytes"] == sum(f["bytes"] for f in files)
+        for f in files:
+            assert hashlib.sha256((out / f["path"]).read_bytes()).hexdigest() == f["sha256"]
+    assert any(f["path"] == "adapter/adapter_model.safetensors" for f in entries["adapter"]["files"])
+    for fmt, quant in (("gguf-f32", "F32"), ("gguf-f16", "F16"), ("gguf-q8_0", "Q8_0"), ("gguf-q4_k_m", "Q4_K_M")):
+        entry = entries[fmt]
+        path = out / entry["path"]
+        assert entry["quant_type"] == quant and entry["bytes"] == path.stat().st_size
+        assert entry["sha256"] == export_mod._sha256(path)
+        check = entry["verify"]
+        assert len(check["prompts"]) == 3 and check["tokenizer_match"] is True and check["ok"] is True
+    f32 = entries["gguf-f32"]["verify"]
+    assert f32["required"] == "exact" and f32["match"] is True and f32["first_divergence"] is None
+    for fmt in ("gguf-f16", "gguf-q8_0", "gguf-q4_k_m"):  # rounded weights may diverge; where is reported
+        check = entries[fmt]["verify"]
+        assert check["required"] == "loads and generates"
+        assert check["match"] == (check["first_divergence"] is None)
+        assert check["match"] or 0 <= check["first_divergence"] <= N_TOKENS
+    sizes = [entries[fmt]["bytes"] for fmt in ("gguf-q4_k_m", "gguf-q8_0", "gguf-f16", "gguf-f32")]
+    assert sizes == sorted(sizes)
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temp files or work folders left
+
+
+# ---------------------------------------------------------------------------- converter on tiny random models
+
+
+def _tiny_model(tmp_path, arch: str):
+    """A random 2-layer model of `arch` with the packaged SmolLM2 tokenizer (no hub needed); weights larger than
+    the default init, so the logits are not all close to zero."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    from toolkit.models import resolve_model
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("packaged:smollm2-135m-instruct"))
+    common = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, bos_token_id=1,
+                  eos_token_id=2, pad_token_id=2, tie_word_embeddings=arch == "qwen2")
+    torch.manual_seed(0)
+    if arch == "llama":
+        model = LlamaForCausalLM(LlamaConfig(**common, rope_theta=10000.0))
+    else:
+        model = Qwen2ForCausalLM(Qwen2Config(**common, rope_theta=1000000.0))
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() > 1:
+                param.normal_(0.0, 0.2)
+    folder = tmp_path / arch
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return model.eval(), tokenizer, folder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_converter_matches_transformers_on_tiny_models(tmp_path, arch):
+    """Same tokens, same next-token logits: tensor names, the Llama q/k permutation, Qwen2's biases and tied
+    embeddings, GQA and the vocab all have to be right. Logits, not greedy text: a random model's top two
+    logits are often close enough for float rounding to swap them."""
+    import numpy as np
+
+    model, tokenizer, folder = _tiny_model(tmp_path, arch)
+    path = convert(folder, tmp_path / f"{arch}.gguf", "f32")
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    llm = load_llama(path, n_ctx=256, logits_all=True)
+    messages = [{"role": "user", "content": "Which grape is Barolo made from?"}]
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert llm.tokenize(text.encode(), add_bos=False, special=True) == ids
+    llm.eval(ids)
+    got = np.asarray(llm.scores[: len(ids)])
+    llm.close()
+    with torch.no_grad():
+        expected = model(torch.tensor([ids])).logits[0].numpy()
+    assert np.abs(got - expected).max() < 1e-2 * np.abs(expected).max()
+    assert (got.argmax(-1) == expected.argmax(-1)).mean() >= 0.9
+
+
+# --------------------------------------------------------------------------------------------- error paths
+
+
+def test_unsupported_architecture_lists_supported_ones(tmp_path, monkeypatch, capsys):
+    with pytest.raises(ConvertError, match="supported: LlamaForCausalLM, Qwen2ForCausalLM"):
+        check_architecture({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"})
+    # Through the command: a run whose base is a GPT-2 fails before any merging, with one line and status 2.
+    from transformers import GPT2Config
+
+    base = tmp_path / "gpt2"
+    GPT2Config(n_layer=1, n_embd=8, n_head=2, architectures=["GPT2LMHeadModel"]).save_pretrained(base)
+    run = tmp_path / "run"
+    (run / "adapter").mkdir(parents=True)
+    (run / "adapter" / "adapter_config.json").write_text("{}")
+    (run / "report.json").write_text(json.dumps({"model_path": str(base)}))
+    monkeypatch.chdir(ROOT)
+    status = export_mod.main(["recipes/wine.yaml", "--run", str(run), "--formats", "gguf-f16", "export.verify=false"])
+    assert status == 2
+    assert "'GPT2LMHeadModel'" in capsys.readouterr().err
+    assert not (run / "export" / "merged").exists()
+
+
+def test_missing_llama_cpp_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # makes `import llama_cpp` raise ImportError
+    with pytest.raises(export_mod.ExportError, match=r"pip install -e '\.\[export\]'"):
+        export_mod.check_export_ready(["adapter", "gguf-q8_0"], verify=False)
+    export_mod.check_export_ready(["adapter", "merged", "gguf-f16"], verify=False)  # needs no llama.cpp
+
+
+def test_formats_are_checked(tmp_path, monkeypatch):
+    assert export_mod.parse_formats("gguf-f16, adapter") == ["gguf-f16", "adapter"]
+    with pytest.raises(export_mod.ExportError, match="choose from adapter, merged, gguf-f32"):
+        export_mod.parse_formats("gguf-q3")
+    with pytest.raises(export_mod.ExportError, match="no adapter in"):
+        monkeypatch.chdir(ROOT)
+        export_mod.export(load_recipe(RECIPE, [f"output_dir={tmp_path}"]))
+
+
+def test_first_divergence():
+    assert first_divergence([1, 2, 3], [1, 2, 3]) is None
+    assert first_divergence([1, 2, 3], [1, 5, 3]) == 1
+    assert first_divergence([1, 2], [1, 2, 3]) == 2
