@@ -13,7 +13,7 @@ Writes `<run>/export/` (run: the recipe's output_dir unless --run):
   must match exactly: F32 for a float32 merge (the CPU path, tiny models), F16 for a 16-bit one; the others report
   where they first diverge. (Measured on SmolLM2-135M: F32 matched on every prompt, F16 diverged at token 19 of
   one, because llama.cpp rounds activations to f16 for F16 weights; transformers on the same f16-rounded weights
-  did not diverge.)
+  did not diverge. The same run merged in bfloat16: F16 matched on every prompt.)
 
 Every file and folder is written under a temporary name and renamed, so a crash never leaves half an export.
 """
