@@ -1,10 +1,11 @@
 """What the toolkit costs per GRPO step over a bare TRL script doing the same training (CPU); prints one JSON line.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_overhead.py                  # 6 steps each (~5 min)
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_overhead.py --steps 3 training.max_completion_length=16
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_overhead.py       # 2 runs × 4 steps per side (~8 min)
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_overhead.py --steps 2 --rounds 1   # a smoke test (~2 min)
 
 Both sides train `recipes/wine.yaml`'s model on the same prompts (retrieved context and worked example, built once),
-with the same rewards and GRPO settings, for --steps steps each, in this one process:
+with the same rewards and GRPO settings, for --steps steps per run and --rounds runs per side, in this one process,
+in the order toolkit, bare, bare, toolkit (so a machine whose load drifts favours neither side):
 
 - toolkit: `toolkit.train.train`, as `python -m toolkit.run` calls it: the backend, the live metrics table, the
   checked reward wrappers, the GRPOConfig mapping.
@@ -12,20 +13,24 @@ with the same rewards and GRPO settings, for --steps steps each, in this one pro
   same values, a `datasets.Dataset`, the reward functions as plain functions with their params bound,
   `GRPOTrainer(...).train()`, with transformers' default progress output.
 
-A callback records the wall clock and this process's CPU time at the end of every step. Step 1 is warm-up (first
-generation, allocator growth) and is dropped; the rest are averaged. Seeds are set before each trainer is built, so
-both sides sample the same completions and do the same work; `same_rewards` checks that from the logged rewards.
+A callback records the wall clock and this process's CPU time at the end of every step. Step 1 of each run is
+warm-up (first generation, allocator growth) and is dropped; the rest are averaged per side. CPU time (`cpu_ratio`)
+is the steadier number on a shared machine: other processes' load stretches the wall clock, not this process's
+CPU time. Seeds are set before each trainer is built, so every run samples the same completions and does the same
+work; `same_rewards` checks that from the logged rewards.
 `ratio` is toolkit / bare seconds per step; target ≤ 1.10. Extra `key=value` arguments are recipe overrides.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import logging
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -134,14 +139,18 @@ def run_bare(recipe, rows, model_path, work: Path) -> tuple[StepClock, list[dict
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=6, help="GRPO steps per side; step 1 is dropped as warm-up")
+    parser.add_argument("--steps", type=int, default=4, help="GRPO steps per run; step 1 is dropped as warm-up")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="runs per side, in the order toolkit, bare, bare, toolkit, ... (load drift cancels)")
     parser.add_argument("--recipe", default=str(ROOT / "recipes/wine.yaml"))
     parser.add_argument("overrides", nargs="*", help="recipe overrides, e.g. training.max_completion_length=16")
     args = parser.parse_args()
-    if args.steps < 2:
-        parser.error("--steps must be at least 2 (step 1 is warm-up)")
+    if args.steps < 2 or args.rounds < 1:
+        parser.error("--steps must be at least 2 (step 1 is warm-up) and --rounds at least 1")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     load_before = os.getloadavg()
+    times = {"toolkit": ([], []), "bare": ([], [])}  # side -> (wall, cpu) seconds of every timed step
+    rewards = {"toolkit": [], "bare": []}  # side -> the logged total reward per step, per run
     with tempfile.TemporaryDirectory(prefix="bench_overhead.") as tmp:
         recipe = load_recipe(args.recipe, [*args.overrides, f"training.max_steps={args.steps}", f"output_dir={tmp}"])
         if any(spec.name not in REWARDS for spec in recipe.rewards):
@@ -152,22 +161,32 @@ def main() -> None:
         if backend.name != "hf":
             parser.error(f"this is the CPU benchmark (hf backend); got {backend.name}: see bench_grpo_gpu.py")
         rows, model_path = prepare(recipe)
-        # Toolkit first: it runs on the colder process, so any warm-up left after dropping step 1 counts against it.
-        toolkit_clock, toolkit_log = run_toolkit(recipe, backend, rows, model_path, Path(tmp) / "toolkit")
-        gc.collect()
-        bare_clock, bare_log = run_bare(recipe, rows, model_path, Path(tmp) / "bare")
-
-    (toolkit_wall, toolkit_cpu), (bare_wall, bare_cpu) = toolkit_clock.per_step(), bare_clock.per_step()
-
-    def rewards(history):
-        return [round(entry["reward"], 6) for entry in history if "reward" in entry]
+        # ABBA...: on a machine whose load drifts, each side gets as many early as late runs.
+        pairs = [("toolkit", "bare") if i % 2 == 0 else ("bare", "toolkit") for i in range(args.rounds)]
+        order = [side for pair in pairs for side in pair]
+        for i, side in enumerate(order):
+            work = Path(tmp) / f"{side}-{i}"
+            # transformers' default progress output prints log dicts to stdout; stdout is for the JSON line.
+            with contextlib.redirect_stdout(sys.stderr):
+                if side == "toolkit":
+                    clock, history = run_toolkit(recipe, backend, rows, model_path, work)
+                else:
+                    clock, history = run_bare(recipe, rows, model_path, work)
+            gc.collect()
+            wall, cpu = clock.per_step()
+            times[side][0].extend(wall)
+            times[side][1].extend(cpu)
+            rewards[side].append([round(entry["reward"], 6) for entry in history if "reward" in entry])
 
     import torch
 
+    (toolkit_wall, toolkit_cpu), (bare_wall, bare_cpu) = times["toolkit"], times["bare"]
+    runs = rewards["toolkit"] + rewards["bare"]
     print(json.dumps({
         "bench": "overhead",
         "steps": args.steps,
-        "timed_steps": len(toolkit_wall),
+        "rounds": args.rounds,
+        "timed_steps_per_side": len(toolkit_wall),
         "toolkit_step_s": round(statistics.mean(toolkit_wall), 3),
         "bare_step_s": round(statistics.mean(bare_wall), 3),
         "ratio": round(statistics.mean(toolkit_wall) / statistics.mean(bare_wall), 3),
@@ -176,7 +195,7 @@ def main() -> None:
         "cpu_ratio": round(statistics.mean(toolkit_cpu) / statistics.mean(bare_cpu), 3),
         "toolkit_steps_s": toolkit_wall,
         "bare_steps_s": bare_wall,
-        "same_rewards": rewards(toolkit_log) == rewards(bare_log),
+        "same_rewards": all(run == runs[0] for run in runs),  # equal work: the same completions on every run
         "target_ratio": 1.10,
         "torch_threads": torch.get_num_threads(),
         "load_avg_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
