@@ -9,7 +9,7 @@ import pytest
 from toolkit.data import QA, Document
 from toolkit.index import Index, chunk_documents
 from toolkit.models import resolve_embedder
-from toolkit.prompts import build_messages, build_rows, format_context
+from toolkit.prompts import add_reply_prefix, build_messages, build_rows, format_context, reply_prefix
 from toolkit.recipe import FewShotExample, PromptSection, load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,3 +116,44 @@ def test_build_rows_with_the_wine_recipe_prompt(index, monkeypatch):
 
 def test_build_rows_without_questions(index):
     assert build_rows([], index, PROMPT, top_k=2) == []
+
+
+# ------------------------------------------------------------ templates that open the reply (DeepSeek-R1)
+class _Template:
+    """A tokenizer stand-in: only the chat template's generation prompt matters here."""
+
+    def __init__(self, opening: str):
+        self.opening = opening
+
+    def apply_chat_template(self, messages, add_generation_prompt, tokenize):
+        assert add_generation_prompt and not tokenize
+        return "".join(m["content"] for m in messages) + "<|Assistant|>" + self.opening
+
+
+@pytest.mark.parametrize(("opening", "prefix"), [
+    ("<think>\n", "<think>\n"), ("<think>", "<think>"), ("", ""), ("\n", ""),
+    ("<think>done</think>", ""),  # a template that closes the block is not an opening
+])
+def test_reply_prefix(opening, prefix):
+    assert reply_prefix(_Template(opening)) == prefix
+
+
+def test_reply_prefix_of_the_packaged_model_is_empty():
+    from transformers import AutoTokenizer
+
+    from toolkit.models import resolve_model
+
+    assert reply_prefix(AutoTokenizer.from_pretrained(resolve_model("packaged:smollm2-135m-instruct"))) == ""
+
+
+def test_prefixed_rows_score_the_whole_reply():
+    from toolkit.rewards import build_reward
+
+    rows = [{"answer": "Nebbiolo"}, {"answer": "Nebbiolo"}]
+    assert add_reply_prefix(rows, _Template("<think>\n")) == "<think>\n"
+    sampled = ["Barolo is Nebbiolo.</think><answer>Nebbiolo</answer>",
+               [{"role": "assistant", "content": "Barolo is Nebbiolo.</think><answer>Nebbiolo</answer>"}]]
+    strict = build_reward("format", {"mode": "strict"})
+    prefixes = [row["completion_prefix"] for row in rows]
+    assert strict(sampled, completion_prefix=prefixes) == [1.0, 1.0]
+    assert strict(sampled) == [0.0, 0.0]  # without the prefix the reply lacks its opening tag

@@ -72,6 +72,8 @@ def evaluate_column(recipe: Recipe, model, tokenizer, rows: list[dict], label: s
     logger.info("evaluating %s on %d questions", label, len(rows))
     prompts = [row["prompt"] if with_context else no_context_prompt(recipe, row) for row in rows]
     texts, lengths, truncated = generate(model, tokenizer, prompts, recipe.eval.max_new_tokens, recipe.eval.batch_size)
+    # A reply the chat template opened (R1's "<think>\n") is scored, and shown, whole.
+    texts = [row.get("completion_prefix", "") + text for row, text in zip(rows, texts, strict=True)]
     results = []
     for row, text, scores, n_tokens, cut in zip(
         rows, texts, score_completions(recipe, rows, texts), lengths, truncated, strict=True
@@ -123,12 +125,13 @@ def evaluate_recipe(recipe: Recipe, dataset, adapter: Path | None, out: Path) ->
     """The standalone evaluation: index, prompts, no-context and base columns, then the adapter's column."""
     from toolkit.index import build_index
     from toolkit.models import load_model, resolve_model
-    from toolkit.prompts import build_rows
+    from toolkit.prompts import add_reply_prefix, build_rows
 
     index, counts = build_index(recipe, dataset.documents)
     rows = build_rows(dataset.eval[: recipe.eval.limit], index, recipe.prompt, recipe.retrieval.top_k)
     model_path = resolve_model(recipe.model.name_or_path, recipe.model.cache_dir)
     model, tokenizer = load_model(model_path, recipe.model.dtype)
+    add_reply_prefix(rows, tokenizer)
     results = evaluate_columns(recipe, model, tokenizer, rows, ("no_context", "base"))
     if adapter is not None:
         from peft import PeftModel

@@ -7,12 +7,14 @@ texts) and `context_ids`.
 
 from __future__ import annotations
 
+import logging
 import re
 
 from toolkit.data import QA
 from toolkit.index import Index
 from toolkit.recipe import PromptSection
 
+logger = logging.getLogger(__name__)
 _PLACEHOLDER = re.compile(r"\{(context|question)\}")
 
 
@@ -55,3 +57,24 @@ def build_rows(questions: list[QA], index: Index, prompt: PromptSection, top_k: 
             }
         )
     return rows
+
+
+def reply_prefix(tokenizer) -> str:
+    """Text the chat template writes at the start of the assistant's reply, which the model then continues and
+    which is therefore missing from every sampled completion: DeepSeek-R1's template ends the generation prompt
+    with "<think>\n". Only an opening <think> is recognised; "" for templates that leave the reply to the model."""
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": "?"}], add_generation_prompt=True,
+                                             tokenize=False)
+    start = rendered.rfind("<think>")
+    return rendered[start:] if start != -1 and not rendered[start:].strip().removeprefix("<think>") else ""
+
+
+def add_reply_prefix(rows: list[dict], tokenizer) -> str:
+    """Give every row a `completion_prefix` column when the template opens the reply itself: the rewards and the
+    evaluation put it back in front, so a reply that closes </think> and answers still has the full format."""
+    prefix = reply_prefix(tokenizer)
+    if prefix:
+        logger.info("the chat template opens every reply with %r: scored as part of the completion", prefix)
+        for row in rows:
+            row["completion_prefix"] = prefix
+    return prefix

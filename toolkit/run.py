@@ -38,7 +38,7 @@ def run(recipe: Recipe, console: Console, resume: bool = False) -> dict:
     from toolkit.index import build_index, retrieval_metrics
     from toolkit.memory import preflight
     from toolkit.models import resolve_model
-    from toolkit.prompts import build_rows
+    from toolkit.prompts import add_reply_prefix, build_rows
     from toolkit.train import train
 
     out = recipe.output_dir
@@ -60,6 +60,7 @@ def run(recipe: Recipe, console: Console, resume: bool = False) -> dict:
     model_path = resolve_model(recipe.model.name_or_path, recipe.model.cache_dir)
     preflight(recipe, model_path, train_rows + eval_rows, backend.name)  # CUDA only: refuse what cannot fit
     model, tokenizer = backend.load(recipe, model_path)
+    add_reply_prefix(train_rows + eval_rows, tokenizer)  # e.g. R1's template opens the reply with <think>
     results = base_results(work, eval_key(recipe, model_path, eval_rows), resume,
                            lambda: evaluate_columns(recipe, backend.for_inference(model, tokenizer), tokenizer,
                                                     eval_rows, ("no_context", "base")))

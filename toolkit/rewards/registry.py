@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from toolkit.rewards import builtin, custom, model_based
-from toolkit.rewards.text import completion_text
+from toolkit.rewards.text import completion_text, with_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ _VALIDATORS: dict[str, Callable[..., None]] = {
 # Filled in by TRL (or the evaluator) from the batch: a recipe binding one would silently shadow data.
 DATASET_COLUMNS = frozenset({
     "completions", "prompts", "completion_ids", "answer", "aliases", "context", "question", "context_ids",
-    "source", "context_sources", "trainer_state", "log_extra", "log_metric", "environments"})
+    "source", "context_sources", "trainer_state", "log_extra", "log_metric", "environments", "completion_prefix"})
 
 
 class RewardError(RuntimeError):
@@ -133,6 +133,11 @@ class BoundReward:
         return self.fn(completions=completions, **self.params, **kwargs)
 
     def __call__(self, completions: Sequence[Any], **kwargs: Any) -> list[float | None]:
+        # A chat template that opens the reply itself (DeepSeek-R1's ends the prompt with "<think>\n") leaves that
+        # text out of the sampled completion; the rewards judge the whole reply, so it goes back in front.
+        prefixes = kwargs.pop("completion_prefix", None)
+        if prefixes is not None:
+            completions = [with_prefix(c, p or "") for c, p in zip(completions, prefixes, strict=True)]
         try:
             values = self._call(completions, kwargs)
         except Exception as err:

@@ -56,6 +56,19 @@ def completion_text(completion: Any) -> str:
     return ""
 
 
+def with_prefix(completion: Any, prefix: str) -> Any:
+    """The completion with ``prefix`` (text the chat template put at the start of the reply) in front, in the
+    completion's own shape: a string, or a conversational list whose first message's content gets it."""
+    if not prefix:
+        return completion
+    if isinstance(completion, str):
+        return prefix + completion
+    if isinstance(completion, list) and completion and isinstance(completion[0], dict):
+        first = dict(completion[0], content=prefix + str(completion[0].get("content") or ""))
+        return [first, *completion[1:]]
+    return completion
+
+
 def row(column: Sequence[Any] | None, i: int) -> Any:
     """Value of a dataset column for sample i; a short or absent column means "does not apply"."""
     return column[i] if column is not None and i < len(column) else None
