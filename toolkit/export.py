@@ -35,7 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from toolkit.recipe import ExportFormat, Recipe
-from toolkit.report import save_dir_atomic
+from toolkit.report import save_dir_atomic, write_atomic
 from toolkit.verify import ExportError, Reference, cpu_threads, require_llama_cpp, verify_gguf
 
 logger = logging.getLogger("toolkit.export")  # not __name__: "__main__" under python -m
@@ -154,7 +154,7 @@ def export(recipe: Recipe, run_dir: str | Path | None = None, formats: list[str]
         "files": entries,
         "ok": all(entry.get("verify", {}).get("ok", True) for entry in entries),
     }
-    _write_json_atomic(out / "manifest.json", manifest)
+    write_atomic(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 
@@ -268,12 +268,6 @@ def _dir_entry(out: Path, name: str, seconds: float, **extra) -> dict:
     ]
     return {"format": name, "path": f"{name}/", "bytes": sum(f["bytes"] for f in files), "files": files,
             "seconds": round(seconds, 2), **extra}
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------------------------------------- command
