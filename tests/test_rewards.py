@@ -19,6 +19,7 @@ from toolkit.rewards import (
     is_exact_match,
     length,
     normalize,
+    reasoning_match,
     token_f1,
 )
 
@@ -35,7 +36,7 @@ VARIANTS = [
     ("length", {}),
     ("length", {"min_words": 3, "max_words": 5, "falloff": 2.5}),
     ("length", {"unit": "chars", "max_completion_length": 64, "overlong_buffer": 16}),
-    ("repetition", {}), ("repetition", {"ngram_size": 1, "max_penalty": 0.5}),
+    ("repetition", {}), ("repetition", {"ngram_size": 1, "max_penalty": 0.5}), ("reasoning_match", {}),
 ]
 
 
@@ -235,6 +236,25 @@ def test_context_grounding_none_without_context(context):
     assert context_grounding([CLEAN, CLEAN], context=context, answer=["Nebbiolo"] * 2) == [None, None]
 
 
+# --------------------------------------------------------------- reasoning_match
+@pytest.mark.parametrize(("text", "expected"), [
+    (CLEAN, 1.0),
+    ("<think>Barolo is made from NEBBIÓLO grapes.</think><answer>Barbera</answer>", 1.0),  # the answer is not scored
+    ("<think>It is called Spanna in the north.</think>", 1.0),                          # an alias
+    ("<think>Barolo is a red wine.</think><answer>Nebbiolo</answer>", 0.0),               # found only in the answer
+    ("<think>Nebbiolos are grapes</think>", 0.0),                                        # whole tokens only
+    ("<think>Barolo is made from Nebbiolo", 0.0),                                        # never closed
+    ("<think>Nebbiolo</think><think>again</think>", 0.0),
+    ("Nebbiolo", 0.0),
+])
+def test_reasoning_match(text, expected):
+    assert reasoning_match([text], answer=["Nebbiolo"], aliases=[["Spanna"]]) == [expected]
+
+
+def test_reasoning_match_none_without_gold():
+    assert reasoning_match([CLEAN, CLEAN], answer=[None, " "]) == [None, None]
+
+
 # ------------------------------------------------------------------------ length
 @pytest.mark.parametrize(("n_words", "params", "expected"), [
     (3, {}, 1.0),
@@ -314,14 +334,14 @@ def test_extract_answer_is_none_or_stripped(text):
 # ------------------------------------------------------------------ build_reward
 def test_rewards_registry():
     assert set(REWARDS) == {"answer_match", "format", "context_grounding", "length", "repetition",
-                            "semantic_match", "reward_model"}
+                            "reasoning_match", "semantic_match", "reward_model"}
 
 
 @pytest.mark.parametrize(("name", "expected"), [
     ("answer_match", ["partial", "rel_tolerance", "tolerance"]), ("format", ["mode"]),
     ("context_grounding", ["exclude_question", "include_reasoning"]),
     ("length", ["falloff", "max_completion_length", "max_words", "min_words", "overlong_buffer", "unit"]),
-    ("repetition", ["max_penalty", "ngram_size"]),
+    ("repetition", ["max_penalty", "ngram_size"]), ("reasoning_match", []),
     ("semantic_match", ["batch_size", "device", "embedder"]),
     ("reward_model", ["batch_size", "device", "max_length", "model", "positive_label", "with_question"]),
 ])
@@ -331,9 +351,10 @@ def test_accepted_params(name, expected):
 
 @pytest.mark.parametrize(("name", "params", "message"), [
     ("answr_match", {}, "unknown reward 'answr_match'; did you mean 'answer_match'? "
-                        "known: answer_match, context_grounding, format, length, repetition, reward_model, "
-                        "semantic_match (or a custom 'package.module:function' / 'path/to/file.py:function')"),
-    ("zzz", {}, "unknown reward 'zzz'; known: answer_match, context_grounding, format, length, repetition"),
+                        "known: answer_match, context_grounding, format, length, reasoning_match, repetition, "
+                        "reward_model, semantic_match (or a custom 'package.module:function' / "
+                        "'path/to/file.py:function')"),
+    ("zzz", {}, "unknown reward 'zzz'; known: answer_match, context_grounding, format, length, reasoning_match"),
     ("length", {"max_word": 10},
      "reward 'length': unknown param 'max_word' (accepted: falloff, max_completion_length, max_words, min_words, "
      "overlong_buffer, unit)"),

@@ -24,7 +24,14 @@ Layout: ``text`` (normalization, answer extraction, matching: shared with the ev
 ``__main__`` (``python -m toolkit.rewards``: score one completion against a recipe).
 """
 
-from toolkit.rewards.builtin import answer_match, context_grounding, format_reward, length, repetition
+from toolkit.rewards.builtin import (
+    answer_match,
+    context_grounding,
+    format_reward,
+    length,
+    reasoning_match,
+    repetition,
+)
 from toolkit.rewards.custom import default_label
 from toolkit.rewards.model_based import RewardModel, SemanticMatch
 from toolkit.rewards.registry import (
@@ -47,5 +54,6 @@ from toolkit.rewards.text import (
 __all__ = [
     "MODEL_BASED", "REWARDS", "STOPWORDS", "BoundReward", "RewardError", "RewardModel", "SemanticMatch",
     "accepted_params", "answer_match", "build_reward", "completion_text", "context_grounding", "default_label",
-    "extract_answer", "format_reward", "is_exact_match", "length", "normalize", "repetition", "token_f1",
+    "extract_answer", "format_reward", "is_exact_match", "length", "normalize", "reasoning_match", "repetition",
+    "token_f1",
 ]

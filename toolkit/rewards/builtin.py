@@ -57,6 +57,29 @@ def answer_match(completions: Sequence[Any], *, partial: bool = False, tolerance
     return rewards
 
 
+# --------------------------------------------------------------------------------------------- reasoning_match
+def reasoning_match(completions: Sequence[Any], *, answer: Sequence[str | None] | None = None,
+                    aliases: Sequence[Sequence[str] | None] | None = None, **kwargs: Any) -> list[float | None]:
+    """1.0 when the closed ``<think>`` block contains the gold or an alias as a whole-token phrase (both
+    normalized), else 0.0 (also with no closed think block or several ``<think>`` tags); None without gold.
+
+    Partial credit for reasoning that found the answer: a small model quotes the answering sentence of the
+    context long before it learns to put the right span in ``<answer>``, so this pays early, when answer_match
+    is still 0 for every sample of a group and gives GRPO nothing to compare.
+    """
+    rewards: list[float | None] = []
+    for i, completion in enumerate(completions):
+        gold = row(answer, i)
+        if not isinstance(gold, str) or not gold.strip():
+            rewards.append(None)
+            continue
+        text = completion_text(completion)
+        think = f" {normalize(think_text(text))} " if text.count("<think>") == 1 else "  "
+        found = any(key and f" {key} " in think for key in (normalize(g) for g in golds(gold, row(aliases, i))))
+        rewards.append(1.0 if found else 0.0)
+    return rewards
+
+
 # ------------------------------------------------------------------------------------------------------ format
 def format_reward(completions: Sequence[Any], *, mode: str = "strict", **kwargs: Any) -> list[float]:
     """Format score of each completion.

@@ -23,6 +23,7 @@ Reward = Callable[..., list[float | None]]
 REWARDS: dict[str, Callable[..., Any]] = {
     "answer_match": builtin.answer_match,
     "format": builtin.format_reward,
+    "reasoning_match": builtin.reasoning_match,
     "context_grounding": builtin.context_grounding,
     "length": builtin.length,
     "repetition": builtin.repetition,
