@@ -90,8 +90,10 @@ def test_build_rows(index):
     source_of = {i: m["source"] for i, m in zip(stored["ids"], stored["metadatas"], strict=True)}
     for row, qa in zip(rows, QUESTIONS, strict=True):
         assert set(row) == {
-            "prompt", "question", "answer", "aliases", "source", "context", "context_ids", "context_sources"
+            "prompt", "question", "answer", "aliases", "source", "context", "context_ids", "context_sources",
+            "examples",
         }
+        assert row["examples"] == [example.reply for example in PROMPT.examples]
         assert (row["question"], row["answer"], row["aliases"], row["source"]) == (
             qa.question, qa.answer, qa.aliases, qa.source
         )

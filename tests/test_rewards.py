@@ -18,6 +18,7 @@ from toolkit.rewards import (
     format_reward,
     is_exact_match,
     length,
+    no_example_copy,
     normalize,
     reasoning_match,
     token_f1,
@@ -28,7 +29,8 @@ CLEAN = "<think>The doc says Nebbiolo.</think><answer>Nebbiolo</answer>"
 REPEATED = "<think>The doc says Nebbiolo.</think>" + "\n<answer>Nebbiolo</answer>" * 10
 SEVERAL = "<think>Either one.</think><answer>Nebbiolo</answer><answer>Barbera</answer>"
 CONTEXT = ["Barolo is made from Nebbiolo grapes.", "Barbaresco lies north-east of Alba."]
-COLUMNS = {"answer": ["Nebbiolo"], "aliases": [["Spanna"]], "context": [CONTEXT]}
+COLUMNS = {"answer": ["Nebbiolo"], "aliases": [["Spanna"]], "context": [CONTEXT],
+           "examples": [["<think>It must contain at least 80% Sangiovese.</think><answer>Sangiovese</answer>"]]}
 VARIANTS = [
     ("answer_match", {}), ("answer_match", {"partial": True}), ("format", {}),
     ("format", {"mode": "soft"}), ("context_grounding", {}),
@@ -37,6 +39,7 @@ VARIANTS = [
     ("length", {"min_words": 3, "max_words": 5, "falloff": 2.5}),
     ("length", {"unit": "chars", "max_completion_length": 64, "overlong_buffer": 16}),
     ("repetition", {}), ("repetition", {"ngram_size": 1, "max_penalty": 0.5}), ("reasoning_match", {}),
+    ("no_example_copy", {}),
 ]
 
 
@@ -255,6 +258,38 @@ def test_reasoning_match_none_without_gold():
     assert reasoning_match([CLEAN, CLEAN], answer=[None, " "]) == [None, None]
 
 
+# --------------------------------------------------------------- no_example_copy
+EXAMPLE = "<think>It must contain at least 80% Sangiovese.</think><answer>Sangiovese</answer>"
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("<think>It must contain at least 80% Sangiovese</think><answer>Sangiovese</answer>", 0.0),  # the hack
+    (EXAMPLE + " and more", 0.0),
+    (CLEAN, 1.0),
+    ("<think>It must be Nebbiolo.</think><answer>Nebbiolo</answer>", 0.5),   # "must" is the example's word
+    ("<think>Barolo contains Nebbiolo.</think><answer>Nebbiolo</answer>", 1.0),  # "contains" != "contain"
+    ("<think>Made from grapes.</think><answer>Sangiovese</answer>", 2 / 3),  # made, grapes: in the context
+    ("<think></think><answer></answer>", 1.0),
+    ("", 1.0),
+])
+def test_no_example_copy(text, expected):
+    scores = no_example_copy([text], examples=[[EXAMPLE]], context=[CONTEXT], question=["Which grape is Barolo?"])
+    assert scores == [pytest.approx(expected)]
+
+
+def test_no_example_copy_does_not_count_words_of_the_row():
+    # The example's words that this row's context or question also uses are the row's own words.
+    context = [["Chianti must contain at least 80% Sangiovese."]]
+    assert no_example_copy([EXAMPLE], examples=[[EXAMPLE]], context=context) == [1.0]
+    assert no_example_copy([EXAMPLE], examples=[[EXAMPLE]], question=["Must it contain 80% Sangiovese?"]) == [
+        pytest.approx(0.8)]  # only "least" is copied
+
+
+@pytest.mark.parametrize("examples", [None, [None], [[]], [[None]]])
+def test_no_example_copy_none_without_examples(examples):
+    assert no_example_copy([CLEAN], examples=examples, context=[CONTEXT]) == [None]
+
+
 # ------------------------------------------------------------------------ length
 @pytest.mark.parametrize(("n_words", "params", "expected"), [
     (3, {}, 1.0),
@@ -314,7 +349,7 @@ def test_any_text_gives_one_bounded_float_each(name, params, texts, gold, chat_f
     completions = [chat(t) for t in texts] if chat_form else texts
     scores = build_reward(name, params)(
         completions, answer=[gold] * n, aliases=[[gold.upper()]] * n,
-        context=[[chunk, f"it is {gold}"]] * n, question=["q"] * n)
+        context=[[chunk, f"it is {gold}"]] * n, question=["q"] * n, examples=[[chunk, "<think>t</think>"]] * n)
     assert len(scores) == n
     assert all(isinstance(s, float) and math.isfinite(s) and 0.0 <= s <= 1.0 for s in scores)
 
@@ -334,14 +369,14 @@ def test_extract_answer_is_none_or_stripped(text):
 # ------------------------------------------------------------------ build_reward
 def test_rewards_registry():
     assert set(REWARDS) == {"answer_match", "format", "context_grounding", "length", "repetition",
-                            "reasoning_match", "semantic_match", "reward_model"}
+                            "reasoning_match", "no_example_copy", "semantic_match", "reward_model"}
 
 
 @pytest.mark.parametrize(("name", "expected"), [
     ("answer_match", ["partial", "rel_tolerance", "tolerance"]), ("format", ["mode"]),
     ("context_grounding", ["exclude_question", "include_reasoning"]),
     ("length", ["falloff", "max_completion_length", "max_words", "min_words", "overlong_buffer", "unit"]),
-    ("repetition", ["max_penalty", "ngram_size"]), ("reasoning_match", []),
+    ("repetition", ["max_penalty", "ngram_size"]), ("reasoning_match", []), ("no_example_copy", []),
     ("semantic_match", ["batch_size", "device", "embedder"]),
     ("reward_model", ["batch_size", "device", "max_length", "model", "positive_label", "with_question"]),
 ])
@@ -351,10 +386,10 @@ def test_accepted_params(name, expected):
 
 @pytest.mark.parametrize(("name", "params", "message"), [
     ("answr_match", {}, "unknown reward 'answr_match'; did you mean 'answer_match'? "
-                        "known: answer_match, context_grounding, format, length, reasoning_match, repetition, "
-                        "reward_model, semantic_match (or a custom 'package.module:function' / "
+                        "known: answer_match, context_grounding, format, length, no_example_copy, reasoning_match, "
+                        "repetition, reward_model, semantic_match (or a custom 'package.module:function' / "
                         "'path/to/file.py:function')"),
-    ("zzz", {}, "unknown reward 'zzz'; known: answer_match, context_grounding, format, length, reasoning_match"),
+    ("zzz", {}, "unknown reward 'zzz'; known: answer_match, context_grounding, format, length, no_example_copy"),
     ("length", {"max_word": 10},
      "reward 'length': unknown param 'max_word' (accepted: falloff, max_completion_length, max_words, min_words, "
      "overlong_buffer, unit)"),

@@ -28,7 +28,7 @@ import numpy as np
 
 from toolkit.rewards import build_reward, completion_text, extract_answer, is_exact_match
 
-REWARD_COLUMNS = ("question", "answer", "aliases", "source", "context", "context_ids")
+REWARD_COLUMNS = ("question", "answer", "aliases", "source", "context", "context_ids", "examples")
 # (a, b): report a − b. Only pairs whose both columns were evaluated are reported.
 DIFFERENCES = (("tuned", "base"), ("base", "no_context"))
 RESAMPLES, SEED, CONFIDENCE = 2000, 0, 0.95

@@ -2,7 +2,7 @@
 
 Each dataset row carries what the rewards need as columns (TRL passes them to reward functions as keyword
 arguments): `prompt` (chat messages), `question`, `answer`, `aliases`, `source`, `context` (retrieved chunk
-texts) and `context_ids`.
+texts), `context_ids`, `context_sources` and `examples` (the worked examples' replies).
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ def build_rows(questions: list[QA], index: Index, prompt: PromptSection, top_k: 
                 "context": context,
                 "context_ids": [h.id for h in found],
                 "context_sources": [h.source for h in found],
+                "examples": [example.reply for example in prompt.examples],
             }
         )
     return rows

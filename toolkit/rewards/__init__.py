@@ -29,6 +29,7 @@ from toolkit.rewards.builtin import (
     context_grounding,
     format_reward,
     length,
+    no_example_copy,
     reasoning_match,
     repetition,
 )
@@ -54,6 +55,6 @@ from toolkit.rewards.text import (
 __all__ = [
     "MODEL_BASED", "REWARDS", "STOPWORDS", "BoundReward", "RewardError", "RewardModel", "SemanticMatch",
     "accepted_params", "answer_match", "build_reward", "completion_text", "context_grounding", "default_label",
-    "extract_answer", "format_reward", "is_exact_match", "length", "normalize", "reasoning_match", "repetition",
-    "token_f1",
+    "extract_answer", "format_reward", "is_exact_match", "length", "no_example_copy", "normalize", "reasoning_match",
+    "repetition", "token_f1",
 ]

@@ -80,6 +80,53 @@ def reasoning_match(completions: Sequence[Any], *, answer: Sequence[str | None] 
     return rewards
 
 
+# --------------------------------------------------------------------------------------------- no_example_copy
+def no_example_copy(completions: Sequence[Any], *, examples: Sequence[Sequence[str] | None] | None = None,
+                    context: Sequence[Sequence[str] | None] | None = None,
+                    question: Sequence[str | None] | None = None, **kwargs: Any) -> list[float | None]:
+    """``1 - |(T & E) - Q| / |T|``: T = content tokens of the think block and the extracted answer, E = those of
+    the prompt's worked examples (the ``examples`` column: their replies), Q = those of the retrieved context and
+    the question. 1.0 when T is empty; None for rows without examples.
+
+    Measured reward hack: a policy rewarded for format copied the one-shot reply verbatim ("It must contain at
+    least 80% Sangiovese" for every question), which is perfectly formatted and the easiest formatted reply a
+    weak model can write. Words the example shares with this row's context or question are not counted.
+    """
+    rewards: list[float | None] = []
+    for i, completion in enumerate(completions):
+        replies = _text_tuple(row(examples, i))
+        if not replies:
+            rewards.append(None)
+            continue
+        text = completion_text(completion)
+        tokens = content_tokens(think_text(text)) | content_tokens(extract_answer(text) or "")
+        if not tokens:
+            rewards.append(1.0)
+            continue
+        asked = row(question, i)
+        own = _tokens_of(_text_tuple(row(context, i)) + ((asked,) if isinstance(asked, str) else ()))
+        copied = (tokens & _tokens_of(tuple(_reply_parts(r) for r in replies))) - own
+        rewards.append(1.0 - len(copied) / len(tokens))
+    return rewards
+
+
+def _text_tuple(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    return tuple(v for v in value if isinstance(v, str)) if isinstance(value, (list, tuple)) else ()
+
+
+def _reply_parts(reply: str) -> str:
+    # An example reply scored like a completion: think and answer, not the tag names.
+    return f"{think_text(reply)} {extract_answer(reply) or ''}" if "<think>" in reply else reply
+
+
+@functools.lru_cache(maxsize=1024)
+def _tokens_of(texts: tuple[str, ...]) -> frozenset[str]:
+    # A GRPO group shares its row: the example and context tokens are computed once per distinct row.
+    return frozenset().union(*(content_tokens(t) for t in texts))
+
+
 # ------------------------------------------------------------------------------------------------------ format
 def format_reward(completions: Sequence[Any], *, mode: str = "strict", **kwargs: Any) -> list[float]:
     """Format score of each completion.

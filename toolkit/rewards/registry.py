@@ -24,6 +24,7 @@ REWARDS: dict[str, Callable[..., Any]] = {
     "answer_match": builtin.answer_match,
     "format": builtin.format_reward,
     "reasoning_match": builtin.reasoning_match,
+    "no_example_copy": builtin.no_example_copy,
     "context_grounding": builtin.context_grounding,
     "length": builtin.length,
     "repetition": builtin.repetition,
@@ -37,7 +38,8 @@ _VALIDATORS: dict[str, Callable[..., None]] = {
 # Filled in by TRL (or the evaluator) from the batch: a recipe binding one would silently shadow data.
 DATASET_COLUMNS = frozenset({
     "completions", "prompts", "completion_ids", "answer", "aliases", "context", "question", "context_ids",
-    "source", "context_sources", "trainer_state", "log_extra", "log_metric", "environments", "completion_prefix"})
+    "source", "context_sources", "trainer_state", "log_extra", "log_metric", "environments", "completion_prefix",
+    "examples"})
 
 
 class RewardError(RuntimeError):
