@@ -8,7 +8,7 @@ the row (gold answers, context chunks) is cached, because a GRPO group shares it
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from toolkit.rewards.text import (
@@ -36,24 +36,30 @@ def answer_match(completions: Sequence[Any], *, partial: bool = False, tolerance
     """1.0 when the extracted answer matches the gold or an alias (``is_exact_match``; numbers within
     ``tolerance`` absolute or ``rel_tolerance`` relative), else max token F1 over gold+aliases if ``partial``,
     else 0.0; 0.0 whenever the text has more than one ``<answer>`` tag; None without gold."""
+    def score(text: str, gold_list: list[str]) -> float:
+        # Measured hack: a policy repeated <answer>X</answer> up to the length limit, hedging across guesses.
+        # A second answer tag forfeits the reward outright.
+        pred = extract_answer(text) if text.count("<answer>") <= 1 else None
+        if not pred:
+            return 0.0
+        if matches(pred, gold_list, tolerance, rel_tolerance):
+            return 1.0
+        return max(token_f1(pred, g) for g in gold_list) if partial else 0.0
+
+    return _score_golds(completions, answer, aliases, score)
+
+
+def _score_golds(completions: Sequence[Any], answer: Sequence[str | None] | None,
+                 aliases: Sequence[Sequence[str] | None] | None,
+                 score: Callable[[str, list[str]], float]) -> list[float | None]:
+    """``score(text, gold and aliases)`` per completion; None for rows without a gold answer."""
     rewards: list[float | None] = []
     for i, completion in enumerate(completions):
         gold = row(answer, i)
         if not isinstance(gold, str) or not gold.strip():
             rewards.append(None)
-            continue
-        text = completion_text(completion)
-        # Measured hack: a policy repeated <answer>X</answer> up to the length limit, hedging across guesses.
-        # A second answer tag forfeits the reward outright.
-        pred = extract_answer(text) if text.count("<answer>") <= 1 else None
-        if not pred:
-            rewards.append(0.0)
-            continue
-        gold_list = golds(gold, row(aliases, i))
-        if matches(pred, gold_list, tolerance, rel_tolerance):
-            rewards.append(1.0)
         else:
-            rewards.append(max(token_f1(pred, g) for g in gold_list) if partial else 0.0)
+            rewards.append(score(completion_text(completion), golds(gold, row(aliases, i))))
     return rewards
 
 
@@ -67,17 +73,11 @@ def reasoning_match(completions: Sequence[Any], *, answer: Sequence[str | None] 
     context long before it learns to put the right span in ``<answer>``, so this pays early, when answer_match
     is still 0 for every sample of a group and gives GRPO nothing to compare.
     """
-    rewards: list[float | None] = []
-    for i, completion in enumerate(completions):
-        gold = row(answer, i)
-        if not isinstance(gold, str) or not gold.strip():
-            rewards.append(None)
-            continue
-        text = completion_text(completion)
+    def score(text: str, gold_list: list[str]) -> float:
         think = f" {normalize(think_text(text))} " if text.count("<think>") == 1 else "  "
-        found = any(key and f" {key} " in think for key in (normalize(g) for g in golds(gold, row(aliases, i))))
-        rewards.append(1.0 if found else 0.0)
-    return rewards
+        return 1.0 if any(key and f" {key} " in think for key in map(normalize, gold_list)) else 0.0
+
+    return _score_golds(completions, answer, aliases, score)
 
 
 # --------------------------------------------------------------------------------------------- no_example_copy
@@ -111,6 +111,7 @@ def no_example_copy(completions: Sequence[Any], *, examples: Sequence[Sequence[s
 
 
 def _text_tuple(value: Any) -> tuple[str, ...]:
+    # A column cell as a tuple of its strings (hashable, for the caches): junk items are dropped, not raised on.
     if isinstance(value, str):
         return (value,)
     return tuple(v for v in value if isinstance(v, str)) if isinstance(value, (list, tuple)) else ()
@@ -180,7 +181,7 @@ def context_grounding(completions: Sequence[Any], *, include_reasoning: bool = F
     rewards: list[float | None] = []
     for i, completion in enumerate(completions):
         gold = row(answer, i)
-        forms = _row_forms(row(context, i), gold if isinstance(gold, str) else "")
+        forms = _context_forms(_text_tuple(row(context, i)), gold if isinstance(gold, str) else "")
         if forms is None:
             rewards.append(None)
             continue
@@ -201,20 +202,6 @@ def _echoes(text: str, question: str) -> bool:
 @functools.lru_cache(maxsize=1024)
 def _question_tokens(question: str) -> frozenset[str]:
     return frozenset(content_tokens(question))
-
-
-def _row_forms(value: Any, gold: str) -> tuple[str, frozenset[str], bool] | None:
-    """(context text, context tokens, gold in context) of a row, or None without context (see _context_forms)."""
-    if isinstance(value, str):
-        value = (value,)
-    elif isinstance(value, list):
-        value = tuple(value)
-    elif not isinstance(value, tuple):
-        return None
-    try:
-        return _context_forms(value, gold)
-    except TypeError:  # unhashable junk in the column: keep the strings
-        return _context_forms(tuple(c for c in value if isinstance(c, str)), gold)
 
 
 @functools.lru_cache(maxsize=1024)
