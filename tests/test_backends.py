@@ -170,6 +170,26 @@ def test_hf_backend_trains_one_real_step(tmp_path):
     assert config["r"] == recipe.training.lora.r and config["layers_to_transform"] == list(range(15, 30))
 
 
+def test_training_seed_fixes_the_adapter_init_whatever_used_the_rng_before(tmp_path):
+    """The same recipe gives the same adapter after a step even when the process drew random numbers before."""
+    from toolkit.models import resolve_model
+    from toolkit.train import train
+
+    recipe = load_recipe(WINE, [
+        "training.max_steps=1", "training.num_generations=2", "training.per_device_train_batch_size=2",
+        "training.max_completion_length=8", "rewards=[{name: length, params: {min_words: 1, max_words: 3}}]",
+    ])
+    rows = [{"prompt": [{"role": "user", "content": "Name a red grape."}]}] * 2
+    adapters = []
+    for draws in (0, 1000):
+        torch.rand(draws)  # e.g. an evaluation that sampled before training
+        model, tokenizer = HFBackend().load(recipe, resolve_model(recipe.model.name_or_path))
+        trainer, _ = train(recipe, model, tokenizer, rows, tmp_path / f"trainer-{draws}")
+        adapters.append({k: v.clone() for k, v in trainer.model.named_parameters() if "lora_" in k})
+    assert adapters[0].keys() == adapters[1].keys() and adapters[0]
+    assert all(torch.equal(adapters[0][k], adapters[1][k]) for k in adapters[0])
+
+
 # ------------------------------------------------------------------------- the unsloth backend, stand-in Unsloth
 
 

@@ -101,10 +101,15 @@ def train(recipe: Recipe, model, tokenizer, rows: list[dict], work_dir: Path, re
     `resume_from`: a checkpoint folder; training continues at its step with its optimizer, RNG and log history,
     so the summary's log history still holds every step once."""
     from datasets import Dataset
+    from transformers import set_seed
 
     from toolkit.backends.hf import HFBackend
 
     backend = backend or HFBackend("default")
+    # TRL wraps the model in LoRA before its Trainer seeds anything, so without this the adapter's random init
+    # would depend on whatever used the RNG earlier in the process (index, evaluation) and training.seed would
+    # not reproduce a run.
+    set_seed(recipe.training.seed)
     live = LiveMetrics()
     trainer = backend.build_trainer(
         recipe,
