@@ -2,6 +2,8 @@
 peak VRAM; prints one JSON line. Needs a CUDA GPU and `pip install -e '.[cuda]'`; without CUDA it exits with 2.
 
     python benchmarks/bench_grpo_gpu.py [--steps 5] [--warmup 1] [--generations 8] [--batch 8] [--completion 256]
+    python benchmarks/bench_grpo_gpu.py --recipe recipes/wine-r1.yaml --backends unsloth --completion 1024 \
+        --max-seq-length 1536          # the GPU recipe's own LoRA rank and optimizer, its completion length
 
 What is compared, and how:
 - The model is a random-init model of Qwen2.5-1.5B's shape (hidden 1536, 28 layers, 12 heads / 2 KV heads,
@@ -9,9 +11,11 @@ What is compared, and how:
   with the packaged SmolLM2 tokenizer (its 49,152 ids all index the larger embedding). Nothing is downloaded.
   Random weights almost never sample the end-of-turn token, so every completion runs to the length limit and both
   backends generate the same number of tokens.
-- The recipe is recipes/wine.yaml (data, retrieval, prompts, rewards) at a T4-sized GRPO scale: 4-bit base
-  weights, LoRA r=16 on the 7 projections of every layer, `--generations` completions per question,
-  `--batch` completions per step, `--completion` tokens each. The prompts are built once and shared.
+- The recipe is `--recipe` (recipes/wine.yaml: data, retrieval, prompts, rewards, LoRA r=16, AdamW) at a
+  T4-sized GRPO scale: 4-bit base weights, LoRA on the 7 projections of every layer, `--generations` completions
+  per question, `--batch` completions per step, `--completion` tokens each. The prompts are built once and shared;
+  `--rows` reuses prompts written before (a JSON list of rows), so a GPU machine needs no embedder or index, and
+  `--tokenizer` names a tokenizer folder instead of converting the packaged SmolLM2 GGUF.
 - Each backend trains in its own fresh interpreter with the same seed: Unsloth patches transformers and TRL as it
   is imported, so an `hf` run after it in one process would not be plain TRL.
 - `hf` runs with gradient checkpointing on (training.trl.gradient_checkpointing), the usual QLoRA memory set-up;
@@ -20,7 +24,8 @@ What is compared, and how:
 - step_seconds: median of TRL's per-step `step_time` (generation + loss + backward) after `--warmup` steps.
   gen_tokens_per_s: completion tokens / seconds inside the trainer's generation call, same steps. peak_vram_gib:
   `torch.cuda.max_memory_reserved()` from before the model loads to the end of training (allocated is reported
-  too). Ratios are unsloth / hf; the targets are step ≤ 0.55 and VRAM ≤ 0.5.
+  too). Ratios are unsloth / hf; the targets are step ≤ 0.55 and VRAM ≤ 0.5. `--backends unsloth` measures one
+  backend alone (no ratios).
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ QWEN25_15B = {"hidden_size": 1536, "num_hidden_layers": 28, "num_attention_heads
 PACKAGES = ("torch", "transformers", "trl", "peft", "unsloth", "unsloth_zoo", "bitsandbytes", "xformers")
 
 
-def overrides(args, model_dir: Path, out: Path) -> list[str]:
+def overrides(args, model_dir: Path | str, out: Path | str) -> list[str]:
     return [
         f"model.name_or_path={model_dir}", f"output_dir={out}", "model.load_in_4bit=true", "model.dtype=bfloat16",
         f"model.max_seq_length={args.max_seq_length}", f"training.max_steps={args.warmup + args.steps}",
@@ -57,14 +62,14 @@ def overrides(args, model_dir: Path, out: Path) -> list[str]:
     ]
 
 
-def make_model(folder: Path) -> Path:
-    """A random-init Qwen2.5-1.5B-shaped model with the packaged SmolLM2 tokenizer, saved in bf16."""
+def make_model(folder: Path, tokenizer_path: str | None) -> Path:
+    """A random-init Qwen2.5-1.5B-shaped model with the SmolLM2 tokenizer (packaged, or `tokenizer_path`), in bf16."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
 
     from toolkit.models import resolve_model
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model("packaged:smollm2-135m-instruct"))
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or resolve_model("packaged:smollm2-135m-instruct"))
     ids = {"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id,
            "bos_token_id": tokenizer.bos_token_id}
     config = Qwen2Config(**QWEN25_15B, **ids)
@@ -81,13 +86,14 @@ def make_model(folder: Path) -> Path:
 
 
 def make_rows(args, model_dir: Path, folder: Path) -> Path:
-    """The wine recipe's training prompts (retrieved context, few-shot turns), written once for both backends."""
+    """The recipe's training prompts (retrieved context, few-shot turns), written once for both backends."""
     from toolkit.data import load_dataset
     from toolkit.index import build_index
     from toolkit.prompts import build_rows
     from toolkit.recipe import load_recipe
 
-    recipe = load_recipe(ROOT / "recipes" / "wine.yaml", overrides(args, model_dir, folder / "index"))
+    # hf: the parent only builds prompts, and under `auto` the recipe check would import Unsloth here for nothing.
+    recipe = load_recipe(args.recipe, overrides(args, model_dir, folder / "index") + ["model.backend=hf"])
     dataset = load_dataset(recipe.data)
     index, _ = build_index(recipe, dataset.documents)
     rows = build_rows(dataset.train[: recipe.data.max_train_questions], index, recipe.prompt, recipe.retrieval.top_k)
@@ -129,8 +135,11 @@ def worker(args) -> dict:
     backend = select_backend(args.worker)
     if backend.name == "unsloth":
         backend.fast_inference = args.vllm
-    extra = ["training.trl={gradient_checkpointing: true}"] if backend.name == "hf" else []
-    recipe = load_recipe(ROOT / "recipes" / "wine.yaml", overrides(args, args.model_dir, args.out) + extra)
+    # model.backend pinned too: under `auto` the recipe check imports Unsloth (to patch TRL before it loads) on
+    # any CUDA machine that has it, and the hf run would then train Unsloth's patched trainer.
+    extra = [f"model.backend={backend.name}"]
+    extra += ["training.trl={gradient_checkpointing: true}"] if backend.name == "hf" else []
+    recipe = load_recipe(args.recipe, overrides(args, args.model_dir, args.out) + extra)
     rows = json.loads(Path(args.rows).read_text())
 
     import trl
@@ -188,6 +197,11 @@ def versions() -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipe", default="recipes/wine.yaml", help="recipe whose prompts, rewards, LoRA and "
+                        "optimizer settings are used (relative to the project root)")
+    parser.add_argument("--backends", default="unsloth,hf", help="comma-separated: unsloth, hf")
+    parser.add_argument("--tokenizer", help="tokenizer folder for the random model (default: the packaged SmolLM2's)")
+    parser.add_argument("--rows", help="prompts written before (JSON list of rows) instead of building the index")
     parser.add_argument("--steps", type=int, default=5, help="measured GRPO steps per backend")
     parser.add_argument("--warmup", type=int, default=1, help="steps run first and not measured (compilation)")
     parser.add_argument("--generations", type=int, default=8, help="training.num_generations")
@@ -197,9 +211,15 @@ def main() -> int:
     parser.add_argument("--vllm", action="store_true", help="unsloth generates with vLLM (peak VRAM then shows "
                         "vLLM's reservation)")
     parser.add_argument("--worker", choices=["unsloth", "hf"], help=argparse.SUPPRESS)
-    for internal in ("--model-dir", "--rows", "--out", "--result"):
+    for internal in ("--model-dir", "--out", "--result"):
         parser.add_argument(internal, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    backends = [name.strip() for name in args.backends.split(",") if name.strip()]
+    if not backends or set(backends) - {"unsloth", "hf"}:
+        parser.error(f"--backends: expected a comma-separated list of unsloth and hf, got {args.backends!r}")
+    for name in ("rows", "tokenizer"):  # relative to where the user ran it, before the chdir below
+        if getattr(args, name):
+            setattr(args, name, str(Path(getattr(args, name)).resolve()))
     os.chdir(ROOT)  # the recipe's data paths are relative to the project root
     if args.worker:
         Path(args.result).write_text(json.dumps(worker(args)))
@@ -211,16 +231,17 @@ def main() -> int:
         print("bench_grpo_gpu: needs a CUDA GPU (torch.cuda.is_available() is False); nothing was measured",
               file=sys.stderr)
         return 2
-    missing = [m for m in ("unsloth", "bitsandbytes") if importlib.util.find_spec(m) is None]
+    needed = ["bitsandbytes"] + (["unsloth"] if "unsloth" in backends else [])
+    missing = [m for m in needed if importlib.util.find_spec(m) is None]
     if missing:
         print(f"bench_grpo_gpu: {', '.join(missing)} not installed: pip install -e '.[cuda]'", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="bench-grpo-gpu-") as tmp:
         folder = Path(tmp)
-        model_dir = make_model(folder)
-        rows = make_rows(args, model_dir, folder)
-        results = {name: run_worker(args, name, model_dir, rows, folder) for name in ("unsloth", "hf")}
-    fast, base = results["unsloth"], results["hf"]
+        model_dir = make_model(folder, args.tokenizer)
+        rows = Path(args.rows) if args.rows else make_rows(args, model_dir, folder)
+        results = {name: run_worker(args, name, model_dir, rows, folder) for name in backends}
+    fast, base = results.get("unsloth", {}), results.get("hf", {})
     ratios = {
         key: round(fast[key] / base[key], 3) if fast.get(key) and base.get(key) else None
         for key in ("step_seconds", "peak_vram_gib", "gen_tokens_per_s")
@@ -230,16 +251,17 @@ def main() -> int:
         "device": torch.cuda.get_device_name(0),
         "versions": versions(),
         "model": "random-init Qwen2.5-1.5B shape, 4-bit",
-        "settings": {key: getattr(args, key) for key in ("steps", "warmup", "generations", "batch", "completion",
-                                                         "max_seq_length", "vllm")},
+        "settings": {key: getattr(args, key) for key in ("recipe", "steps", "warmup", "generations", "batch",
+                                                         "completion", "max_seq_length", "vllm")},
         "unsloth": fast,
         "hf": base,
         "ratios": ratios,
         "targets": TARGETS,
-        "meets_targets": all(ratios[k] is not None and ratios[k] <= v for k, v in TARGETS.items()),
+        "meets_targets": all(ratios[k] is not None and ratios[k] <= v for k, v in TARGETS.items())
+        if len(results) == 2 else None,
     }
     print(json.dumps(line))
-    return 0 if "error" not in fast and "error" not in base else 1
+    return 0 if not any("error" in result for result in results.values()) else 1
 
 
 if __name__ == "__main__":
