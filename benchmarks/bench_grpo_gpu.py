@@ -253,8 +253,7 @@ def main() -> int:
         "model": "random-init Qwen2.5-1.5B shape, 4-bit",
         "settings": {key: getattr(args, key) for key in ("recipe", "steps", "warmup", "generations", "batch",
                                                          "completion", "max_seq_length", "vllm")},
-        "unsloth": fast,
-        "hf": base,
+        **results,  # one entry per measured backend
         "ratios": ratios,
         "targets": TARGETS,
         "meets_targets": all(ratios[k] is not None and ratios[k] <= v for k, v in TARGETS.items())
