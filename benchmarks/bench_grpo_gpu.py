@@ -176,8 +176,9 @@ def worker(args) -> dict:
 
 def run_worker(args, name: str, model_dir: Path, rows: Path, folder: Path) -> dict:
     result = folder / f"{name}.json"
-    command = [sys.executable, __file__, "--worker", name, "--model-dir", str(model_dir), "--rows", str(rows),
-               "--out", str(folder / name), "--result", str(result), *sys.argv[1:]]
+    # The user's arguments first: argparse keeps the last of a repeated option, so the resolved --rows wins.
+    command = [sys.executable, __file__, *sys.argv[1:], "--worker", name, "--model-dir", str(model_dir),
+               "--rows", str(rows), "--out", str(folder / name), "--result", str(result)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     if proc.returncode != 0 or not result.is_file():
