@@ -1,0 +1,208 @@
+"""Seed spread: how much of a recipe's tuned answer-match is the recipe and how much the training seed? One JSON line.
+
+    .venv/bin/python benchmarks/seed_sweep.py --seeds 42 1 2                     # ~8 min a seed on 2 CPU cores
+    .venv/bin/python benchmarks/seed_sweep.py --seeds 42 1 2 3 4 5 6 --parallel 14 \
+        --variant training.scale_rewards=none                                   # a GPU box: ~3.5 min for all 14
+    .venv/bin/python benchmarks/seed_sweep.py training.max_steps=1 eval.limit=4 --seeds 1 2   # a smoke test
+
+Recipe overrides shared by both arms come first: `--seeds` and `--variant` take every value after them.
+
+Why: one GRPO run of the 135M model is a noisy measurement. Sampling, the LoRA init and the question order all
+follow `training.seed`, and on the wine recipe the tuned answer-match of seven seeds spread from 0.12 to 0.32
+(sd 0.08), more than most recipe changes move it. Compare recipe variants on the mean of several seeds, paired.
+
+What runs: arms are `recipe` (the recipe plus the shared overrides) and, with `--variant`, `variant` (plus those
+overrides too), on the same seeds. Each arm's prompts (retrieval included: a variant may change it) are built once
+into `<output-dir>/rows-<arm>.json`, or read from such files in the folder `--rows` names, so a GPU box needs no
+embedder or index. Each (arm, seed) then trains in its own interpreter, `--parallel` at a time, as `make run`
+trains (`toolkit.train.train`), and scores a greedy tuned evaluation on the eval split; one more worker per arm
+scores the base model (it does not depend on the seed).
+
+On CUDA a worker trains the `hf` backend in fp32 with bf16 autocast off, so that it runs the CPU recipe's
+arithmetic on the GPU (sampling still differs from a CPU run's, so a seed's figures do too; the spread carries
+over).
+
+JSON: per arm, its `base` (answer_match, format), each seed's answer_match / format / truncated, their mean and
+sd, and `gain_mean` (mean tuned − base); with a variant, the paired differences (variant − recipe, per seed), their
+mean and 95 % t-interval, and `ratio` = variant mean / recipe mean.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+METRICS = ("answer_match", "format", "truncated")
+# Two-sided 95 % quantiles of Student's t for 1..10 degrees of freedom (more seeds than 11 use the normal 1.96).
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("overrides", nargs="*", help="recipe overrides for every arm, e.g. training.max_steps=5")
+    parser.add_argument("--recipe", default=str(ROOT / "recipes" / "wine.yaml"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2])
+    parser.add_argument("--variant", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="overrides of a second arm, trained on the same seeds")
+    parser.add_argument("--parallel", type=int, default=1, help="workers at a time (CPU: 1 per 2 cores)")
+    parser.add_argument("--rows", type=Path, help="a folder with the rows-<arm>.json of an earlier sweep")
+    parser.add_argument("--output-dir", type=Path, help="default: a new folder under runs/bench/")
+    parser.add_argument("--worker", nargs=3, metavar=("ROWS", "LABEL", "OUT_JSON"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    os.chdir(ROOT)  # recipe paths are relative to the project root
+    if args.worker:
+        return worker(args.recipe, *args.worker, args.overrides)
+
+    if args.output_dir is None:
+        (ROOT / "runs" / "bench").mkdir(parents=True, exist_ok=True)
+        args.output_dir = Path(tempfile.mkdtemp(prefix="seeds-", dir=ROOT / "runs" / "bench"))
+    out = args.output_dir.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    arms = {"recipe": args.overrides} | ({"variant": [*args.overrides, *args.variant]} if args.variant else {})
+    convert_model_once(args.recipe, args.overrides, out)
+    # Per arm: a variant may change retrieval or the prompt, and then its prompts (and its base score) differ.
+    rows = {arm: (args.rows.resolve() / f"rows-{arm}.json") if args.rows else build_rows(args.recipe, over, out, arm)
+            for arm, over in arms.items()}
+    jobs = [(arm, f"base-{arm}", over) for arm, over in arms.items()]
+    jobs += [(arm, f"tuned-{arm}-s{seed}", [*over, f"training.seed={seed}"])
+             for seed in args.seeds for arm, over in arms.items()]
+    start = time.perf_counter()
+    results = run_jobs(args.recipe, rows, jobs, args.parallel, out)
+    print(json.dumps(summary(results, args, time.perf_counter() - start, out)), flush=True)
+    return 0
+
+
+def build_rows(recipe_path: str, overrides: list[str], out: Path, arm: str) -> Path:
+    from toolkit.data import load_dataset
+    from toolkit.index import build_index
+    from toolkit.prompts import build_rows as prompts_for
+    from toolkit.recipe import load_recipe
+
+    recipe = load_recipe(recipe_path, [*overrides, f"output_dir={out / f'index-{arm}'}"])
+    dataset = load_dataset(recipe.data)
+    index, _ = build_index(recipe, dataset.documents)
+    rows = {split: prompts_for(qa, index, recipe.prompt, recipe.retrieval.top_k)
+            for split, qa in (("train", dataset.train[: recipe.data.max_train_questions]),
+                              ("eval", dataset.eval[: recipe.eval.limit]))}
+    path = out / f"rows-{arm}.json"
+    path.write_text(json.dumps(rows))
+    return path
+
+
+def convert_model_once(recipe_path: str, overrides: list[str], out: Path) -> None:
+    """A packaged model is converted on first use; here, before the workers would all race to do it."""
+    from toolkit.models import resolve_model
+    from toolkit.recipe import load_recipe
+
+    recipe = load_recipe(recipe_path, [*overrides, f"output_dir={out}"])
+    resolve_model(recipe.model.name_or_path, recipe.model.cache_dir)
+
+
+def run_jobs(recipe: str, rows: dict[str, Path], jobs: list, parallel: int, out: Path) -> list[dict]:
+    """Each job in a fresh interpreter (a trained process's RNG, caches and patches never leak into the next)."""
+    env = os.environ | {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // parallel))}
+    pending, running, results = list(jobs), [], []
+    try:
+        _run(recipe, rows, pending, running, results, parallel, out, env)
+    finally:
+        for *_, proc in running:  # a failed worker or Ctrl-C: the others stop too
+            proc.kill()
+    return results
+
+
+def _run(recipe, rows, pending, running, results, parallel, out, env) -> None:
+    while pending or running:
+        while pending and len(running) < parallel:
+            arm, label, over = pending.pop(0)
+            result, log = out / f"{label}.json", out / f"{label}.log"
+            cmd = [sys.executable, __file__, *over, "--recipe", recipe, "--worker", str(rows[arm]), label, str(result)]
+            with open(log, "w") as handle:
+                running.append((arm, label, result, log, subprocess.Popen(cmd, stdout=handle, stderr=handle, env=env)))
+        time.sleep(1)
+        for job in [j for j in running if j[4].poll() is not None]:
+            running.remove(job)
+            arm, label, result, log, proc = job
+            if proc.returncode != 0:
+                tail = log.read_text()[-2000:]
+                raise SystemExit(f"worker {label} failed (exit {proc.returncode}); its log {log} ends:\n{tail}")
+            results.append({"arm": arm, "label": label, **json.loads(result.read_text())})
+
+
+def worker(recipe_path: str, rows_path: str, label: str, result: str, overrides: list[str]) -> int:
+    import logging
+
+    import torch
+
+    from toolkit.evaluate import evaluate_columns
+    from toolkit.models import load_model, resolve_model
+    from toolkit.recipe import load_recipe
+    from toolkit.train import train
+
+    logging.basicConfig(level=logging.WARNING)
+    out = Path(result).with_suffix("")
+    recipe = load_recipe(recipe_path, [*overrides, f"output_dir={out}", "model.backend=hf"])
+    rows = json.loads(Path(rows_path).read_text())
+    model, tokenizer = load_model(resolve_model(recipe.model.name_or_path, recipe.model.cache_dir), "float32")
+    if torch.cuda.is_available():
+        # toolkit.train turns bf16 autocast on wherever the GPU has it; off, the GPU runs the CPU recipe's fp32.
+        torch.cuda.is_bf16_supported = lambda *args, **kwargs: False
+        model = model.to("cuda")
+    eval_rows = rows["eval"][: recipe.eval.limit]
+    start = time.perf_counter()
+    if label.startswith("base"):
+        scored = evaluate_columns(recipe, model, tokenizer, eval_rows, ("base",))["base"]
+        record = {}
+    else:
+        trainer, trained = train(recipe, model, tokenizer, rows["train"], out / "trainer")
+        scored = evaluate_columns(recipe, trainer.model, tokenizer, eval_rows, ("tuned",))["tuned"]
+        record = {"seed": recipe.training.seed, "steps": trained.steps, "train_seconds": trained.seconds}
+    scores = [item["scores"] for item in scored]
+    record |= {m: round(statistics.fmean(float(s[m]) for s in scores), 4) for m in METRICS}
+    record |= {"questions": len(scores), "seconds": round(time.perf_counter() - start, 1)}
+    Path(result).write_text(json.dumps(record))
+    return 0
+
+
+def summary(results: list[dict], args, seconds: float, out: Path) -> dict:
+    line = {"bench": "seed_sweep", "recipe": args.recipe, "overrides": args.overrides, "seeds": args.seeds}
+    arms = {}
+    for arm in ("recipe", "variant"):
+        runs = [r for r in results if r["arm"] == arm and "seed" in r]
+        runs.sort(key=lambda r: args.seeds.index(r["seed"]))
+        if not runs:
+            continue
+        base = next(r for r in results if r["label"] == f"base-{arm}")
+        line["questions"] = base["questions"]
+        am = [r["answer_match"] for r in runs]
+        arms[arm] = {
+            "base": {m: base[m] for m in ("answer_match", "format")},
+            "per_seed": {str(r["seed"]): {m: r[m] for m in METRICS} for r in runs},
+            "mean": {m: round(statistics.fmean(r[m] for r in runs), 4) for m in METRICS},
+            "sd_answer_match": round(statistics.stdev(am), 4) if len(am) > 1 else None,
+            "gain_mean": round(statistics.fmean(am) - base["answer_match"], 4),
+        }
+    line["arms"] = arms
+    if "variant" in arms:
+        line["variant"] = args.variant
+        per_seed = {arm: {s: v["answer_match"] for s, v in arms[arm]["per_seed"].items()} for arm in arms}
+        diffs = [per_seed["variant"][str(s)] - per_seed["recipe"][str(s)] for s in args.seeds]
+        mean = statistics.fmean(diffs)
+        half = (T95.get(len(diffs) - 1, 1.96) * statistics.stdev(diffs) / len(diffs) ** 0.5) if len(diffs) > 1 else None
+        line["paired"] = {"differences": [round(d, 4) for d in diffs], "mean": round(mean, 4),
+                          "ci95": [round(mean - half, 4), round(mean + half, 4)] if half is not None else None}
+        recipe_mean = arms["recipe"]["mean"]["answer_match"]
+        line["ratio"] = round(arms["variant"]["mean"]["answer_match"] / recipe_mean, 3) if recipe_mean else None
+    line |= {"parallel": args.parallel, "seconds": round(seconds, 1), "output_dir": str(out)}
+    return line
+
+
+if __name__ == "__main__":
+    sys.exit(main())
