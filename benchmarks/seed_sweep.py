@@ -142,6 +142,7 @@ def worker(recipe_path: str, rows_path: str, label: str, result: str, overrides:
     import torch
 
     from toolkit.evaluate import evaluate_columns
+    from toolkit.metrics import column_means
     from toolkit.models import load_model, resolve_model
     from toolkit.recipe import load_recipe
     from toolkit.train import train
@@ -164,9 +165,9 @@ def worker(recipe_path: str, rows_path: str, label: str, result: str, overrides:
         trainer, trained = train(recipe, model, tokenizer, rows["train"], out / "trainer")
         scored = evaluate_columns(recipe, trainer.model, tokenizer, eval_rows, ("tuned",))["tuned"]
         record = {"seed": recipe.training.seed, "steps": trained.steps, "train_seconds": trained.seconds}
-    scores = [item["scores"] for item in scored]
-    record |= {m: round(statistics.fmean(float(s[m]) for s in scores), 4) for m in METRICS}
-    record |= {"questions": len(scores), "seconds": round(time.perf_counter() - start, 1)}
+    means = column_means([item["scores"] for item in scored])
+    record |= {m: round(means[m], 4) for m in METRICS}
+    record |= {"questions": len(scored), "seconds": round(time.perf_counter() - start, 1)}
     Path(result).write_text(json.dumps(record))
     return 0
 
