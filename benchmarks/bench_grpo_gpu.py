@@ -87,16 +87,12 @@ def make_model(folder: Path, tokenizer_path: str | None) -> Path:
 
 def make_rows(args, model_dir: Path, folder: Path) -> Path:
     """The recipe's training prompts (retrieved context, few-shot turns), written once for both backends."""
-    from toolkit.data import load_dataset
-    from toolkit.index import build_index
-    from toolkit.prompts import build_rows
+    from toolkit.prompts import build_splits
     from toolkit.recipe import load_recipe
 
     # hf: the parent only builds prompts, and under `auto` the recipe check would import Unsloth here for nothing.
     recipe = load_recipe(args.recipe, overrides(args, model_dir, folder / "index") + ["model.backend=hf"])
-    dataset = load_dataset(recipe.data)
-    index, _ = build_index(recipe, dataset.documents)
-    rows = build_rows(dataset.train[: recipe.data.max_train_questions], index, recipe.prompt, recipe.retrieval.top_k)
+    rows = build_splits(recipe).train
     path = folder / "rows.json"
     path.write_text(json.dumps(rows))
     return path

@@ -65,14 +65,10 @@ class StepClock(TrainerCallback):
 
 def prepare(recipe):
     """Training rows (prompts with retrieved context) and the model path, built once for both sides."""
-    from toolkit.data import load_dataset
-    from toolkit.index import build_index
     from toolkit.models import resolve_model
-    from toolkit.prompts import build_rows
+    from toolkit.prompts import build_splits
 
-    dataset = load_dataset(recipe.data)
-    index, _ = build_index(recipe, dataset.documents)
-    rows = build_rows(dataset.train[: recipe.data.max_train_questions], index, recipe.prompt, recipe.retrieval.top_k)
+    rows = build_splits(recipe).train
     return rows, resolve_model(recipe.model.name_or_path, recipe.model.cache_dir)
 
 

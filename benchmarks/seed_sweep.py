@@ -81,17 +81,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build_rows(recipe_path: str, overrides: list[str], out: Path, arm: str) -> Path:
-    from toolkit.data import load_dataset
-    from toolkit.index import build_index
-    from toolkit.prompts import build_rows as prompts_for
+    from toolkit.prompts import build_splits
     from toolkit.recipe import load_recipe
 
-    recipe = load_recipe(recipe_path, [*overrides, f"output_dir={out / f'index-{arm}'}"])
-    dataset = load_dataset(recipe.data)
-    index, _ = build_index(recipe, dataset.documents)
-    rows = {split: prompts_for(qa, index, recipe.prompt, recipe.retrieval.top_k)
-            for split, qa in (("train", dataset.train[: recipe.data.max_train_questions]),
-                              ("eval", dataset.eval[: recipe.eval.limit]))}
+    splits = build_splits(load_recipe(recipe_path, [*overrides, f"output_dir={out / f'index-{arm}'}"]))
+    rows = {"train": splits.train, "eval": splits.eval}
     path = out / f"rows-{arm}.json"
     path.write_text(json.dumps(rows))
     return path

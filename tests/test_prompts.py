@@ -9,7 +9,7 @@ import pytest
 from toolkit.data import QA, Document
 from toolkit.index import Index, chunk_documents
 from toolkit.models import resolve_embedder
-from toolkit.prompts import add_reply_prefix, build_messages, build_rows, format_context, reply_prefix
+from toolkit.prompts import add_reply_prefix, build_messages, build_rows, build_splits, format_context, reply_prefix
 from toolkit.recipe import FewShotExample, PromptSection, load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,6 +114,23 @@ def test_build_rows_with_the_wine_recipe_prompt(index, monkeypatch):
     assert row["prompt"][0]["content"] == recipe.prompt.system
     assert row["prompt"][-1]["content"].endswith(f"Question: {QUESTIONS[0].question}")
     assert len(row["context"]) == recipe.retrieval.top_k
+
+
+def test_build_splits_follows_the_recipe_limits(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    recipe = load_recipe(ROOT / "recipes" / "wine.yaml", [f"output_dir={tmp_path}", "data.max_train_questions=5",
+                                                           "eval.limit=3"])
+    splits = build_splits(recipe)
+    assert [qa.question for qa in splits.train_qa] == [qa.question for qa in splits.dataset.train[:5]]
+    assert [qa.question for qa in splits.eval_qa] == [qa.question for qa in splits.dataset.eval[:3]]
+    assert [row["question"] for row in splits.train] == [qa.question for qa in splits.train_qa]
+    assert [row["question"] for row in splits.eval] == [qa.question for qa in splits.eval_qa]
+    assert splits.counts.added == splits.index.count() > 0  # a fresh index: every chunk was added by this sync
+    assert (tmp_path / "index").is_dir()
+    # The rows are what build_rows makes of the same questions against the same index.
+    assert splits.eval == build_rows(splits.eval_qa, splits.index, recipe.prompt, recipe.retrieval.top_k)
+    # The wine data keeps eval documents out of training: no eval question is about a training question's source.
+    assert {qa.source for qa in splits.dataset.eval}.isdisjoint(qa.source for qa in splits.dataset.train)
 
 
 def test_build_rows_without_questions(index):

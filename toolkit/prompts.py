@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass
 
-from toolkit.data import QA
-from toolkit.index import Index
-from toolkit.recipe import PromptSection
+from toolkit.data import QA, Dataset, load_dataset
+from toolkit.index import Index, SyncCounts, build_index
+from toolkit.recipe import PromptSection, Recipe
 
 logger = logging.getLogger(__name__)
 _PLACEHOLDER = re.compile(r"\{(context|question)\}")
@@ -58,6 +59,32 @@ def build_rows(questions: list[QA], index: Index, prompt: PromptSection, top_k: 
             }
         )
     return rows
+
+
+@dataclass
+class Splits:
+    """A recipe's data made ready for training and evaluation: the questions each split uses (after
+    `data.max_train_questions` and `eval.limit`), the synced index, and one prompt row per question."""
+
+    dataset: Dataset
+    index: Index
+    counts: SyncCounts  # what the index sync added, updated and deleted
+    train_qa: list[QA]
+    eval_qa: list[QA]
+    train: list[dict]
+    eval: list[dict]
+
+
+def build_splits(recipe: Recipe) -> Splits:
+    """Load the recipe's data, sync its index with the corpus and retrieve context for every question: the steps
+    `toolkit.run` and the benchmarks share, so they all train on the same prompts."""
+    dataset = load_dataset(recipe.data)  # documents; question files plus questions generated from CSV rows
+    train_qa = dataset.train[: recipe.data.max_train_questions]
+    eval_qa = dataset.eval[: recipe.eval.limit]
+    index, counts = build_index(recipe, dataset.documents)
+    top_k = recipe.retrieval.top_k
+    return Splits(dataset, index, counts, train_qa, eval_qa, build_rows(train_qa, index, recipe.prompt, top_k),
+                  build_rows(eval_qa, index, recipe.prompt, top_k))
 
 
 def reply_prefix(tokenizer) -> str:

@@ -14,7 +14,7 @@ from rich.logging import RichHandler
 from rich.markup import escape
 
 from toolkit.checkpoints import CheckpointError, base_results, eval_key, resume_checkpoint, start_fresh
-from toolkit.data import DataError, load_dataset
+from toolkit.data import DataError
 from toolkit.models import ModelError
 from toolkit.recipe import Recipe, RecipeError, load_recipe
 from toolkit.report import comparison_table, save_dir_atomic, table_console, write_report
@@ -35,10 +35,10 @@ def run(recipe: Recipe, console: Console, resume: bool = False) -> dict:
     # should be reported at once.
     from toolkit.curves import render_plots, training_curves, training_warnings
     from toolkit.evaluate import compare, evaluate_columns
-    from toolkit.index import build_index, retrieval_metrics
+    from toolkit.index import retrieval_metrics
     from toolkit.memory import preflight
     from toolkit.models import resolve_model
-    from toolkit.prompts import add_reply_prefix, build_rows
+    from toolkit.prompts import add_reply_prefix, build_splits
     from toolkit.train import train
 
     out = recipe.output_dir
@@ -48,14 +48,8 @@ def run(recipe: Recipe, console: Console, resume: bool = False) -> dict:
         check_export_ready(recipe.export.formats, recipe.export.verify)  # a missing extra fails now, not after training
     work = out / "trainer"
     checkpoint = resume_checkpoint(work) if resume else start_fresh(work)
-    dataset = load_dataset(recipe.data)  # documents; question files plus questions generated from CSV rows
-    docs = dataset.documents
-    train_qa = dataset.train[: recipe.data.max_train_questions]
-    eval_qa = dataset.eval[: recipe.eval.limit]
-
-    index, counts = build_index(recipe, docs)
-    train_rows = build_rows(train_qa, index, recipe.prompt, recipe.retrieval.top_k)
-    eval_rows = build_rows(eval_qa, index, recipe.prompt, recipe.retrieval.top_k)
+    splits = build_splits(recipe)  # data, index sync, retrieval: one prompt row per train and eval question
+    train_rows, eval_rows = splits.train, splits.eval
 
     model_path = resolve_model(recipe.model.name_or_path, recipe.model.cache_dir)
     preflight(recipe, model_path, train_rows + eval_rows, backend.name)  # CUDA only: refuse what cannot fit
@@ -77,8 +71,9 @@ def run(recipe: Recipe, console: Console, resume: bool = False) -> dict:
         "recipe": recipe.model_dump(mode="json"),
         "model_path": model_path,
         "backend": backend.describe(),  # which backend trained and why (auto picks unsloth only on CUDA)
-        "index": {"documents": len(docs), **vars(counts)},
-        "retrieval": retrieval_metrics(index, eval_qa, recipe.retrieval.top_k),  # recall@k, MRR of gold sources
+        "index": {"documents": len(splits.dataset.documents), **vars(splits.counts)},
+        # recall@k and MRR of the eval questions' gold sources
+        "retrieval": retrieval_metrics(splits.index, splits.eval_qa, recipe.retrieval.top_k),
         **evaluation,  # eval, no_context, base, tuned (metric → mean), intervals, differences
         "warnings": training_warnings(curves),
         "training": {

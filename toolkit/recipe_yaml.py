@@ -1,0 +1,95 @@
+"""Recipe files as raw mappings, before validation: reading YAML, `extends` parents, dotted overrides.
+
+`toolkit.recipe.load_recipe` validates what these build; errors here are `RecipeError`s that name the file (and
+the line, for invalid YAML), as the schema's do.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used; the message is one line naming the file and the field."""
+
+
+def read_yaml(path: Path, missing: str) -> dict:
+    """One recipe file as a mapping; `missing` is the message when the file does not exist."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise RecipeError(missing) from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise RecipeError(f"{path}{where}: invalid YAML: {getattr(err, 'problem', err)}") from None
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}: a recipe must be a mapping of sections, got {type(raw).__name__}")
+    return raw
+
+
+def read_with_parents(path: Path, chain: tuple[Path, ...], child: Path | None = None) -> tuple[dict, dict]:
+    """The recipe at `path` merged over its `extends` parents, and which file set each key path (tuple -> file)."""
+    missing = f"{child}: extends: recipe file not found: {path}" if child else f"{path}: recipe file not found"
+    raw = read_yaml(path, missing)
+    chain = (*chain, path)
+    parent_name = raw.pop("extends", None)
+    if parent_name is None:
+        return raw, {(key,): path for key in raw}
+    if not isinstance(parent_name, str) or not parent_name.strip():
+        raise RecipeError(f"{path}: extends: must be the path of a recipe file, relative to this one "
+                          f"(got {parent_name!r})")
+    parent = Path(os.path.normpath(path.parent / Path(parent_name).expanduser()))
+    if any(parent.resolve() == seen.resolve() for seen in chain):
+        raise RecipeError(f"{path}: extends: cycle: {' -> '.join(str(p) for p in (*chain, parent))}")
+    merged, origins = read_with_parents(parent, chain, child=path)
+    deep_merge(merged, raw, origins, path, ())
+    return merged, origins
+
+
+def deep_merge(base: dict, child: dict, origins: dict, child_path: Path, prefix: tuple) -> None:
+    """Merge `child` into `base` in place: mappings key by key, anything else (lists too) replaces."""
+    for key, value in child.items():
+        here = (*prefix, key)
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            deep_merge(base[key], value, origins, child_path, here)
+            continue
+        for known in [k for k in origins if k[: len(here)] == here]:
+            del origins[known]  # the parent's value below this key is gone
+        base[key] = value
+        origins[here] = child_path
+
+
+def apply_override(raw: dict, override: str, path: Path) -> None:
+    """Set `section.field=value` (value parsed as YAML; list items by index) in the raw recipe, in place."""
+    key, sep, text = override.partition("=")
+    if not sep or not key:
+        raise RecipeError(f"{path}: override {override!r} must look like section.field=value")
+    node: Any = raw
+    parts = key.split(".")
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        where = ".".join(parts[: depth + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise RecipeError(f"{path}: override {key}: {where} is not an index of a {len(node)}-item list")
+            part = int(part)
+        elif not isinstance(node, dict):
+            raise RecipeError(f"{path}: override {key}: {'.'.join(parts[:depth])} is not a section")
+        if last:
+            try:
+                node[part] = yaml.safe_load(text) if text else ""
+            except yaml.YAMLError as err:
+                raise RecipeError(
+                    f"{path}: override {key}: value is not valid YAML ({getattr(err, 'problem', err)}); "
+                    f"quote it, e.g. {key}='\"...\"'"
+                ) from None
+        else:
+            if isinstance(node, dict):
+                node = node.setdefault(part, {})
+            else:
+                node = node[part]
