@@ -1,4 +1,5 @@
-"""What the small commands (`toolkit.index`, `toolkit.search`) share: logging, recipe loading, one-line errors."""
+"""What the small commands (`toolkit.index`, `toolkit.search`) share: logging, recipe loading, one-line errors,
+progress."""
 
 from __future__ import annotations
 
@@ -36,3 +37,32 @@ def load_with_overrides(path: str, overrides: list[str]) -> tuple[Recipe, Datase
 def fail(console: Console, err: Exception) -> int:
     console.print(f"[red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
     return 2
+
+
+class EmbeddingProgress:
+    """`Index.update`'s progress callback: a rich progress bar on a terminal; elsewhere (logs, pipes) one plain
+    line per stored batch."""
+
+    def __init__(self, console):
+        self.console, self.bar, self.task = console, None, None
+
+    def __enter__(self):
+        return self
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.console.is_terminal:
+            if done:
+                self.console.print(f"stored {done}/{total} chunks", highlight=False)
+            return
+        if self.bar is None:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                                console=self.console)
+            self.bar.start()
+            self.task = self.bar.add_task("embedding", total=total)
+        self.bar.update(self.task, completed=done)
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.stop()

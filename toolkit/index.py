@@ -337,7 +337,7 @@ def retrieval_metrics(index: Index, questions: list[QA], top_k: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
-    from toolkit.cli import ERRORS, fail, load_with_overrides, setup_logging
+    from toolkit.cli import ERRORS, EmbeddingProgress, fail, load_with_overrides, setup_logging
 
     parser = argparse.ArgumentParser(
         prog="python -m toolkit.index", description="Build or update a recipe's retrieval index."
@@ -352,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         recipe, dataset = load_with_overrides(args.recipe, args.overrides)
         index = open_index(recipe)
         cfg = recipe.retrieval
-        with _Progress(console) as progress:
+        with EmbeddingProgress(console) as progress:
             counts = index.update(dataset.documents, cfg.chunk_size, cfg.chunk_overlap, progress)
         out.print(
             f"index {index.path} (collection {index.name}, {cfg.embedder}): {len(dataset.documents)} documents, "
@@ -371,34 +371,6 @@ def main(argv: list[str] | None = None) -> int:
         console.print("interrupted: every finished batch is stored; run the command again to complete the index")
         return 130
     return 0
-
-
-class _Progress:
-    """A rich progress bar on a terminal; elsewhere (logs, pipes) one plain line per stored batch."""
-
-    def __init__(self, console):
-        self.console, self.bar, self.task = console, None, None
-
-    def __enter__(self):
-        return self
-
-    def __call__(self, done: int, total: int) -> None:
-        if not self.console.is_terminal:
-            if done:
-                self.console.print(f"stored {done}/{total} chunks", highlight=False)
-            return
-        if self.bar is None:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.bar = Progress(TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                                console=self.console)
-            self.bar.start()
-            self.task = self.bar.add_task("embedding", total=total)
-        self.bar.update(self.task, completed=done)
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.stop()
 
 
 if __name__ == "__main__":
