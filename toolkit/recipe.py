@@ -266,9 +266,7 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     path = Path(path)
     raw, origins = read_with_parents(path, ())
     for override in overrides:
-        apply_override(raw, override, path)
-        key = override.partition("=")[0]
-        origins[tuple(int(p) if p.isdigit() else p for p in key.split("."))] = path
+        origins[apply_override(raw, override, path)] = path
 
     def inherited_from(loc: tuple) -> Path | None:
         # The file that set this field: the longest prefix of `loc` anyone set, unless a key below it came from

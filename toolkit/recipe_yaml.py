@@ -64,13 +64,15 @@ def deep_merge(base: dict, child: dict, origins: dict, child_path: Path, prefix:
         origins[here] = child_path
 
 
-def apply_override(raw: dict, override: str, path: Path) -> None:
-    """Set `section.field=value` (value parsed as YAML; list items by index) in the raw recipe, in place."""
+def apply_override(raw: dict, override: str, path: Path) -> tuple[str | int, ...]:
+    """Set `section.field=value` (value parsed as YAML; list items by index) in the raw recipe, in place; returns
+    the key path it set, list indices as ints (as validation errors locate fields)."""
     key, sep, text = override.partition("=")
     if not sep or not key:
         raise RecipeError(f"{path}: override {override!r} must look like section.field=value")
     node: Any = raw
     parts = key.split(".")
+    located: list[str | int] = []
     for depth, part in enumerate(parts):
         last = depth == len(parts) - 1
         where = ".".join(parts[: depth + 1])
@@ -80,6 +82,7 @@ def apply_override(raw: dict, override: str, path: Path) -> None:
             part = int(part)
         elif not isinstance(node, dict):
             raise RecipeError(f"{path}: override {key}: {'.'.join(parts[:depth])} is not a section")
+        located.append(part)
         if last:
             try:
                 node[part] = yaml.safe_load(text) if text else ""
@@ -93,3 +96,4 @@ def apply_override(raw: dict, override: str, path: Path) -> None:
                 node = node.setdefault(part, {})
             else:
                 node = node[part]
+    return tuple(located)
