@@ -57,19 +57,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-dir", type=Path, help="default: a new folder under runs/bench/")
     parser.add_argument("--worker", nargs=3, metavar=("ROWS", "LABEL", "OUT_JSON"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if not args.worker:  # paths given on the command line are the caller's; the recipe's own are the project's
+        args.recipe = str(Path(args.recipe).resolve())
+        args.rows = args.rows and args.rows.resolve()
+        args.output_dir = args.output_dir and args.output_dir.resolve()
     os.chdir(ROOT)  # recipe paths are relative to the project root
     if args.worker:
         return worker(args.recipe, *args.worker, args.overrides)
 
+    arms = {"recipe": args.overrides} | ({"variant": [*args.overrides, *args.variant]} if args.variant else {})
+    missing = [f"rows-{arm}.json" for arm in arms if args.rows and not (args.rows / f"rows-{arm}.json").is_file()]
+    if missing:
+        parser.error(f"--rows {args.rows}: no {', '.join(missing)} there (an earlier sweep's --output-dir holds them)")
     if args.output_dir is None:
         (ROOT / "runs" / "bench").mkdir(parents=True, exist_ok=True)
         args.output_dir = Path(tempfile.mkdtemp(prefix="seeds-", dir=ROOT / "runs" / "bench"))
-    out = args.output_dir.resolve()
+    out = args.output_dir
     out.mkdir(parents=True, exist_ok=True)
-    arms = {"recipe": args.overrides} | ({"variant": [*args.overrides, *args.variant]} if args.variant else {})
     convert_model_once(args.recipe, args.overrides, out)
     # Per arm: a variant may change retrieval or the prompt, and then its prompts (and its base score) differ.
-    rows = {arm: (args.rows.resolve() / f"rows-{arm}.json") if args.rows else build_rows(args.recipe, over, out, arm)
+    rows = {arm: (args.rows / f"rows-{arm}.json") if args.rows else build_rows(args.recipe, over, out, arm)
             for arm, over in arms.items()}
     jobs = [(arm, f"base-{arm}", over) for arm, over in arms.items()]
     jobs += [(arm, f"tuned-{arm}-s{seed}", [*over, f"training.seed={seed}"])

@@ -1,0 +1,59 @@
+"""benchmarks/seed_sweep.py: its argument checks and the paired summary it prints (no training here: the workers
+run `toolkit.train.train` and `toolkit.evaluate`, tested in their own modules)."""
+
+import importlib.util
+import subprocess
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "benchmarks" / "seed_sweep.py"
+
+
+@pytest.fixture(scope="module")
+def sweep():
+    spec = importlib.util.spec_from_file_location("seed_sweep", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_missing_rows_file_is_one_line_error_before_anything_is_written(tmp_path):
+    out = tmp_path / "sweep"
+    done = subprocess.run([sys.executable, str(SCRIPT), "--rows", "nowhere", "--output-dir", str(out),
+                           "--variant", "training.max_steps=2"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2
+    last = done.stderr.strip().splitlines()[-1]
+    # The relative --rows is the caller's path, not the project's; both arms' files are named.
+    assert f"--rows {tmp_path / 'nowhere'}: no rows-recipe.json, rows-variant.json there" in last
+    assert "Traceback" not in done.stderr
+    assert not out.exists()
+
+
+def _result(arm, seed, answer_match, fmt=1.0):
+    label = f"tuned-{arm}-s{seed}" if seed is not None else f"base-{arm}"
+    record = {"arm": arm, "label": label, "answer_match": answer_match, "format": fmt, "truncated": 0.0,
+              "questions": 56}
+    return record | ({"seed": seed} if seed is not None else {})
+
+
+def test_summary_pairs_variant_and_recipe_by_seed(sweep, tmp_path):
+    results = [_result("recipe", None, 0.05), _result("variant", None, 0.05, fmt=0.2),
+               # finished out of order, as parallel workers do
+               _result("variant", 2, 0.30), _result("recipe", 1, 0.20), _result("recipe", 2, 0.25),
+               _result("variant", 1, 0.20), _result("recipe", 3, 0.15), _result("variant", 3, 0.25)]
+    args = Namespace(recipe="recipes/wine.yaml", overrides=[], seeds=[1, 2, 3], variant=["training.x=1"], parallel=2)
+    line = sweep.summary(results, args, 12.34, tmp_path)
+    recipe, variant = line["arms"]["recipe"], line["arms"]["variant"]
+    assert list(recipe["per_seed"]) == ["1", "2", "3"]
+    assert recipe["mean"]["answer_match"] == 0.2 and variant["mean"]["answer_match"] == 0.25
+    assert recipe["gain_mean"] == 0.15 and variant["base"] == {"answer_match": 0.05, "format": 0.2}
+    assert line["paired"]["differences"] == [0.0, 0.05, 0.1]
+    assert line["paired"]["mean"] == 0.05
+    # t(2 df) = 4.303, sd of the differences 0.05: half-width 4.303 * 0.05 / sqrt(3) = 0.1242
+    assert line["paired"]["ci95"] == [-0.0742, 0.1742]
+    assert line["ratio"] == 1.25 and line["seconds"] == 12.3 and line["questions"] == 56
