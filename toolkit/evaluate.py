@@ -18,6 +18,7 @@ import logging
 import sys
 from pathlib import Path
 
+from toolkit.generation import generate_sharing_prefix
 from toolkit.metrics import extracted, retrieval_hit, score_completions, summarize
 from toolkit.models import ModelError
 from toolkit.prompts import build_messages
@@ -40,7 +41,8 @@ def no_context_prompt(recipe: Recipe, row: dict) -> list[dict]:
 
 
 def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, batch_size: int):
-    """Greedy completions for chat prompts; returns (texts, token counts, truncated flags)."""
+    """Greedy completions for chat prompts; returns (texts, token counts, truncated flags). The system message and
+    worked examples every prompt starts with go through the model once per batch (toolkit.generation)."""
     import torch
 
     model.eval()
@@ -52,9 +54,9 @@ def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, b
             return_tensors="pt", return_dict=True,
         ).to(model.device)
         with torch.no_grad():
-            out = model.generate(
-                **batch, max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None, top_k=None,
-                pad_token_id=tokenizer.pad_token_id,
+            out = generate_sharing_prefix(
+                model, batch["input_ids"], batch["attention_mask"], max_new_tokens=max_new_tokens, do_sample=False,
+                temperature=None, top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id,
             )
         for row in out[:, batch["input_ids"].shape[1] :].tolist():
             ended = next((i for i, tok in enumerate(row) if tok in eos), None)

@@ -47,10 +47,16 @@ class HFBackend(Backend):
     def build_trainer(self, recipe, model, tokenizer, **trainer_kwargs):
         from trl import GRPOTrainer
 
+        from toolkit.generation import share_prompt_prefill
         from toolkit.train import lora_config
 
         # TRL wraps the model itself (and, for a 4-bit model, casts the adapter to bf16 as QLoRA recommends).
-        return GRPOTrainer(model=model, processing_class=tokenizer, peft_config=lora_config(recipe), **trainer_kwargs)
+        trainer = GRPOTrainer(model=model, processing_class=tokenizer, peft_config=lora_config(recipe),
+                              **trainer_kwargs)
+        # A step samples its group from copies of one prompt: read the prompt through the model once, not once per
+        # copy. Measured on 2 CPU cores, the wine recipe's first 6 steps: 82 s against 90 s, the same rewards.
+        share_prompt_prefill(trainer.model)
+        return trainer
 
 
 def compute_dtype_name() -> str:
