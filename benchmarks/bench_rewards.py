@@ -3,13 +3,13 @@
     .venv/bin/python benchmarks/bench_rewards.py
 
 Completions are generated deterministically from the wine training questions: clean answers, wrong answers,
-malformed formats, long rambling replies and reward-hack repetitions, in groups of 4 per question as GRPO
-samples them, scored through ``build_reward`` in batches of 64 with the columns TRL passes (conversational
-completions, ``completion_ids``, the row's gold and retrieved context). The row caches are cleared before each
-timed pass, and the best of 7 passes is kept. Time is this process's CPU time (``time.process_time``): the
-rewards run on one core, so that is completions/s on an idle core, and other load on a shared machine does not
-count. ``baseline_len_per_s`` is a trivial
-``len()`` over the same completions in the same run: the ratio to it survives a faster or slower machine.
+malformed formats, copies of the worked example, long rambling replies and reward-hack repetitions, in groups of 4
+per question as GRPO samples them, scored through ``build_reward`` in batches of 64 with the columns TRL passes
+(conversational completions, ``completion_ids``, the row's gold, retrieved context and worked example). The row
+caches are cleared before each timed pass, and the best of 7 passes is kept. Time is this process's CPU time
+(``time.process_time``): the rewards run on one core, so that is completions/s on an idle core, and other load on
+a shared machine does not count. ``baseline_len_per_s`` is a trivial ``len()`` over the same completions in the
+same run: the ratio to it survives a faster or slower machine. Every reward of the wine recipe is measured.
 The model-based rewards (semantic_match, reward_model) are not measured: they run a neural network.
 """
 
@@ -36,7 +36,13 @@ VARIANTS = {
     "length:chars+overlong": ("length", {"unit": "chars", "min_words": 20, "max_words": 300, "falloff": 200,
                                          "max_completion_length": 64, "overlong_buffer": 16}),
     "repetition": ("repetition", {"ngram_size": 3}),
+    "context_grounding:exclude_question": ("context_grounding", {"exclude_question": True}),
+    "reasoning_match": ("reasoning_match", {}),
+    "no_example_copy": ("no_example_copy", {}),
 }
+# The wine recipe's worked example (its `examples` column), which some completions copy: the measured hack.
+EXAMPLE = ("<think>Rioja is a wine region in northern Spain that follows the Ebro River.</think>"
+           "<answer>Ebro River</answer>")
 
 
 def _load(path: Path) -> list[dict]:
@@ -74,6 +80,8 @@ def _completion(rng: random.Random, q: dict, sentences: list[str], golds: list[s
             f"<think>{reason}<answer>{gold}", f"<think>{reason}</think><answer>{gold}</answer> Hope this helps!",
             f"Sure! Here is the answer: <think>{reason}</think><answer>{gold}</answer>",
             f"<think>{reason}</think><think>again</think><answer>{gold}</answer>"])
+    if kind < 0.75:  # the worked example copied, whole or its answer only
+        return rng.choice([EXAMPLE, f"<think>{reason}</think><answer>Ebro River</answer>"])
     if kind < 0.85:  # long rambling reasoning, often cut off at the length limit
         ramble = " ".join(rng.choice(sentences) for _ in range(rng.randint(6, 14)))
         tail = rng.choice(["", f"</think><answer>{gold}</answer>", "</think><answer>I am not"])
@@ -105,6 +113,7 @@ def main() -> None:
         chunk = rows[start:start + BATCH]
         completions = [[{"role": "assistant", "content": r["text"]}] for r in chunk]
         columns = {key: [r[key] for r in chunk] for key in ("question", "answer", "aliases", "context")}
+        columns["examples"] = [[EXAMPLE]] * len(chunk)
         # Token ids as TRL passes them; about 4 characters a token, generation stops at 64.
         columns["completion_ids"] = [list(range(min(len(r["text"]) // 4, 64))) for r in chunk]
         columns["prompts"] = [prompt] * len(chunk)
