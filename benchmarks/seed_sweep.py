@@ -150,12 +150,13 @@ def worker(recipe_path: str, rows_path: str, label: str, result: str, overrides:
 
     logging.basicConfig(level=logging.WARNING)
     out = Path(result).with_suffix("")
-    recipe = load_recipe(recipe_path, [*overrides, f"output_dir={out}", "model.backend=hf"])
+    # toolkit.train turns bf16 autocast on wherever the GPU has it; off (GRPOConfig's bf16, through the recipe's
+    # training.trl), the GPU runs the CPU recipe's fp32.
+    fp32 = ["training.trl.bf16=false"] if torch.cuda.is_available() else []
+    recipe = load_recipe(recipe_path, [*overrides, *fp32, f"output_dir={out}", "model.backend=hf"])
     rows = json.loads(Path(rows_path).read_text())
     model, tokenizer = load_model(resolve_model(recipe.model.name_or_path, recipe.model.cache_dir), "float32")
     if torch.cuda.is_available():
-        # toolkit.train turns bf16 autocast on wherever the GPU has it; off, the GPU runs the CPU recipe's fp32.
-        torch.cuda.is_bf16_supported = lambda *args, **kwargs: False
         model = model.to("cuda")
     eval_rows = rows["eval"][: recipe.eval.limit]
     start = time.perf_counter()
