@@ -36,13 +36,22 @@ def make_rows(recipe, n=3):
     return rows
 
 
+class Seen(list):
+    """The prompts `generate` got, and its `share_prefix` flag per call."""
+
+    def __init__(self):
+        super().__init__()
+        self.share_prefix = []
+
+
 @pytest.fixture
 def canned(monkeypatch):
     """`generate` answers from a table keyed by whether the prompt's last turn carries a context."""
-    seen = []
+    seen = Seen()
 
-    def fake_generate(model, tokenizer, prompts, max_new_tokens, batch_size):
+    def fake_generate(model, tokenizer, prompts, max_new_tokens, batch_size, share_prefix):
         seen.extend(prompts)
+        seen.share_prefix.append(share_prefix)
         texts = [model[bool(p[-1]["content"].split("Question:")[0].strip().removeprefix("Context:").strip())]
                  for p in prompts]
         return texts, [len(t.split()) for t in texts], [False] * len(texts)
@@ -64,8 +73,9 @@ def test_three_columns_share_questions(recipe, canned):
     base_model = {True: GOOD, False: "<think>I recall.</think><answer>Merlot</answer>"}
     tuned_model = {True: GOOD, False: GOOD}
     results = evaluate_columns(recipe, base_model, None, rows, ("no_context", "base"))
-    results |= evaluate_columns(recipe, tuned_model, None, rows, ("tuned",))
+    results |= evaluate_columns(recipe, tuned_model, None, rows, ("tuned",), share_prefix=False)
     assert len(canned) == 9
+    assert canned.share_prefix == [True, True, False]  # on by default; a backend may turn it off (Unsloth)
     section, predictions = compare(recipe, rows, results)
 
     assert section["no_context"]["answer_match"] == 0.0

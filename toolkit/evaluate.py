@@ -40,9 +40,11 @@ def no_context_prompt(recipe: Recipe, row: dict) -> list[dict]:
     return build_messages(recipe.prompt, row["question"], [])
 
 
-def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, batch_size: int):
-    """Greedy completions for chat prompts; returns (texts, token counts, truncated flags). The system message and
-    worked examples every prompt starts with go through the model once per batch (toolkit.generation)."""
+def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, batch_size: int,
+             share_prefix: bool = True):
+    """Greedy completions for chat prompts; returns (texts, token counts, truncated flags). With `share_prefix`,
+    the system message and worked examples every prompt starts with go through the model once per batch
+    (toolkit.generation); the completions are the same."""
     import torch
 
     model.eval()
@@ -54,7 +56,8 @@ def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, b
             return_tensors="pt", return_dict=True,
         ).to(model.device)
         with torch.no_grad():
-            out = generate_sharing_prefix(
+            how = generate_sharing_prefix if share_prefix else _plain_generate
+            out = how(
                 model, batch["input_ids"], batch["attention_mask"], max_new_tokens=max_new_tokens, do_sample=False,
                 temperature=None, top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id,
             )
@@ -66,14 +69,20 @@ def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, b
     return texts, lengths, truncated
 
 
-def evaluate_column(recipe: Recipe, model, tokenizer, rows: list[dict], label: str) -> list[dict]:
+def _plain_generate(model, input_ids, attention_mask, **kwargs):
+    return model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+
+
+def evaluate_column(recipe: Recipe, model, tokenizer, rows: list[dict], label: str,
+                    share_prefix: bool = True) -> list[dict]:
     """One column's per-question results: `{"completion", "answer", "scores"}` (scores: metric → value)."""
     if label not in COLUMNS:
         raise ValueError(f"unknown eval column {label!r}; known: {', '.join(COLUMNS)}")
     with_context = label != "no_context"
     logger.info("evaluating %s on %d questions", label, len(rows))
     prompts = [row["prompt"] if with_context else no_context_prompt(recipe, row) for row in rows]
-    texts, lengths, truncated = generate(model, tokenizer, prompts, recipe.eval.max_new_tokens, recipe.eval.batch_size)
+    texts, lengths, truncated = generate(model, tokenizer, prompts, recipe.eval.max_new_tokens, recipe.eval.batch_size,
+                                         share_prefix)
     # A reply the chat template opened (R1's "<think>\n") is scored, and shown, whole.
     texts = [row.get("completion_prefix", "") + text for row, text in zip(rows, texts, strict=True)]
     results = []
@@ -87,8 +96,9 @@ def evaluate_column(recipe: Recipe, model, tokenizer, rows: list[dict], label: s
     return results
 
 
-def evaluate_columns(recipe: Recipe, model, tokenizer, rows: list[dict], labels) -> dict[str, list[dict]]:
-    return {label: evaluate_column(recipe, model, tokenizer, rows, label) for label in labels}
+def evaluate_columns(recipe: Recipe, model, tokenizer, rows: list[dict], labels,
+                     share_prefix: bool = True) -> dict[str, list[dict]]:
+    return {label: evaluate_column(recipe, model, tokenizer, rows, label, share_prefix) for label in labels}
 
 
 def compare(recipe: Recipe, rows: list[dict], results: dict[str, list[dict]]) -> tuple[dict, list[dict]]:

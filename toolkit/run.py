@@ -54,14 +54,15 @@ def run(recipe: Recipe, console: Console, resume: bool = False) -> dict:
     model_path = resolve_model(recipe.model.name_or_path, recipe.model.cache_dir)
     preflight(recipe, model_path, train_rows + eval_rows, backend.name)  # CUDA only: refuse what cannot fit
     model, tokenizer = backend.load(recipe, model_path)
+    share = backend.shares_prompt_prefill  # evaluation reads the prompts' common prefix once (toolkit.generation)
     add_reply_prefix(train_rows + eval_rows, tokenizer)  # e.g. R1's template opens the reply with <think>
     results = base_results(work, eval_key(recipe, model_path, eval_rows), resume,
                            lambda: evaluate_columns(recipe, backend.for_inference(model, tokenizer), tokenizer,
-                                                    eval_rows, ("no_context", "base")))
+                                                    eval_rows, ("no_context", "base"), share))
 
     trainer, trained = train(recipe, model, tokenizer, train_rows, work, resume_from=checkpoint, backend=backend)
     tuned = backend.for_inference(trainer.model, tokenizer)
-    results |= evaluate_columns(recipe, tuned, tokenizer, eval_rows, ("tuned",))
+    results |= evaluate_columns(recipe, tuned, tokenizer, eval_rows, ("tuned",), share)
 
     save_dir_atomic(out / "adapter", lambda path: backend.save_adapter(trainer.model, path))
     evaluation, predictions = compare(recipe, eval_rows, results)

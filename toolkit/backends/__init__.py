@@ -44,6 +44,8 @@ class Backend(ABC):
     """Load the model, build the GRPO trainer, save the adapter: everything that differs between backends."""
 
     name: str
+    # Evaluation generates with toolkit.generation's shared prompt prefix (a KV cache filled before `generate`).
+    shares_prompt_prefill = True
 
     def __init__(self, reason: str = ""):
         self.reason = reason  # why this backend was chosen, for the log and the report

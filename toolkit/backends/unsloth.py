@@ -103,6 +103,10 @@ class UnslothBackend(Backend):
             )
         return GRPOTrainer(model=model, processing_class=tokenizer, **trainer_kwargs)
 
+    # Unsloth's fast inference keeps a KV cache of its own; a prefilled one handed to its generate has not been
+    # tried on a GPU, so its evaluation generates plainly.
+    shares_prompt_prefill = False
+
     def for_inference(self, model, tokenizer):
         from unsloth import FastLanguageModel
 
