@@ -5,8 +5,8 @@
 
 Two workloads, each run plain and shared in alternation (plain, shared, plain, shared: a burst of other load hits
 both), best of the rounds kept:
-- `eval`: greedy answers to the first `--questions` eval questions in batches of `eval.batch_size`, as
-  `toolkit.evaluate` writes them (the prompts share the system message and the worked example);
+- `eval`: greedy answers to the first `--questions` eval questions in batches of `eval.batch_size`, through
+  `toolkit.evaluate.generate` itself (the prompts share the system message and the worked example);
 - `group`: `--groups` GRPO groups, `training.num_generations` sampled completions of one training prompt each, as
   TRL's generate call gets them, from the same seed.
 
@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from toolkit.evaluate import generate
     from toolkit.generation import generate_sharing_prefix
     from toolkit.models import load_model, resolve_model
     from toolkit.prompts import build_splits
@@ -51,43 +52,41 @@ def main(argv: list[str] | None = None) -> int:
         return tokenizer.apply_chat_template(chats, add_generation_prompt=True, tokenize=True, padding=True,
                                              return_tensors="pt", return_dict=True)
 
+    prompts = [row["prompt"] for row in splits.eval]
     size = recipe.eval.batch_size
-    eval_batches = [encode([row["prompt"] for row in splits.eval[i : i + size]])
-                    for i in range(0, len(splits.eval), size)]
-    n = recipe.training.num_generations
-    groups = [encode([row["prompt"]] * n) for row in splits.train[: args.groups]]
-    greedy = dict(max_new_tokens=recipe.eval.max_new_tokens, do_sample=False, temperature=None, top_p=None,
-                  top_k=None, pad_token_id=tokenizer.pad_token_id)
+    groups = [encode([row["prompt"]] * recipe.training.num_generations) for row in splits.train[: args.groups]]
     sampled = dict(max_new_tokens=recipe.training.max_completion_length, do_sample=True,
                    temperature=recipe.training.temperature, top_p=recipe.training.top_p, top_k=0,
                    pad_token_id=tokenizer.pad_token_id)
 
-    def plain(batch, **kwargs):
-        return model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kwargs)
+    def answer_eval(share: bool):  # toolkit.evaluate's own generation: texts, token counts, truncated flags
+        return generate(model, tokenizer, prompts, recipe.eval.max_new_tokens, size, share)
 
-    def shared(batch, **kwargs):
-        return generate_sharing_prefix(model, batch["input_ids"], batch["attention_mask"], **kwargs)
-
-    def run(how, batches, settings, seed):
-        torch.manual_seed(seed)
-        start = time.perf_counter()
+    def sample_groups(share: bool):
         with torch.no_grad():
-            outs = [how(batch, **settings) for batch in batches]
-        return time.perf_counter() - start, [out.tolist() for out in outs]
+            return [(generate_sharing_prefix(model, g["input_ids"], g["attention_mask"], **sampled) if share
+                     else model.generate(input_ids=g["input_ids"], attention_mask=g["attention_mask"], **sampled))
+                    .tolist() for g in groups]
 
+    eval_tokens = sum(int(encode(prompts[i : i + size])["attention_mask"].sum()) for i in range(0, len(prompts), size))
+    sizes = {"eval": (-(-len(prompts) // size), len(prompts), eval_tokens),
+             "group": (len(groups), sum(len(g["input_ids"]) for g in groups),
+                       sum(int(g["attention_mask"].sum()) for g in groups))}
     line = {"bench": "generation", "recipe": args.recipe, "threads": torch.get_num_threads()}
-    for name, batches, settings in (("eval", eval_batches, greedy), ("group", groups, sampled)):
+    for name, work in (("eval", answer_eval), ("group", sample_groups)):
         best = {"plain": float("inf"), "shared": float("inf")}
-        tokens = {}
+        outputs = {}
         for _ in range(args.rounds):
-            for label, how in (("plain", plain), ("shared", shared)):
-                seconds, tokens[label] = run(how, batches, settings, recipe.training.seed)
-                best[label] = min(best[label], seconds)
-        prompt_tokens = sum(int(b["attention_mask"].sum()) for b in batches)
-        line[name] = {"batches": len(batches), "rows": sum(len(b["input_ids"]) for b in batches),
-                      "prompt_tokens": prompt_tokens, "plain_s": round(best["plain"], 2),
-                      "shared_s": round(best["shared"], 2), "ratio": round(best["shared"] / best["plain"], 3),
-                      "identical": tokens["plain"] == tokens["shared"]}
+            for label in ("plain", "shared"):
+                torch.manual_seed(recipe.training.seed)
+                start = time.perf_counter()
+                outputs[label] = work(label == "shared")
+                best[label] = min(best[label], time.perf_counter() - start)
+        batches, rows, prompt_tokens = sizes[name]
+        line[name] = {"batches": batches, "rows": rows, "prompt_tokens": prompt_tokens,
+                      "plain_s": round(best["plain"], 2), "shared_s": round(best["shared"], 2),
+                      "ratio": round(best["shared"] / best["plain"], 3),
+                      "identical": outputs["plain"] == outputs["shared"]}
     print(json.dumps(line), flush=True)
     return 0
 

@@ -50,27 +50,23 @@ def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, b
     model.eval()
     texts, lengths, truncated = [], [], []
     eos = {tokenizer.eos_token_id, tokenizer.pad_token_id}
+    settings = dict(max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None, top_k=None,
+                    pad_token_id=tokenizer.pad_token_id)
     for start in range(0, len(prompts), batch_size):
         batch = tokenizer.apply_chat_template(
             prompts[start : start + batch_size], add_generation_prompt=True, tokenize=True, padding=True,
             return_tensors="pt", return_dict=True,
         ).to(model.device)
+        ids, mask = batch["input_ids"], batch["attention_mask"]
         with torch.no_grad():
-            how = generate_sharing_prefix if share_prefix else _plain_generate
-            out = how(
-                model, batch["input_ids"], batch["attention_mask"], max_new_tokens=max_new_tokens, do_sample=False,
-                temperature=None, top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id,
-            )
-        for row in out[:, batch["input_ids"].shape[1] :].tolist():
+            out = (generate_sharing_prefix(model, ids, mask, **settings) if share_prefix
+                   else model.generate(input_ids=ids, attention_mask=mask, **settings))
+        for row in out[:, ids.shape[1] :].tolist():
             ended = next((i for i, tok in enumerate(row) if tok in eos), None)
             lengths.append(ended if ended is not None else len(row))
             truncated.append(ended is None)
             texts.append(tokenizer.decode(row[: lengths[-1]], skip_special_tokens=True))
     return texts, lengths, truncated
-
-
-def _plain_generate(model, input_ids, attention_mask, **kwargs):
-    return model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
 
 def evaluate_column(recipe: Recipe, model, tokenizer, rows: list[dict], label: str,

@@ -41,13 +41,15 @@ def shared_prefix_length(input_ids, attention_mask) -> int:
     return min(common, shortest - 1)
 
 
-def generate_sharing_prefix(model, input_ids, attention_mask, **generate_kwargs):
+def generate_sharing_prefix(model, input_ids, attention_mask, *, generate=None, **generate_kwargs):
     """`model.generate(input_ids=..., attention_mask=..., **generate_kwargs)` for a left-padded batch, with the
     prompt prefix all rows share computed once. Returns what `generate` returns: the prompts as given, then the
     completions. Batches with one row, a short shared prefix, beams, several sequences per prompt or a cache of
-    their own go to plain `generate`."""
+    their own go to plain `generate`. `generate`: the generate function to call (default `model.generate`)."""
     import torch
     from transformers import DynamicCache
+
+    generate = generate or model.generate
 
     config = generate_kwargs.get("generation_config") or model.generation_config
     plain = (
@@ -58,7 +60,7 @@ def generate_sharing_prefix(model, input_ids, attention_mask, **generate_kwargs)
     )
     shared = 0 if plain else shared_prefix_length(input_ids, attention_mask)
     if shared < MIN_SHARED_TOKENS:
-        return model.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
+        return generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
 
     batch, width = input_ids.shape
     lengths = attention_mask.sum(dim=1)
@@ -77,7 +79,7 @@ def generate_sharing_prefix(model, input_ids, attention_mask, **generate_kwargs)
     for i, n in enumerate(lengths.tolist()):
         own = n - shared
         ids[i, width - own :], mask[i, width - own :] = input_ids[i, width - own :], 1
-    out = model.generate(input_ids=ids, attention_mask=mask, past_key_values=cache, **generate_kwargs)
+    out = generate(input_ids=ids, attention_mask=mask, past_key_values=cache, **generate_kwargs)
     return torch.cat([input_ids, out[:, width:]], dim=1)
 
 
@@ -91,19 +93,6 @@ def share_prompt_prefill(model) -> None:
     def generate(*args, **kwargs):
         if args or kwargs.get("input_ids") is None or kwargs.get("attention_mask") is None:
             return original(*args, **kwargs)
-        return generate_sharing_prefix(_Plain(model, original), **kwargs)
+        return generate_sharing_prefix(model, generate=original, **kwargs)
 
     model.generate = generate
-
-
-class _Plain:
-    """The model, with its own `generate` standing in for the wrapper (so the wrapper does not call itself)."""
-
-    def __init__(self, model, generate):
-        self._model, self.generate = model, generate
-
-    def __call__(self, *args, **kwargs):
-        return self._model(*args, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self._model, name)
