@@ -165,6 +165,8 @@ def test_hf_backend_trains_one_real_step(tmp_path):
     rows = [{"prompt": [{"role": "user", "content": "Name a red grape."}]}] * 2
     trainer, result = train(recipe, model, tokenizer, rows, tmp_path / "trainer", backend=backend)
     assert result.steps == 1
+    # Generation and the loss pass read each group's shared prompt once (toolkit.generation).
+    assert {"generate", "forward"} <= set(vars(trainer.model))
     backend.save_adapter(trainer.model, tmp_path / "adapter")
     config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert config["r"] == recipe.training.lora.r and config["layers_to_transform"] == list(range(15, 30))

@@ -1,9 +1,17 @@
-"""toolkit.generation: the shared prompt prefix is read once, and the completions are those of plain `generate`."""
+"""toolkit.generation: the shared prompt prefix is read once, and the completions are those of plain `generate`;
+in the loss pass, the log-probabilities and gradients are those of the plain forward."""
 
 import pytest
 import torch
 
-from toolkit.generation import MIN_SHARED_TOKENS, generate_sharing_prefix, share_prompt_prefill, shared_prefix_length
+from toolkit.generation import (
+    MIN_SHARED_TOKENS,
+    generate_sharing_prefix,
+    share_prompt_forward,
+    share_prompt_prefill,
+    shared_columns,
+    shared_prefix_length,
+)
 from toolkit.models import load_model, resolve_model
 from toolkit.prompts import build_messages
 from toolkit.recipe import load_recipe
@@ -28,6 +36,15 @@ def test_shared_prefix_of_a_left_padded_batch():
     ids, mask = left_padded([5, 6, 7], [5, 6, 7, 8])
     assert shared_prefix_length(ids, mask) == 2
     assert shared_prefix_length(*left_padded([1, 2], [3, 4])) == 0
+
+
+def test_shared_columns_need_the_same_token_and_no_padding():
+    ids = torch.tensor([[5, 6, 7, 8], [5, 6, 7, 9], [5, 6, 1, 9]])
+    assert shared_columns(ids, torch.ones_like(ids)) == 2
+    assert shared_columns(ids[:2], torch.ones_like(ids[:2])) == 3
+    assert shared_columns(ids[:1], torch.ones_like(ids[:1])) == 4
+    # Left-padded prompts of different lengths: the first column is padding, nothing is shared.
+    assert shared_columns(*left_padded([5, 6, 7], [5, 6, 7, 8])) == 0
 
 
 def test_right_padding_shares_nothing():
@@ -109,3 +126,54 @@ def test_a_wrapped_model_samples_a_group_as_before(model_and_prompts):
         assert sizes.seen == [(1, ids.shape[1] - 1)]
     finally:
         model.unload()  # the module-scoped base model goes back to the other tests without LoRA layers
+
+
+def test_the_loss_pass_reads_the_prompt_once_with_the_same_logps_and_gradients(model_and_prompts):
+    """TRL's GRPO loss: one forward and backward over [prompt | completion] of a group; shared, the prompt goes
+    through once and the completions' log-probabilities and the adapter's gradients are those of the plain pass."""
+    from peft import LoraConfig, get_peft_model
+
+    base, tokenizer, batch = model_and_prompts
+    torch.manual_seed(0)
+    model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"],
+                                            task_type="CAUSAL_LM"))
+    try:
+        for name, param in model.named_parameters():
+            if "lora_B" in name:  # zero at init: give the adapter something to differentiate
+                torch.nn.init.normal_(param, std=0.02)
+        padding = int((batch["attention_mask"][0] == 0).sum())
+        prompt = batch["input_ids"][:1, padding:].repeat(4, 1)
+        completion = torch.randint(100, 10_000, (4, 8))
+        completion_mask = torch.ones_like(completion)
+        completion_mask[1, 5:] = completion_mask[3, 2:] = 0  # right-padded, as TRL pads completions
+        ids = torch.cat([prompt, completion], dim=1)
+        mask = torch.cat([torch.ones_like(prompt), completion_mask], dim=1)
+        keep = completion.shape[1] + 1  # TRL asks for one more logit than completion tokens
+
+        def loss_pass():
+            model.zero_grad()
+            logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep, use_cache=False).logits
+            logps = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, completion.unsqueeze(-1)).squeeze(-1)
+            (-(logps * completion_mask).sum() / completion_mask.sum()).backward()
+            grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+            return logps.detach(), grads
+
+        plain_logps, plain_grads = loss_pass()
+        share_prompt_forward(model)
+        assert "forward" in vars(model) and "forward" not in vars(base)  # this object only
+        sizes = PrefillSizes(model)
+        try:
+            shared_logps, shared_grads = loss_pass()
+            # Any other call (here generation's, with a cache) is transformers' forward, all rows at once.
+            with torch.no_grad():
+                model(input_ids=ids, attention_mask=mask, use_cache=True)
+        finally:
+            sizes.handle.remove()
+        # The prompt but its last token, whose logit scores the first completion token and so must be recomputed.
+        assert sizes.seen == [(1, ids.shape[1] - keep), (4, keep), (4, ids.shape[1])]
+        torch.testing.assert_close(shared_logps, plain_logps, rtol=1e-4, atol=1e-4)
+        assert plain_grads and all(g.abs().sum() > 0 for g in plain_grads)
+        for shared_grad, plain_grad in zip(shared_grads, plain_grads, strict=True):
+            torch.testing.assert_close(shared_grad, plain_grad, rtol=1e-3, atol=1e-6)
+    finally:
+        model.unload()

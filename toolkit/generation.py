@@ -9,6 +9,13 @@ recipe's ~270), and a GRPO step samples its group from copies of one prompt. On 
 The batch keeps its length: [shared prefix | left-padded rest of each prompt]. Positions come from the attention
 mask (transformers numbers tokens by its cumulative sum), so a padded gap after the prefix changes no position and
 no attention; completions match plain `generate` up to float rounding.
+
+The GRPO loss reads the same prompt again: TRL scores each group's completions with one forward and backward pass
+over [prompt | completion] for every row. `share_prompt_forward` makes that pass read the rows' common prefix once
+too (4 × 318 tokens forward and backward took 4.7 s on 2 cores; shared, 2.5 s, the same log-probabilities and
+gradients up to float rounding): the prefix runs at batch size 1, its KV cache (still attached to the graph) is
+copied to every row, and the rest of each row runs against it, so the gradient through the prefix is the sum
+over the rows, as it is when each row computes it.
 """
 
 from __future__ import annotations
@@ -96,3 +103,52 @@ def share_prompt_prefill(model) -> None:
         return generate_sharing_prefix(model, generate=original, **kwargs)
 
     model.generate = generate
+
+
+def shared_columns(input_ids, attention_mask) -> int:
+    """Leading columns where every row has the same token and no padding (a batch of one prompt's completions
+    shares its whole prompt; a batch of left-padded different prompts shares nothing)."""
+    same = (input_ids == input_ids[:1]).all(dim=0) & attention_mask.bool().all(dim=0)
+    differs = (~same).nonzero()
+    return int(differs[0]) if len(differs) else input_ids.shape[1]
+
+
+def forward_sharing_prefix(model, input_ids, attention_mask, logits_to_keep, *, forward):
+    """`forward(input_ids=..., attention_mask=..., logits_to_keep=..., use_cache=False)` (the call TRL's loss
+    makes), with the columns all rows share run once. Returns that call's output, whose `logits` are those of the
+    last `logits_to_keep` positions; None when too little is shared to be worth a second pass."""
+    from transformers import DynamicCache
+
+    # The rest of the batch must hold every position whose logits are wanted.
+    shared = min(shared_columns(input_ids, attention_mask), input_ids.shape[1] - logits_to_keep)
+    if input_ids.shape[0] < 2 or shared < MIN_SHARED_TOKENS:
+        return None
+    cache = DynamicCache(config=model.config)
+    forward(input_ids=input_ids[:1, :shared], attention_mask=attention_mask[:1, :shared], past_key_values=cache,
+            use_cache=True)
+    cache.batch_repeat_interleave(input_ids.shape[0])
+    # No position ids are passed either way: both calls number the tokens by their column, as the full pass does.
+    return forward(input_ids=input_ids[:, shared:], attention_mask=attention_mask, past_key_values=cache,
+                   use_cache=True, logits_to_keep=logits_to_keep)
+
+
+def share_prompt_forward(model) -> None:
+    """Make this model's forward pass share the prompt its rows have in common when it is called the way TRL's
+    GRPO loss calls it (`input_ids`, `attention_mask`, `logits_to_keep`, `use_cache=False`, nothing else). Any
+    other call, and every other model, runs transformers' forward unchanged. Not with gradient checkpointing,
+    which recomputes layers without a cache."""
+    original = model.forward
+    loss_call = {"input_ids", "attention_mask", "logits_to_keep", "use_cache"}
+
+    @functools.wraps(original)
+    def forward(*args, **kwargs):
+        if (not args and set(kwargs) == loss_call and kwargs["use_cache"] is False
+                and isinstance(kwargs["logits_to_keep"], int) and kwargs["logits_to_keep"] > 0
+                and not getattr(model, "is_gradient_checkpointing", False)):
+            out = forward_sharing_prefix(model, kwargs["input_ids"], kwargs["attention_mask"],
+                                         kwargs["logits_to_keep"], forward=original)
+            if out is not None:
+                return out
+        return original(*args, **kwargs)
+
+    model.forward = forward

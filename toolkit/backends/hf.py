@@ -47,7 +47,7 @@ class HFBackend(Backend):
     def build_trainer(self, recipe, model, tokenizer, **trainer_kwargs):
         from trl import GRPOTrainer
 
-        from toolkit.generation import share_prompt_prefill
+        from toolkit.generation import share_prompt_forward, share_prompt_prefill
         from toolkit.train import lora_config
 
         # TRL wraps the model itself (and, for a 4-bit model, casts the adapter to bf16 as QLoRA recommends).
@@ -56,6 +56,8 @@ class HFBackend(Backend):
         # A step samples its group from copies of one prompt: read the prompt through the model once, not once per
         # copy. Measured on 2 CPU cores, the wine recipe's first 6 steps: 82 s against 90 s, the same rewards.
         share_prompt_prefill(trainer.model)
+        # The loss pass reads each row's [prompt | completion] again: there too the prompt goes through once.
+        share_prompt_forward(trainer.model)
         return trainer
 
 
