@@ -1,17 +1,22 @@
-"""Shared-prefix generation (toolkit.generation) against plain `generate`, on the wine recipe's prompts; one JSON line.
+"""Shared-prefix generation and loss pass (toolkit.generation) against plain ones, wine prompts; one JSON line.
 
-    .venv/bin/python benchmarks/bench_generation.py            # ~6.5 min on 2 CPU cores
+    .venv/bin/python benchmarks/bench_generation.py            # ~7 min on 2 CPU cores
     .venv/bin/python benchmarks/bench_generation.py --questions 16 --groups 2     # a quick look
 
-Two workloads, each run plain and shared in alternation (plain, shared, plain, shared: a burst of other load hits
+Three workloads, each run plain and shared in alternation (plain, shared, plain, shared: a burst of other load hits
 both), best of the rounds kept:
 - `eval`: greedy answers to the first `--questions` eval questions in batches of `eval.batch_size`, through
   `toolkit.evaluate.generate` itself (the prompts share the system message and the worked example);
 - `group`: `--groups` GRPO groups, `training.num_generations` sampled completions of one training prompt each, as
-  TRL's generate call gets them, from the same seed.
+  TRL's generate call gets them, from the same seed;
+- `loss`: TRL's loss pass over those groups (the plain run's completions, masked after their first end-of-turn
+  token as TRL masks them): forward over [prompt | completion] with the recipe's LoRA adapter, log-probabilities of
+  the completion tokens, backward. Plain: the model's forward; shared: `forward_sharing_prefix`, what
+  `share_prompt_forward` installs in training.
 
 `ratio` is shared seconds / plain seconds (below 1: faster). `identical` says whether both ways produced the same
-tokens; sampled groups draw the same random numbers, so they should match too, barring float rounding.
+tokens; sampled groups draw the same random numbers, so they should match too, barring float rounding. For `loss`,
+`max_logp_diff` is the largest difference between the two ways' log-probabilities (float rounding only).
 """
 
 from __future__ import annotations
@@ -87,8 +92,57 @@ def main(argv: list[str] | None = None) -> int:
                       "plain_s": round(best["plain"], 2), "shared_s": round(best["shared"], 2),
                       "ratio": round(best["shared"] / best["plain"], 3),
                       "identical": outputs["plain"] == outputs["shared"]}
+    completions = outputs["plain"]  # the last workload's: the sampled groups
+
+    line["loss"] = time_loss_pass(recipe, model, tokenizer, groups, completions, args.rounds)
     print(json.dumps(line), flush=True)
     return 0
+
+
+def time_loss_pass(recipe, model, tokenizer, groups, sampled, rounds) -> dict:
+    """TRL's loss pass on the sampled groups, plain and shared in alternation; best of `rounds`."""
+    import torch
+    from peft import get_peft_model
+
+    from toolkit.generation import forward_sharing_prefix
+    from toolkit.train import lora_config
+
+    peft_model = get_peft_model(model, lora_config(recipe))
+    batches = []
+    for group, rows in zip(groups, sampled, strict=True):
+        ids = torch.tensor(rows)
+        prompt_width = group["input_ids"].shape[1]
+        completion = ids[:, prompt_width:]
+        # TRL keeps a completion up to and including its first end-of-turn token.
+        ended = (completion == tokenizer.eos_token_id).int().cumsum(dim=1)
+        completion_mask = ((ended == 0) | ((ended == 1) & (completion == tokenizer.eos_token_id))).long()
+        batches.append((ids, torch.cat([group["attention_mask"], completion_mask], dim=1), completion,
+                        completion_mask))
+
+    def loss_pass(share: bool):
+        logps_all = []
+        for ids, mask, completion, completion_mask in batches:
+            keep = completion.shape[1] + 1
+            out = forward_sharing_prefix(peft_model, ids, mask, keep, forward=peft_model.forward) if share else None
+            if out is None:
+                out = peft_model(input_ids=ids, attention_mask=mask, logits_to_keep=keep, use_cache=False)
+            logps = torch.log_softmax(out.logits[:, :-1], dim=-1).gather(-1, completion.unsqueeze(-1)).squeeze(-1)
+            (-(logps * completion_mask).sum() / completion_mask.sum()).backward()
+            peft_model.zero_grad()
+            logps_all.append(logps.detach() * completion_mask)
+        return logps_all
+
+    best, logps = {"plain": float("inf"), "shared": float("inf")}, {}
+    for _ in range(rounds):
+        for label in ("plain", "shared"):
+            start = time.perf_counter()
+            logps[label] = loss_pass(label == "shared")
+            best[label] = min(best[label], time.perf_counter() - start)
+    diff = max(float((a - b).abs().max()) for a, b in zip(logps["plain"], logps["shared"], strict=True))
+    return {"batches": len(batches), "rows": sum(len(b[0]) for b in batches),
+            "tokens": sum(int(b[1].sum()) for b in batches),
+            "plain_s": round(best["plain"], 2), "shared_s": round(best["shared"], 2),
+            "ratio": round(best["shared"] / best["plain"], 3), "max_logp_diff": float(f"{diff:.2g}")}
 
 
 if __name__ == "__main__":
