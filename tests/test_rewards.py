@@ -254,6 +254,14 @@ def test_reasoning_match(text, expected):
     assert reasoning_match([text], answer=["Nebbiolo"], aliases=[["Spanna"]]) == [expected]
 
 
+def test_reasoning_match_min_words_pays_a_quoted_sentence_not_the_answer_alone():
+    short = "<think>Nebbiolo</think><answer>Nebbiolo</answer>"
+    assert reasoning_match([short, CLEAN], answer=["Nebbiolo"] * 2) == [1.0, 1.0]
+    assert reasoning_match([short, CLEAN], min_words=4, answer=["Nebbiolo"] * 2) == [0.0, 1.0]
+    with pytest.raises(ValueError, match="reward 'reasoning_match': min_words must be an integer >= 1, got 0"):
+        reasoning_match([CLEAN], min_words=0, answer=["Nebbiolo"])
+
+
 def test_reasoning_match_none_without_gold():
     assert reasoning_match([CLEAN, CLEAN], answer=[None, " "]) == [None, None]
 
@@ -376,7 +384,7 @@ def test_rewards_registry():
     ("answer_match", ["partial", "rel_tolerance", "tolerance"]), ("format", ["mode"]),
     ("context_grounding", ["exclude_question", "include_reasoning"]),
     ("length", ["falloff", "max_completion_length", "max_words", "min_words", "overlong_buffer", "unit"]),
-    ("repetition", ["max_penalty", "ngram_size"]), ("reasoning_match", []), ("no_example_copy", []),
+    ("repetition", ["max_penalty", "ngram_size"]), ("reasoning_match", ["min_words"]), ("no_example_copy", []),
     ("semantic_match", ["batch_size", "device", "embedder"]),
     ("reward_model", ["batch_size", "device", "max_length", "model", "positive_label", "with_question"]),
 ])
@@ -409,6 +417,7 @@ def test_accepted_params(name, expected):
     ("repetition", {"max_penalty": -0.5}, "max_penalty must be in (0, 1]"),
     ("context_grounding", {"context": [["x"]]}, "unknown param 'context'"),
     ("format", {"mode": "stric"}, "reward 'format': unknown mode 'stric' (accepted: soft, strict)"),
+    ("reasoning_match", {"min_words": 0}, "reward 'reasoning_match': min_words must be an integer >= 1, got 0"),
     ("format", {"mode": 1}, "param 'mode' must be str"),
     ("answer_match", {"partial": "yes"}, "param 'partial' must be a bool"),
     ("length", {"min_words": 80}, "min_words (80) > max_words (60)"),

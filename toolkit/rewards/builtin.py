@@ -64,17 +64,23 @@ def _score_golds(completions: Sequence[Any], answer: Sequence[str | None] | None
 
 
 # --------------------------------------------------------------------------------------------- reasoning_match
-def reasoning_match(completions: Sequence[Any], *, answer: Sequence[str | None] | None = None,
+def reasoning_match(completions: Sequence[Any], *, min_words: int = 1, answer: Sequence[str | None] | None = None,
                     aliases: Sequence[Sequence[str] | None] | None = None, **kwargs: Any) -> list[float | None]:
-    """1.0 when the closed ``<think>`` block contains the gold or an alias as a whole-token phrase (both
-    normalized), else 0.0 (also with no closed think block or several ``<think>`` tags); None without gold.
+    """1.0 when the closed ``<think>`` block has at least ``min_words`` words and contains the gold or an alias
+    as a whole-token phrase (both normalized), else 0.0 (also with no closed think block or several ``<think>``
+    tags); None without gold.
 
     Partial credit for reasoning that found the answer: a small model quotes the answering sentence of the
     context long before it learns to put the right span in ``<answer>``, so this pays early, when answer_match
-    is still 0 for every sample of a group and gives GRPO nothing to compare.
+    is still 0 for every sample of a group and gives GRPO nothing to compare. ``min_words`` keeps it paying for
+    a quoted sentence, not for a think that is the answer alone (``<think>Tuscany</think><answer>Tuscany</answer>``).
     """
+    check_reasoning_match(min_words=min_words)
+
     def score(text: str, gold_list: list[str]) -> float:
-        think = f" {normalize(think_text(text))} " if text.count("<think>") == 1 else "  "
+        if text.count("<think>") != 1 or len(think_text(text).split()) < min_words:
+            return 0.0
+        think = f" {normalize(think_text(text))} "
         return 1.0 if any(key and f" {key} " in think for key in map(normalize, gold_list)) else 0.0
 
     return _score_golds(completions, answer, aliases, score)
@@ -303,6 +309,11 @@ def check_answer_match(*, tolerance: Any, rel_tolerance: Any, **_: Any) -> None:
     for key, value in (("tolerance", tolerance), ("rel_tolerance", rel_tolerance)):
         if not (is_number(value) and 0 <= value < float("inf")):
             raise ValueError(f"reward 'answer_match': {key} must be a finite number >= 0, got {value!r}")
+
+
+def check_reasoning_match(*, min_words: Any, **_: Any) -> None:
+    if not (isinstance(min_words, int) and not isinstance(min_words, bool) and min_words >= 1):
+        raise ValueError(f"reward 'reasoning_match': min_words must be an integer >= 1, got {min_words!r}")
 
 
 def check_format(*, mode: Any, **_: Any) -> None:

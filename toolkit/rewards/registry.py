@@ -34,7 +34,8 @@ REWARDS: dict[str, Callable[..., Any]] = {
 MODEL_BASED = frozenset({"semantic_match", "reward_model"})
 _VALIDATORS: dict[str, Callable[..., None]] = {
     "answer_match": builtin.check_answer_match, "format": builtin.check_format,
-    "length": builtin.check_length, "repetition": builtin.check_repetition}
+    "length": builtin.check_length, "repetition": builtin.check_repetition,
+    "reasoning_match": builtin.check_reasoning_match}
 # Filled in by TRL (or the evaluator) from the batch: a recipe binding one would silently shadow data.
 DATASET_COLUMNS = frozenset({
     "completions", "prompts", "completion_ids", "answer", "aliases", "context", "question", "context_ids",
