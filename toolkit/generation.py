@@ -1,4 +1,4 @@
-"""Batched generation that reads the prompt tokens all rows share through the model once.
+"""Generation and the GRPO loss pass, reading the prompt tokens all rows of a batch share through the model once.
 
 Every prompt of a recipe starts with the same system message and worked examples (133 tokens of the wine
 recipe's ~270), and a GRPO step samples its group from copies of one prompt. On a CPU the prompt's forward pass
