@@ -175,5 +175,15 @@ def test_the_loss_pass_reads_the_prompt_once_with_the_same_logps_and_gradients(m
         assert plain_grads and all(g.abs().sum() > 0 for g in plain_grads)
         for shared_grad, plain_grad in zip(shared_grads, plain_grads, strict=True):
             torch.testing.assert_close(shared_grad, plain_grad, rtol=1e-3, atol=1e-6)
+        # Gradient checkpointing recomputes layers without a cache: the plain pass.
+        model.gradient_checkpointing_enable()
+        sizes = PrefillSizes(model)
+        try:
+            with torch.no_grad():
+                model(input_ids=ids, attention_mask=mask, logits_to_keep=keep, use_cache=False)
+        finally:
+            sizes.handle.remove()
+            model.gradient_checkpointing_disable()
+        assert sizes.seen == [(4, ids.shape[1])]
     finally:
         model.unload()
