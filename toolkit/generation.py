@@ -21,9 +21,6 @@ over the rows, as it is when each row computes it.
 from __future__ import annotations
 
 import functools
-import logging
-
-logger = logging.getLogger(__name__)
 
 # Below this many shared tokens a second forward pass costs about what it saves.
 MIN_SHARED_TOKENS = 16
@@ -42,10 +39,13 @@ def shared_prefix_length(input_ids, attention_mask) -> int:
         return 0
     shortest = int(lengths.min())
     rows = torch.stack([input_ids[i, width - int(n) : width - int(n) + shortest] for i, n in enumerate(lengths)])
-    same = (rows == rows[:1]).all(dim=0)
+    return min(_leading_run((rows == rows[:1]).all(dim=0)), shortest - 1)
+
+
+def _leading_run(same) -> int:
+    # How many leading entries of a vector of per-column flags are True.
     differs = (~same).nonzero()
-    common = int(differs[0]) if len(differs) else shortest
-    return min(common, shortest - 1)
+    return int(differs[0]) if len(differs) else len(same)
 
 
 def generate_sharing_prefix(model, input_ids, attention_mask, *, generate=None, **generate_kwargs):
@@ -108,9 +108,7 @@ def share_prompt_prefill(model) -> None:
 def shared_columns(input_ids, attention_mask) -> int:
     """Leading columns where every row has the same token and no padding (a batch of one prompt's completions
     shares its whole prompt; a batch of left-padded different prompts shares nothing)."""
-    same = (input_ids == input_ids[:1]).all(dim=0) & attention_mask.bool().all(dim=0)
-    differs = (~same).nonzero()
-    return int(differs[0]) if len(differs) else input_ids.shape[1]
+    return _leading_run((input_ids == input_ids[:1]).all(dim=0) & attention_mask.bool().all(dim=0))
 
 
 def forward_sharing_prefix(model, input_ids, attention_mask, logits_to_keep, *, forward):
@@ -119,9 +117,11 @@ def forward_sharing_prefix(model, input_ids, attention_mask, logits_to_keep, *, 
     last `logits_to_keep` positions; None when too little is shared to be worth a second pass."""
     from transformers import DynamicCache
 
+    if input_ids.shape[0] < 2:
+        return None
     # The rest of the batch must hold every position whose logits are wanted.
     shared = min(shared_columns(input_ids, attention_mask), input_ids.shape[1] - logits_to_keep)
-    if input_ids.shape[0] < 2 or shared < MIN_SHARED_TOKENS:
+    if shared < MIN_SHARED_TOKENS:
         return None
     cache = DynamicCache(config=model.config)
     forward(input_ids=input_ids[:1, :shared], attention_mask=attention_mask[:1, :shared], past_key_values=cache,
