@@ -18,7 +18,7 @@ from export_run import FORMATS, RECIPE, ROOT, exported_run
 from toolkit import export as export_mod
 from toolkit.gguf_convert import ConvertError, check_architecture, convert
 from toolkit.recipe import load_recipe
-from toolkit.verify import first_divergence, llama_greedy, load_llama, verification_messages
+from toolkit.verify import first_divergence, llama_greedy, load_llama, require_llama_cpp, verification_messages
 
 N_TOKENS = 32
 
@@ -99,6 +99,10 @@ def test_quantized_files_load_and_generate(run_dir, prompt_ids, name, file_type)
     assert reader.fields["general.file_type"].contents() == file_type  # llama.cpp's LLAMA_FTYPE_MOSTLY_*
     assert reader.fields["tokenizer.chat_template"].contents().startswith("{% for message in messages %}")
     llm = load_llama(path)
+    # Loaded without the extra buffer types (with them, quantized decoding segfaulted on an AMX Xeon), and the
+    # swapped default params are restored for everyone else.
+    assert llm.model_params.use_extra_bufts is False
+    assert require_llama_cpp().llama_cpp.llama_model_default_params().use_extra_bufts is True
     tokens = llama_greedy(llm, prompt_ids[0], 8, {2})
     assert tokens and llm.detokenize(tokens).strip()
     llm.close()
