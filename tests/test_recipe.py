@@ -154,7 +154,7 @@ def test_override_values_are_parsed_as_yaml():
         (["zzz=1"], "zzz: unknown field (known fields: data, eval, export, model, output_dir, prompt, retrieval"),
         (["training.lora.rr=3"], "training.lora.rr: unknown field (did you mean 'r'?)"),
         (["rewards.0.wieght=1"], "rewards.0.wieght: unknown field (did you mean 'weight'?)"),
-        (["rewards.9.weight=1"], "rewards.9 is not an index of a 7-item list"),
+        (["rewards.9.weight=1"], "rewards.9 is not an index of a 6-item list"),
         (["rewards.x.weight=1"], "rewards.x is not an index"),
         (["model.dtype.bits=4"], "model.dtype is not a section"),
         (["=3"], "must look like section.field=value"),

@@ -29,11 +29,10 @@ def test_scores_every_reward_of_the_recipe(tmp_path):
     assert "extracted answer 'Blackcurrant'" in out
     rows = {line.split()[1]: line.split()[2:] for line in out.splitlines() if line.startswith("│")}
     assert rows["answer_match"] == ["│", "2", "│", "1.000", "│", "2.000", "│"]  # weight override applied
-    assert set(rows) >= {"format_strict", "format_soft", "context_grounding", "length", "no_example_copy",
-                         "reasoning_match", "total"}
+    assert set(rows) >= {"format_strict", "format_soft", "context_grounding", "length", "no_example_copy", "total"}
     assert rows["format_strict"][3] == "1.000"
-    # 2 + 0.5 + 0.25 + 0.25 × 1 (grounded) + 0.25 × 1 (short) + 1 × 1 (not the example) + 0.5 × 1 (think quotes it)
-    assert rows["total"][-2] == "4.750"
+    # 2 + 0.5 + 0.25 + 0.25 × 1 (grounded) + 0.25 × 1 (short) + 1 × 1 (not the example)
+    assert rows["total"][-2] == "4.250"
     assert (tmp_path / "index").is_dir()  # the index lives under the recipe's output_dir
 
 
