@@ -22,6 +22,9 @@ On CUDA a worker trains the `hf` backend in fp32 with bf16 autocast off, so that
 arithmetic on the GPU (sampling still differs from a CPU run's, so a seed's figures do too; the spread carries
 over).
 
+Each worker leaves `<label>-predictions.json` in the output folder: every eval question's gold answer, completion
+and answer-match, to read what a variant changed, not only by how much.
+
 JSON: per arm, its `base` (answer_match, format), each seed's answer_match / format / truncated, their mean and
 sd, and `gain_mean` (mean tuned − base); with a variant, the paired differences (variant − recipe, per seed), their
 mean and 95 % t-interval, and `ratio` = variant mean / recipe mean.
@@ -170,6 +173,10 @@ def worker(recipe_path: str, rows_path: str, label: str, result: str, overrides:
     means = column_means([item["scores"] for item in scored])
     record |= {m: round(means[m], 4) for m in METRICS}
     record |= {"questions": len(scored), "seconds": round(time.perf_counter() - start, 1)}
+    # Each question's completion beside its gold answer: what a variant changed, not only by how much.
+    predictions = [{"question": r["question"], "gold": r["answer"], "completion": s["completion"],
+                    "answer_match": s["scores"]["answer_match"]} for r, s in zip(eval_rows, scored, strict=True)]
+    Path(result).with_name(f"{label}-predictions.json").write_text(json.dumps(predictions, indent=1))
     Path(result).write_text(json.dumps(record))
     return 0
 
