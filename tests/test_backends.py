@@ -139,6 +139,17 @@ def test_trl_passthrough_reaches_grpo_config_last():
     assert (config.max_grad_norm, config.gradient_checkpointing, config.weight_decay) == (0.3, True, 0.1)
 
 
+def test_grpo_config_states_epsilon_high_so_both_backends_clip_alike():
+    """Unsloth's GRPOConfig turns an unset epsilon_high into 0.28 under loss_type dapo; TRL into epsilon."""
+    from toolkit.train import grpo_config
+
+    default = grpo_config(load_recipe(WINE), Path("/tmp/x"), HFBackend())
+    assert default.loss_type == "dapo" and default.epsilon_high == default.epsilon == 0.2
+    assert grpo_config(load_recipe(WINE, ["training.trl={epsilon: 0.3}"]), Path("/tmp/x")).epsilon_high == 0.3
+    chosen = grpo_config(load_recipe(WINE, ["training.trl={epsilon_high: 0.28}"]), Path("/tmp/x"))
+    assert (chosen.epsilon, chosen.epsilon_high) == (0.2, 0.28)
+
+
 @pytest.mark.skipif(CUDA, reason="the CPU load path")
 def test_hf_backend_loads_fp32_on_a_cpu_and_ignores_4bit_with_a_warning(caplog):
     from toolkit.models import resolve_model
