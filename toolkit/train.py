@@ -7,7 +7,6 @@ toolkit are set explicitly: bf16 and gradient checkpointing are on by default ev
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -59,7 +58,7 @@ def grpo_config(recipe: Recipe, output_dir: Path, backend=None):
         # Stated rather than left None. TRL reads None as "the same as epsilon"; Unsloth's patched GRPOConfig reads
         # it, under an explicit dapo loss, as the DAPO paper's 0.28 (seen on an H100), so the backends would clip
         # differently. training.trl's epsilon_high, if given, still wins.
-        epsilon_high=t.trl.get("epsilon", _default_epsilon(GRPOConfig)),
+        epsilon_high=t.trl.get("epsilon", GRPOConfig.__dataclass_fields__["epsilon"].default),
         scale_rewards=t.scale_rewards,
         mask_truncated_completions=t.mask_truncated_completions,
         reward_weights=[s.weight for s in recipe.rewards],
@@ -80,10 +79,6 @@ def grpo_config(recipe: Recipe, output_dir: Path, backend=None):
     )
     overrides = backend.grpo_overrides(recipe) if backend is not None else {}
     return GRPOConfig(**(mapped | overrides | t.trl))
-
-
-def _default_epsilon(config_class) -> float:
-    return next(f.default for f in dataclasses.fields(config_class) if f.name == "epsilon")
 
 
 def lora_config(recipe: Recipe):
