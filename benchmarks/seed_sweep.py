@@ -140,6 +140,17 @@ def _run(recipe, rows, pending, running, results, parallel, out, env) -> None:
             results.append({"arm": arm, "label": label, **json.loads(result.read_text())})
 
 
+def read_rows(rows_path: str, eval_limit: int | None, tokenizer) -> tuple[list[dict], list[dict]]:
+    """The train and eval rows `build_rows` wrote, with the reply prefix put in as `toolkit.run` does: a model
+    whose chat template opens the reply (R1's "<think>") would otherwise score 0 on every format reward."""
+    from toolkit.prompts import add_reply_prefix
+
+    rows = json.loads(Path(rows_path).read_text())
+    train_rows, eval_rows = rows["train"], rows["eval"][:eval_limit]
+    add_reply_prefix(train_rows + eval_rows, tokenizer)
+    return train_rows, eval_rows
+
+
 def worker(recipe_path: str, rows_path: str, label: str, result: str, overrides: list[str]) -> int:
     import logging
 
@@ -157,17 +168,16 @@ def worker(recipe_path: str, rows_path: str, label: str, result: str, overrides:
     # training.trl), the GPU runs the CPU recipe's fp32.
     fp32 = ["training.trl.bf16=false"] if torch.cuda.is_available() else []
     recipe = load_recipe(recipe_path, [*overrides, *fp32, f"output_dir={out}", "model.backend=hf"])
-    rows = json.loads(Path(rows_path).read_text())
     model, tokenizer = load_model(resolve_model(recipe.model.name_or_path, recipe.model.cache_dir), "float32")
     if torch.cuda.is_available():
         model = model.to("cuda")
-    eval_rows = rows["eval"][: recipe.eval.limit]
+    train_rows, eval_rows = read_rows(rows_path, recipe.eval.limit, tokenizer)
     start = time.perf_counter()
     if label.startswith("base"):
         scored = evaluate_columns(recipe, model, tokenizer, eval_rows, ("base",))["base"]
         record = {}
     else:
-        trainer, trained = train(recipe, model, tokenizer, rows["train"], out / "trainer")
+        trainer, trained = train(recipe, model, tokenizer, train_rows, out / "trainer")
         scored = evaluate_columns(recipe, trainer.model, tokenizer, eval_rows, ("tuned",))["tuned"]
         record = {"seed": recipe.training.seed, "steps": trained.steps, "train_seconds": trained.seconds}
     means = column_means([item["scores"] for item in scored])

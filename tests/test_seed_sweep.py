@@ -2,12 +2,15 @@
 run `toolkit.train.train` and `toolkit.evaluate`, tested in their own modules)."""
 
 import importlib.util
+import json
 import subprocess
 import sys
 from argparse import Namespace
 from pathlib import Path
 
 import pytest
+
+from toolkit.rewards import build_reward
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "seed_sweep.py"
@@ -57,3 +60,23 @@ def test_summary_pairs_variant_and_recipe_by_seed(sweep, tmp_path):
     # t(2 df) = 4.303, sd of the differences 0.05: half-width 4.303 * 0.05 / sqrt(3) = 0.1242
     assert line["paired"]["ci95"] == [-0.0742, 0.1742]
     assert line["ratio"] == 1.25 and line["seconds"] == 12.3 and line["questions"] == 56
+
+
+class _OpensThink:
+    """A tokenizer stand-in whose chat template opens every reply with "<think>" (as DeepSeek-R1's does)."""
+
+    def apply_chat_template(self, messages, add_generation_prompt, tokenize):
+        return "".join(m["content"] for m in messages) + "<|Assistant|><think>"
+
+
+def test_workers_put_back_the_reply_prefix_as_toolkit_run_does(sweep, tmp_path):
+    # Without it, the sampled "…</think><answer>X</answer>" lacks its opening tag and every format reward scores 0.
+    row = {"prompt": [{"role": "user", "content": "?"}], "answer": "Ebro River"}
+    path = tmp_path / "rows-recipe.json"
+    path.write_text(json.dumps({"train": [row, row], "eval": [row, row, row]}))
+    train_rows, eval_rows = sweep.read_rows(str(path), 2, _OpensThink())
+    assert len(train_rows) == 2 and len(eval_rows) == 2
+    assert all(r["completion_prefix"] == "<think>" for r in train_rows + eval_rows)
+    strict = build_reward("format", {"mode": "strict"})
+    completion = "Rioja follows the Ebro River.</think><answer>Ebro River</answer>"
+    assert strict([completion], completion_prefix=["<think>"]) == [1.0]
