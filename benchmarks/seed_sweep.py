@@ -140,14 +140,15 @@ def _run(recipe, rows, pending, running, results, parallel, out, env) -> None:
             results.append({"arm": arm, "label": label, **json.loads(result.read_text())})
 
 
-def read_rows(rows_path: str, eval_limit: int | None, tokenizer) -> tuple[list[dict], list[dict]]:
+def read_rows(rows_path: str, recipe, tokenizer) -> tuple[list[dict], list[dict]]:
     """The train and eval rows `build_rows` wrote, with the reply prefix put in as `toolkit.run` does: a model
-    whose chat template opens the reply (R1's "<think>") would otherwise score 0 on every format reward."""
-    from toolkit.prompts import add_reply_prefix
+    whose chat template opens the reply (R1's "<think>", or `prompt.open_think`) would otherwise score 0 on every
+    format reward."""
+    from toolkit.prompts import prepare_replies
 
     rows = json.loads(Path(rows_path).read_text())
-    train_rows, eval_rows = rows["train"], rows["eval"][:eval_limit]
-    add_reply_prefix(train_rows + eval_rows, tokenizer)
+    train_rows, eval_rows = rows["train"], rows["eval"][: recipe.eval.limit]
+    prepare_replies(tokenizer, train_rows + eval_rows, recipe.prompt)
     return train_rows, eval_rows
 
 
@@ -171,7 +172,7 @@ def worker(recipe_path: str, rows_path: str, label: str, result: str, overrides:
     model, tokenizer = load_model(resolve_model(recipe.model.name_or_path, recipe.model.cache_dir), "float32")
     if torch.cuda.is_available():
         model = model.to("cuda")
-    train_rows, eval_rows = read_rows(rows_path, recipe.eval.limit, tokenizer)
+    train_rows, eval_rows = read_rows(rows_path, recipe, tokenizer)
     start = time.perf_counter()
     if label.startswith("base"):
         scored = evaluate_columns(recipe, model, tokenizer, eval_rows, ("base",))["base"]

@@ -109,6 +109,20 @@ def test_quantized_files_load_and_generate(run_dir, prompt_ids, name, file_type)
 
 
 @pytest.mark.slow
+def test_merged_and_gguf_open_replies_as_in_training(recipe, run_dir):
+    # wine.yaml's prompt.open_think: the model was trained continuing "<think>", so its exports prompt the same way.
+    from gguf import GGUFReader
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "export" / "merged")
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": "?"}], add_generation_prompt=True,
+                                             tokenize=False)
+    assert rendered.endswith("assistant\n<think>") is recipe.prompt.open_think
+    template = GGUFReader(run_dir / "export" / "model-f16.gguf").fields["tokenizer.chat_template"].contents()
+    assert template == tokenizer.chat_template
+
+
+@pytest.mark.slow
 def test_manifest_lists_every_file_with_size_hash_and_verification(run_dir, manifest):
     out = run_dir / "export"
     assert manifest["ok"] is True and manifest["formats"] == FORMATS

@@ -9,7 +9,16 @@ import pytest
 from toolkit.data import QA, Document
 from toolkit.index import Index, chunk_documents
 from toolkit.models import resolve_embedder
-from toolkit.prompts import add_reply_prefix, build_messages, build_rows, build_splits, format_context, reply_prefix
+from toolkit.prompts import (
+    add_reply_prefix,
+    build_messages,
+    build_rows,
+    build_splits,
+    format_context,
+    open_think,
+    prepare_replies,
+    reply_prefix,
+)
 from toolkit.recipe import FewShotExample, PromptSection, load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -176,3 +185,47 @@ def test_prefixed_rows_score_the_whole_reply():
     prefixes = [row["completion_prefix"] for row in rows]
     assert strict(sampled, completion_prefix=prefixes) == [1.0, 1.0]
     assert strict(sampled) == [0.0, 0.0]  # without the prefix the reply lacks its opening tag
+
+
+# ------------------------------------------------------------------------------ prompt.open_think
+def _packaged_tokenizer():
+    from transformers import AutoTokenizer
+
+    from toolkit.models import resolve_model
+
+    return AutoTokenizer.from_pretrained(resolve_model("packaged:smollm2-135m-instruct"))
+
+
+def test_open_think_opens_every_generation_prompt_and_scores_the_whole_reply():
+    tokenizer = _packaged_tokenizer()
+    messages = build_messages(PROMPT, "Which grape is Barolo made from?", ["Barolo is made from Nebbiolo."])
+    before = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    rows = [{"answer": "Nebbiolo"}]
+    assert prepare_replies(tokenizer, rows, PROMPT.model_copy(update={"open_think": True})) == "<think>"
+    after = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert after == before + "<think>"
+    # The worked example's turn and a conversation without a generation prompt render as before.
+    assert after.count("<think>") == before.count("<think>") + 1
+    assert tokenizer.apply_chat_template(messages, tokenize=False) in before
+    assert rows[0]["completion_prefix"] == "<think>"
+    # Applied again (chat after a run, a second evaluation), the template is not opened twice.
+    prepare_replies(tokenizer, [], PROMPT.model_copy(update={"open_think": True}))
+    assert tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) == after
+
+
+def test_without_open_think_the_template_is_untouched():
+    tokenizer = _packaged_tokenizer()
+    template = tokenizer.chat_template
+    rows = [{"answer": "Nebbiolo"}]
+    assert prepare_replies(tokenizer, rows, PROMPT) == ""
+    assert tokenizer.chat_template == template and "completion_prefix" not in rows[0]
+
+
+def test_open_think_without_a_chat_template_is_a_clear_error():
+    from toolkit.models import ModelError
+
+    class NoTemplate:
+        chat_template = None
+
+    with pytest.raises(ModelError, match="prompt.open_think: the model's tokenizer has no chat template"):
+        open_think(NoTemplate())

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from toolkit.recipe import load_recipe
 from toolkit.rewards import build_reward
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,7 +75,8 @@ def test_workers_put_back_the_reply_prefix_as_toolkit_run_does(sweep, tmp_path):
     row = {"prompt": [{"role": "user", "content": "?"}], "answer": "Ebro River"}
     path = tmp_path / "rows-recipe.json"
     path.write_text(json.dumps({"train": [row, row], "eval": [row, row, row]}))
-    train_rows, eval_rows = sweep.read_rows(str(path), 2, _OpensThink())
+    recipe = load_recipe(ROOT / "recipes" / "wine.yaml", ["eval.limit=2"])
+    train_rows, eval_rows = sweep.read_rows(str(path), recipe, _OpensThink())
     assert len(train_rows) == 2 and len(eval_rows) == 2
     assert all(r["completion_prefix"] == "<think>" for r in train_rows + eval_rows)
     strict = build_reward("format", {"mode": "strict"})

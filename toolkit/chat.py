@@ -20,7 +20,7 @@ from pathlib import Path
 from toolkit.index import Hit, IndexUnavailable, open_index
 from toolkit.metrics import extracted
 from toolkit.models import ModelError
-from toolkit.prompts import build_messages
+from toolkit.prompts import build_messages, prepare_replies
 from toolkit.recipe import Recipe
 
 logger = logging.getLogger("toolkit.chat")  # not __name__: "__main__" under python -m
@@ -72,6 +72,7 @@ class AdapterChat:
         if not (adapter / "adapter_config.json").is_file():
             raise ModelError(f"no LoRA adapter in {adapter}: train first, or pass --adapter DIR or --gguf FILE")
         model, self.tokenizer = load_model(base_model_path(recipe, recipe.output_dir), recipe.model.dtype)
+        self.prefix = prepare_replies(self.tokenizer, [], recipe.prompt)  # the reply opening, shown as trained
         self.model = PeftModel.from_pretrained(model, adapter)
         self.max_new_tokens = max_new_tokens
 
@@ -79,7 +80,7 @@ class AdapterChat:
         from toolkit.evaluate import generate
 
         texts, _, _ = generate(self.model, self.tokenizer, [messages], self.max_new_tokens, 1)
-        return texts[0]
+        return self.prefix + texts[0]
 
     def close(self) -> None:
         pass

@@ -133,13 +133,13 @@ def evaluate_recipe(recipe: Recipe, dataset, adapter: Path | None, out: Path) ->
     """The standalone evaluation: index, prompts, no-context and base columns, then the adapter's column."""
     from toolkit.index import build_index
     from toolkit.models import load_model, resolve_model
-    from toolkit.prompts import add_reply_prefix, build_rows
+    from toolkit.prompts import build_rows, prepare_replies
 
     index, counts = build_index(recipe, dataset.documents)
     rows = build_rows(dataset.eval[: recipe.eval.limit], index, recipe.prompt, recipe.retrieval.top_k)
     model_path = resolve_model(recipe.model.name_or_path, recipe.model.cache_dir)
     model, tokenizer = load_model(model_path, recipe.model.dtype)
-    add_reply_prefix(rows, tokenizer)
+    prepare_replies(tokenizer, rows, recipe.prompt)
     results = evaluate_columns(recipe, model, tokenizer, rows, ("no_context", "base"))
     if adapter is not None:
         from peft import PeftModel

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from toolkit.data import QA, Dataset, load_dataset
 from toolkit.index import Index, SyncCounts, build_index
+from toolkit.models import ModelError
 from toolkit.recipe import PromptSection, Recipe
 
 logger = logging.getLogger(__name__)
@@ -95,6 +96,24 @@ def reply_prefix(tokenizer) -> str:
                                              tokenize=False)
     start = rendered.rfind("<think>")
     return rendered[start:] if start != -1 and not rendered[start:].strip().removeprefix("<think>") else ""
+
+
+def open_think(tokenizer) -> None:
+    """Make the chat template end every generation prompt with "<think>" (the recipe's `prompt.open_think`), in
+    place. Appended to the template itself, not to each prompt, so that TRL's sampling, the evaluation, the
+    saved tokenizer and an exported GGUF all render the same prompt. A template that opens the reply already
+    is left alone."""
+    if tokenizer.chat_template is None:
+        raise ModelError("prompt.open_think: the model's tokenizer has no chat template to open the reply in")
+    if not reply_prefix(tokenizer):
+        tokenizer.chat_template += "{% if add_generation_prompt %}<think>{% endif %}"
+
+
+def prepare_replies(tokenizer, rows: list[dict], recipe_prompt: PromptSection) -> str:
+    """The recipe's reply opening on the tokenizer, then each row's `completion_prefix` (`add_reply_prefix`)."""
+    if recipe_prompt.open_think:
+        open_think(tokenizer)
+    return add_reply_prefix(rows, tokenizer)
 
 
 def add_reply_prefix(rows: list[dict], tokenizer) -> str:

@@ -100,6 +100,12 @@ class PromptSection(_Section):
         description="Worked examples shown as earlier chat turns. They are part of the prompt, never of the "
         "scored completion.",
     )
+    open_think: bool = Field(
+        False,
+        description="End every generation prompt with <think>, as DeepSeek-R1's chat template does: the model "
+        "continues a reply whose think block is already open. The tag is scored as part of the reply, and the "
+        "adapter, merged model and GGUF keep the changed template.",
+    )
 
     @field_validator("user_template")
     @classmethod

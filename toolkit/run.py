@@ -38,7 +38,7 @@ def run(recipe: Recipe, console: Console, resume: bool = False) -> dict:
     from toolkit.index import retrieval_metrics
     from toolkit.memory import preflight
     from toolkit.models import resolve_model
-    from toolkit.prompts import add_reply_prefix, build_splits
+    from toolkit.prompts import build_splits, prepare_replies
     from toolkit.train import train
 
     out = recipe.output_dir
@@ -55,7 +55,7 @@ def run(recipe: Recipe, console: Console, resume: bool = False) -> dict:
     preflight(recipe, model_path, train_rows + eval_rows, backend.name)  # CUDA only: refuse what cannot fit
     model, tokenizer = backend.load(recipe, model_path)
     share = backend.shares_prompt_prefill  # evaluation reads the prompts' common prefix once (toolkit.generation)
-    add_reply_prefix(train_rows + eval_rows, tokenizer)  # e.g. R1's template opens the reply with <think>
+    prepare_replies(tokenizer, train_rows + eval_rows, recipe.prompt)  # R1's template or open_think: <think>
     results = base_results(work, eval_key(recipe, model_path, eval_rows), resume,
                            lambda: evaluate_columns(recipe, backend.for_inference(model, tokenizer), tokenizer,
                                                     eval_rows, ("no_context", "base"), share))
