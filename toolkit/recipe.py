@@ -103,8 +103,8 @@ class PromptSection(_Section):
     open_think: bool = Field(
         False,
         description="End every generation prompt with <think>, as DeepSeek-R1's chat template does: the model "
-        "continues a reply whose think block is already open. The tag is scored as part of the reply, and the "
-        "adapter, merged model and GGUF keep the changed template.",
+        "continues a reply whose think block is already open. The tag is scored as part of the reply; toolkit.chat "
+        "opens replies alike, and the exported merged model and GGUF keep the changed template.",
     )
 
     @field_validator("user_template")
