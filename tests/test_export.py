@@ -110,7 +110,8 @@ def test_quantized_files_load_and_generate(run_dir, prompt_ids, name, file_type)
 
 @pytest.mark.slow
 def test_merged_and_gguf_open_replies_as_in_training(recipe, run_dir):
-    # wine.yaml's prompt.open_think: the model was trained continuing "<think>", so its exports prompt the same way.
+    # A recipe with prompt.open_think trains the model to continue "<think>", so its exports must prompt the same
+    # way; one without it (wine.yaml) must export the base model's template unchanged.
     from gguf import GGUFReader
     from transformers import AutoTokenizer
 
