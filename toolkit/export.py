@@ -34,7 +34,7 @@ import typing
 from datetime import datetime, timezone
 from pathlib import Path
 
-from toolkit.recipe import ExportFormat, Recipe
+from toolkit.recipe import ExportFormat, PromptSection, Recipe
 from toolkit.report import save_dir_atomic, write_atomic
 from toolkit.verify import ExportError, Reference, cpu_threads, require_llama_cpp, verify_gguf
 
@@ -116,7 +116,7 @@ def export(recipe: Recipe, run_dir: str | Path | None = None, formats: list[str]
         merged_dir = out / "merged" if "merged" in formats else work / "merged"
         if "merged" in formats or ggufs:
             start = time.perf_counter()
-            merge(base_path, adapter_dir, dtype, merged_dir, recipe.prompt.open_think)
+            merge(base_path, adapter_dir, dtype, merged_dir, recipe.prompt)
             if "merged" in formats:
                 entries.append(_dir_entry(out, "merged", time.perf_counter() - start, dtype=dtype))
         # Quantized files are made from the most precise unquantized file asked for, else from the exact one.
@@ -176,9 +176,9 @@ def _config_dict(model_path: str) -> dict:
     return AutoConfig.from_pretrained(model_path).to_dict()
 
 
-def merge(base_path: str, adapter_dir: Path, dtype: str, target: Path, open_think: bool = False) -> None:
+def merge(base_path: str, adapter_dir: Path, dtype: str, target: Path, prompt: PromptSection) -> None:
     """Reload the base unquantized in `dtype`, merge the LoRA into it and save it (with tokenizer) at `target`;
-    with `open_think` (the recipe's `prompt.open_think`), the saved chat template opens each reply as in training."""
+    the saved chat template opens each reply as the recipe's `prompt` did in training (`prompt.open_think`)."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -193,10 +193,9 @@ def merge(base_path: str, adapter_dir: Path, dtype: str, target: Path, open_thin
     base = AutoModelForCausalLM.from_pretrained(base_path, dtype=getattr(torch, dtype))
     model = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     tokenizer = AutoTokenizer.from_pretrained(base_path)
-    if open_think:
-        from toolkit.prompts import open_think as open_think_block
+    from toolkit.prompts import prepare_replies
 
-        open_think_block(tokenizer)
+    prepare_replies(tokenizer, [], prompt)
 
     def save(tmp: Path) -> None:
         model.save_pretrained(tmp)
