@@ -34,6 +34,7 @@ import typing
 from datetime import datetime, timezone
 from pathlib import Path
 
+from toolkit.prompts import prepare_replies
 from toolkit.recipe import ExportFormat, PromptSection, Recipe
 from toolkit.report import save_dir_atomic, write_atomic
 from toolkit.verify import ExportError, Reference, cpu_threads, require_llama_cpp, verify_gguf
@@ -193,8 +194,6 @@ def merge(base_path: str, adapter_dir: Path, dtype: str, target: Path, prompt: P
     base = AutoModelForCausalLM.from_pretrained(base_path, dtype=getattr(torch, dtype))
     model = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     tokenizer = AutoTokenizer.from_pretrained(base_path)
-    from toolkit.prompts import prepare_replies
-
     prepare_replies(tokenizer, [], prompt)
 
     def save(tmp: Path) -> None:
