@@ -2,6 +2,7 @@
 peak VRAM; prints one JSON line. Needs a CUDA GPU and `pip install -e '.[cuda]'`; without CUDA it exits with 2.
 
     python benchmarks/bench_grpo_gpu.py [--steps 5] [--warmup 1] [--generations 8] [--batch 8] [--completion 256]
+        [--log-dir logs]              # keep each backend's log (logs/unsloth.log, logs/hf.log)
     python benchmarks/bench_grpo_gpu.py --recipe recipes/wine-r1.yaml --backends unsloth --completion 1024 \
         --max-seq-length 1536          # the GPU recipe's own LoRA rank and optimizer, its completion length
 
@@ -176,9 +177,13 @@ def run_worker(args, name: str, model_dir: Path, rows: Path, folder: Path) -> di
     command = [sys.executable, __file__, *sys.argv[1:], "--worker", name, "--model-dir", str(model_dir),
                "--rows", str(rows), "--out", str(folder / name), "--result", str(result)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    # The worker's log goes straight to a file, so what it printed survives a run killed from outside (a timeout).
+    log = Path(args.log_dir or folder) / f"{name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as handle:
+        proc = subprocess.run(command, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT, text=True)
     if proc.returncode != 0 or not result.is_file():
-        return {"backend": name, "error": proc.stderr[-2000:]}
+        return {"backend": name, "error": f"exit {proc.returncode}: {log.read_text()[-2000:]}"}
     return json.loads(result.read_text())
 
 
@@ -207,6 +212,8 @@ def main() -> int:
     parser.add_argument("--max-seq-length", type=int, default=1024, help="model.max_seq_length (unsloth)")
     parser.add_argument("--vllm", action="store_true", help="unsloth generates with vLLM (peak VRAM then shows "
                         "vLLM's reservation)")
+    parser.add_argument("--log-dir", help="folder for each backend's log (<backend>.log); default: a temporary "
+                        "folder, removed at the end")
     parser.add_argument("--worker", choices=["unsloth", "hf"], help=argparse.SUPPRESS)
     for internal in ("--model-dir", "--out", "--result"):
         parser.add_argument(internal, help=argparse.SUPPRESS)
@@ -214,7 +221,7 @@ def main() -> int:
     backends = [name.strip() for name in args.backends.split(",") if name.strip()]
     if not backends or set(backends) - {"unsloth", "hf"}:
         parser.error(f"--backends: expected a comma-separated list of unsloth and hf, got {args.backends!r}")
-    for name in ("rows", "tokenizer"):  # relative to where the user ran it, before the chdir below
+    for name in ("rows", "tokenizer", "log_dir"):  # relative to where the user ran it, before the chdir below
         if getattr(args, name):
             setattr(args, name, str(Path(getattr(args, name)).resolve()))
     os.chdir(ROOT)  # the recipe's data paths are relative to the project root
