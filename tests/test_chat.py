@@ -42,6 +42,11 @@ def test_gguf_answers_a_wine_question_with_its_sources(run_dir, monkeypatch, cap
     block = _reply_block(capsys.readouterr().out)
     assert block["reply"].strip()
     assert block["sources"] == ["region-barolo"]  # the recipe's top_k is 1
+    # llama.cpp prompts with the template stored in the file (not a built-in format it guessed), so a
+    # prompt.open_think template's "<think>" is what it renders; wine.yaml's leaves the reply to the model.
+    model = chat.GGUFChat(gguf, 8)
+    assert model.llm.chat_format == "chat_template.default" and model.prefix == ""
+    model.close()
 
 
 @pytest.mark.slow
@@ -92,3 +97,32 @@ def test_missing_index_or_model_is_one_line(tmp_path, monkeypatch, capsys):
     assert "python -m toolkit.index recipes/wine.yaml" in capsys.readouterr().err
     assert chat.main(["recipes/wine.yaml", f"output_dir={tmp_path}", "--question", " "]) == 2
     assert "the question is empty" in capsys.readouterr().err
+
+
+def test_gguf_reply_opened_by_its_template_is_shown_whole(monkeypatch):
+    # An export of a prompt.open_think run stores a template that ends the prompt with "<think>"; llama.cpp's
+    # reply then starts after it, and the chat shows it as trained and evaluated (as AdapterChat does).
+    from transformers import AutoTokenizer
+
+    from toolkit import verify
+    from toolkit.models import resolve_model
+    from toolkit.prompts import open_think
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("packaged:smollm2-135m-instruct"))
+    plain = tokenizer.chat_template
+    open_think(tokenizer)
+
+    class Llama:  # llama-cpp-python's Llama as loaded from such a file: its metadata and its reply
+        chat_format = "chat_template.default"
+
+        def __init__(self, template):
+            self.metadata = {"tokenizer.chat_template": template}
+
+        def create_chat_completion(self, **kwargs):
+            return {"choices": [{"message": {"content": "Nebbiolo</think><answer>Nebbiolo</answer>"}}]}
+
+    for template, prefix in ((tokenizer.chat_template, "<think>"), (plain, "")):
+        monkeypatch.setattr(verify, "load_llama", lambda path, n_ctx, template=template: Llama(template))
+        model = chat.GGUFChat(__file__, 8)  # any existing file: the loader is the stand-in above
+        assert model.prefix == prefix
+        assert model.complete([]) == prefix + "Nebbiolo</think><answer>Nebbiolo</answer>"

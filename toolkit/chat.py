@@ -20,7 +20,7 @@ from pathlib import Path
 from toolkit.index import Hit, IndexUnavailable, open_index
 from toolkit.metrics import extracted
 from toolkit.models import ModelError
-from toolkit.prompts import build_messages, prepare_replies
+from toolkit.prompts import build_messages, opened_reply, prepare_replies
 from toolkit.recipe import Recipe
 
 logger = logging.getLogger("toolkit.chat")  # not __name__: "__main__" under python -m
@@ -47,6 +47,7 @@ class GGUFChat:
         if not Path(path).is_file():
             raise ModelError(f"no GGUF file at {path}")
         self.llm = load_llama(Path(path), n_ctx=4096)
+        self.prefix = gguf_reply_prefix(self.llm)  # "<think>" after a prompt.open_think run: shown as trained
         self.max_new_tokens = max_new_tokens
 
     def complete(self, messages: list[dict]) -> str:
@@ -54,10 +55,25 @@ class GGUFChat:
         out = self.llm.create_chat_completion(
             messages=messages, temperature=0.0, repeat_penalty=1.0, max_tokens=self.max_new_tokens
         )
-        return out["choices"][0]["message"]["content"] or ""
+        return self.prefix + (out["choices"][0]["message"]["content"] or "")
 
     def close(self) -> None:
         self.llm.close()  # now, not in a destructor at interpreter exit, where llama-cpp-python's fails
+
+
+def gguf_reply_prefix(llm) -> str:
+    """What the GGUF's own chat template writes at the start of every reply ("<think>" when the run used
+    prompt.open_think), rendered as llama-cpp-python renders it; "" when llama.cpp prompts with a built-in format
+    it recognised instead of the stored template."""
+    template = llm.metadata.get("tokenizer.chat_template")
+    if not template or llm.chat_format != "chat_template.default":
+        return ""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    rendered = Jinja2ChatFormatter(template=template, eos_token="", bos_token="")(
+        messages=[{"role": "user", "content": "?"}]
+    ).prompt
+    return opened_reply(rendered)
 
 
 class AdapterChat:

@@ -94,6 +94,12 @@ def reply_prefix(tokenizer) -> str:
     with "<think>\n". Only an opening <think> is recognised; "" for templates that leave the reply to the model."""
     rendered = tokenizer.apply_chat_template([{"role": "user", "content": "?"}], add_generation_prompt=True,
                                              tokenize=False)
+    return opened_reply(rendered)
+
+
+def opened_reply(rendered: str) -> str:
+    """The reply opening at the end of a rendered generation prompt (a trailing "<think>", with any whitespace
+    after it), or ""; `reply_prefix` for templates rendered elsewhere (llama.cpp's, for an exported GGUF)."""
     start = rendered.rfind("<think>")
     return rendered[start:] if start != -1 and not rendered[start:].strip().removeprefix("<think>") else ""
 
