@@ -150,6 +150,35 @@ def test_grpo_config_states_epsilon_high_so_both_backends_clip_alike():
     assert (chosen.epsilon, chosen.epsilon_high) == (0.2, 0.28)
 
 
+def test_grpo_config_warns_when_the_config_class_changes_a_setting(monkeypatch, caplog):
+    """Plain TRL keeps every setting; Unsloth's patched GRPOConfig rewrites scale_rewards under dr_grpo and only
+    prints a line. The stand-in below does what Unsloth 2026.10's generated config code does."""
+    import trl
+
+    from toolkit.train import grpo_config
+
+    recipe = load_recipe(WINE, ["training.loss_type=dr_grpo", "training.trl={max_grad_norm: 0.3}"])
+    with caplog.at_level(logging.WARNING, logger="toolkit.train"):
+        grpo_config(recipe, Path("/tmp/x"), HFBackend())
+    assert caplog.records == []  # TRL's own GRPOConfig: nothing changed, nothing said
+
+    class UnslothGRPOConfig(trl.GRPOConfig):
+        def __init__(self, *, scale_rewards="group", loss_type="dapo", max_grad_norm=1.0, **kwargs):
+            if loss_type == "dr_grpo" and scale_rewards in (True, "group"):
+                scale_rewards = False
+            super().__init__(scale_rewards=scale_rewards, loss_type=loss_type, max_grad_norm=0.5, **kwargs)
+
+    monkeypatch.setattr(trl, "GRPOConfig", UnslothGRPOConfig)
+    with caplog.at_level(logging.WARNING, logger="toolkit.train"):
+        config = grpo_config(recipe, Path("/tmp/x"), HFBackend())
+    assert config.scale_rewards == "none"  # TRL's __post_init__ reads False as "none"
+    source = f"UnslothGRPOConfig from {__name__.split('.')[0]}"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"training.scale_rewards: {source} changed 'group' to 'none'; training uses 'none'",
+        f"training.trl.max_grad_norm: {source} changed 0.3 to 0.5; training uses 0.5",
+    ]
+
+
 @pytest.mark.skipif(CUDA, reason="the CPU load path")
 def test_hf_backend_loads_fp32_on_a_cpu_and_ignores_4bit_with_a_warning(caplog):
     from toolkit.models import resolve_model

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 
 import torch
@@ -78,7 +79,33 @@ def grpo_config(recipe: Recipe, output_dir: Path, backend=None):
         log_level="warning",
     )
     overrides = backend.grpo_overrides(recipe) if backend is not None else {}
-    return GRPOConfig(**(mapped | overrides | t.trl))
+    asked = mapped | overrides | t.trl
+    config = GRPOConfig(**asked)
+    warn_changed(asked, config, recipe)
+    return config
+
+
+def warn_changed(asked: dict, config, recipe: Recipe) -> None:
+    """Warn about each setting the GRPOConfig class changed on the way in, naming the recipe field. Plain TRL
+    keeps what it is given; Unsloth's patched GRPOConfig rewrites some (scale_rewards to False under
+    loss_type dr_grpo, the batch size to num_generations) and only prints a line saying so."""
+    for key, value in asked.items():
+        now = getattr(config, key, value)
+        if key == "report_to" or _plain(now) == _plain(value):  # TrainingArguments turns "none" into []
+            continue
+        if key in recipe.training.trl:
+            name = f"training.trl.{key}"
+        elif key == "reward_weights":
+            name = "rewards[].weight"
+        else:
+            name = f"training.{key}" if key in type(recipe.training).model_fields else f"GRPOConfig.{key}"
+        # The class is named GRPOConfig either way; its module says whose it is (trl, or Unsloth's compiled cache).
+        source = f"{type(config).__name__} from {type(config).__module__.split('.')[0]}"
+        logger.warning("%s: %s changed %r to %r; training uses %r", name, source, value, _plain(now), _plain(now))
+
+
+def _plain(value):
+    return value.value if isinstance(value, Enum) else value
 
 
 def lora_config(recipe: Recipe):
