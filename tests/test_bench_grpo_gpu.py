@@ -1,7 +1,6 @@
 """benchmarks/bench_grpo_gpu.py on a machine without CUDA: it refuses before measuring anything, and a worker that
 fails leaves its whole log in a file (what the GPU runs rely on when a run is cut short)."""
 
-import importlib.util
 import subprocess
 import sys
 from argparse import Namespace
@@ -9,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from script_modules import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "bench_grpo_gpu.py"
@@ -18,10 +18,7 @@ pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the be
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_grpo_gpu", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 def test_without_cuda_exits_2_and_says_why(tmp_path):

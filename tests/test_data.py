@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from script_modules import load_script
 
 DATA = Path(__file__).parent.parent / "data" / "wine"
 DOC_TYPES = {"grape", "region", "style", "wine"}
@@ -93,9 +93,6 @@ def test_eval_size(evals):
 
 
 def test_split_is_reproducible(tmp_path):
-    spec = importlib.util.spec_from_file_location("wine_split", DATA / "split.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.split(DATA, tmp_path)
+    load_script(DATA / "split.py").split(DATA, tmp_path)
     for name in ("train.jsonl", "eval.jsonl"):
         assert (tmp_path / name).read_bytes() == (DATA / name).read_bytes(), name

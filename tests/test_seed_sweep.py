@@ -1,7 +1,6 @@
 """benchmarks/seed_sweep.py: its argument checks and the paired summary it prints (no training here: the workers
 run `toolkit.train.train` and `toolkit.evaluate`, tested in their own modules)."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -9,6 +8,7 @@ from argparse import Namespace
 from pathlib import Path
 
 import pytest
+from script_modules import load_script
 
 from toolkit.recipe import load_recipe
 from toolkit.rewards import build_reward
@@ -19,10 +19,7 @@ SCRIPT = ROOT / "benchmarks" / "seed_sweep.py"
 
 @pytest.fixture(scope="module")
 def sweep():
-    spec = importlib.util.spec_from_file_location("seed_sweep", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 def test_missing_rows_file_is_one_line_error_before_anything_is_written(tmp_path):
