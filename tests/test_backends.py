@@ -174,8 +174,8 @@ def test_grpo_config_warns_when_the_config_class_changes_a_setting(monkeypatch, 
     assert config.scale_rewards == "none"  # TRL's __post_init__ reads False as "none"
     source = f"UnslothGRPOConfig from {__name__.split('.')[0]}"
     assert [r.getMessage() for r in caplog.records] == [
-        f"training.scale_rewards: {source} changed 'group' to 'none'; training uses 'none'",
-        f"training.trl.max_grad_norm: {source} changed 0.3 to 0.5; training uses 0.5",
+        f"training.scale_rewards: {source} changed 'group' to 'none'; the recipe's value is not used",
+        f"training.trl.max_grad_norm: {source} changed 0.3 to 0.5; the recipe's value is not used",
     ]
 
 

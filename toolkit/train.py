@@ -101,7 +101,7 @@ def warn_changed(asked: dict, config, recipe: Recipe) -> None:
             name = f"training.{key}" if key in type(recipe.training).model_fields else f"GRPOConfig.{key}"
         # The class is named GRPOConfig either way; its module says whose it is (trl, or Unsloth's compiled cache).
         source = f"{type(config).__name__} from {type(config).__module__.split('.')[0]}"
-        logger.warning("%s: %s changed %r to %r; training uses %r", name, source, value, _plain(now), _plain(now))
+        logger.warning("%s: %s changed %r to %r; the recipe's value is not used", name, source, value, _plain(now))
 
 
 def _plain(value):
