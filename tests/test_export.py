@@ -210,6 +210,39 @@ def test_converter_matches_transformers_on_tiny_models(tmp_path, arch):
     assert (got.argmax(-1) == expected.argmax(-1)).mean() >= 0.9
 
 
+@pytest.mark.parametrize("open_think", [True, False])
+def test_merge_saves_the_template_training_prompted_with(tmp_path, open_think):
+    """export.merge, not only the run above (wine.yaml, open_think off): with prompt.open_think the merged
+    model's template, and so the GGUF's, ends each prompt with the "<think>" training opened replies with; without
+    it the template is the base model's. And the merged weights are base + LoRA, not the base alone."""
+    from gguf import GGUFReader
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from toolkit.recipe import PromptSection
+
+    model, tokenizer, folder = _tiny_model(tmp_path, "llama")
+    lora = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj"], init_lora_weights=False))
+    lora.save_pretrained(tmp_path / "adapter")
+    ids = torch.tensor([[1, 5, 9, 13]])
+    with torch.no_grad():
+        expected = lora(ids).logits
+    prompt = PromptSection(system="Answer from the context.", open_think=open_think)
+    export_mod.merge(str(folder), tmp_path / "adapter", "float32", tmp_path / "merged", prompt)
+
+    merged = AutoTokenizer.from_pretrained(tmp_path / "merged")
+    rendered = merged.apply_chat_template([{"role": "user", "content": "?"}], add_generation_prompt=True,
+                                          tokenize=False)
+    base = tokenizer.apply_chat_template([{"role": "user", "content": "?"}], add_generation_prompt=True,
+                                         tokenize=False)
+    assert rendered == (base + "<think>" if open_think else base)
+    with torch.no_grad():
+        got = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")(ids).logits
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    template = GGUFReader(convert(tmp_path / "merged", tmp_path / "m.gguf", "f32")).fields["tokenizer.chat_template"]
+    assert template.contents() == merged.chat_template
+
+
 # --------------------------------------------------------------------------------------------- error paths
 
 

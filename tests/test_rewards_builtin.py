@@ -249,17 +249,40 @@ def test_rule_based_rewards_are_total_bounded_and_deterministic(name, params, te
         assert reward([text], **one) == scores[i:i + 1]
 
 
-@given(text=TEXT)
+# Random text almost never is a strict reply or an exact match, so the implications below are checked on replies
+# built to be one; the random tests keep the other direction.
+BLOCK = st.text(st.characters(blacklist_characters="<"), min_size=1).filter(str.strip)  # no tag can form
+SPACE = st.text(" \n\t", max_size=2)
+STRICT_REPLY = st.builds("{}<think>{}</think>{}<answer>{}</answer>{}".format, SPACE, BLOCK, SPACE, BLOCK, SPACE)
+GOLD_WORDS = st.text(st.characters(categories=["Ll", "Lu", "Nd"], max_codepoint=0x7F), min_size=1).filter(
+    lambda g: normalize(g))
+# Spellings is_exact_match counts as the same answer: case, an article, punctuation, spaces.
+SAME_ANSWER = st.sampled_from([str.upper, str.lower, "the {}".format, "{}.".format, "  {} ".format, "«{}»".format])
+
+
+@given(text=STRICT_REPLY)
 def test_format_strict_implies_soft_full_marks(text):
-    if format_reward([text], mode="strict") == [1.0]:
-        assert format_reward([text], mode="soft") == [1.0]
+    assert format_reward([text], mode="strict") == [1.0]
+    assert format_reward([text], mode="soft") == [1.0]
+
+
+@given(text=TEXT)
+def test_format_soft_below_full_marks_implies_not_strict(text):
+    if format_reward([text], mode="soft") != [1.0]:
+        assert format_reward([text], mode="strict") == [0.0]
+
+
+@given(gold=GOLD_WORDS, spell=SAME_ANSWER, think=BLOCK)
+def test_exact_match_implies_full_answer_match_and_partial(gold, spell, think):
+    text = f"<think>{think}</think><answer>{spell(gold)}</answer>"
+    assert is_exact_match(text, gold)
+    assert answer_match([text], answer=[gold]) + answer_match([text], answer=[gold], partial=True) == [1.0, 1.0]
 
 
 @given(text=TEXT, gold=TEXT)
-def test_exact_match_implies_full_answer_match_and_partial(text, gold):
-    exact = is_exact_match(text, gold)
+def test_no_exact_match_scores_zero_without_partial_credit(text, gold):
     scores = answer_match([text], answer=[gold]) + answer_match([text], answer=[gold], partial=True)
-    if exact:
+    if is_exact_match(text, gold):
         assert scores == [1.0, 1.0]
     elif gold.strip():
         assert scores[0] == 0.0 and not math.isnan(scores[1])
