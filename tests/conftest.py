@@ -1,11 +1,24 @@
 """Shared test set-up: tests never reach a model hub (everything they load ships inside installed packages)."""
 
 import os
+from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _in_project_root():
+    """Recipes name their data relative to the project root, where `make run` runs them; every test starts there
+    too, whatever directory pytest was started from (tests that need another use monkeypatch.chdir)."""
+    started = os.getcwd()
+    os.chdir(ROOT)
+    yield
+    os.chdir(started)
 
 
 def _grpo_log_history(steps=6, zero_std=0.0, clipped=0.25, kl=None, rewards=("answer_match", "format_strict")):

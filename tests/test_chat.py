@@ -99,6 +99,23 @@ def test_missing_index_or_model_is_one_line(tmp_path, monkeypatch, capsys):
     assert "the question is empty" in capsys.readouterr().err
 
 
+def test_missing_adapter_or_gguf_is_one_line(tmp_path, monkeypatch, capsys):
+    # With the index there, the model is the next thing chat checks.
+    from toolkit import index
+
+    monkeypatch.chdir(ROOT)
+    assert index.main(["recipes/wine.yaml", f"output_dir={tmp_path}"]) == 0
+    capsys.readouterr()
+    empty, missing = tmp_path / "empty", tmp_path / "missing.gguf"
+    empty.mkdir()
+    cases = ((["--adapter", str(empty)], f"no LoRA adapter in {empty}: train first, or pass --adapter DIR"),
+             (["--gguf", str(missing)], f"no GGUF file at {missing}"))
+    for flags, message in cases:
+        assert chat.main(["recipes/wine.yaml", f"output_dir={tmp_path}", *flags, "--question", QUESTION]) == 2
+        err = capsys.readouterr().err
+        assert message in " ".join(err.split()) and len(err.strip().splitlines()) == 1, err
+
+
 def test_gguf_reply_opened_by_its_template_is_shown_whole(monkeypatch):
     # An export of a prompt.open_think run stores a template that ends the prompt with "<think>"; llama.cpp's
     # reply then starts after it, and the chat shows it as trained and evaluated (as AdapterChat does).

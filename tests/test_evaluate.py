@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,6 @@ GOOD = "<think>The context says Nebbiolo.</think><answer>Nebbiolo</answer>"
 def recipe():
     from toolkit.recipe import load_recipe
 
-    os.chdir(ROOT)  # recipe paths are relative to the project root
     return load_recipe(ROOT / "recipes" / "wine.yaml")
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 
 import pytest
@@ -30,7 +29,6 @@ def run_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def recipe(run_dir):
-    os.chdir(ROOT)  # recipe paths are relative to the project root
     return load_recipe(RECIPE, [f"output_dir={run_dir}"])
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from pathlib import Path
 
 import pytest
 from conftest import WINEMAG_COLUMNS, WINEMAG_ROWS
@@ -92,6 +93,19 @@ def test_file_without_read_permission(tmp_path):
     path.write_text("# Secret")
     path.chmod(0)
     with pytest.raises(DataError, match="cannot read: Permission denied"):
+        docs_of(path)
+
+
+def test_unreadable_file_is_one_line_for_any_user(tmp_path, monkeypatch):
+    # The test above is skipped as root, who reads any file; the same error path, with the OS error faked.
+    path = tmp_path / "secret.md"
+    path.write_text("# Secret")
+
+    def denied(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    with pytest.raises(DataError, match=f"^{re.escape(str(path))}: cannot read: Permission denied$"):
         docs_of(path)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,6 @@ def row(answer="Nebbiolo", aliases=(), source="region-barolo", retrieved=("regio
 def recipe():
     from toolkit.recipe import load_recipe
 
-    os.chdir(ROOT)  # recipe paths are relative to the project root
     return load_recipe(ROOT / "recipes" / "wine.yaml")
 
 

@@ -65,7 +65,20 @@ def test_reward_model_with_classes_and_a_chat_template(tmp_path):
     path = tiny_classifier(tmp_path / "three", num_labels=3, chat_template=template)
     last = build_reward("reward_model", {"model": str(path)})(COMPLETIONS, question=QUESTIONS)
     first = build_reward("reward_model", {"model": str(path), "positive_label": 0})(COMPLETIONS, question=QUESTIONS)
-    assert all(0.0 < s < 1.0 for s in last + first) and last != first
+    # By hand: the softmax of the chat-rendered (question, completion) pair, not the text pair the tokenizer
+    # would make without a template.
+    tokenizer = BertTokenizer.from_pretrained(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+    chats = [tokenizer.apply_chat_template([{"role": "user", "content": q}, {"role": "assistant", "content": c}],
+                                           tokenize=False) for q, c in zip(QUESTIONS, COMPLETIONS, strict=True)]
+    assert chats[0].startswith("user : which grape is barolo? assistant : ")
+    with torch.no_grad():
+        encoded = tokenizer(chats, add_special_tokens=False, return_tensors="pt", padding=True)
+        probs = model(**encoded).logits.softmax(-1)
+        pairs = model(**tokenizer(QUESTIONS, COMPLETIONS, return_tensors="pt", padding=True)).logits.softmax(-1)
+    assert last == pytest.approx(probs[:, 2].tolist(), abs=1e-6)
+    assert first == pytest.approx(probs[:, 0].tolist(), abs=1e-6)
+    assert last != pytest.approx(pairs[:, 2].tolist(), abs=1e-6)
     with pytest.raises(RewardError, match=r"reward 'reward_model' raised ValueError: positive_label 3 is not a "
                                           r"class of a 3-label model on sample 0 of 4"):
         build_reward("reward_model", {"model": str(path), "positive_label": 3})(COMPLETIONS, question=QUESTIONS)
