@@ -25,11 +25,6 @@ WINE = ROOT / "recipes" / "wine.yaml"
 CUDA = torch.cuda.is_available()
 
 
-@pytest.fixture(autouse=True)
-def _in_repo_root(monkeypatch):
-    monkeypatch.chdir(ROOT)
-
-
 @pytest.fixture
 def fake_unsloth(monkeypatch):
     """An importable stand-in for `unsloth` that records FastLanguageModel calls, on a machine with a GPU."""

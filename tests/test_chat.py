@@ -10,7 +10,7 @@ import io
 import re
 
 import pytest
-from export_run import RECIPE, ROOT, exported_run
+from export_run import RECIPE, exported_run
 
 from toolkit import chat
 from toolkit.index import Hit
@@ -34,8 +34,7 @@ def _reply_block(out: str) -> dict:
 
 
 @pytest.mark.slow
-def test_gguf_answers_a_wine_question_with_its_sources(run_dir, monkeypatch, capsys):
-    monkeypatch.chdir(ROOT)
+def test_gguf_answers_a_wine_question_with_its_sources(run_dir, capsys):
     gguf = run_dir / "export" / "model-f16.gguf"
     status = chat.main(["recipes/wine.yaml", "--run", str(run_dir), "--gguf", str(gguf), "--question", QUESTION])
     assert status == 0
@@ -50,8 +49,7 @@ def test_gguf_answers_a_wine_question_with_its_sources(run_dir, monkeypatch, cap
 
 
 @pytest.mark.slow
-def test_adapter_is_the_default_and_k_widens_the_context(run_dir, monkeypatch, capsys):
-    monkeypatch.chdir(ROOT)
+def test_adapter_is_the_default_and_k_widens_the_context(run_dir, capsys):
     assert chat.main(["recipes/wine.yaml", f"output_dir={run_dir}", "-k", "3", "--question", QUESTION]) == 0
     block = _reply_block(capsys.readouterr().out)
     assert block["reply"].strip()
@@ -60,7 +58,6 @@ def test_adapter_is_the_default_and_k_widens_the_context(run_dir, monkeypatch, c
 
 @pytest.mark.slow
 def test_interactive_loop_until_empty_line(run_dir, monkeypatch, capsys):
-    monkeypatch.chdir(ROOT)
     monkeypatch.setattr("sys.stdin", io.StringIO(f"{QUESTION}\nWhat is Rioja mainly made from?\n\nnever asked\n"))
     gguf = run_dir / "export" / "model-q8_0.gguf"
     assert chat.main(["recipes/wine.yaml", "--run", str(run_dir), "--gguf", str(gguf), "--max-new-tokens", "8"]) == 0
@@ -68,8 +65,7 @@ def test_interactive_loop_until_empty_line(run_dir, monkeypatch, capsys):
     assert out.count("sources:") == 2
 
 
-def test_ask_prompts_in_the_training_format(monkeypatch):
-    monkeypatch.chdir(ROOT)
+def test_ask_prompts_in_the_training_format():
     recipe = load_recipe(RECIPE)
     hits = [Hit("region-barolo:0:ab", "Barolo is made from Nebbiolo.", "region-barolo", 0.8)]
 
@@ -91,19 +87,17 @@ def test_ask_prompts_in_the_training_format(monkeypatch):
                                                 "sources": ["region-barolo"]}
 
 
-def test_missing_index_or_model_is_one_line(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(ROOT)
+def test_missing_index_or_model_is_one_line(tmp_path, capsys):
     assert chat.main(["recipes/wine.yaml", f"output_dir={tmp_path}", "--question", QUESTION]) == 2
     assert "python -m toolkit.index recipes/wine.yaml" in capsys.readouterr().err
     assert chat.main(["recipes/wine.yaml", f"output_dir={tmp_path}", "--question", " "]) == 2
     assert "the question is empty" in capsys.readouterr().err
 
 
-def test_missing_adapter_or_gguf_is_one_line(tmp_path, monkeypatch, capsys):
+def test_missing_adapter_or_gguf_is_one_line(tmp_path, capsys):
     # With the index there, the model is the next thing chat checks.
     from toolkit import index
 
-    monkeypatch.chdir(ROOT)
     assert index.main(["recipes/wine.yaml", f"output_dir={tmp_path}"]) == 0
     capsys.readouterr()
     empty, missing = tmp_path / "empty", tmp_path / "missing.gguf"

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 import torch
-from export_run import FORMATS, RECIPE, ROOT, exported_run
+from export_run import FORMATS, RECIPE, exported_run
 
 from toolkit import export as export_mod
 from toolkit.gguf_convert import ConvertError, check_architecture, convert
@@ -244,7 +244,7 @@ def test_merge_saves_the_template_training_prompted_with(tmp_path, open_think):
 # --------------------------------------------------------------------------------------------- error paths
 
 
-def test_unsupported_architecture_lists_supported_ones(tmp_path, monkeypatch, capsys):
+def test_unsupported_architecture_lists_supported_ones(tmp_path, capsys):
     with pytest.raises(ConvertError, match="supported: LlamaForCausalLM, Qwen2ForCausalLM"):
         check_architecture({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"})
     # Through the command: a run whose base is a GPT-2 fails before any merging, with one line and status 2.
@@ -256,7 +256,6 @@ def test_unsupported_architecture_lists_supported_ones(tmp_path, monkeypatch, ca
     (run / "adapter").mkdir(parents=True)
     (run / "adapter" / "adapter_config.json").write_text("{}")
     (run / "report.json").write_text(json.dumps({"model_path": str(base)}))
-    monkeypatch.chdir(ROOT)
     status = export_mod.main(["recipes/wine.yaml", "--run", str(run), "--formats", "gguf-f16", "export.verify=false"])
     assert status == 2
     assert "'GPT2LMHeadModel'" in capsys.readouterr().err
@@ -270,12 +269,11 @@ def test_missing_llama_cpp_names_the_extra(monkeypatch):
     export_mod.check_export_ready(["adapter", "merged", "gguf-f16"], verify=False)  # needs no llama.cpp
 
 
-def test_formats_are_checked(tmp_path, monkeypatch):
+def test_formats_are_checked(tmp_path):
     assert export_mod.parse_formats("gguf-f16, adapter") == ["gguf-f16", "adapter"]
     with pytest.raises(export_mod.ExportError, match="choose from adapter, merged, gguf-f32"):
         export_mod.parse_formats("gguf-q3")
     with pytest.raises(export_mod.ExportError, match="no adapter in"):
-        monkeypatch.chdir(ROOT)
         export_mod.export(load_recipe(RECIPE, [f"output_dir={tmp_path}"]))
 
 

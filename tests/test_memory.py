@@ -19,11 +19,6 @@ GPU_SIZES = ["training.num_generations=8", "training.per_device_train_batch_size
              "training.max_completion_length=256", "training.lora.layers_to_transform=null", "model.dtype=bfloat16"]
 
 
-@pytest.fixture(autouse=True)
-def _in_repo_root(monkeypatch):
-    monkeypatch.chdir(ROOT)
-
-
 @pytest.fixture(scope="module")
 def qwen():
     """Qwen2.5-1.5B's shape, built locally: nothing is downloaded."""

@@ -115,8 +115,7 @@ def test_build_rows(index):
     assert [row["context_sources"][0] for row in rows] == ["barolo", "tokaji", "rioja"]
 
 
-def test_build_rows_with_the_wine_recipe_prompt(index, monkeypatch):
-    monkeypatch.chdir(ROOT)
+def test_build_rows_with_the_wine_recipe_prompt(index):
     recipe = load_recipe(ROOT / "recipes" / "wine.yaml")
     [row] = build_rows(QUESTIONS[:1], index, recipe.prompt, recipe.retrieval.top_k)
     assert [m["role"] for m in row["prompt"]] == ["system", "user", "assistant", "user"]
@@ -125,8 +124,7 @@ def test_build_rows_with_the_wine_recipe_prompt(index, monkeypatch):
     assert len(row["context"]) == recipe.retrieval.top_k
 
 
-def test_build_splits_follows_the_recipe_limits(tmp_path, monkeypatch):
-    monkeypatch.chdir(ROOT)
+def test_build_splits_follows_the_recipe_limits(tmp_path):
     recipe = load_recipe(ROOT / "recipes" / "wine.yaml", [f"output_dir={tmp_path}", "data.max_train_questions=5",
                                                            "eval.limit=3"])
     splits = build_splits(recipe)

@@ -19,12 +19,6 @@ RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
 WINE = ROOT / "recipes" / "wine.yaml"
 
 
-@pytest.fixture(autouse=True)
-def _in_repo_root(monkeypatch):
-    # Recipe paths are relative to the working directory, the project root.
-    monkeypatch.chdir(ROOT)
-
-
 # ---------------------------------------------------------------------------------------- shipped recipes
 
 
