@@ -4,7 +4,6 @@ progress."""
 from __future__ import annotations
 
 import logging
-import os
 
 from rich.console import Console
 from rich.logging import RichHandler
@@ -20,8 +19,13 @@ ERRORS = (RecipeError, DataError, ModelError)
 
 def setup_logging() -> Console:
     """Warnings and the toolkit's info messages on stderr; returns that stderr console."""
-    # Read when huggingface_hub / transformers are imported: no "Loading weights" bar on every command.
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from huggingface_hub import constants
+    from huggingface_hub.utils import disable_progress_bars
+
+    # No "Loading weights" bar on every command; transformers reads this state when it is imported, which no
+    # command has done yet. A user's HF_HUB_DISABLE_PROGRESS_BARS wins (hub's rule; asking would only warn).
+    if constants.HF_HUB_DISABLE_PROGRESS_BARS is None:
+        disable_progress_bars()
     console = Console(stderr=True)
     logging.basicConfig(level=logging.WARNING, handlers=[RichHandler(console=console, show_path=False)],
                         format="%(message)s")

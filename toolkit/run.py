@@ -6,21 +6,15 @@ One builder per stage, called in order; each stage lives in its own module.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from rich.console import Console
-from rich.logging import RichHandler
-from rich.markup import escape
 
 from toolkit.checkpoints import CheckpointError, base_results, eval_key, resume_checkpoint, start_fresh
-from toolkit.data import DataError
-from toolkit.models import ModelError
-from toolkit.recipe import Recipe, RecipeError, load_recipe
+from toolkit.cli import ERRORS, fail, setup_logging
+from toolkit.recipe import Recipe, load_recipe
 from toolkit.report import comparison_table, save_dir_atomic, table_console, write_report
 from toolkit.rewards import RewardError
-
-logger = logging.getLogger("toolkit")
 
 
 def run(recipe: Recipe, console: Console, resume: bool = False) -> dict:
@@ -106,16 +100,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="continue from the latest checkpoint in <output_dir>/trainer (see training.save_steps)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides: training.max_steps=2 output_dir=/tmp/x")
     args = parser.parse_intermixed_args(argv)  # --resume may come before, between or after the overrides
-    console = Console(stderr=True)
-    handler = RichHandler(console=console, show_path=False)
-    logging.basicConfig(level=logging.WARNING, handlers=[handler], format="%(message)s")
-    logger.setLevel(logging.INFO)
+    console = setup_logging()
     try:
         recipe = load_recipe(args.recipe, args.overrides)
         run(recipe, table_console(), resume=args.resume)
-    except (RecipeError, DataError, ModelError, RewardError, CheckpointError) as err:
-        console.print(f"[red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
-        return 2
+    except (*ERRORS, RewardError, CheckpointError) as err:
+        return fail(console, err)
     return 0
 
 
