@@ -16,7 +16,8 @@ overrides too), on the same seeds. Each arm's prompts (retrieval included: a var
 into `<output-dir>/rows-<arm>.json`, or read from such files in the folder `--rows` names, so a GPU box needs no
 embedder or index. Each (arm, seed) then trains in its own interpreter, `--parallel` at a time, as `make run`
 trains (`toolkit.train.train`), and scores a greedy tuned evaluation on the eval split; one more worker per arm
-scores the base model (it does not depend on the seed).
+scores the base model (it does not depend on the seed; a variant of `training.*` fields alone whose prompts come
+out the same shares the recipe's).
 
 On CUDA a worker trains the `hf` backend in fp32 with bf16 autocast off, so that it runs the CPU recipe's
 arithmetic on the GPU (sampling still differs from a CPU run's, so a seed's figures do too; the spread carries
@@ -82,13 +83,21 @@ def main(argv: list[str] | None = None) -> int:
     # Per arm: a variant may change retrieval or the prompt, and then its prompts (and its base score) differ.
     rows = {arm: (args.rows / f"rows-{arm}.json") if args.rows else build_rows(args.recipe, over, out, arm)
             for arm, over in arms.items()}
-    jobs = [(arm, f"base-{arm}", over) for arm, over in arms.items()]
+    jobs = [(arm, f"base-{arm}", over) for arm, over in arms.items()
+            if arm == "recipe" or not shares_base(args.variant, rows)]
     jobs += [(arm, f"tuned-{arm}-s{seed}", [*over, f"training.seed={seed}"])
              for seed in args.seeds for arm, over in arms.items()]
     start = time.perf_counter()
     results = run_jobs(args.recipe, rows, jobs, args.parallel, out)
     print(json.dumps(summary(results, args, time.perf_counter() - start, out)), flush=True)
     return 0
+
+
+def shares_base(variant: list[str], rows: dict[str, Path]) -> bool:
+    """Whether the variant's base score is the recipe's, so one base worker serves both arms: it changes only
+    training settings, which an untrained model never reads, and its prompts came out the same."""
+    return (all(o.split("=", 1)[0].startswith("training.") for o in variant)
+            and rows["variant"].read_bytes() == rows["recipe"].read_bytes())
 
 
 def build_rows(recipe_path: str, overrides: list[str], out: Path, arm: str) -> Path:
@@ -201,7 +210,8 @@ def summary(results: list[dict], args, seconds: float, out: Path) -> dict:
         runs.sort(key=lambda r: args.seeds.index(r["seed"]))
         if not runs:
             continue
-        base = next(r for r in results if r["label"] == f"base-{arm}")
+        base = next((r for r in results if r["label"] == f"base-{arm}"), None)
+        base = base or next(r for r in results if r["label"] == "base-recipe")  # shared (shares_base)
         line["questions"] = base["questions"]
         am = [r["answer_match"] for r in runs]
         arms[arm] = {

@@ -79,3 +79,21 @@ def test_workers_put_back_the_reply_prefix_as_toolkit_run_does(sweep, tmp_path):
     strict = build_reward("format", {"mode": "strict"})
     completion = "Rioja follows the Ebro River.</think><answer>Ebro River</answer>"
     assert strict([completion], completion_prefix=["<think>"]) == [1.0]
+
+
+def test_a_training_variant_on_the_same_prompts_shares_the_recipes_base_worker(sweep, tmp_path):
+    rows = {arm: tmp_path / f"rows-{arm}.json" for arm in ("recipe", "variant")}
+    rows["recipe"].write_text('{"train": [1], "eval": [2]}')
+    rows["variant"].write_text('{"train": [1], "eval": [2]}')
+    assert sweep.shares_base(["training.scale_rewards=none", "training.trl.beta=0.1"], rows)
+    # An untrained model still reads the eval settings and the rewards' format checks.
+    assert not sweep.shares_base(["training.beta=0.1", "eval.max_new_tokens=64"], rows)
+    assert not sweep.shares_base(["rewards.0.weight=2"], rows)
+    rows["variant"].write_text('{"train": [1], "eval": [3]}')  # prompts that came out differently
+    assert not sweep.shares_base(["training.beta=0.1"], rows)
+
+    results = [_result("recipe", None, 0.05), _result("recipe", 1, 0.20), _result("variant", 1, 0.30)]
+    args = Namespace(recipe="recipes/wine.yaml", overrides=[], seeds=[1], variant=["training.x=1"], parallel=2)
+    line = sweep.summary(results, args, 1.0, tmp_path)
+    assert line["arms"]["variant"]["base"] == line["arms"]["recipe"]["base"] == {"answer_match": 0.05, "format": 1.0}
+    assert line["arms"]["variant"]["gain_mean"] == 0.25
