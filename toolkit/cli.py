@@ -1,5 +1,5 @@
-"""What the small commands (`toolkit.index`, `toolkit.search`) share: logging, recipe loading, one-line errors,
-progress."""
+"""What the commands (`toolkit.run`, `toolkit.index`, `toolkit.search`, ...) share: logging, recipe loading,
+one-line errors, progress."""
 
 from __future__ import annotations
 
