@@ -104,3 +104,16 @@ def test_cli_reports_bad_recipe_and_missing_adapter(tmp_path, capsys):
     assert "did you mean 'limit'" in capsys.readouterr().err
     assert evaluate.main(["recipes/wine.yaml", "--adapter", str(tmp_path), "--limit", "2"]) == 2
     assert "not a LoRA adapter folder" in capsys.readouterr().err
+
+
+def test_cli_reports_a_failing_reward_in_one_line(tmp_path, capsys):
+    # Evaluation scores every reward of the recipe, so a custom one that raises stops it: one line and status 2,
+    # as in toolkit.run, naming the reward and the sample.
+    rewards = tmp_path / "my_rewards.py"
+    rewards.write_text("def boom(completions, **kwargs):\n    raise ValueError('no score for this')\n")
+    status = evaluate.main(["recipes/wine.yaml", f"output_dir={tmp_path}", f'rewards=[{{name: "{rewards}:boom"}}]',
+                            "eval.max_new_tokens=4", "--limit", "1"])
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert "raised ValueError: no score for this" in " ".join(err.split()) and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "eval").exists()

@@ -12,9 +12,11 @@ from rich.markup import escape
 from toolkit.data import DataError, Dataset, load_dataset
 from toolkit.models import ModelError
 from toolkit.recipe import Recipe, RecipeError, load_recipe
+from toolkit.rewards import RewardError
 
-# What a command reports as one line and exit status 2; anything else is a bug and keeps its traceback.
-ERRORS = (RecipeError, DataError, ModelError)
+# What a command reports as one line and exit status 2; anything else is a bug and keeps its traceback. A reward
+# that fails (a user's own, say) is the user's to fix: RewardError names the reward and the sample.
+ERRORS = (RecipeError, DataError, ModelError, RewardError)
 
 
 def setup_logging() -> Console:

@@ -14,7 +14,6 @@ from toolkit.checkpoints import CheckpointError, base_results, eval_key, resume_
 from toolkit.cli import ERRORS, fail, setup_logging
 from toolkit.recipe import Recipe, load_recipe
 from toolkit.report import comparison_table, save_dir_atomic, table_console, write_report
-from toolkit.rewards import RewardError
 
 
 def run(recipe: Recipe, console: Console, resume: bool = False) -> dict:
@@ -104,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         recipe = load_recipe(args.recipe, args.overrides)
         run(recipe, table_console(), resume=args.resume)
-    except (*ERRORS, RewardError, CheckpointError) as err:
+    except (*ERRORS, CheckpointError) as err:
         return fail(console, err)
     return 0
 
