@@ -4,6 +4,7 @@ one-line errors, progress."""
 from __future__ import annotations
 
 import logging
+import sys
 
 from rich.console import Console
 from rich.logging import RichHandler
@@ -24,10 +25,15 @@ def setup_logging() -> Console:
     from huggingface_hub import constants
     from huggingface_hub.utils import disable_progress_bars
 
-    # No "Loading weights" bar on every command; transformers reads this state when it is imported, which no
-    # command has done yet. A user's HF_HUB_DISABLE_PROGRESS_BARS wins (hub's rule; asking would only warn).
+    # No "Loading weights" bar on every command; transformers reads this state when it is imported, which a
+    # command has not done yet; a main() called from Python may come after it. A user's
+    # HF_HUB_DISABLE_PROGRESS_BARS wins (hub's rule; asking would only warn).
     if constants.HF_HUB_DISABLE_PROGRESS_BARS is None:
         disable_progress_bars()
+        if "transformers" in sys.modules:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
     console = Console(stderr=True)
     logging.basicConfig(level=logging.WARNING, handlers=[RichHandler(console=console, show_path=False)],
                         format="%(message)s")
