@@ -3,21 +3,24 @@
     .venv/bin/python benchmarks/seed_sweep.py --seeds 42 1 2                     # ~8 min a seed on 2 CPU cores
     .venv/bin/python benchmarks/seed_sweep.py --seeds 42 1 2 3 4 5 6 --parallel 14 \
         --variant training.scale_rewards=none                                   # a GPU box: ~3.5 min for all 14
+    .venv/bin/python benchmarks/seed_sweep.py --seeds 1 2 --variant training.beta=0.04 \
+        --variant training.lora.r=8 training.lora.alpha=16                      # two variants, one recipe arm
     .venv/bin/python benchmarks/seed_sweep.py training.max_steps=1 eval.limit=4 --seeds 1 2   # a smoke test
 
-Recipe overrides shared by both arms come first: `--seeds` and `--variant` take every value after them.
+Recipe overrides shared by every arm come first: `--seeds` and `--variant` take every value after them, and each
+`--variant` makes one more arm.
 
 Why: one GRPO run of the 135M model is a noisy measurement. Sampling, the LoRA init and the question order all
 follow `training.seed`, and on the wine recipe the tuned answer-match of seven seeds spread from 0.12 to 0.32
 (sd 0.08), more than most recipe changes move it. Compare recipe variants on the mean of several seeds, paired.
 
-What runs: arms are `recipe` (the recipe plus the shared overrides) and, with `--variant`, `variant` (plus those
-overrides too), on the same seeds. Each arm's prompts (retrieval included: a variant may change it) are built once
-into `<output-dir>/rows-<arm>.json`, or read from such files in the folder `--rows` names, so a GPU box needs no
-embedder or index. Each (arm, seed) then trains in its own interpreter, `--parallel` at a time, as `make run`
-trains (`toolkit.train.train`), and scores a greedy tuned evaluation on the eval split; one more worker per arm
-scores the base model (it does not depend on the seed; a variant of `training.*` fields alone whose prompts come
-out the same shares the recipe's).
+What runs: arms are `recipe` (the recipe plus the shared overrides) and, per `--variant`, `variant`, `variant2`, ...
+(plus that variant's overrides), all on the same seeds: several variants share one recipe arm. Each arm's prompts
+(retrieval included: a variant may change it) are built once into `<output-dir>/rows-<arm>.json`, or read from such
+files in the folder `--rows` names, so a GPU box needs no embedder or index. Each (arm, seed) then trains in its
+own interpreter, `--parallel` at a time, as `make run` trains (`toolkit.train.train`), and scores a greedy tuned
+evaluation on the eval split; one more worker per arm scores the base model (it does not depend on the seed; a
+variant of `training.*` fields alone whose prompts come out the same shares the recipe's).
 
 On CUDA a worker trains the `hf` backend in fp32 with bf16 autocast off, so that it runs the CPU recipe's
 arithmetic on the GPU (sampling still differs from a CPU run's, so a seed's figures do too; the spread carries
@@ -28,8 +31,8 @@ Each worker leaves `<label>-predictions.json` in the output folder: every eval q
 and answer-match, to read what a variant changed, not only by how much.
 
 JSON: per arm, its `base` (answer_match, format), each seed's answer_match / format / truncated, their mean and
-sd, and `gain_mean` (mean tuned − base); with a variant, the paired differences (variant − recipe, per seed), their
-mean and 95 % t-interval, and `ratio` = variant mean / recipe mean.
+sd, and `gain_mean` (mean tuned − base); a variant arm also gives its `overrides`, the paired differences
+(`paired`: variant − recipe, per seed, their mean and 95 % t-interval) and `ratio` = variant mean / recipe mean.
 """
 
 from __future__ import annotations
@@ -55,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="recipe overrides for every arm, e.g. training.max_steps=5")
     parser.add_argument("--recipe", default=str(ROOT / "recipes" / "wine.yaml"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2])
-    parser.add_argument("--variant", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="overrides of a second arm, trained on the same seeds")
+    parser.add_argument("--variant", nargs="+", action="append", default=[], metavar="KEY=VALUE",
+                        help="overrides of one more arm, trained on the same seeds (repeat for several arms)")
     parser.add_argument("--parallel", type=int, default=1, help="workers at a time (CPU: 1 per 2 cores)")
     parser.add_argument("--rows", type=Path, help="a folder with the rows-<arm>.json of an earlier sweep")
     parser.add_argument("--output-dir", type=Path, help="default: a new folder under runs/bench/")
@@ -70,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         return worker(args.recipe, *args.worker, args.overrides)
 
-    arms = {"recipe": args.overrides} | ({"variant": [*args.overrides, *args.variant]} if args.variant else {})
+    variants = variant_arms(args.variant)
+    arms = {"recipe": args.overrides} | {arm: [*args.overrides, *over] for arm, over in variants.items()}
     missing = [f"rows-{arm}.json" for arm in arms if args.rows and not (args.rows / f"rows-{arm}.json").is_file()]
     if missing:
         parser.error(f"--rows {args.rows}: no {', '.join(missing)} there (an earlier sweep's --output-dir holds them)")
@@ -84,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = {arm: (args.rows / f"rows-{arm}.json") if args.rows else build_rows(args.recipe, over, out, arm)
             for arm, over in arms.items()}
     jobs = [(arm, f"base-{arm}", over) for arm, over in arms.items()
-            if arm == "recipe" or not shares_base(args.variant, rows)]
+            if arm == "recipe" or not shares_base(variants[arm], rows, arm)]
     jobs += [(arm, f"tuned-{arm}-s{seed}", [*over, f"training.seed={seed}"])
              for seed in args.seeds for arm, over in arms.items()]
     start = time.perf_counter()
@@ -93,11 +97,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def shares_base(variant: list[str], rows: dict[str, Path]) -> bool:
+def variant_arms(variants: list[list[str]]) -> dict[str, list[str]]:
+    """Arm name → its own overrides, one arm per `--variant`: `variant`, then `variant2`, `variant3`, ..."""
+    return {("variant" if i == 1 else f"variant{i}"): over for i, over in enumerate(variants, 1)}
+
+
+def shares_base(variant: list[str], rows: dict[str, Path], arm: str = "variant") -> bool:
     """Whether the variant's base score is the recipe's, so one base worker serves both arms: it changes only
     training settings, which an untrained model never reads, and its prompts came out the same."""
     return (all(o.split("=", 1)[0].startswith("training.") for o in variant)
-            and rows["variant"].read_bytes() == rows["recipe"].read_bytes())
+            and rows[arm].read_bytes() == rows["recipe"].read_bytes())
 
 
 def build_rows(recipe_path: str, overrides: list[str], out: Path, arm: str) -> Path:
@@ -205,7 +214,8 @@ def worker(recipe_path: str, rows_path: str, label: str, result: str, overrides:
 def summary(results: list[dict], args, seconds: float, out: Path) -> dict:
     line = {"bench": "seed_sweep", "recipe": args.recipe, "overrides": args.overrides, "seeds": args.seeds}
     arms = {}
-    for arm in ("recipe", "variant"):
+    variants = variant_arms(args.variant)
+    for arm in ("recipe", *variants):
         runs = [r for r in results if r["arm"] == arm and "seed" in r]
         runs.sort(key=lambda r: args.seeds.index(r["seed"]))
         if not runs:
@@ -221,19 +231,24 @@ def summary(results: list[dict], args, seconds: float, out: Path) -> dict:
             "sd_answer_match": round(statistics.stdev(am), 4) if len(am) > 1 else None,
             "gain_mean": round(statistics.fmean(am) - base["answer_match"], 4),
         }
+    for arm in (a for a in variants if a in arms and "recipe" in arms):
+        arms[arm] = {"overrides": variants[arm], **arms[arm], **paired(arms[arm], arms["recipe"], args.seeds)}
     line["arms"] = arms
-    if "variant" in arms:
-        line["variant"] = args.variant
-        per_seed = {arm: {s: v["answer_match"] for s, v in arms[arm]["per_seed"].items()} for arm in arms}
-        diffs = [per_seed["variant"][str(s)] - per_seed["recipe"][str(s)] for s in args.seeds]
-        mean = statistics.fmean(diffs)
-        half = (T95.get(len(diffs) - 1, 1.96) * statistics.stdev(diffs) / len(diffs) ** 0.5) if len(diffs) > 1 else None
-        line["paired"] = {"differences": [round(d, 4) for d in diffs], "mean": round(mean, 4),
-                          "ci95": [round(mean - half, 4), round(mean + half, 4)] if half is not None else None}
-        recipe_mean = arms["recipe"]["mean"]["answer_match"]
-        line["ratio"] = round(arms["variant"]["mean"]["answer_match"] / recipe_mean, 3) if recipe_mean else None
     line |= {"parallel": args.parallel, "seconds": round(seconds, 1), "output_dir": str(out)}
     return line
+
+
+def paired(variant: dict, recipe: dict, seeds: list[int]) -> dict:
+    """The variant − recipe answer-match per seed, their mean and 95 % t-interval, and the ratio of the means."""
+    diffs = [variant["per_seed"][str(s)]["answer_match"] - recipe["per_seed"][str(s)]["answer_match"] for s in seeds]
+    mean = statistics.fmean(diffs)
+    half = (T95.get(len(diffs) - 1, 1.96) * statistics.stdev(diffs) / len(diffs) ** 0.5) if len(diffs) > 1 else None
+    recipe_mean = recipe["mean"]["answer_match"]
+    return {
+        "paired": {"differences": [round(d, 4) for d in diffs], "mean": round(mean, 4),
+                   "ci95": [round(mean - half, 4), round(mean + half, 4)] if half is not None else None},
+        "ratio": round(variant["mean"]["answer_match"] / recipe_mean, 3) if recipe_mean else None,
+    }
 
 
 if __name__ == "__main__":

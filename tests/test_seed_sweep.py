@@ -25,12 +25,12 @@ def sweep():
 def test_missing_rows_file_is_one_line_error_before_anything_is_written(tmp_path):
     out = tmp_path / "sweep"
     done = subprocess.run([sys.executable, str(SCRIPT), "--rows", "nowhere", "--output-dir", str(out),
-                           "--variant", "training.max_steps=2"], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=120)
+                           "--variant", "training.max_steps=2", "--variant", "training.beta=0.1"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     last = done.stderr.strip().splitlines()[-1]
-    # The relative --rows is the caller's path, not the project's; both arms' files are named.
-    assert f"--rows {tmp_path / 'nowhere'}: no rows-recipe.json, rows-variant.json there" in last
+    # The relative --rows is the caller's path, not the project's; every arm's file is named.
+    assert f"--rows {tmp_path / 'nowhere'}: no rows-recipe.json, rows-variant.json, rows-variant2.json there" in last
     assert "Traceback" not in done.stderr
     assert not out.exists()
 
@@ -47,17 +47,35 @@ def test_summary_pairs_variant_and_recipe_by_seed(sweep, tmp_path):
                # finished out of order, as parallel workers do
                _result("variant", 2, 0.30), _result("recipe", 1, 0.20), _result("recipe", 2, 0.25),
                _result("variant", 1, 0.20), _result("recipe", 3, 0.15), _result("variant", 3, 0.25)]
-    args = Namespace(recipe="recipes/wine.yaml", overrides=[], seeds=[1, 2, 3], variant=["training.x=1"], parallel=2)
+    args = Namespace(recipe="recipes/wine.yaml", overrides=[], seeds=[1, 2, 3], variant=[["training.x=1"]], parallel=2)
     line = sweep.summary(results, args, 12.34, tmp_path)
     recipe, variant = line["arms"]["recipe"], line["arms"]["variant"]
     assert list(recipe["per_seed"]) == ["1", "2", "3"]
     assert recipe["mean"]["answer_match"] == 0.2 and variant["mean"]["answer_match"] == 0.25
     assert recipe["gain_mean"] == 0.15 and variant["base"] == {"answer_match": 0.05, "format": 0.2}
-    assert line["paired"]["differences"] == [0.0, 0.05, 0.1]
-    assert line["paired"]["mean"] == 0.05
+    assert variant["overrides"] == ["training.x=1"] and "paired" not in recipe
+    assert variant["paired"]["differences"] == [0.0, 0.05, 0.1]
+    assert variant["paired"]["mean"] == 0.05
     # t(2 df) = 4.303, sd of the differences 0.05: half-width 4.303 * 0.05 / sqrt(3) = 0.1242
-    assert line["paired"]["ci95"] == [-0.0742, 0.1742]
-    assert line["ratio"] == 1.25 and line["seconds"] == 12.3 and line["questions"] == 56
+    assert variant["paired"]["ci95"] == [-0.0742, 0.1742]
+    assert variant["ratio"] == 1.25 and line["seconds"] == 12.3 and line["questions"] == 56
+
+
+def test_several_variants_are_each_paired_with_the_one_recipe_arm(sweep, tmp_path):
+    assert sweep.variant_arms([["a=1"], ["b=2", "c=3"]]) == {"variant": ["a=1"], "variant2": ["b=2", "c=3"]}
+    results = [_result("recipe", None, 0.05), _result("variant2", None, 0.10),  # variant shares the recipe's base
+               _result("recipe", 1, 0.20), _result("recipe", 2, 0.30),
+               _result("variant", 1, 0.25), _result("variant", 2, 0.25),
+               _result("variant2", 1, 0.10), _result("variant2", 2, 0.20)]
+    args = Namespace(recipe="recipes/wine.yaml", overrides=[], seeds=[1, 2],
+                     variant=[["training.x=1"], ["retrieval.top_k=2"]], parallel=3)
+    arms = sweep.summary(results, args, 1.0, tmp_path)["arms"]
+    assert list(arms) == ["recipe", "variant", "variant2"]
+    assert arms["variant"]["paired"]["differences"] == [0.05, -0.05] and arms["variant"]["ratio"] == 1.0
+    assert arms["variant2"]["paired"]["differences"] == [-0.1, -0.1] and arms["variant2"]["ratio"] == 0.6
+    assert arms["variant2"]["overrides"] == ["retrieval.top_k=2"]
+    assert arms["variant"]["base"]["answer_match"] == 0.05 and arms["variant2"]["base"]["answer_match"] == 0.1
+    assert arms["variant2"]["gain_mean"] == 0.05
 
 
 class _OpensThink:
@@ -91,9 +109,12 @@ def test_a_training_variant_on_the_same_prompts_shares_the_recipes_base_worker(s
     assert not sweep.shares_base(["rewards.0.weight=2"], rows)
     rows["variant"].write_text('{"train": [1], "eval": [3]}')  # prompts that came out differently
     assert not sweep.shares_base(["training.beta=0.1"], rows)
+    rows["variant2"] = tmp_path / "rows-variant2.json"
+    rows["variant2"].write_text('{"train": [1], "eval": [2]}')  # a second variant: its own prompts are compared
+    assert sweep.shares_base(["training.beta=0.1"], rows, "variant2")
 
     results = [_result("recipe", None, 0.05), _result("recipe", 1, 0.20), _result("variant", 1, 0.30)]
-    args = Namespace(recipe="recipes/wine.yaml", overrides=[], seeds=[1], variant=["training.x=1"], parallel=2)
+    args = Namespace(recipe="recipes/wine.yaml", overrides=[], seeds=[1], variant=[["training.x=1"]], parallel=2)
     line = sweep.summary(results, args, 1.0, tmp_path)
     assert line["arms"]["variant"]["base"] == line["arms"]["recipe"]["base"] == {"answer_match": 0.05, "format": 1.0}
     assert line["arms"]["variant"]["gain_mean"] == 0.25
