@@ -225,14 +225,15 @@ def summary(results: list[dict], args, seconds: float, out: Path) -> dict:
         line["questions"] = base["questions"]
         am = [r["answer_match"] for r in runs]
         arms[arm] = {
+            **({"overrides": variants[arm]} if arm in variants else {}),
             "base": {m: base[m] for m in ("answer_match", "format")},
             "per_seed": {str(r["seed"]): {m: r[m] for m in METRICS} for r in runs},
             "mean": {m: round(statistics.fmean(r[m] for r in runs), 4) for m in METRICS},
             "sd_answer_match": round(statistics.stdev(am), 4) if len(am) > 1 else None,
             "gain_mean": round(statistics.fmean(am) - base["answer_match"], 4),
         }
-    for arm in (a for a in variants if a in arms and "recipe" in arms):
-        arms[arm] = {"overrides": variants[arm], **arms[arm], **paired(arms[arm], arms["recipe"], args.seeds)}
+        if arm in variants and "recipe" in arms:  # the recipe arm comes first
+            arms[arm] |= paired(arms[arm], arms["recipe"], args.seeds)
     line["arms"] = arms
     line |= {"parallel": args.parallel, "seconds": round(seconds, 1), "output_dir": str(out)}
     return line
