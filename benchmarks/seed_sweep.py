@@ -17,10 +17,11 @@ follow `training.seed`, and on the wine recipe the tuned answer-match of seven s
 What runs: arms are `recipe` (the recipe plus the shared overrides) and, per `--variant`, `variant`, `variant2`, ...
 (plus that variant's overrides), all on the same seeds: several variants share one recipe arm. Each arm's prompts
 (retrieval included: a variant may change it) are built once into `<output-dir>/rows-<arm>.json`, or read from such
-files in the folder `--rows` names, so a GPU box needs no embedder or index. Each (arm, seed) then trains in its
-own interpreter, `--parallel` at a time, as `make run` trains (`toolkit.train.train`), and scores a greedy tuned
-evaluation on the eval split; one more worker per arm scores the base model (it does not depend on the seed; a
-variant of `training.*` fields alone whose prompts come out the same shares the recipe's).
+files in the folder `--rows` names, so a GPU box needs no embedder or index (a rows file records the data,
+retrieval and prompt settings it was built from, and one that differs from its arm's is refused). Each (arm, seed)
+then trains in its own interpreter, `--parallel` at a time, as `make run` trains (`toolkit.train.train`), and
+scores a greedy tuned evaluation on the eval split; one more worker per arm scores the base model (it does not
+depend on the seed; a variant of `training.*` fields alone whose prompts come out the same shares the recipe's).
 
 On CUDA a worker trains the `hf` backend in fp32 with bf16 autocast off, so that it runs the CPU recipe's
 arithmetic on the GPU (sampling still differs from a CPU run's, so a seed's figures do too; the spread carries
@@ -78,6 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     missing = [f"rows-{arm}.json" for arm in arms if args.rows and not (args.rows / f"rows-{arm}.json").is_file()]
     if missing:
         parser.error(f"--rows {args.rows}: no {', '.join(missing)} there (an earlier sweep's --output-dir holds them)")
+    for arm, over in arms.items() if args.rows else ():
+        field = stale_rows(args.rows / f"rows-{arm}.json", over, args.recipe)
+        if field:
+            parser.error(f"--rows {args.rows}: rows-{arm}.json was built with another {field} than arm {arm!r} "
+                         "sets (drop --rows to build its prompts)")
     if args.output_dir is None:
         (ROOT / "runs" / "bench").mkdir(parents=True, exist_ok=True)
         args.output_dir = Path(tempfile.mkdtemp(prefix="seeds-", dir=ROOT / "runs" / "bench"))
@@ -113,11 +119,45 @@ def build_rows(recipe_path: str, overrides: list[str], out: Path, arm: str) -> P
     from toolkit.prompts import build_splits
     from toolkit.recipe import load_recipe
 
-    splits = build_splits(load_recipe(recipe_path, [*overrides, f"output_dir={out / f'index-{arm}'}"]))
-    rows = {"train": splits.train, "eval": splits.eval}
+    recipe = load_recipe(recipe_path, [*overrides, f"output_dir={out / f'index-{arm}'}"])
+    splits = build_splits(recipe)
+    rows = {"train": splits.train, "eval": splits.eval, "built_from": prompt_settings(recipe)}
     path = out / f"rows-{arm}.json"
     path.write_text(json.dumps(rows))
     return path
+
+
+def prompt_settings(recipe) -> dict:
+    """The recipe sections a rows file's prompts are built from: its data, retrieval and prompt."""
+    return recipe.model_dump(mode="json", include={"data", "retrieval", "prompt"})
+
+
+def stale_rows(path: Path, overrides: list[str], recipe_path: str) -> str | None:
+    """The first field (dotted, e.g. `prompt.system`) whose value in the arm's recipe differs from the one the
+    rows file was built with, or None: reused prompts would otherwise silently drop a variant's prompt or
+    retrieval change."""
+    from toolkit.recipe import load_recipe
+
+    built = json.loads(path.read_text()).get("built_from")
+    if built is None:
+        return "recipe (the file does not record which: an older seed_sweep wrote it)"
+    return first_difference(built, prompt_settings(load_recipe(recipe_path, overrides)))
+
+
+def first_difference(a, b, where: str = "") -> str | None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(a.keys() | b.keys()):
+            found = first_difference(a.get(key), b.get(key), f"{where}.{key}" if where else key)
+            if found:
+                return found
+        return None
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            found = first_difference(x, y, f"{where}.{i}")
+            if found:
+                return found
+        return None
+    return None if a == b else where
 
 
 def convert_model_once(recipe_path: str, overrides: list[str], out: Path) -> None:

@@ -118,3 +118,28 @@ def test_a_training_variant_on_the_same_prompts_shares_the_recipes_base_worker(s
     line = sweep.summary(results, args, 1.0, tmp_path)
     assert line["arms"]["variant"]["base"] == line["arms"]["recipe"]["base"] == {"answer_match": 0.05, "format": 1.0}
     assert line["arms"]["variant"]["gain_mean"] == 0.25
+
+
+def test_reused_rows_built_from_other_prompt_settings_are_refused(sweep, tmp_path):
+    # A variant that changes the prompt would otherwise train on the recipe's prompts, copied to its arm's file.
+    recipe = load_recipe(ROOT / "recipes" / "wine.yaml")
+    built = {"train": [], "eval": [], "built_from": sweep.prompt_settings(recipe)}
+    for arm in ("recipe", "variant", "variant2"):
+        (tmp_path / f"rows-{arm}.json").write_text(json.dumps(built))
+    recipe_path = str(ROOT / "recipes" / "wine.yaml")
+    assert sweep.stale_rows(tmp_path / "rows-variant.json", ["training.beta=0.1"], recipe_path) is None
+    assert sweep.stale_rows(tmp_path / "rows-variant.json", ["retrieval.top_k=2"], recipe_path) == "retrieval.top_k"
+    assert sweep.stale_rows(tmp_path / "rows-variant.json", ["prompt.examples=[]"], recipe_path) == "prompt.examples"
+
+    out = tmp_path / "sweep"
+    done = subprocess.run([sys.executable, str(SCRIPT), "--rows", str(tmp_path), "--output-dir", str(out),
+                           "--variant", "training.beta=0.1", "--variant", "prompt.system=Answer."],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    last = done.stderr.strip().splitlines()[-1]
+    assert f"--rows {tmp_path}: rows-variant2.json was built with another prompt.system than arm 'variant2'" in last
+    assert not out.exists()
+
+    del built["built_from"]  # written before the files recorded their settings
+    (tmp_path / "rows-recipe.json").write_text(json.dumps(built))
+    assert "an older seed_sweep" in sweep.stale_rows(tmp_path / "rows-recipe.json", [], recipe_path)
