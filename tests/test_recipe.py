@@ -409,6 +409,24 @@ def test_problem_in_an_inherited_field_names_the_parent(tmp_path):
         load_recipe(child)
     assert str(err.value).startswith(f"{child}: training: the generation batch")
     assert "(inherited from" not in str(err.value)
+    # A whole section replaced on the command line: none of its fields is the parent's any more.
+    _write(tmp_path / "parent.yaml", f"extends: {WINE}\ntraining: {{max_steps: 3}}\n")
+    _write(tmp_path / "child.yaml", "extends: parent.yaml\n")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(child, ["training={max_steps: 0}"])
+    assert str(err.value).startswith(f"{child}: training.max_steps: Input should be greater than or equal to 1")
+
+
+def test_home_is_expanded_in_every_path_field(tmp_path, monkeypatch):
+    # The shell leaves the ~ of `data.train=~/q.jsonl` alone; every path field expands it, not only the corpus's.
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "q.jsonl").write_text('{"question": "Which river?", "answer": "Ebro"}\n')
+    recipe = load_recipe(WINE, ["data.train=~/q.jsonl", "data.eval=~/q.jsonl", "output_dir=~/run",
+                                "model.cache_dir=~/cache"])
+    assert recipe.data.train == recipe.data.eval == tmp_path / "q.jsonl"
+    assert (recipe.output_dir, recipe.model.cache_dir) == (tmp_path / "run", tmp_path / "cache")
+    with pytest.raises(RecipeError, match=r"data\.train: ~nosuchuser-x/q\.jsonl: Could not determine home directory"):
+        load_recipe(WINE, ["data.train=~nosuchuser-x/q.jsonl"])
 
 
 # ------------------------------------------------------------------------- training.trl: GRPOConfig passthrough

