@@ -137,6 +137,15 @@ def test_markdown_sections_by_heading(tmp_path):
     assert docs[0].text == "Tasting notes, kept since 2019."
 
 
+def test_markdown_fence_closes_only_on_its_own_kind(tmp_path):
+    # A ``` inside a ~~~ block (or a shorter fence inside a longer one) is text, not the end of the block.
+    path = tmp_path / "notes.md"
+    path.write_text("# A\ntext\n~~~\n```\n# not a heading\n~~~\n# B\nbody b\n"
+                    "````\n```\n# still code\n````\n# C\nbody c\n")
+    assert [d.id for d in docs_of(path)] == ["notes#a", "notes#b", "notes#c"]
+    assert "# still code" in docs_of(path)[1].text
+
+
 def test_markdown_errors_name_the_heading_line(tmp_path):
     from toolkit.data import load_documents
 
@@ -173,6 +182,15 @@ def test_jsonl_metadata_errors(tmp_path, metadata, message):
     path.write_text(json.dumps({"id": "a", "text": "t", "metadata": metadata}) + "\n")
     with pytest.raises(DataError, match=rf"^{re.escape(str(path))}:1: {re.escape(message)}"):
         docs_of(path)
+
+
+def test_jsonl_strings_may_hold_unicode_line_separators(tmp_path):
+    # json.dumps(..., ensure_ascii=False) writes U+2028 and U+0085 raw; they do not end a JSON line.
+    path = tmp_path / "docs.jsonl"
+    text = "line one\u2028line two\x85three"
+    path.write_text(json.dumps({"id": "a", "text": text}, ensure_ascii=False) + "\r\n"
+                    + json.dumps({"id": "b", "text": "b"}) + "\n", encoding="utf-8")
+    assert [(d.id, d.text) for d in docs_of(path)] == [("a", text), ("b", "b")]
 
 
 # ------------------------------------------------------------------------------------------- csv
@@ -254,6 +272,29 @@ def test_csv_ids_must_be_unique_and_present(winemag_csv, ids, message):
     path = winemag_csv(rows=rows)
     with pytest.raises(DataError, match=rf"^{re.escape(str(path))}:3: {re.escape(message)}$"):
         load_file(path, "reviews", template="{title}", id_column="id")
+
+
+def test_csv_rows_are_named_by_the_line_they_start_on(winemag_csv):
+    # Row 18's description spans two lines; a later duplicate of its id names where each record starts.
+    port = next(row for row in WINEMAG_ROWS if row[0] == "18")
+    assert "\n" in port[2]
+    rows = [WINEMAG_ROWS[0], port, port]
+    path = winemag_csv(rows=rows)
+    with pytest.raises(DataError, match=rf"^{re.escape(str(path))}:5: duplicate 'id' '18' \(first on line 3\)$"):
+        load_file(path, "reviews", template="{title}", id_column="id")
+    assert [r.line for r in load_file(winemag_csv(rows=rows[:2]), "reviews", template="{title}",
+                                      row_columns=["title"]).rows] == [2, 3]
+
+
+def test_csv_leaves_the_process_wide_field_limit_as_it_was(winemag_csv):
+    import csv
+
+    before = csv.field_size_limit(131072)  # Python's default (an earlier load in this process may have raised it)
+    try:
+        docs_of(winemag_csv(), template="{title}")
+        assert csv.field_size_limit() == 131072
+    finally:
+        csv.field_size_limit(before)
 
 
 def test_csv_needs_a_template(winemag_csv):

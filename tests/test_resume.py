@@ -72,6 +72,18 @@ def test_fresh_run_removes_old_checkpoints(tmp_path):
     start_fresh(tmp_path / "missing")  # nothing to do on a first run
 
 
+def test_a_run_that_fails_before_training_keeps_the_old_checkpoints(tmp_path, capsys):
+    # They go only when the new run starts training: a bad data file must not cost the earlier run's --resume.
+    from toolkit.run import main
+
+    old = _checkpoint(tmp_path / "run" / "trainer", 20, json.dumps({"global_step": 20}))
+    bad = tmp_path / "train.jsonl"
+    bad.write_text('{"question": "Which river?"\n')
+    assert main(["recipes/wine.yaml", f"output_dir={tmp_path / 'run'}", f"data.train={bad}"]) == 2
+    assert f"{bad}:1: invalid JSON" in capsys.readouterr().err
+    assert latest_checkpoint(tmp_path / "run" / "trainer") == old
+
+
 def test_base_results_reused_only_on_resume_with_the_same_key(tmp_path):
     calls = []
 

@@ -189,7 +189,9 @@ def load_file(
 def read_jsonl(path: Path) -> list[tuple[int, dict]]:
     """(line number, object) for each non-blank line."""
     rows = []
-    for lineno, line in enumerate(read_text(path).splitlines(), 1):
+    # Not str.splitlines: it also splits on U+2028, U+0085 and others, which JSON allows raw inside strings (and
+    # json.dumps(..., ensure_ascii=False) writes so). A raw \r or \n never is.
+    for lineno, line in enumerate(re.split(r"\r\n|\r|\n", read_text(path)), 1):
         if not line.strip():
             continue
         try:
@@ -246,7 +248,7 @@ def _json_metadata(value, where: str) -> dict:
 
 
 _HEADING = re.compile(r"^ {0,3}(#{1,6})[ \t]+(.*?)(?:[ \t]+#+)?[ \t]*$")
-_FENCE = re.compile(r"^ {0,3}(```|~~~)")
+_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})(.*)$")
 
 
 def _markdown_sections(path: Path, file_id: str, text: str) -> list[tuple[Document, str]]:
@@ -254,11 +256,16 @@ def _markdown_sections(path: Path, file_id: str, text: str) -> list[tuple[Docume
     sections: list[tuple[int, list[str], list[str]]] = []  # (heading line, heading path, lines)
     current: tuple[int, list[str], list[str]] = (0, [], [])
     stack: list[tuple[int, str]] = []  # (level, title) of the enclosing headings
-    fenced = False
+    fence = ""  # the open code fence; as in CommonMark, only the same character, at least as many, closes it
     for lineno, line in enumerate(text.splitlines(), 1):
-        if _FENCE.match(line):
-            fenced = not fenced
-        heading = None if fenced else _HEADING.match(line)
+        marks = _FENCE.match(line)
+        if marks and not fence and not ("`" in marks.group(1) and "`" in marks.group(2)):
+            fence, heading = marks.group(1), None
+        elif marks and fence and marks.group(1)[0] == fence[0] and len(marks.group(1)) >= len(fence) \
+                and not marks.group(2).strip():
+            fence, heading = "", None
+        else:
+            heading = None if fence else _HEADING.match(line)
         if heading and heading.group(2).strip():
             sections.append(current)
             level, title = len(heading.group(1)), heading.group(2).strip()
@@ -293,7 +300,17 @@ def _slug(title: str) -> str:
 def _load_csv(
     path: Path, file_id: str, template: str, id_column: str | None, metadata_columns: list[str], row_columns: list[str]
 ) -> Loaded:
-    csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))  # long reviews or articles in one cell are fine
+    # Long reviews or articles in one cell are fine. The limit is process-wide, so it is put back afterwards.
+    limit = csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))
+    try:
+        return _read_csv(path, file_id, template, id_column, metadata_columns, row_columns)
+    finally:
+        csv.field_size_limit(limit)
+
+
+def _read_csv(
+    path: Path, file_id: str, template: str, id_column: str | None, metadata_columns: list[str], row_columns: list[str]
+) -> Loaded:
     reader = csv.reader(io.StringIO(read_text(path), newline=""))
     try:
         header = next(reader, None)
@@ -311,8 +328,9 @@ def _load_csv(
         wanted = list(dict.fromkeys(name for names in needed.values() for name in names))
         position = {name: header.index(name) for name in wanted}
         loaded, seen, number = Loaded([]), {}, 0
-        for cells in reader:
-            line = reader.line_num
+        start = reader.line_num + 1
+        for cells in reader:  # a quoted cell may hold newlines: a row is named by the line it starts on
+            line, start = start, reader.line_num + 1
             if not any(cell.strip() for cell in cells):
                 continue
             number += 1

@@ -9,6 +9,7 @@ import argparse
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 
 from toolkit.checkpoints import CheckpointError, base_results, eval_key, resume_checkpoint, start_fresh
 from toolkit.cli import ERRORS, fail, setup_logging
@@ -40,7 +41,7 @@ def run(recipe: Recipe, console: Console, resume: bool = False) -> dict:
 
         check_export_ready(recipe.export.formats, recipe.export.verify)  # a missing extra fails now, not after training
     work = out / "trainer"
-    checkpoint = resume_checkpoint(work) if resume else start_fresh(work)
+    checkpoint = resume_checkpoint(work) if resume else None
     splits = build_splits(recipe)  # data, index sync, retrieval: one prompt row per train and eval question
     train_rows, eval_rows = splits.train, splits.eval
 
@@ -53,6 +54,8 @@ def run(recipe: Recipe, console: Console, resume: bool = False) -> dict:
                            lambda: evaluate_columns(recipe, backend.for_inference(model, tokenizer), tokenizer,
                                                     eval_rows, ("no_context", "base"), share))
 
+    if not resume:
+        start_fresh(work)  # only now: bad data, a refused preflight or a failed load leaves the old checkpoints
     trainer, trained = train(recipe, model, tokenizer, train_rows, work, resume_from=checkpoint, backend=backend)
     tuned = backend.for_inference(trainer.model, tokenizer)
     results |= evaluate_columns(recipe, tuned, tokenizer, eval_rows, ("tuned",), share)
@@ -82,13 +85,18 @@ def run(recipe: Recipe, console: Console, resume: bool = False) -> dict:
     }
     write_report(out, report, predictions, images)
     console.print(comparison_table(report))
-    console.print(f"outputs in [bold]{out}[/]: adapter/, report.json, report.md, eval/predictions.jsonl, plots/")
+    shown = escape(str(out))  # a folder name may hold "[", which rich would read as markup
+    console.print(f"outputs in [bold]{shown}[/]: adapter/, report.json, report.md, eval/predictions.jsonl, plots/")
     if recipe.export.formats:
         from toolkit.export import export  # imported here: llama-cpp-python is an optional extra
+        from toolkit.verify import ExportError
 
         manifest = export(recipe)
-        verdict = "verified" if manifest["ok"] else "[red]a GGUF file does not match the merged model[/]"
-        console.print(f"export in [bold]{out / 'export'}[/]: {', '.join(manifest['formats'])} ({verdict})")
+        if not manifest["ok"]:  # a non-zero exit, as `python -m toolkit.export` gives; the report stays written
+            raise ExportError(f"{manifest['exact_format']} does not reproduce the merged model's greedy tokens "
+                              f"(see {out / 'export' / 'manifest.json'})")
+        verdict = "verified" if recipe.export.verify else "not verified: export.verify is off"
+        console.print(f"export in [bold]{shown}/export[/]: {', '.join(manifest['formats'])} ({verdict})")
     return report
 
 
