@@ -88,6 +88,33 @@ def test_single_token_words_stay_within_size(tokenizer):
     assert n_tokens(tokenizer, chunks[0].text) == 64
 
 
+def test_a_long_word_after_the_overlap_does_not_repeat_the_last_window(tokenizer):
+    # Before "zq-zq-...", too long to share a window with the overlap, the next window starts at the long word
+    # itself; stepping back would give windows that hold only words already chunked ("w8 w9", "w9").
+    long_word = "-".join(["zq"] * 20)
+    assert n_tokens(tokenizer, long_word) > 16 - 4
+    doc = Document("d", " ".join(f"w{i}" for i in range(10)) + " " + long_word)
+    chunks = chunk_documents([doc], tokenizer, 16, 4)
+    covered = [spans(doc, chunks)[0]]
+    for start, end in spans(doc, chunks)[1:]:
+        assert end > covered[-1][1], "a window that adds nothing new"
+        covered.append((start, end))
+    assert chunks[-1].text.startswith("zq-") and len(chunks) == 3
+
+
+def test_a_tokenizer_without_offsets_is_a_clear_error():
+    from transformers import PreTrainedTokenizer
+
+    from toolkit.models import ModelError
+
+    class Slow(PreTrainedTokenizer):  # pure Python, as transformers 5 builds tokenizers with no tokenizer.json
+        def __init__(self):
+            pass
+
+    with pytest.raises(ModelError, match=r"^retrieval\.embedder: its tokenizer \(Slow\) has no fast"):
+        chunk_documents([Document("d", "Barolo is made from Nebbiolo.")], Slow(), 64, 16)
+
+
 def test_chunks_respect_word_boundaries(tokenizer, long_doc):
     chunks = chunk_documents([long_doc], tokenizer, 64, 16)
     text = long_doc.text

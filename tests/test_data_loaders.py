@@ -240,3 +240,17 @@ def test_no_documents_in_a_folder_of_empty_files(tmp_path):
     (tmp_path / "b.txt").write_text(" \n")
     with pytest.raises(DataError, match="^no documents in "):
         load_documents([tmp_path])
+
+
+def test_csv_settings_on_a_folder_without_csv_files_name_the_entry(tmp_path):
+    # The recipe can check a single file's suffix; a folder's files are known only when they are read.
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "a.md").write_text("# Barolo\n\nMade from Nebbiolo.\n")
+    qa = write_jsonl(tmp_path / "qa.jsonl", [{"question": "Which grape?", "answer": "Nebbiolo"}])
+    entry = data_section(corpus=[{"path": str(folder), "template": "{title}", "metadata_columns": ["country"]}],
+                         train=qa, eval=qa).corpus[0]
+    with pytest.raises(DataError, match=rf"^{re.escape(str(folder))}: template, id_column, .* no \.csv file is in it"):
+        load_documents([entry])
+    plain = data_section(corpus=[{"path": str(folder)}], train=qa, eval=qa).corpus[0]
+    assert [d.id for d in load_documents([plain])] == ["a#barolo"]

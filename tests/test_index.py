@@ -218,13 +218,15 @@ def test_update_embeds_only_what_changed(tmp_path, embedder_path):
     assert (hit.source, hit.metadata) == ("note-9", {"source": "note-9", "position": 0, "country": "Spain"})
 
 
-def test_update_without_the_memo_rechunks_but_embeds_nothing(tmp_path, embedder_path):
+def test_update_without_the_memo_rechunks_but_embeds_nothing(tmp_path, embedder_path, caplog):
     index = Index(tmp_path, "notes", EMBEDDER, embedder_path)
     index.update(NOTES, 128, 16)
     (tmp_path / "notes.chunks.json").unlink()
     assert Index(tmp_path, "notes", EMBEDDER, embedder_path).update(NOTES, 128, 16) == SyncCounts(unchanged=5)
+    assert "chunk memo" not in caplog.text  # a missing memo is a first run's normal state
     (tmp_path / "notes.chunks.json").write_text("{not json")
     assert Index(tmp_path, "notes", EMBEDDER, embedder_path).update(NOTES, 128, 16) == SyncCounts(unchanged=5)
+    assert "ignoring the unreadable chunk memo" in caplog.text  # a corrupt one is said, not swallowed
 
 
 def test_new_chunk_settings_rechunk_every_document(tmp_path, embedder_path, long_doc):

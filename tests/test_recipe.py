@@ -507,3 +507,11 @@ def test_cli_reports_a_trl_typo_in_one_line_before_loading_anything():
     [line] = [line for line in proc.stderr.splitlines() if "error:" in line]
     assert "training.trl.optimm: not a trl.GRPOConfig field (did you mean 'optim'?)" in line
     assert "backend" not in proc.stderr and "evaluating" not in proc.stderr  # nothing was selected or loaded
+
+
+@pytest.mark.parametrize("name", ["wine reviews", "ab", "a..b", "_wine", "192.168.1.1", "vin-é"])
+def test_collection_names_chroma_refuses_fail_in_the_recipe(name):
+    # Before the data loads and the embedder runs, with the field named, not as a chromadb traceback after.
+    with pytest.raises(RecipeError, match=r"retrieval\.collection: must .*Chroma's rule"):
+        load_recipe(WINE, [f"retrieval.collection={name}"])
+    assert load_recipe(WINE, ["retrieval.collection=wine.v2-x"]).retrieval.collection == "wine.v2-x"

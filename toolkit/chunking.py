@@ -13,9 +13,10 @@ import re
 from dataclasses import dataclass, field
 
 from toolkit.loaders import Document
+from toolkit.models import ModelError
 
 # Part of every document hash: bump it when chunk_documents changes, so memoized chunk ids are not reused.
-CHUNKER_VERSION = 2
+CHUNKER_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -55,12 +56,11 @@ def _encoder(tokenizer):
     (MiniLM's tokenizer.json truncates and pads to 128) without touching the embedder's own tokenizer.
     """
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:  # a slow, pure-Python tokenizer
-        def encode(texts):
-            mapping = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
-            return [(len(offsets), lambda offsets=offsets: offsets) for offsets in mapping["offset_mapping"]]
-
-        return encode
+    if backend is None:  # a pure-Python tokenizer: transformers 5 gives such tokenizers no character offsets
+        raise ModelError(
+            f"retrieval.embedder: its tokenizer ({type(tokenizer).__name__}) has no fast (Rust) backend, and "
+            "chunking needs the tokens' character offsets; pick a sentence-transformers model with a tokenizer.json"
+        )
     from tokenizers import Tokenizer
 
     own = Tokenizer.from_str(backend.to_str())
@@ -126,8 +126,10 @@ def _word_windows(counts: list[int], first: int, stop: int, size: int, overlap: 
         if last == stop:
             return windows
         # Step back from the end by whole words until about `overlap` tokens are shared, always moving forward.
-        nxt, shared = last, 0
-        while nxt - 1 > first and shared + counts[nxt - 1] <= overlap:
+        # The next window must reach past this one's end: with a long word next, stepping back the whole overlap
+        # would leave room for nothing new, and the window would repeat this one's tail.
+        nxt, shared, room = last, 0, min(overlap, size - counts[last])
+        while nxt - 1 > first and shared + counts[nxt - 1] <= room:
             nxt -= 1
             shared += counts[nxt]
         first = nxt

@@ -60,7 +60,13 @@ def _load_corpus(sources) -> tuple[list[Document], list[tuple[list[QA], list[QA]
         questions = getattr(spec, "questions", None)
         columns = question_columns(questions.templates) if questions else []
         rows: list[Row] = []
-        for path, file_id, explicit in expand(spec.path if spec else source):
+        files = expand(spec.path if spec else source)
+        csv_only = spec and (spec.template or spec.id_column or spec.metadata_columns or questions)
+        if csv_only and not any(path.suffix.lower() == ".csv" for path, _, _ in files):
+            # The recipe checks a single file; a folder or glob is known only now.
+            raise DataError(f"{spec.path}: template, id_column, metadata_columns and questions are for CSV files, "
+                            "and no .csv file is in it")
+        for path, file_id, explicit in files:
             loaded = load_file(
                 path,
                 file_id,

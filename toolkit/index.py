@@ -244,11 +244,17 @@ class Index:
         return self.path / f"{self.name}.chunks.json"
 
     def _read_memo(self) -> dict[str, list[str]]:
+        path = self._memo_path()
+        if not path.exists():
+            return {}
         try:
-            memo = json.loads(self._memo_path().read_text())
+            memo = json.loads(path.read_text())
             return memo["documents"] if memo.get("chunker") == CHUNKER_VERSION else {}
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            return {}  # missing or unreadable: chunk everything again (slower, never wrong)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            # Chunking everything again is slower, never wrong; said, since it is not what a rerun should do.
+            logger.warning("index: ignoring the unreadable chunk memo %s (%s); chunking every document again",
+                           path, err)
+            return {}
 
     def _write_memo(self, chunk_ids: dict[str, list[str]]) -> None:
         path = self._memo_path()
@@ -312,7 +318,8 @@ def build_index(recipe, docs: list[Document], progress=None) -> tuple[Index, Syn
 
 
 def retrieval_metrics(index: Index, questions: list[QA], top_k: int) -> dict:
-    """Recall@k (gold document among the top k chunks) for k in 1, top_k, 5, 10, and MRR@10 of the gold document.
+    """Recall@k (gold document among the top k chunks) for k in 1, top_k, 5, 10, and the gold document's MRR over
+    the deepest of those k (MRR@10, or MRR@top_k when top_k is larger).
 
     Only questions with a `source` count; `questions` says how many did.
     """

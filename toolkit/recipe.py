@@ -10,6 +10,7 @@ Relative paths in a recipe are resolved against the current working directory (r
 from __future__ import annotations
 
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -66,7 +67,11 @@ class RetrievalSection(_Section):
     chunk_size: int = Field(128, ge=16, description="Chunk length in embedder tokens.")
     chunk_overlap: int = Field(16, ge=0, description="Tokens shared by consecutive chunks of a document.")
     top_k: int = Field(2, ge=1, le=20, description="Chunks retrieved into each prompt.")
-    collection: str = Field("corpus", min_length=3, description="Chroma collection name (3+ characters).")
+    collection: str = Field(
+        "corpus",
+        description="Chroma collection name: 3-512 letters, digits, '.', '_' or '-', starting and ending with a "
+        "letter or digit, no '..'.",
+    )
     embed_batch_size: int = Field(
         32, ge=1, description="Texts per embedder forward pass (measured on CPU: 16–32 is fastest for MiniLM)."
     )
@@ -74,6 +79,17 @@ class RetrievalSection(_Section):
         1024, ge=1, le=5000,
         description="Chunks embedded and stored per Chroma write; an interrupted index keeps every finished batch.",
     )
+
+    @field_validator("collection")
+    @classmethod
+    def _chroma_name(cls, name: str) -> str:
+        # Chroma's own rule, checked here so that a bad name fails before the data loads, not after it.
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{1,510}[A-Za-z0-9]", name) or ".." in name:
+            raise ValueError("must be 3-512 letters, digits, '.', '_' or '-', start and end with a letter or digit "
+                             "and hold no '..' (Chroma's rule for collection names)")
+        if re.fullmatch(r"\d{1,3}(\.\d{1,3}){3}", name):
+            raise ValueError("must not be an IPv4 address (Chroma's rule for collection names)")
+        return name
 
     @model_validator(mode="after")
     def _overlap_below_size(self) -> RetrievalSection:
