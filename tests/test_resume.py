@@ -84,6 +84,19 @@ def test_a_run_that_fails_before_training_keeps_the_old_checkpoints(tmp_path, ca
     assert latest_checkpoint(tmp_path / "run" / "trainer") == old
 
 
+def test_ctrl_c_says_how_to_continue_and_exits_130(tmp_path, monkeypatch, capsys):
+    import toolkit.run
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(toolkit.run, "run", interrupted)
+    assert toolkit.run.main(["recipes/wine.yaml", f"output_dir={tmp_path}"]) == 130
+    err = capsys.readouterr().err
+    assert f"interrupted: --resume continues from the last checkpoint in {tmp_path / 'trainer'}" in err
+    assert "Traceback" not in err
+
+
 def test_base_results_reused_only_on_resume_with_the_same_key(tmp_path):
     calls = []
 

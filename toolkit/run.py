@@ -108,11 +108,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="dotted overrides: training.max_steps=2 output_dir=/tmp/x")
     args = parser.parse_intermixed_args(argv)  # --resume may come before, between or after the overrides
     console = setup_logging()
+    recipe = None
     try:
         recipe = load_recipe(args.recipe, args.overrides)
         run(recipe, table_console(), resume=args.resume)
     except (*ERRORS, CheckpointError) as err:
         return fail(console, err)
+    except KeyboardInterrupt:  # the usual exit status for Ctrl-C, and where to pick up, not a traceback
+        where = f" in {escape(str(recipe.output_dir / 'trainer'))}" if recipe else ""
+        console.print(f"interrupted: --resume continues from the last checkpoint{where} (training.save_steps "
+                      "sets how often one is written)", highlight=False, soft_wrap=True)
+        return 130
     return 0
 
 
