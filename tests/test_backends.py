@@ -97,6 +97,24 @@ def test_explicit_unsloth_that_does_not_import_names_the_extra(monkeypatch):
         select_backend("unsloth")
 
 
+def test_a_broken_vllm_is_logged_a_missing_one_is_not(monkeypatch, caplog):
+    import importlib
+
+    from toolkit.backends.unsloth import vllm_importable
+
+    def broken(name):
+        raise RuntimeError("CUDA driver too old")
+
+    def missing(name):
+        raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+    monkeypatch.setattr(importlib, "import_module", missing)
+    assert not vllm_importable() and caplog.text == ""
+    monkeypatch.setattr(importlib, "import_module", broken)
+    assert not vllm_importable()
+    assert "vLLM does not import (RuntimeError: CUDA driver too old); generating without it" in caplog.text
+
+
 def test_explicit_hf_is_taken_as_is():
     assert select_backend("hf").reason == "model.backend is hf"
 

@@ -16,6 +16,7 @@ import pytest
 from toolkit.checkpoints import (
     CheckpointError,
     base_results,
+    eval_key,
     latest_checkpoint,
     resume_checkpoint,
     start_fresh,
@@ -95,6 +96,19 @@ def test_ctrl_c_says_how_to_continue_and_exits_130(tmp_path, monkeypatch, capsys
     err = capsys.readouterr().err
     assert f"interrupted: --resume continues from the last checkpoint in {tmp_path / 'trainer'}" in err
     assert "Traceback" not in err
+
+
+def test_eval_key_changes_with_what_the_base_columns_depend_on():
+    from toolkit.recipe import load_recipe
+
+    recipe = load_recipe(ROOT / "recipes" / "wine.yaml")
+    rows = [{"prompt": [{"role": "user", "content": "?"}], "answer": "Ebro River"}]
+    key = eval_key(recipe, "/m", rows, "hf")
+    assert key == eval_key(load_recipe(ROOT / "recipes" / "wine.yaml", ["training.max_steps=3"]), "/m", rows, "hf")
+    assert key != eval_key(recipe, "/m", rows, "unsloth")  # resumed on another machine, another backend
+    assert key != eval_key(load_recipe(ROOT / "recipes" / "wine.yaml", ["eval.max_new_tokens=64"]), "/m", rows, "hf")
+    assert key != eval_key(recipe, "/other", rows, "hf")
+    assert key != eval_key(recipe, "/m", [{**rows[0], "answer": "Ebro"}], "hf")
 
 
 def test_base_results_reused_only_on_resume_with_the_same_key(tmp_path):

@@ -85,10 +85,12 @@ def start_fresh(folder: Path) -> None:
                     len(old), folder)
 
 
-def eval_key(recipe, model_path: str, rows: list[dict]) -> str:
-    """A hash of everything the base columns depend on."""
+def eval_key(recipe, model_path: str, rows: list[dict], backend: str) -> str:
+    """A hash of everything the base columns depend on. `backend`: the one that runs, not the recipe's `auto`
+    (a CPU run resumed on a GPU box evaluates with Unsloth's 4-bit model, which answers differently)."""
     sections = recipe.model_dump(mode="json", include={"model", "prompt", "retrieval", "rewards", "eval"})
-    text = json.dumps({"model_path": str(model_path), "recipe": sections, "rows": rows}, sort_keys=True, default=str)
+    text = json.dumps({"model_path": str(model_path), "backend": backend, "recipe": sections, "rows": rows},
+                      sort_keys=True, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 

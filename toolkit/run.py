@@ -50,7 +50,7 @@ def run(recipe: Recipe, console: Console, resume: bool = False) -> dict:
     model, tokenizer = backend.load(recipe, model_path)
     share = backend.shares_prompt_prefill  # evaluation reads the prompts' common prefix once (toolkit.generation)
     prepare_replies(tokenizer, train_rows + eval_rows, recipe.prompt)  # R1's template or open_think: <think>
-    results = base_results(work, eval_key(recipe, model_path, eval_rows), resume,
+    results = base_results(work, eval_key(recipe, model_path, eval_rows, backend.name), resume,
                            lambda: evaluate_columns(recipe, backend.for_inference(model, tokenizer), tokenizer,
                                                     eval_rows, ("no_context", "base"), share))
 

@@ -29,7 +29,9 @@ VLLM_GPU_MEMORY_UTILIZATION = 0.6
 def vllm_importable() -> bool:
     try:
         importlib.import_module("vllm")
-    except Exception:  # noqa: BLE001 - a broken vLLM (CUDA mismatch, ...) is as good as none here
+    except Exception as err:  # noqa: BLE001 - a broken vLLM (CUDA mismatch, ...) is as good as none here
+        if not (isinstance(err, ModuleNotFoundError) and err.name == "vllm"):  # installed, but broken: say so
+            logger.warning("vLLM does not import (%s: %s); generating without it", type(err).__name__, err)
         return False
     return True
 
