@@ -94,6 +94,18 @@ def test_missing_index_or_model_is_one_line(tmp_path, capsys):
     assert "the question is empty" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("flags", "message"), [
+    (["-k", "0"], "-k must be at least 1, got 0"),  # not silently the recipe's top_k
+    (["-k", "-2"], "-k must be at least 1, got -2"),
+    (["--max-new-tokens", "0"], "--max-new-tokens must be at least 1, got 0"),
+    (["--max-new-tokens", "-5"], "--max-new-tokens must be at least 1, got -5"),
+])
+def test_counts_below_one_are_one_line(tmp_path, capsys, flags, message):
+    assert chat.main(["recipes/wine.yaml", f"output_dir={tmp_path}", *flags, "--question", QUESTION]) == 2
+    err = capsys.readouterr().err
+    assert message in " ".join(err.split()) and len(err.strip().splitlines()) == 1, err
+
+
 def test_missing_adapter_or_gguf_is_one_line(tmp_path, capsys):
     # With the index there, the model is the next thing chat checks.
     from toolkit import index

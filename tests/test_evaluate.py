@@ -9,6 +9,7 @@ import pytest
 from toolkit import evaluate
 from toolkit.evaluate import compare, evaluate_columns, no_context_prompt
 from toolkit.prompts import build_messages
+from toolkit.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 GOOD = "<think>The context says Nebbiolo.</think><answer>Nebbiolo</answer>"
@@ -16,8 +17,6 @@ GOOD = "<think>The context says Nebbiolo.</think><answer>Nebbiolo</answer>"
 
 @pytest.fixture(scope="module")
 def recipe():
-    from toolkit.recipe import load_recipe
-
     return load_recipe(ROOT / "recipes" / "wine.yaml")
 
 
@@ -117,3 +116,47 @@ def test_cli_reports_a_failing_reward_in_one_line(tmp_path, capsys):
     assert status == 2, err
     assert "raised ValueError: no score for this" in " ".join(err.split()) and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "eval").exists()
+
+
+def test_rewards_see_the_prompt_each_column_answered(recipe, canned, tmp_path):
+    # TRL passes a reward the prompt it sampled from (`prompts`); evaluation passes the one each column's model
+    # saw, so the no-context column's rewards get the prompt without context.
+    rewards = tmp_path / "my_rewards.py"
+    rewards.write_text("def saw_context(completions, prompts, context, **kwargs):\n"
+                       "    return [float(c[0] in p[-1]['content']) for p, c in zip(prompts, context)]\n")
+    custom = load_recipe(ROOT / "recipes" / "wine.yaml", [f'rewards=[{{name: "{rewards}:saw_context"}}]'])
+    model = {True: GOOD, False: GOOD}
+    results = evaluate_columns(custom, model, None, make_rows(recipe, 2), ("no_context", "base"))
+    assert [r["scores"]["reward/saw_context"] for r in results["no_context"]] == [0.0, 0.0]
+    assert [r["scores"]["reward/saw_context"] for r in results["base"]] == [1.0, 1.0]
+
+
+def test_a_reply_ending_on_a_configured_eos_is_not_truncated():
+    # Llama-3 style: generation_config lists several eos ids, and generate stops on any of them (here 9), not only
+    # on the tokenizer's eos (2). Such a reply ended by itself; its stop token is not part of its length.
+    import torch
+    from transformers import BatchEncoding, GenerationConfig
+
+    class Tokenizer:
+        eos_token_id, pad_token_id = 2, 0
+
+        def apply_chat_template(self, prompts, **kwargs):
+            ids = torch.tensor([[5, 6]] * len(prompts))
+            return BatchEncoding({"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+
+        def decode(self, ids, skip_special_tokens):
+            return " ".join(map(str, ids))
+
+    class Model:
+        device = "cpu"
+        generation_config = GenerationConfig(eos_token_id=[2, 9])
+
+        def eval(self):
+            return self
+
+        def generate(self, input_ids, attention_mask, **kwargs):
+            replies = torch.tensor([[7, 8, 9, 0], [7, 2, 0, 0], [7, 8, 7, 8]])  # eos 9, eos 2, cut at the limit
+            return torch.cat([input_ids, replies], dim=1)
+
+    texts, lengths, truncated = evaluate.generate(Model(), Tokenizer(), [[]] * 3, 4, 3, share_prefix=False)
+    assert (texts, lengths, truncated) == (["7 8", "7", "7 8 7 8"], [2, 1, 4], [False, False, True])

@@ -262,6 +262,20 @@ def test_unsupported_architecture_lists_supported_ones(tmp_path, capsys):
     assert not (run / "export" / "merged").exists()
 
 
+def test_corrupt_run_report_names_the_file(tmp_path, capsys):
+    # The base model comes from the run's report.json: a broken one is a one-line error naming it, status 2.
+    run = tmp_path / "run"
+    (run / "adapter").mkdir(parents=True)
+    (run / "adapter" / "adapter_config.json").write_text("{}")
+    report = run / "report.json"
+    for text, message in (('{"model_path": "m"', "unreadable run report"), ("[]", "not a run report")):
+        report.write_text(text)
+        assert export_mod.main(["recipes/wine.yaml", "--run", str(run), "--formats", "adapter"]) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert f"{report}: {message}" in err, err
+        assert not (run / "export" / "adapter").exists()
+
+
 def test_missing_llama_cpp_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "llama_cpp", None)  # makes `import llama_cpp` raise ImportError
     with pytest.raises(export_mod.ExportError, match=r"pip install -e '\.\[export\]'"):

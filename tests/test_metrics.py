@@ -7,10 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from toolkit.metrics import bootstrap_indices, column_means, retrieval_hit, score, summarize
+from toolkit.data import QA
+from toolkit.metrics import REWARD_COLUMNS, bootstrap_indices, column_means, retrieval_hit, score, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTEXT = ["Barolo is a red wine from Piedmont made from Nebbiolo."]
+CLEAN_COMPLETION = "<think>The context says Nebbiolo.</think><answer>Nebbiolo</answer>"
 
 
 def row(answer="Nebbiolo", aliases=(), source="region-barolo", retrieved=("region-barolo",)):
@@ -68,6 +70,35 @@ def test_repeated_answer_tags_score_below_clean(recipe):
 def test_aliases_count_as_exact(recipe):
     metrics, _ = score(recipe, [row("Cabernet Sauvignon", ["Cab Sauv"])], ["<think>x</think><answer>cab sauv</answer>"])
     assert metrics["answer_match"] == 1.0
+
+
+def test_rewards_get_the_columns_training_passes(recipe, tmp_path):
+    # A custom reward that reads columns TRL passes in training (`context_sources`, `prompts`) must score the
+    # evaluation too, not stop it with a missing argument.
+    rewards = tmp_path / "my_rewards.py"
+    rewards.write_text("def cites_gold(completions, context_sources, source, prompts, **kwargs):\n"
+                       "    return [float(s in c and bool(p)) for s, c, p in zip(source, context_sources, prompts)]\n")
+    from toolkit.recipe import load_recipe
+
+    custom = load_recipe(ROOT / "recipes" / "wine.yaml", [f'rewards=[{{name: "{rewards}:cites_gold"}}]'])
+    rows = [{**row(), "prompt": [{"role": "user", "content": "?"}]},
+            {**row(retrieved=("grape-merlot",)), "prompt": [{"role": "user", "content": "?"}]}]
+    _, per_question = score(custom, rows, [CLEAN_COMPLETION] * 2)
+    assert [q["reward/cites_gold"] for q in per_question] == [1.0, 0.0]
+
+
+def test_reward_columns_are_the_rows_training_uses(recipe):
+    # TRL passes every dataset column but `prompt` (as `prompts`): evaluation must pass the same ones.
+    from toolkit.index import Hit
+    from toolkit.prompts import build_rows
+
+    class Index:
+        def search(self, questions, top_k):
+            return [[Hit("region-barolo:0:ab", CONTEXT[0], "region-barolo", 0.9)] for _ in questions]
+
+    [built] = build_rows([QA(question="Which grape is Barolo made from?", answer="Nebbiolo")], Index(),
+                         recipe.prompt, 1)
+    assert set(REWARD_COLUMNS) == built.keys() - {"prompt"}
 
 
 def test_retrieval_hit():

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import stat
 
 import pytest
 from matplotlib.image import imread
@@ -48,6 +50,20 @@ def test_save_dir_atomic_failure_keeps_previous_dir(tmp_path):
     save_dir_atomic(target, lambda d: (d / "weights").write_text("v2"))
     assert (target / "weights").read_text() == "v2"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
+
+
+def test_atomic_writes_get_the_modes_of_plain_writes(tmp_path):
+    # mkstemp and mkdtemp create 0600 files and 0700 folders; once renamed into place, report.json and adapter/
+    # must have what open() and mkdir() would give under the user's umask.
+    previous = os.umask(0o027)
+    try:
+        write_atomic(tmp_path / "report.json", "{}")
+        save_dir_atomic(tmp_path / "adapter", lambda d: (d / "weights").write_text("w"))
+        assert os.umask(0o027) == 0o027  # reading the umask left it as it was
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "report.json").stat().st_mode) == 0o640
+    assert stat.S_IMODE((tmp_path / "adapter").stat().st_mode) == 0o750
 
 
 def test_markdown_and_console_table():

@@ -56,6 +56,12 @@ def chat(text):
     ("", ""),
     ("Theory", "theory"),
     ("🍷 wine", "🍷 wine"),
+    # ASCII punctuation outside Unicode's P category goes too, as SQuAD strips string.punctuation; other
+    # symbols stay.
+    ("`Nebbiolo`", "nebbiolo"),
+    ("Nebbiolo~", "nebbiolo"),
+    ("$ + < = > ^ | x", "x"),
+    ("€25 £3", "€25 £3"),
 ])
 def test_normalize(text, expected):
     assert normalize(text) == expected
@@ -96,7 +102,9 @@ def test_completion_text(completion, expected):
     ("the Pinot", "Pinot Noir", 2 / 3),
     ("Merlot", "Pinot Noir", 0.0),
     ("", "Pinot", 0.0),
-    ("the", "a", 1.0),
+    ("the", "a", 0.0),  # an article-only gold ("A" in multiple choice) is compared whole, as in exact match
+    ("A", "a", 1.0),
+    ("", "", 1.0),
 ])
 def test_token_f1(pred, gold, expected):
     assert token_f1(pred, gold) == pytest.approx(expected)
@@ -137,6 +145,10 @@ def test_is_exact_match(text, answer, aliases, expected):
     ("<answer>Spanna grape</answer>", "Nebbiolo", ["Spanna"], True, 2 / 3),
     ("<answer>Nebbiolo 🍇</answer>", "Nebbiolo", [], False, 0.0),
     ("<answer>🍷</answer>", "🍷", [], False, 1.0),
+    ("<answer>`Nebbiolo`</answer>", "Nebbiolo", [], False, 1.0),  # quoted as Markdown code
+    ("<answer>Nebbiolo~</answer>", "Nebbiolo", [], False, 1.0),
+    ("<answer>The</answer>", "A", [], True, 0.0),  # no partial credit for an article against an article gold
+    ("<answer>.</answer>", "A", [], True, 0.0),
 ])
 def test_answer_match(text, answer, aliases, partial, expected):
     scores = answer_match([text], partial=partial, answer=[answer], aliases=[aliases])
@@ -445,6 +457,8 @@ def test_build_reward_rejects_non_mapping_params():
     (lambda: format_reward([CLEAN], mode="bogus"), "unknown mode 'bogus'"),
     (lambda: length([CLEAN], min_words=9, max_words=3), "min_words"),
     (lambda: length([CLEAN], falloff=-1), "falloff"),
+    (lambda: answer_match([CLEAN], rel_tolerance=float("nan"), answer=["x"]), "rel_tolerance must be a finite"),
+    (lambda: answer_match([CLEAN], tolerance="0.5", answer=["x"]), "tolerance must be a finite number >= 0, got '0.5'"),
 ])
 def test_bad_params_raise_at_call_time(call, match):
     with pytest.raises(ValueError, match=match):

@@ -182,7 +182,8 @@ def test_bad_values_name_the_reward_and_the_sample(rewards_file, values, message
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("value", ["0.5", {"a": 1.0}, 0.5, None])
+# 0-d tensors and arrays have a __len__ that raises TypeError: a scalar, not a list.
+@pytest.mark.parametrize("value", ["0.5", {"a": 1.0}, 0.5, None, torch.tensor(1.0), np.array(0.5)])
 def test_a_non_list_result_is_an_error(rewards_file, value):
     with pytest.raises(RewardError, match=r"reward 'echo' returned a \w+, expected a list of 1 floats"):
         build_reward(f"{rewards_file}:echo")(["a"], value=value)

@@ -104,7 +104,7 @@ class AdapterChat:
 
 def ask(recipe: Recipe, index, model, question: str, top_k: int | None = None) -> Reply:
     """Retrieve context for `question`, prompt `model` in the training format, return the reply and its sources."""
-    hits = index.search([question], top_k or recipe.retrieval.top_k)[0]
+    hits = index.search([question], top_k if top_k is not None else recipe.retrieval.top_k)[0]
     messages = build_messages(recipe.prompt, question, [hit.text for hit in hits])
     completion = model.complete(messages)
     return Reply(question, completion, extracted(completion), hits)
@@ -152,6 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     console = setup_logging()
     out = Console(highlight=False, soft_wrap=True)
     try:
+        # Checked here, not left to `x or default`: 0 would silently become the default, and a negative count
+        # would reach chromadb or transformers as a traceback.
+        for flag, value in (("-k", args.k), ("--max-new-tokens", args.max_new_tokens)):
+            if value is not None and value < 1:
+                raise ModelError(f"{flag} must be at least 1, got {value}")
         recipe = load_recipe(args.recipe, args.overrides)
         if args.run:
             recipe = recipe.model_copy(update={"output_dir": Path(args.run)})
@@ -161,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             index = open_index(recipe, create=False)
         except IndexUnavailable as err:
             raise IndexUnavailable(f"{err}; build it with: python -m toolkit.index {args.recipe}") from None
-        limit = args.max_new_tokens or recipe.eval.max_new_tokens
+        limit = args.max_new_tokens if args.max_new_tokens is not None else recipe.eval.max_new_tokens
         if args.gguf:
             model = GGUFChat(args.gguf, limit)
         else:

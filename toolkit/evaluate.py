@@ -24,6 +24,7 @@ from toolkit.models import ModelError
 from toolkit.prompts import build_messages
 from toolkit.recipe import Recipe
 from toolkit.report import comparison_table, table_console, write_report
+from toolkit.verify import stop_ids
 
 logger = logging.getLogger("toolkit.evaluate")  # not __name__: "__main__" under python -m
 
@@ -49,7 +50,9 @@ def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, b
 
     model.eval()
     texts, lengths, truncated = [], [], []
-    eos = {tokenizer.eos_token_id, tokenizer.pad_token_id}
+    # What generate stops on: the model's configured eos ids (a list for Llama-3) as well as the tokenizer's; a
+    # reply that ends on any of them was not cut at the limit, and the stop token is not part of its length.
+    eos = stop_ids(model.generation_config, tokenizer) | {tokenizer.pad_token_id}
     settings = dict(max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None, top_k=None,
                     pad_token_id=tokenizer.pad_token_id)
     for start in range(0, len(prompts), batch_size):
@@ -83,7 +86,7 @@ def evaluate_column(recipe: Recipe, model, tokenizer, rows: list[dict], label: s
     texts = [row.get("completion_prefix", "") + text for row, text in zip(rows, texts, strict=True)]
     results = []
     for row, text, scores, n_tokens, cut in zip(
-        rows, texts, score_completions(recipe, rows, texts), lengths, truncated, strict=True
+        rows, texts, score_completions(recipe, rows, texts, prompts), lengths, truncated, strict=True
     ):
         headline = {key: scores.pop(key) for key in ("answer_match", "token_f1", "context_grounding", "format")}
         hit = retrieval_hit(row) if with_context else None

@@ -165,7 +165,13 @@ def base_model_path(recipe: Recipe, run_dir: Path) -> str:
 
     report = run_dir / "report.json"
     if report.is_file():
-        path = json.loads(report.read_text()).get("model_path")
+        try:
+            found = json.loads(report.read_text(encoding="utf-8"))
+        except (ValueError, OSError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            raise ExportError(f"{report}: unreadable run report ({err})") from err
+        if not isinstance(found, dict):
+            raise ExportError(f"{report}: not a run report (a JSON object), got {type(found).__name__}")
+        path = found.get("model_path")
         if path:
             return path
     return resolve_model(recipe.model.name_or_path, recipe.model.cache_dir)

@@ -28,7 +28,9 @@ import numpy as np
 
 from toolkit.rewards import build_reward, completion_text, extract_answer, is_exact_match
 
-REWARD_COLUMNS = ("question", "answer", "aliases", "source", "context", "context_ids", "examples")
+# The row columns a reward gets, as in training: TRL passes every dataset column (the rows of
+# toolkit.prompts.build_rows) but `prompt`, which it passes as `prompts`. A reward that trains must also evaluate.
+REWARD_COLUMNS = ("question", "answer", "aliases", "source", "context", "context_ids", "context_sources", "examples")
 # (a, b): report a − b. Only pairs whose both columns were evaluated are reported.
 DIFFERENCES = (("tuned", "base"), ("base", "no_context"))
 RESAMPLES, SEED, CONFIDENCE = 2000, 0, 0.95
@@ -47,9 +49,12 @@ def retrieval_hit(row: dict) -> bool | None:
     return source in row.get("context_sources", [])
 
 
-def score_completions(recipe, rows: list[dict], completions: list[str]) -> list[dict]:
-    """Per-question scores of completions that only depend on the text: answer, format, grounding, rewards."""
+def score_completions(recipe, rows: list[dict], completions: list[str],
+                      prompts: list[list[dict]] | None = None) -> list[dict]:
+    """Per-question scores of completions that only depend on the text: answer, format, grounding, rewards.
+    `prompts`: the chat prompts the completions answer (default: each row's `prompt`)."""
     columns = {key: [row.get(key) for row in rows] for key in REWARD_COLUMNS}
+    columns["prompts"] = [row.get("prompt") for row in rows] if prompts is None else prompts
     per_reward = {spec.key: spec.build()(completions, **columns) for spec in recipe.rewards}
     strict = build_reward("format", {"mode": "strict"})(completions, **columns)
     f1 = build_reward("answer_match", {"partial": True})(completions, **columns)

@@ -119,6 +119,9 @@ def _convert_packaged(key: str, spec: PackagedModel, cache_dir: Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         if not (target / "config.json").is_file():  # another process may have won the race; anything else is real
             raise
+    except BaseException:  # any other failure, Ctrl-C included, must not leave a half conversion in the cache
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return target
 
 

@@ -36,6 +36,8 @@ def answer_match(completions: Sequence[Any], *, partial: bool = False, tolerance
     """1.0 when the extracted answer matches the gold or an alias (``is_exact_match``; numbers within
     ``tolerance`` absolute or ``rel_tolerance`` relative), else max token F1 over gold+aliases if ``partial``,
     else 0.0; 0.0 whenever the text has more than one ``<answer>`` tag; None without gold."""
+    check_answer_match(tolerance=tolerance, rel_tolerance=rel_tolerance)
+
     def score(text: str, gold_list: list[str]) -> float:
         # Measured hack: a policy repeated <answer>X</answer> up to the length limit, hedging across guesses.
         # A second answer tag forfeits the reward outright.

@@ -150,11 +150,15 @@ class BoundReward:
 
     def _checked(self, values: Any, completions: Sequence[Any]) -> list[float | None]:
         n = len(completions)
-        if isinstance(values, (str, bytes, dict)) or not hasattr(values, "__len__"):
+        try:  # a 0-d tensor or array has __len__ but raises TypeError from it: a scalar, not a list
+            count = None if isinstance(values, (str, bytes, dict)) else len(values)
+        except TypeError:
+            count = None
+        if count is None:
             raise RewardError(f"reward {self.__name__!r} returned a {type(values).__name__}, "
                               f"expected a list of {n} floats")
-        if len(values) != n:
-            raise RewardError(f"reward {self.__name__!r} returned {len(values)} values for {n} completions")
+        if count != n:
+            raise RewardError(f"reward {self.__name__!r} returned {count} values for {n} completions")
         # Fast path, the common case: plain finite floats (x - x is 0.0 unless x is inf or nan).
         if type(values) is list and all(v is None or (type(v) is float and v - v == 0.0) for v in values):
             return values

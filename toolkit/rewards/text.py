@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import math
 import re
+import string
 import unicodedata
 from collections.abc import Sequence
 from typing import Any
@@ -77,11 +78,14 @@ def row(column: Sequence[Any] | None, i: int) -> Any:
 # --------------------------------------------------------------------------------------------- normalization
 class _FoldTable(dict):
     """Character → folded form for normalize(), filled on first sight of each character: combining marks vanish
-    (accent folding after NFKD), punctuation becomes a space, everything else stays. Building it for all of
-    Unicode up front would cost a second at import."""
+    (accent folding after NFKD), punctuation becomes a space, everything else stays. Punctuation is Unicode's
+    (category P) and ASCII's (``string.punctuation``, which SQuAD strips: it has symbols such as ``$ + < = > ^ ` |
+    ~`` that Unicode files under S, so a `Nebbiolo` quoted as Markdown code still matches). Other symbols (€, £,
+    emoji) stay. Building it for all of Unicode up front would cost a second at import."""
 
     def __missing__(self, ch: str) -> str:
-        value = "" if unicodedata.combining(ch) else " " if unicodedata.category(ch).startswith("P") else ch
+        punctuation = ch in string.punctuation or unicodedata.category(ch).startswith("P")
+        value = "" if unicodedata.combining(ch) else " " if punctuation else ch
         self[ch] = value
         return value
 
@@ -110,7 +114,8 @@ def _fold(text: str) -> str:
 
 
 def normalize(text: str) -> str:
-    """SQuAD-style answer normalization, plus accent folding ("Nebbióló" == "nebbiolo")."""
+    """SQuAD-style answer normalization (lowercase, punctuation as spaces, articles dropped, whitespace collapsed),
+    plus accent folding ("Nebbióló" == "nebbiolo") and Unicode punctuation ("«Barolo»" == "barolo")."""
     tokens = _fold(text).split()
     if not _ARTICLES.isdisjoint(tokens):  # the common case has none: skip the per-token Python loop
         tokens = [tok for tok in tokens if tok not in _ARTICLES]
@@ -245,10 +250,13 @@ def is_exact_match(text: str, answer: str | None, aliases: Sequence[str] | None 
 
 
 def token_f1(pred: str, gold: str) -> float:
-    """SQuAD token F1 on normalized tokens (1.0 when both are empty)."""
+    """SQuAD token F1 on normalized tokens; when either side normalizes to nothing, 1.0 iff their ``answer_key``
+    forms are equal, else 0.0."""
     pred_toks, gold_toks = normalize(pred).split(), normalize(gold).split()
     if not pred_toks or not gold_toks:
-        return float(pred_toks == gold_toks)
+        # An article-only gold ("A" in multiple choice) has no tokens, and neither has an answer "The": comparing
+        # the empty token lists would pay it in full. answer_key keeps such golds apart, as in exact match.
+        return float(answer_key(pred) == answer_key(gold))
     # Counter & Counter is slow for a few tokens; count only the shared ones, which are few.
     common = sum(min(pred_toks.count(tok), gold_toks.count(tok)) for tok in set(pred_toks).intersection(gold_toks))
     if common == 0:
