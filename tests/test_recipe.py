@@ -204,6 +204,30 @@ def test_invalid_yaml_names_the_line(tmp_path):
     assert str(err.value).startswith(f"{path}:3: invalid YAML")
 
 
+def test_a_key_given_twice_is_an_error_not_a_silent_drop(tmp_path):
+    # Plain YAML keeps the second `training:` and drops the first one's max_steps without a word.
+    path = tmp_path / "twice.yaml"
+    path.write_text(f"extends: {WINE}\ntraining:\n  max_steps: 5\neval: {{limit: 3}}\ntraining:\n  seed: 1\n")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    assert str(err.value) == f"{path}:5: invalid YAML: key 'training' appears twice in one mapping"
+    with pytest.raises(RecipeError) as err:
+        load_recipe(WINE, ["training.trl={max_grad_norm: 0.1, max_grad_norm: 1.0}"])
+    assert str(err.value).endswith("(key 'max_grad_norm' appears twice in one mapping)")  # no "quote it" hint
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p.mkdir(), "cannot read the recipe: Is a directory"),
+    (lambda p: p.write_bytes(b"training:\n  seed: \xff\n"), "not UTF-8 text (byte 0xff at offset 18)"),
+])
+def test_an_unreadable_recipe_file_is_one_line(tmp_path, make, message):
+    path = tmp_path / "r.yaml"
+    make(path)
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    assert str(err.value) == f"{path}: {message}"
+
+
 def test_reward_listed_twice_needs_a_label():
     # wine.yaml lists `format` twice, told apart by labels; without them the keys collide.
     with pytest.raises(RecipeError) as err:

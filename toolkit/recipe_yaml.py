@@ -17,12 +17,43 @@ class RecipeError(ValueError):
     """A recipe that cannot be used; the message is one line naming the file and the field."""
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error: plain YAML keeps the last
+    one silently, so a second `training:` section would drop every field of the first."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                repeated = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+            if repeated:
+                raise yaml.constructor.ConstructorError(
+                    problem=f"key {key!r} appears twice in one mapping", problem_mark=key_node.start_mark
+                )
+        return super().construct_mapping(node, deep)
+
+
+def parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def read_yaml(path: Path, missing: str) -> dict:
     """One recipe file as a mapping; `missing` is the message when the file does not exist."""
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = parse_yaml(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
         raise RecipeError(missing) from None
+    except OSError as err:  # a folder, no read permission, ...
+        raise RecipeError(f"{path}: cannot read the recipe: {err.strerror or err}") from None
+    except UnicodeDecodeError as err:
+        byte = err.object[err.start]
+        raise RecipeError(f"{path}: not UTF-8 text (byte 0x{byte:02x} at offset {err.start})") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""
@@ -85,11 +116,12 @@ def apply_override(raw: dict, override: str, path: Path) -> tuple[str | int, ...
         located.append(part)
         if last:
             try:
-                node[part] = yaml.safe_load(text) if text else ""
+                node[part] = parse_yaml(text) if text else ""
             except yaml.YAMLError as err:
+                # A string YAML cannot parse wants quotes; a mapping with a repeated key wants fixing, not quoting.
+                hint = "" if isinstance(err, yaml.constructor.ConstructorError) else f"; quote it, e.g. {key}='\"...\"'"
                 raise RecipeError(
-                    f"{path}: override {key}: value is not valid YAML ({getattr(err, 'problem', err)}); "
-                    f"quote it, e.g. {key}='\"...\"'"
+                    f"{path}: override {key}: value is not valid YAML ({getattr(err, 'problem', err)}){hint}"
                 ) from None
         else:
             if isinstance(node, dict):
