@@ -135,7 +135,9 @@ def worker(args) -> dict:
     # model.backend pinned too: under `auto` the recipe check imports Unsloth (to patch TRL before it loads) on
     # any CUDA machine that has it, and the hf run would then train Unsloth's patched trainer.
     extra = [f"model.backend={backend.name}"]
-    extra += ["training.trl={gradient_checkpointing: true}"] if backend.name == "hf" else []
+    # One key, not `training.trl={...}`: that would replace the recipe's whole mapping (wine-r1.yaml's optim and
+    # max_grad_norm), and the two arms would no longer train alike.
+    extra += ["training.trl.gradient_checkpointing=true"] if backend.name == "hf" else []
     recipe = load_recipe(args.recipe, overrides(args, args.model_dir, args.out) + extra)
     rows = json.loads(Path(args.rows).read_text())
 

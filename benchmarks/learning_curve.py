@@ -4,16 +4,17 @@
     .venv/bin/python benchmarks/learning_curve.py training.max_steps=1 eval.limit=4   # a smoke test
 
 Runs `recipes/wine.yaml` unchanged through `toolkit.run.run` (the same code as `python -m toolkit.run`), with its
-20 GRPO steps (the recipe's comments give the measurements behind that choice). Extra `key=value` arguments are
+28 GRPO steps (the recipe's comments give the measurements behind that choice). Extra `key=value` arguments are
 recipe overrides; the output goes to a fresh folder under
 `runs/bench/` (or `--output-dir`). Progress and the report table go to stderr; stdout gets only
 
     {"bench": "learning", "format_before": …, "format_after": …, "answer_match_before": …,
-     "answer_match_after": …, "steps": …, "seconds": …, …}
+     "answer_match_after": …, "answer_match_ratio": …, "steps": …, "seconds": …, …}
 
 read from the run's report.json: `*_before` is the base model with RAG, `*_after` the tuned one (same prompts,
-greedy). `seconds` is the whole run's wall time (index, three evaluations, training); `train_seconds` the GRPO
-part. Target (issue 9): format_after ≥ 0.8 and answer_match_gain ≥ 0.30 within 10 minutes.
+greedy), both measured in the same run; `answer_match_ratio` is after / before (None when before is 0).
+`seconds` is the whole run's wall time (index, three evaluations, training); `train_seconds` the GRPO part.
+Target (issue 9): format_after ≥ 0.8 and answer_match_gain ≥ 0.30 within 10 minutes.
 `--from-report runs/wine/report.json` prints the same line for a finished `make run` without training again.
 """
 
@@ -49,7 +50,10 @@ def main(argv: list[str] | None = None) -> int:
                         "instead of training again")
     args = parser.parse_args(argv)
     if args.from_report is not None:
-        report = json.loads(args.from_report.read_text())
+        try:
+            report = json.loads(args.from_report.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            parser.error(f"--from-report {args.from_report}: {getattr(err, 'strerror', None) or err}")
         print(json.dumps(summary(report, None, args.from_report.parent)), flush=True)
         return 0
     stderr = Console(stderr=True)
@@ -57,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(message)s")
     logging.getLogger("toolkit").setLevel(logging.INFO)
 
+    args.recipe = str(Path(args.recipe).resolve())  # the caller's path, before the chdir below
     if args.output_dir is not None:
         args.output_dir = args.output_dir.resolve()
     os.chdir(ROOT)  # recipe paths are relative to the project root
@@ -84,6 +89,7 @@ def summary(report: dict, seconds: float | None, output_dir: Path) -> dict:
         "format_after": tuned["format"],
         "answer_match_before": base["answer_match"],
         "answer_match_after": tuned["answer_match"],
+        "answer_match_ratio": round(tuned["answer_match"] / base["answer_match"], 3) if base["answer_match"] else None,
         "steps": report["training"]["steps"],
         "seconds": seconds,
         "train_seconds": report["training"]["wall_seconds"],

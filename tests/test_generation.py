@@ -101,6 +101,20 @@ def test_greedy_completions_equal_plain_generate(model_and_prompts):
     assert sizes.seen == [(1, shared), (3, ids.shape[1] - shared)]
 
 
+def test_a_cache_implementation_goes_to_plain_generate(model_and_prompts):
+    # TRL passes training.trl.cache_implementation in its GenerationConfig; transformers refuses it together with
+    # the shared prefix's past_key_values, so such a batch must be generated as it was asked.
+    from transformers import GenerationConfig
+
+    model, tokenizer, batch = model_and_prompts
+    config = GenerationConfig(max_new_tokens=4, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                              eos_token_id=tokenizer.eos_token_id, cache_implementation="static")
+    plain = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                           generation_config=config)
+    out = generate_sharing_prefix(model, batch["input_ids"], batch["attention_mask"], generation_config=config)
+    assert torch.equal(out, plain)
+
+
 def test_a_wrapped_model_samples_a_group_as_before(model_and_prompts):
     """What TRL does each step: num_generations copies of one prompt, sampled; same seed, same tokens."""
     from peft import LoraConfig, get_peft_model

@@ -511,6 +511,11 @@ def test_recipe_without_trl_does_not_import_trl():
         (["training.trl={generation_batch_size: 6}"], "set training.trl.generation_batch_size to 8"),
         (["training.per_device_train_batch_size=2", "training.trl={steps_per_generation: 3}"],
          "(per_device_train_batch_size × steps_per_generation = 6)"),
+        # TRL also splits the generation batch into whole training batches of 8: 12 would fail there.
+        (["training.per_device_train_batch_size=8", "training.trl={generation_batch_size: 10}"],
+         "and by per_device_train_batch_size (8)"),
+        (["training.per_device_train_batch_size=8", "training.trl={generation_batch_size: 10}"],
+         "set training.trl.generation_batch_size to 16"),
     ],
 )
 def test_generation_batch_error_explains_the_fix(overrides, fix):
@@ -519,6 +524,23 @@ def test_generation_batch_error_explains_the_fix(overrides, fix):
     message = str(err.value)
     assert "must be divisible by num_generations (4)" in message and "one GRPO group" in message
     assert fix in message
+
+
+def test_generation_batch_size_and_steps_per_generation_together_are_refused():
+    with pytest.raises(RecipeError, match="sets both generation_batch_size and steps_per_generation"):
+        load_recipe(WINE, ["training.trl={generation_batch_size: 8, steps_per_generation: 2}"])
+
+
+def test_trl_values_are_checked_against_grpo_config_types():
+    # YAML reads 1e-2 as a string; GRPOConfig would keep it until the optimizer's first step fails on it.
+    recipe = load_recipe(WINE, ["training.trl={weight_decay: 1e-2, max_grad_norm: '0.1', optim: adamw_torch}"])
+    assert recipe.training.trl == {"weight_decay": 0.01, "max_grad_norm": 0.1, "optim": "adamw_torch"}
+    with pytest.raises(RecipeError) as err:
+        load_recipe(WINE, ["training.trl={max_grad_norm: abc, report_to: 5}"])
+    message = str(err.value)
+    assert "training.trl.max_grad_norm: Input should be a valid number" in message
+    assert "(trl.GRPOConfig.max_grad_norm is float) (got 'abc')" in message
+    assert "training.trl.report_to: Input should be a valid string" in message
 
 
 def test_cli_reports_a_trl_typo_in_one_line_before_loading_anything():

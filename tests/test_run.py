@@ -140,3 +140,24 @@ def test_adapter_loads_and_was_trained(tiny_run):
     # peft initializes every lora_B to zero; after two GRPO steps with a non-zero loss they must have moved.
     moved = [name for name, p in lora_b.items() if torch.count_nonzero(p) > 0]
     assert moved, "LoRA weights are still at their initial values"
+
+
+@pytest.mark.slow
+def test_learning_curve_reads_the_same_numbers_from_the_report(tiny_run):
+    # benchmarks/learning_curve.py --from-report: issue 9's JSON line, from the run's own report.json.
+    _, out, _ = tiny_run
+    report = json.loads((out / "report.json").read_text())
+    script = ROOT / "benchmarks" / "learning_curve.py"
+    done = subprocess.run([sys.executable, str(script), "--from-report", str(out / "report.json")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    line = json.loads(done.stdout)
+    assert (line["answer_match_before"], line["answer_match_after"]) == (
+        report["base"]["answer_match"], report["tuned"]["answer_match"])
+    before = report["base"]["answer_match"]
+    assert line["answer_match_ratio"] == (round(line["answer_match_after"] / before, 3) if before else None)
+    assert line["steps"] == 2 and line["questions"] == 4
+    missing = subprocess.run([sys.executable, str(script), "--from-report", str(out / "nope.json")],
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert f"--from-report {out / 'nope.json'}: No such file or directory" in missing.stderr

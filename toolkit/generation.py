@@ -62,6 +62,7 @@ def generate_sharing_prefix(model, input_ids, attention_mask, *, generate=None, 
     plain = (
         input_ids.shape[0] < 2
         or "past_key_values" in generate_kwargs
+        or generate_kwargs.get("cache_implementation") or config.cache_implementation  # e.g. TRL's "static"
         or (generate_kwargs.get("num_beams") or config.num_beams or 1) > 1
         or (generate_kwargs.get("num_return_sequences") or config.num_return_sequences or 1) > 1
     )

@@ -12,9 +12,10 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-from typing import TYPE_CHECKING
+import typing
+from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 if TYPE_CHECKING:
@@ -25,10 +26,30 @@ MAPPED_ELSEWHERE = {"output_dir": "output_dir", "reward_weights": "each reward's
 
 
 def grpo_config_fields(backend: str = "auto") -> set[str]:
+    return set(grpo_config_types(backend))
+
+
+def grpo_config_types(backend: str = "auto") -> dict[str, Any]:
+    """GRPOConfig field → its type."""
     from toolkit.backends import import_trl
 
-    trl = import_trl(backend)
-    return {field.name for field in dataclasses.fields(trl.GRPOConfig)}
+    config = import_trl(backend).GRPOConfig
+    hints = typing.get_type_hints(config)
+    return {field.name: hints.get(field.name, Any) for field in dataclasses.fields(config)}
+
+
+def coerced(key: str, value: Any, kind: Any) -> tuple[Any, str | None]:
+    """`value` as GRPOConfig's field type (pydantic's lax rules, as for the recipe's own fields: YAML reads `1e-2`
+    as a string, which GRPOConfig would keep as one until the optimizer fails on it), or the reason it is not."""
+    try:
+        adapter = TypeAdapter(kind, config=ConfigDict(arbitrary_types_allowed=True))
+    except Exception:  # noqa: BLE001 - a type pydantic cannot check; GRPOConfig still checks it
+        return value, None
+    try:
+        return adapter.validate_python(value), None
+    except ValidationError as err:
+        shown = getattr(kind, "__name__", None) or str(kind).replace("typing.", "")
+        return value, f"{err.errors()[0]['msg']} (trl.GRPOConfig.{key} is {shown})"
 
 
 def mapped_fields(known: set[str]) -> dict[str, str]:
@@ -41,16 +62,22 @@ def mapped_fields(known: set[str]) -> dict[str, str]:
 
 
 def check_trl_passthrough(recipe: Recipe) -> None:
-    """Raise a ValidationError located at `training.trl.<key>` for each key GRPOConfig lacks or the recipe maps."""
+    """Raise a ValidationError located at `training.trl.<key>` for each key GRPOConfig lacks, the recipe maps, or
+    whose value is not of the field's type; values that convert (`"1e-2"` for a float) are converted in place."""
     if not recipe.training.trl:
         return
-    known = grpo_config_fields(recipe.model.backend)
+    types = grpo_config_types(recipe.model.backend)
+    known = set(types)
     mapped = mapped_fields(known)
     problems = []
     for key, value in recipe.training.trl.items():
-        if key in mapped:
+        if key in known and key not in mapped:
+            recipe.training.trl[key], reason = coerced(key, value, types[key])
+            if reason is None:
+                continue
+        elif key in mapped:
             reason = f"set by the recipe, not here: use {mapped[key]}"
-        elif key not in known:
+        else:
             close = difflib.get_close_matches(key, sorted(known), n=1)
             if not close:
                 hint = "see the trl.GRPOConfig documentation for its fields"
@@ -59,8 +86,6 @@ def check_trl_passthrough(recipe: Recipe) -> None:
             else:
                 hint = f"did you mean {close[0]!r}?"
             reason = f"not a trl.GRPOConfig field ({hint})"
-        else:
-            continue
         # The reason goes in as context, not as the template, so braces in a key cannot break the formatting.
         error = PydanticCustomError("trl_field", "{reason}", {"reason": reason})
         problems.append(InitErrorDetails(type=error, loc=("training", "trl", key), input=value))
@@ -71,12 +96,24 @@ def check_trl_passthrough(recipe: Recipe) -> None:
 
 def generation_batch_problem(training: TrainingSection) -> str | None:
     """Why the completions generated per step do not split into whole GRPO groups, and the fix; None if they do."""
-    groups = training.num_generations
+    groups, per_device = training.num_generations, training.per_device_train_batch_size
     trl = training.trl
+    if trl.get("generation_batch_size") is not None and trl.get("steps_per_generation") is not None:
+        return ("training.trl sets both generation_batch_size and steps_per_generation: TRL takes one or the other "
+                "(generation_batch_size = per_device_train_batch_size × steps_per_generation)")
     steps = trl.get("steps_per_generation") or training.gradient_accumulation_steps
     if isinstance(trl.get("generation_batch_size"), int):
-        batch, source = trl["generation_batch_size"], "training.trl.generation_batch_size"
-    elif isinstance(steps, int):
+        # TRL also splits it into whole training batches, so it must divide by both.
+        batch, unit = trl["generation_batch_size"], math.lcm(groups, per_device)
+        if batch % unit == 0:
+            return None
+        return (
+            f"the generation batch (training.trl.generation_batch_size = {batch}) must be divisible by "
+            f"num_generations ({groups}) and by per_device_train_batch_size ({per_device}): each question gets "
+            f"num_generations completions (one GRPO group), a step generates whole groups and trains on whole "
+            f"batches; set training.trl.generation_batch_size to {-(-batch // unit) * unit}"
+        )
+    if isinstance(steps, int):
         batch = training.per_device_train_batch_size * steps
         what = "steps_per_generation" if trl.get("steps_per_generation") else "gradient_accumulation_steps"
         source = f"per_device_train_batch_size × {what}"
@@ -84,14 +121,11 @@ def generation_batch_problem(training: TrainingSection) -> str | None:
         return None  # a malformed value: GRPOConfig itself reports it
     if batch % groups == 0:
         return None
-    if source.startswith("training.trl"):
-        fix = f"set {source} to {-(-batch // groups) * groups}"
-    else:
-        unit = groups // math.gcd(steps, groups) if steps > 0 else groups
-        divisors = [d for d in range(min(groups, batch), 1, -1) if batch % d == 0]
-        fix = f"set per_device_train_batch_size to {-(-training.per_device_train_batch_size // unit) * unit}" + (
-            f", or num_generations to {divisors[0]}" if divisors else ""
-        )
+    unit = groups // math.gcd(steps, groups) if steps > 0 else groups
+    divisors = [d for d in range(min(groups, batch), 1, -1) if batch % d == 0]
+    fix = f"set per_device_train_batch_size to {-(-per_device // unit) * unit}" + (
+        f", or num_generations to {divisors[0]}" if divisors else ""
+    )
     return (
         f"the generation batch ({source} = {batch}) must be divisible by num_generations ({groups}): each question "
         f"gets num_generations completions (one GRPO group) and a step generates whole groups; {fix}"
