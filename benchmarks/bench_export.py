@@ -72,7 +72,8 @@ def main() -> None:
     parser.add_argument("--run", help="a finished run folder (default: train a 1-step run first)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
-    os.chdir(ROOT)
+    args.run = args.run and str(Path(args.run).resolve())  # the caller's path, before the chdir below
+    os.chdir(ROOT)  # the recipe's data paths are relative to the project root
     from toolkit.export import export
     from toolkit.recipe import load_recipe
     from toolkit.verify import cpu_threads, verification_messages
@@ -84,8 +85,9 @@ def main() -> None:
         tmp = tempfile.TemporaryDirectory(prefix="bench-export-")
         run_dir = Path(tmp.name) / "run"
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "toolkit.run", "recipes/wine.yaml", f"output_dir={run_dir}", *TINY],
-                       check=True, capture_output=True)
+        # The user's overrides too (after TINY, so theirs win): the model trained must be the model exported.
+        subprocess.run([sys.executable, "-m", "toolkit.run", "recipes/wine.yaml", f"output_dir={run_dir}", *TINY,
+                        *args.overrides], check=True, capture_output=True)
         setup = time.perf_counter() - start
     recipe = load_recipe("recipes/wine.yaml", [f"output_dir={run_dir}", *args.overrides])
     start = time.perf_counter()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -36,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--groups", type=int, default=6)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args(argv)
+    args.recipe = str(Path(args.recipe).resolve())  # the caller's path; then the project root, as recipe data
+    os.chdir(ROOT)  # paths are relative to it
 
     import tempfile
 

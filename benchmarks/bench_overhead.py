@@ -141,6 +141,8 @@ def main() -> None:
     parser.add_argument("--recipe", default=str(ROOT / "recipes/wine.yaml"))
     parser.add_argument("overrides", nargs="*", help="recipe overrides, e.g. training.max_completion_length=16")
     args = parser.parse_args()
+    args.recipe = str(Path(args.recipe).resolve())  # the caller's path; then the project root, as recipe data
+    os.chdir(ROOT)  # paths are relative to it
     if args.steps < 2 or args.rounds < 1:
         parser.error("--steps must be at least 2 (step 1 is warm-up) and --rounds at least 1")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
