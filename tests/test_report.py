@@ -6,6 +6,7 @@ import io
 import json
 import os
 import stat
+from pathlib import Path
 
 import pytest
 from matplotlib.image import imread
@@ -49,6 +50,25 @@ def test_save_dir_atomic_failure_keeps_previous_dir(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
     save_dir_atomic(target, lambda d: (d / "weights").write_text("v2"))
     assert (target / "weights").read_text() == "v2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
+
+
+def test_save_dir_atomic_puts_the_previous_dir_back_when_the_final_rename_fails(tmp_path, monkeypatch):
+    target = tmp_path / "adapter"
+    save_dir_atomic(target, lambda d: (d / "weights").write_text("v1"))
+    real_replace, calls = os.replace, []
+
+    def replace(src, dst):
+        calls.append((Path(src).name, Path(dst).name))
+        if len(calls) == 2:  # the new folder into place: after the old one was moved aside
+            raise OSError("disk full")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError, match="disk full"):
+        save_dir_atomic(target, lambda d: (d / "weights").write_text("v2"))
+    assert calls[0] == ("adapter", ".adapter.old")
+    assert (target / "weights").read_text() == "v1"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
 
 

@@ -55,7 +55,12 @@ def save_dir_atomic(path: Path, save: Callable[[Path], None]) -> None:
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            if old is not None:  # the earlier folder goes back: never neither of the two
+                os.replace(old, path)
+            raise
         if old is not None:
             shutil.rmtree(old)
     except BaseException:
