@@ -253,10 +253,12 @@ def test_json_dump_round_trips_through_a_recipe_file(tmp_path):
     assert load_recipe(path) == recipe
 
 
-@pytest.mark.parametrize("override", ["prompt.system=a: b: c", "training.max_steps=["])
+@pytest.mark.parametrize("override", ["prompt.system=a: b: c", "training.max_steps=[", "prompt.system=!important: x"])
 def test_unparsable_override_value_is_a_recipe_error(override):
-    with pytest.raises(RecipeError, match=rf"override {re.escape(override.split('=')[0])}: value is not valid YAML"):
+    with pytest.raises(RecipeError, match=rf"override {re.escape(override.split('=')[0])}: value is not valid YAML") \
+            as err:
         load_recipe(WINE, [override])
+    assert "; quote it, e.g." in str(err.value)
 
 
 # ------------------------------------------------------------------------------------------- data.corpus
@@ -512,10 +514,11 @@ def test_recipe_without_trl_does_not_import_trl():
         (["training.per_device_train_batch_size=2", "training.trl={steps_per_generation: 3}"],
          "(per_device_train_batch_size × steps_per_generation = 6)"),
         # TRL also splits the generation batch into whole training batches of 8: 12 would fail there.
-        (["training.per_device_train_batch_size=8", "training.trl={generation_batch_size: 10}"],
+        (["training.per_device_train_batch_size=8", "training.trl={generation_batch_size: 12}"],
          "and by per_device_train_batch_size (8)"),
-        (["training.per_device_train_batch_size=8", "training.trl={generation_batch_size: 10}"],
+        (["training.per_device_train_batch_size=8", "training.trl={generation_batch_size: 12}"],
          "set training.trl.generation_batch_size to 16"),
+        (["training.trl={generation_batch_size: '10'}"], "set training.trl.generation_batch_size to 12"),
     ],
 )
 def test_generation_batch_error_explains_the_fix(overrides, fix):
@@ -536,11 +539,14 @@ def test_trl_values_are_checked_against_grpo_config_types():
     recipe = load_recipe(WINE, ["training.trl={weight_decay: 1e-2, max_grad_norm: '0.1', optim: adamw_torch}"])
     assert recipe.training.trl == {"weight_decay": 0.01, "max_grad_norm": 0.1, "optim": "adamw_torch"}
     with pytest.raises(RecipeError) as err:
-        load_recipe(WINE, ["training.trl={max_grad_norm: abc, report_to: 5}"])
+        load_recipe(WINE, ["training.trl={max_grad_norm: abc, save_total_limit: 2.5}"])
     message = str(err.value)
     assert "training.trl.max_grad_norm: Input should be a valid number" in message
-    assert "(trl.GRPOConfig.max_grad_norm is float) (got 'abc')" in message
-    assert "training.trl.report_to: Input should be a valid string" in message
+    assert "(trl.GRPOConfig.max_grad_norm takes a number) (got 'abc')" in message
+    assert "training.trl.save_total_limit: Input should be a valid integer" in message
+    # Only numbers and booleans are converted: transformers' other hints are narrower than what it accepts.
+    recipe = load_recipe(WINE, ["training.trl={fsdp: true, top_k: null, gradient_checkpointing_kwargs: {}}"])
+    assert recipe.training.trl == {"fsdp": True, "top_k": None, "gradient_checkpointing_kwargs": {}}
 
 
 def test_cli_reports_a_trl_typo_in_one_line_before_loading_anything():

@@ -94,8 +94,10 @@ def test_ctrl_c_says_how_to_continue_and_exits_130(tmp_path, monkeypatch, capsys
     monkeypatch.setattr(toolkit.run, "run", interrupted)
     assert toolkit.run.main(["recipes/wine.yaml", f"output_dir={tmp_path}"]) == 130
     err = capsys.readouterr().err
-    assert f"interrupted: --resume continues from the last checkpoint in {tmp_path / 'trainer'}" in err
-    assert "Traceback" not in err
+    assert "interrupted: no checkpoint to --resume from" in err and "Traceback" not in err
+    two = _checkpoint(tmp_path / "trainer", 2, json.dumps({"global_step": 2}))
+    assert toolkit.run.main(["recipes/wine.yaml", f"output_dir={tmp_path}"]) == 130
+    assert f"interrupted: --resume continues from {two}, the latest checkpoint there" in capsys.readouterr().err
 
 
 def test_eval_key_changes_with_what_the_base_columns_depend_on():

@@ -104,6 +104,8 @@ def test_completion_text(completion, expected):
     ("", "Pinot", 0.0),
     ("the", "a", 0.0),  # an article-only gold ("A" in multiple choice) is compared whole, as in exact match
     ("A", "a", 1.0),
+    ("A.", "A", 1.0),  # punctuation around a multiple-choice letter still matches it
+    ("(A)", "A", 1.0),
     ("", "", 1.0),
 ])
 def test_token_f1(pred, gold, expected):
@@ -149,6 +151,7 @@ def test_is_exact_match(text, answer, aliases, expected):
     ("<answer>Nebbiolo~</answer>", "Nebbiolo", [], False, 1.0),
     ("<answer>The</answer>", "A", [], True, 0.0),  # no partial credit for an article against an article gold
     ("<answer>.</answer>", "A", [], True, 0.0),
+    ("<answer>(A)</answer>", "A", [], False, 1.0),
 ])
 def test_answer_match(text, answer, aliases, partial, expected):
     scores = answer_match([text], partial=partial, answer=[answer], aliases=[aliases])

@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import math
+import types
 import typing
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ConfigDict, TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 if TYPE_CHECKING:
     from toolkit.recipe import Recipe, TrainingSection
+
+logger = logging.getLogger(__name__)
 
 # GRPOConfig fields set from outside the training section.
 MAPPED_ELSEWHERE = {"output_dir": "output_dir", "reward_weights": "each reward's `weight` in rewards"}
@@ -30,26 +34,34 @@ def grpo_config_fields(backend: str = "auto") -> set[str]:
 
 
 def grpo_config_types(backend: str = "auto") -> dict[str, Any]:
-    """GRPOConfig field → its type."""
+    """GRPOConfig field → its type (`Any` where the annotations cannot be resolved, e.g. a patched class)."""
     from toolkit.backends import import_trl
 
     config = import_trl(backend).GRPOConfig
-    hints = typing.get_type_hints(config)
+    try:
+        hints = typing.get_type_hints(config)
+    except Exception as err:  # noqa: BLE001 - the names are what matters; GRPOConfig still checks the values
+        logger.debug("cannot resolve %s's type hints (%s): training.trl values are passed as given", config, err)
+        hints = {}
     return {field.name: hints.get(field.name, Any) for field in dataclasses.fields(config)}
 
 
+SCALARS = {bool: "true or false", int: "a whole number", float: "a number"}
+
+
 def coerced(key: str, value: Any, kind: Any) -> tuple[Any, str | None]:
-    """`value` as GRPOConfig's field type (pydantic's lax rules, as for the recipe's own fields: YAML reads `1e-2`
-    as a string, which GRPOConfig would keep as one until the optimizer fails on it), or the reason it is not."""
-    try:
-        adapter = TypeAdapter(kind, config=ConfigDict(arbitrary_types_allowed=True))
-    except Exception:  # noqa: BLE001 - a type pydantic cannot check; GRPOConfig still checks it
+    """`value` converted for a number or boolean field (pydantic's lax rules, as for the recipe's own fields: YAML
+    reads `1e-2` as a string, which GRPOConfig would keep as one until the optimizer fails on it), or the reason it
+    cannot be. Other fields are left alone: transformers' hints are narrower than what it accepts (`fsdp: true`
+    for a `str | None` field)."""
+    options = typing.get_args(kind) if typing.get_origin(kind) in (typing.Union, types.UnionType) else (kind,)
+    scalar = [t for t in options if t is not type(None)]
+    if value is None or len(scalar) != 1 or scalar[0] not in SCALARS or type(value) is scalar[0]:
         return value, None
     try:
-        return adapter.validate_python(value), None
+        return TypeAdapter(kind).validate_python(value), None
     except ValidationError as err:
-        shown = getattr(kind, "__name__", None) or str(kind).replace("typing.", "")
-        return value, f"{err.errors()[0]['msg']} (trl.GRPOConfig.{key} is {shown})"
+        return value, f"{err.errors()[0]['msg']} (trl.GRPOConfig.{key} takes {SCALARS[scalar[0]]})"
 
 
 def mapped_fields(known: set[str]) -> dict[str, str]:
@@ -94,6 +106,14 @@ def check_trl_passthrough(recipe: Recipe) -> None:
         raise ValidationError.from_exception_data("Recipe", problems)
 
 
+def count(value: Any) -> int | None:
+    """A whole number as check_trl_passthrough will convert it (`10`, `10.0`, `"10"`), else None."""
+    try:
+        return TypeAdapter(int).validate_python(value) if value is not None and not isinstance(value, bool) else None
+    except ValidationError:
+        return None
+
+
 def generation_batch_problem(training: TrainingSection) -> str | None:
     """Why the completions generated per step do not split into whole GRPO groups, and the fix; None if they do."""
     groups, per_device = training.num_generations, training.per_device_train_batch_size
@@ -101,10 +121,12 @@ def generation_batch_problem(training: TrainingSection) -> str | None:
     if trl.get("generation_batch_size") is not None and trl.get("steps_per_generation") is not None:
         return ("training.trl sets both generation_batch_size and steps_per_generation: TRL takes one or the other "
                 "(generation_batch_size = per_device_train_batch_size × steps_per_generation)")
-    steps = trl.get("steps_per_generation") or training.gradient_accumulation_steps
-    if isinstance(trl.get("generation_batch_size"), int):
+    if trl.get("steps_per_generation") is not None and count(trl["steps_per_generation"]) is None:
+        return None  # a malformed value: check_trl_passthrough or GRPOConfig reports it
+    steps = count(trl.get("steps_per_generation")) or training.gradient_accumulation_steps
+    if count(trl.get("generation_batch_size")) is not None:
         # TRL also splits it into whole training batches, so it must divide by both.
-        batch, unit = trl["generation_batch_size"], math.lcm(groups, per_device)
+        batch, unit = count(trl["generation_batch_size"]), math.lcm(groups, per_device)
         if batch % unit == 0:
             return None
         return (
@@ -113,12 +135,9 @@ def generation_batch_problem(training: TrainingSection) -> str | None:
             f"num_generations completions (one GRPO group), a step generates whole groups and trains on whole "
             f"batches; set training.trl.generation_batch_size to {-(-batch // unit) * unit}"
         )
-    if isinstance(steps, int):
-        batch = training.per_device_train_batch_size * steps
-        what = "steps_per_generation" if trl.get("steps_per_generation") else "gradient_accumulation_steps"
-        source = f"per_device_train_batch_size × {what}"
-    else:
-        return None  # a malformed value: GRPOConfig itself reports it
+    batch = per_device * steps
+    what = "steps_per_generation" if trl.get("steps_per_generation") else "gradient_accumulation_steps"
+    source = f"per_device_train_batch_size × {what}"
     if batch % groups == 0:
         return None
     unit = groups // math.gcd(steps, groups) if steps > 0 else groups

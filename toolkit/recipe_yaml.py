@@ -17,6 +17,10 @@ class RecipeError(ValueError):
     """A recipe that cannot be used; the message is one line naming the file and the field."""
 
 
+class _RepeatedKey(yaml.constructor.ConstructorError):
+    """A key given twice in one mapping: a mistake to fix, not a string that wants quoting."""
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
     """PyYAML's safe loader, except that a key given twice in one mapping is an error: plain YAML keeps the last
     one silently, so a second `training:` section would drop every field of the first."""
@@ -33,7 +37,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             except TypeError:  # an unhashable key: the base class reports it
                 continue
             if repeated:
-                raise yaml.constructor.ConstructorError(
+                raise _RepeatedKey(
                     problem=f"key {key!r} appears twice in one mapping", problem_mark=key_node.start_mark
                 )
         return super().construct_mapping(node, deep)
@@ -118,8 +122,7 @@ def apply_override(raw: dict, override: str, path: Path) -> tuple[str | int, ...
             try:
                 node[part] = parse_yaml(text) if text else ""
             except yaml.YAMLError as err:
-                # A string YAML cannot parse wants quotes; a mapping with a repeated key wants fixing, not quoting.
-                hint = "" if isinstance(err, yaml.constructor.ConstructorError) else f"; quote it, e.g. {key}='\"...\"'"
+                hint = "" if isinstance(err, _RepeatedKey) else f"; quote it, e.g. {key}='\"...\"'"
                 raise RecipeError(
                     f"{path}: override {key}: value is not valid YAML ({getattr(err, 'problem', err)}){hint}"
                 ) from None

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,25 +20,24 @@ from rich.console import Console
 from rich.table import Table
 
 
-def _umask() -> int:
-    # The umask can only be read by setting it: put it back at once.
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _fresh_name(path: Path) -> Path:
+    """A hidden name beside `path` that no other writer picks (pid and random bytes)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
 
 
 def write_atomic(path: Path, text: str | bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    # Created with mode 0666 for the kernel to apply the umask, as a plain open() would (0644 under umask 022);
+    # mkstemp's file stays 0600 once renamed.
+    tmp = _fresh_name(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         binary = isinstance(text, bytes)
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
             f.write(text)
-        # mkstemp makes the file 0600: give it the mode a plain open() would (0644 under umask 022).
-        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -46,9 +45,9 @@ def save_dir_atomic(path: Path, save: Callable[[Path], None]) -> None:
     """`save(tmp_dir)` writes a folder; it then replaces `path` (a directory cannot be replaced in one rename,
     so the old one is moved aside first and removed only after the new one is in place)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp = _fresh_name(path)
+    tmp.mkdir()  # the mode a plain mkdir gives (0755 under umask 022); mkdtemp's would stay 0700
     try:
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700: the mode a plain mkdir would give (0755)
         save(tmp)
         old = None
         if path.exists():

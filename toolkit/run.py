@@ -11,7 +11,14 @@ import sys
 from rich.console import Console
 from rich.markup import escape
 
-from toolkit.checkpoints import CheckpointError, base_results, eval_key, resume_checkpoint, start_fresh
+from toolkit.checkpoints import (
+    CheckpointError,
+    base_results,
+    eval_key,
+    latest_checkpoint,
+    resume_checkpoint,
+    start_fresh,
+)
 from toolkit.cli import ERRORS, fail, setup_logging
 from toolkit.recipe import Recipe, load_recipe
 from toolkit.report import comparison_table, save_dir_atomic, table_console, write_report
@@ -115,9 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     except (*ERRORS, CheckpointError) as err:
         return fail(console, err)
     except KeyboardInterrupt:  # the usual exit status for Ctrl-C, and where to pick up, not a traceback
-        where = f" in {escape(str(recipe.output_dir / 'trainer'))}" if recipe else ""
-        console.print(f"interrupted: --resume continues from the last checkpoint{where} (training.save_steps "
-                      "sets how often one is written)", highlight=False, soft_wrap=True)
+        latest = latest_checkpoint(recipe.output_dir / "trainer") if recipe else None
+        hint = (f"--resume continues from {escape(str(latest))}, the latest checkpoint there" if latest else
+                "no checkpoint to --resume from (training.save_steps sets how often one is written)")
+        console.print(f"interrupted: {hint}", highlight=False, soft_wrap=True)
         return 130
     return 0
 

@@ -200,9 +200,9 @@ def gold_forms(gold: str) -> tuple[str, float | None]:
 
 
 def answer_key(text: str) -> str:
-    # Article-only golds ("A" in multiple choice) normalize to nothing; keep the raw text so that they are not
-    # matched by any answer made of punctuation.
-    return normalize(text) or text.strip().lower()
+    # Article-only golds ("A" in multiple choice) normalize to nothing; keep their words ("A." and "(A)" are "a")
+    # and, for text of punctuation alone, the raw text, so that no answer made of punctuation matches them.
+    return normalize(text) or " ".join(_fold(text).split()) or text.strip().lower()
 
 
 # ------------------------------------------------------------------------------------------------- matching
