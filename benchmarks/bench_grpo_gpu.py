@@ -122,6 +122,15 @@ def timed_generation(trainer_class, totals: dict) -> None:
     setattr(trainer_class, name, wrapper)
 
 
+def backend_overrides(backend: str) -> list[str]:
+    """What one backend's worker adds to the recipe. model.backend is pinned: under `auto` the recipe check imports
+    Unsloth (to patch TRL before it loads) on any CUDA machine that has it, and the hf run would then train
+    Unsloth's patched trainer. The hf arm checkpoints gradients as Unsloth does by itself, set as one key: a
+    `training.trl={...}` would replace the recipe's whole mapping (wine-r1.yaml's optim and max_grad_norm), and the
+    two arms would no longer train alike."""
+    return [f"model.backend={backend}"] + (["training.trl.gradient_checkpointing=true"] if backend == "hf" else [])
+
+
 def worker(args) -> dict:
     """One backend's run, in this (fresh) process."""
     import torch
@@ -132,13 +141,7 @@ def worker(args) -> dict:
     backend = select_backend(args.worker)
     if backend.name == "unsloth":
         backend.fast_inference = args.vllm
-    # model.backend pinned too: under `auto` the recipe check imports Unsloth (to patch TRL before it loads) on
-    # any CUDA machine that has it, and the hf run would then train Unsloth's patched trainer.
-    extra = [f"model.backend={backend.name}"]
-    # One key, not `training.trl={...}`: that would replace the recipe's whole mapping (wine-r1.yaml's optim and
-    # max_grad_norm), and the two arms would no longer train alike.
-    extra += ["training.trl.gradient_checkpointing=true"] if backend.name == "hf" else []
-    recipe = load_recipe(args.recipe, overrides(args, args.model_dir, args.out) + extra)
+    recipe = load_recipe(args.recipe, overrides(args, args.model_dir, args.out) + backend_overrides(backend.name))
     rows = json.loads(Path(args.rows).read_text())
 
     import trl

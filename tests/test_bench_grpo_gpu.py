@@ -38,3 +38,15 @@ def test_failed_worker_keeps_its_log_and_reports_its_tail(bench, tmp_path, monke
     assert result["backend"] == "unsloth" and result["error"].startswith("exit 1: ")
     assert "unsloth needs a CUDA GPU" in result["error"]
     assert not (tmp_path / "unsloth.json").exists()
+
+
+def test_the_hf_arm_keeps_the_recipes_trl_settings(bench):
+    # Both arms must train the same recipe: the hf arm only adds gradient checkpointing, which Unsloth does itself.
+    from toolkit.recipe import load_recipe
+
+    r1 = load_recipe(ROOT / "recipes" / "wine-r1.yaml", bench.backend_overrides("hf"))
+    assert r1.model.backend == "hf"
+    assert r1.training.trl == {"optim": "adamw_8bit", "max_grad_norm": 0.1, "gradient_checkpointing": True}
+    wine = load_recipe(ROOT / "recipes" / "wine.yaml", bench.backend_overrides("hf"))
+    assert wine.training.trl == {"gradient_checkpointing": True}
+    assert bench.backend_overrides("unsloth") == ["model.backend=unsloth"]
