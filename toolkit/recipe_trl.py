@@ -78,13 +78,13 @@ def check_trl_passthrough(recipe: Recipe) -> None:
     whose value is not of the field's type; values that convert (`"1e-2"` for a float) are converted in place."""
     if not recipe.training.trl:
         return
-    types = grpo_config_types(recipe.model.backend)
-    known = set(types)
+    field_types = grpo_config_types(recipe.model.backend)
+    known = set(field_types)
     mapped = mapped_fields(known)
     problems = []
     for key, value in recipe.training.trl.items():
         if key in known and key not in mapped:
-            recipe.training.trl[key], reason = coerced(key, value, types[key])
+            recipe.training.trl[key], reason = coerced(key, value, field_types[key])
             if reason is None:
                 continue
         elif key in mapped:
