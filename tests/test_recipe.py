@@ -567,3 +567,13 @@ def test_collection_names_chroma_refuses_fail_in_the_recipe(name):
     with pytest.raises(RecipeError, match=r"retrieval\.collection: must .*Chroma's rule"):
         load_recipe(WINE, [f"retrieval.collection={name}"])
     assert load_recipe(WINE, ["retrieval.collection=wine.v2-x"]).retrieval.collection == "wine.v2-x"
+
+
+@pytest.mark.parametrize("value", ["5", "all", "[q_proj, 3]", "[]"])
+def test_target_modules_error_is_one_message_without_pydantic_type_names(value):
+    with pytest.raises(RecipeError) as err:
+        load_recipe(WINE, [f"training.lora.target_modules={value}", "training.lora.layers_to_transform=null"])
+    message = str(err.value)
+    assert "training.lora.target_modules: must be a list of module names (e.g. [q_proj, v_proj]) or 'all-linear'" \
+        in message
+    assert "literal[" not in message and "list[str]" not in message and message.count(";") == 0

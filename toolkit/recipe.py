@@ -173,6 +173,15 @@ class LoraSection(_Section):
         "target_modules.",
     )
 
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def _modules_or_all_linear(cls, value: Any) -> Any:
+        # One message for the union, not one per member with pydantic's type names in the field path.
+        names = isinstance(value, list) and value and all(isinstance(v, str) and v for v in value)
+        if value == "all-linear" or names:
+            return value
+        raise ValueError("must be a list of module names (e.g. [q_proj, v_proj]) or 'all-linear'")
+
     @model_validator(mode="after")
     def _layers_need_module_list(self) -> LoraSection:
         if self.layers_to_transform is not None and not isinstance(self.target_modules, list):
