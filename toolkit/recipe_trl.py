@@ -121,12 +121,13 @@ def generation_batch_problem(training: TrainingSection) -> str | None:
     if trl.get("generation_batch_size") is not None and trl.get("steps_per_generation") is not None:
         return ("training.trl sets both generation_batch_size and steps_per_generation: TRL takes one or the other "
                 "(generation_batch_size = per_device_train_batch_size × steps_per_generation)")
-    if trl.get("steps_per_generation") is not None and count(trl["steps_per_generation"]) is None:
+    asked_steps, asked_batch = count(trl.get("steps_per_generation")), count(trl.get("generation_batch_size"))
+    if trl.get("steps_per_generation") is not None and asked_steps is None:
         return None  # a malformed value: check_trl_passthrough or GRPOConfig reports it
-    steps = count(trl.get("steps_per_generation")) or training.gradient_accumulation_steps
-    if count(trl.get("generation_batch_size")) is not None:
+    steps = asked_steps or training.gradient_accumulation_steps
+    if asked_batch is not None:
         # TRL also splits it into whole training batches, so it must divide by both.
-        batch, unit = count(trl["generation_batch_size"]), math.lcm(groups, per_device)
+        batch, unit = asked_batch, math.lcm(groups, per_device)
         if batch % unit == 0:
             return None
         return (
