@@ -23,7 +23,6 @@ import argparse
 import functools
 import json
 import logging
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from pathlib import Path
 
 from toolkit.chunking import CHUNKER_VERSION, Chunk, chunk_documents, document_hash
 from toolkit.data import QA, DataError, Document
+from toolkit.report import write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -257,10 +257,8 @@ class Index:
             return {}
 
     def _write_memo(self, chunk_ids: dict[str, list[str]]) -> None:
-        path = self._memo_path()
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"chunker": CHUNKER_VERSION, "documents": chunk_ids}, separators=(",", ":")))
-        os.replace(tmp, path)
+        write_atomic(self._memo_path(), json.dumps({"chunker": CHUNKER_VERSION, "documents": chunk_ids},
+                                                   separators=(",", ":")))
 
     # -------------------------------------------------------------------------------------------- reading
 
