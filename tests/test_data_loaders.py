@@ -115,9 +115,9 @@ def test_unsupported_suffix(tmp_path, name):
 
 
 def test_no_documents(tmp_path):
-    path = write_jsonl(tmp_path / "empty.jsonl", ["", "  "])
+    write_jsonl(tmp_path / "empty.jsonl", ["", "  "])  # a folder's blank file is skipped, not an error
     with pytest.raises(DataError, match="no documents in"):
-        load_documents([path])
+        load_documents([tmp_path])
 
 
 # ------------------------------------------------------------------------------------------- questions

@@ -159,11 +159,14 @@ def test_markdown_errors_name_the_heading_line(tmp_path):
         load_documents([path, other])
 
 
-def test_empty_file_is_an_error_only_when_named(tmp_path):
-    (tmp_path / "empty.md").write_text("  \n")
-    with pytest.raises(DataError, match="empty.md: empty document$"):
-        docs_of(tmp_path / "empty.md")
-    assert docs_of(tmp_path / "empty.md", explicit=False) == []
+@pytest.mark.parametrize(
+    "name, message", [("empty.md", "empty document"), ("empty.jsonl", r"empty document \(no JSON lines\)")]
+)
+def test_empty_file_is_an_error_only_when_named(tmp_path, name, message):
+    (tmp_path / name).write_text("  \n\n")
+    with pytest.raises(DataError, match=f"{name}: {message}$"):
+        docs_of(tmp_path / name)
+    assert docs_of(tmp_path / name, explicit=False) == []
 
 
 # ------------------------------------------------------------------------------------------- jsonl

@@ -173,6 +173,8 @@ def load_file(
         return _load_csv(path, file_id, template, id_column, list(metadata_columns), list(row_columns))
     if suffix == ".jsonl":
         loaded = Loaded(_load_jsonl(path, file_id))
+        if explicit and not loaded.documents:
+            raise DataError(f"{path}: empty document (no JSON lines)")
     else:
         text = read_text(path)
         if not text.strip():
