@@ -157,7 +157,7 @@ def test_manifest_lists_every_file_with_size_hash_and_verification(run_dir, mani
 # ---------------------------------------------------------------------------- converter on tiny random models
 
 
-def _tiny_model(tmp_path, arch: str):
+def _tiny_model(tmp_path, arch: str, **config):
     """A random 2-layer model of `arch` with the packaged SmolLM2 tokenizer (no hub needed); weights larger than
     the default init, so the logits are not all close to zero."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
@@ -167,7 +167,7 @@ def _tiny_model(tmp_path, arch: str):
     tokenizer = AutoTokenizer.from_pretrained(resolve_model("packaged:smollm2-135m-instruct"))
     common = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, bos_token_id=1,
-                  eos_token_id=2, pad_token_id=2, tie_word_embeddings=arch == "qwen2")
+                  eos_token_id=2, pad_token_id=2, tie_word_embeddings=arch == "qwen2") | config
     torch.manual_seed(0)
     if arch == "llama":
         model = LlamaForCausalLM(LlamaConfig(**common, rope_theta=10000.0))
@@ -260,6 +260,14 @@ def test_unsupported_architecture_lists_supported_ones(tmp_path, capsys):
     assert status == 2
     assert "'GPT2LMHeadModel'" in capsys.readouterr().err
     assert not (run / "export" / "merged").exists()
+
+
+def test_tokenizer_ids_past_the_embedding_rows_are_refused(tmp_path):
+    """A token id with no embedding row would make llama.cpp read outside the matrix: refused, nothing written."""
+    _, tokenizer, folder = _tiny_model(tmp_path, "llama", vocab_size=1000)
+    with pytest.raises(ConvertError, match=rf"ids up to {len(tokenizer) - 1}, but the model has only 1000 embedding"):
+        convert(folder, tmp_path / "out.gguf", "f32")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["llama"]
 
 
 def test_corrupt_run_report_names_the_file(tmp_path, capsys):

@@ -168,7 +168,14 @@ def _write_vocab(writer, model_dir: Path, hp: dict) -> None:
         )
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     vocab = tokenizer.get_vocab()
-    size = max(hp["vocab_size"], max(vocab.values()) + 1)
+    size = hp["vocab_size"]
+    beyond = max(vocab.values()) + 1
+    if beyond > size:
+        # llama.cpp looks token ids up in the embedding rows: a token past them would read outside the matrix.
+        raise ConvertError(
+            f"{model_dir}: the tokenizer has ids up to {beyond - 1}, but the model has only {size} embedding rows "
+            "(config vocab_size); resize the embeddings before exporting"
+        )
     by_id = {i: token for token, i in vocab.items()}
     added = tokenizer.added_tokens_decoder
     tokens, types = [], []
