@@ -93,6 +93,23 @@ def test_three_columns_share_questions(recipe, canned):
     assert first["base"]["scores"]["answer_match"] is True and first["base"]["scores"]["retrieval_recall"] is False
 
 
+def test_a_reward_model_loads_once_for_all_columns(recipe, canned, caplog):
+    """semantic_match loads its embedder on first use: built once per evaluation (or passed in by the run, which
+    shares one set with training), not once per column."""
+    from toolkit.recipe import RewardSpec
+
+    with_model = recipe.model_copy(update={"rewards": [*recipe.rewards, RewardSpec(name="semantic_match")]})
+    rows = make_rows(with_model, 2)
+    model = {True: GOOD, False: GOOD}
+    with caplog.at_level("INFO", logger="toolkit.rewards.model_based"):
+        results = evaluate_columns(with_model, model, None, rows, ("no_context", "base"))
+        rewards = with_model.build_rewards()
+        results |= evaluate_columns(with_model, model, None, rows, ("tuned",), rewards=rewards)
+        results |= evaluate_columns(with_model, model, None, rows, ("base",), rewards=rewards)
+    assert sum("loading embedder" in r.getMessage() for r in caplog.records) == 2
+    assert results["tuned"][0]["scores"]["reward/semantic_match"] == pytest.approx(1.0, abs=1e-3)
+
+
 def test_unknown_column_is_refused(recipe, canned):
     with pytest.raises(ValueError, match="unknown eval column"):
         evaluate_columns(recipe, {}, None, make_rows(recipe, 1), ("rag",))

@@ -73,8 +73,9 @@ def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, b
 
 
 def evaluate_column(recipe: Recipe, model, tokenizer, rows: list[dict], label: str,
-                    share_prefix: bool = True) -> list[dict]:
-    """One column's per-question results: `{"completion", "answer", "scores"}` (scores: metric → value)."""
+                    share_prefix: bool = True, rewards: list | None = None) -> list[dict]:
+    """One column's per-question results: `{"completion", "answer", "scores"}` (scores: metric → value).
+    `rewards`: the recipe's built rewards (`Recipe.build_rewards`; default: built for this column)."""
     if label not in COLUMNS:
         raise ValueError(f"unknown eval column {label!r}; known: {', '.join(COLUMNS)}")
     with_context = label != "no_context"
@@ -86,7 +87,7 @@ def evaluate_column(recipe: Recipe, model, tokenizer, rows: list[dict], label: s
     texts = [row.get("completion_prefix", "") + text for row, text in zip(rows, texts, strict=True)]
     results = []
     for row, text, scores, n_tokens, cut in zip(
-        rows, texts, score_completions(recipe, rows, texts, prompts), lengths, truncated, strict=True
+        rows, texts, score_completions(recipe, rows, texts, prompts, rewards), lengths, truncated, strict=True
     ):
         headline = {key: scores.pop(key) for key in ("answer_match", "token_f1", "context_grounding", "format")}
         hit = retrieval_hit(row) if with_context else None
@@ -96,8 +97,9 @@ def evaluate_column(recipe: Recipe, model, tokenizer, rows: list[dict], label: s
 
 
 def evaluate_columns(recipe: Recipe, model, tokenizer, rows: list[dict], labels,
-                     share_prefix: bool = True) -> dict[str, list[dict]]:
-    return {label: evaluate_column(recipe, model, tokenizer, rows, label, share_prefix) for label in labels}
+                     share_prefix: bool = True, rewards: list | None = None) -> dict[str, list[dict]]:
+    rewards = recipe.build_rewards() if rewards is None else rewards  # one reward model load for every column
+    return {label: evaluate_column(recipe, model, tokenizer, rows, label, share_prefix, rewards) for label in labels}
 
 
 def compare(recipe: Recipe, rows: list[dict], results: dict[str, list[dict]]) -> tuple[dict, list[dict]]:
@@ -143,12 +145,13 @@ def evaluate_recipe(recipe: Recipe, dataset, adapter: Path | None, out: Path) ->
     model_path = resolve_model(recipe.model.name_or_path, recipe.model.cache_dir)
     model, tokenizer = load_model(model_path, recipe.model.dtype)
     prepare_replies(tokenizer, rows, recipe.prompt)
-    results = evaluate_columns(recipe, model, tokenizer, rows, ("no_context", "base"))
+    rewards = recipe.build_rewards()
+    results = evaluate_columns(recipe, model, tokenizer, rows, ("no_context", "base"), rewards=rewards)
     if adapter is not None:
         from peft import PeftModel
 
         tuned = PeftModel.from_pretrained(model, adapter)  # wraps the base model in place: evaluated last
-        results |= evaluate_columns(recipe, tuned, tokenizer, rows, ("tuned",))
+        results |= evaluate_columns(recipe, tuned, tokenizer, rows, ("tuned",), rewards=rewards)
     section, predictions = compare(recipe, rows, results)
     section["eval"]["predictions"] = "predictions.jsonl"  # next to this report
     report = {

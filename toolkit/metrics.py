@@ -50,12 +50,14 @@ def retrieval_hit(row: dict) -> bool | None:
 
 
 def score_completions(recipe, rows: list[dict], completions: list[str],
-                      prompts: list[list[dict]] | None = None) -> list[dict]:
+                      prompts: list[list[dict]] | None = None, rewards: list | None = None) -> list[dict]:
     """Per-question scores of completions that only depend on the text: answer, format, grounding, rewards.
-    `prompts`: the chat prompts the completions answer (default: each row's `prompt`)."""
+    `prompts`: the chat prompts the completions answer (default: each row's `prompt`). `rewards`: the recipe's
+    rewards already built (`Recipe.build_rewards`), so that a model-based one loads its model once, not per call."""
     columns = {key: [row.get(key) for row in rows] for key in REWARD_COLUMNS}
     columns["prompts"] = [row.get("prompt") for row in rows] if prompts is None else prompts
-    per_reward = {spec.key: spec.build()(completions, **columns) for spec in recipe.rewards}
+    rewards = recipe.build_rewards() if rewards is None else rewards
+    per_reward = {spec.key: fn(completions, **columns) for spec, fn in zip(recipe.rewards, rewards, strict=True)}
     strict = build_reward("format", {"mode": "strict"})(completions, **columns)
     f1 = build_reward("answer_match", {"partial": True})(completions, **columns)
     grounding = build_reward("context_grounding")(completions, **columns)

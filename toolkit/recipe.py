@@ -268,6 +268,11 @@ class Recipe(_Section):
     eval: EvalSection = Field(default_factory=EvalSection)
     export: ExportSection = Field(default_factory=ExportSection)
 
+    def build_rewards(self) -> list:
+        """The rewards as TRL reward functions, in recipe order. Build them once per run and share them: a
+        model-based reward loads its model on first use and keeps it."""
+        return [spec.build() for spec in self.rewards]
+
     @field_validator("rewards")
     @classmethod
     def _unique_reward_keys(cls, specs: list[RewardSpec]) -> list[RewardSpec]:

@@ -57,15 +57,17 @@ def run(recipe: Recipe, console: Console, resume: bool = False) -> dict:
     model, tokenizer = backend.load(recipe, model_path)
     share = backend.shares_prompt_prefill  # evaluation reads the prompts' common prefix once (toolkit.generation)
     prepare_replies(tokenizer, train_rows + eval_rows, recipe.prompt)  # R1's template or open_think: <think>
+    rewards = recipe.build_rewards()  # one set for evaluation and training: a reward model loads once
     results = base_results(work, eval_key(recipe, model_path, eval_rows, backend.name), resume,
                            lambda: evaluate_columns(recipe, backend.for_inference(model, tokenizer), tokenizer,
-                                                    eval_rows, ("no_context", "base"), share))
+                                                    eval_rows, ("no_context", "base"), share, rewards))
 
     if not resume:
         start_fresh(work)  # only now: bad data, a refused preflight or a failed load leaves the old checkpoints
-    trainer, trained = train(recipe, model, tokenizer, train_rows, work, resume_from=checkpoint, backend=backend)
+    trainer, trained = train(recipe, model, tokenizer, train_rows, work, resume_from=checkpoint, backend=backend,
+                             rewards=rewards)
     tuned = backend.for_inference(trainer.model, tokenizer)
-    results |= evaluate_columns(recipe, tuned, tokenizer, eval_rows, ("tuned",), share)
+    results |= evaluate_columns(recipe, tuned, tokenizer, eval_rows, ("tuned",), share, rewards)
 
     save_dir_atomic(out / "adapter", lambda path: backend.save_adapter(trainer.model, path))
     evaluation, predictions = compare(recipe, eval_rows, results)

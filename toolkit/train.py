@@ -123,10 +123,11 @@ def lora_config(recipe: Recipe):
 
 
 def train(recipe: Recipe, model, tokenizer, rows: list[dict], work_dir: Path, resume_from: Path | None = None,
-          backend=None, callbacks: list | None = None):
+          backend=None, callbacks: list | None = None, rewards: list | None = None):
     """Run GRPO on `rows`; returns the trainer (its `.model` is the LoRA-wrapped model) and a summary.
 
     `backend` (toolkit.backends) wraps the model with LoRA and builds the trainer; default: hf.
+    `rewards`: the recipe's built rewards (`Recipe.build_rewards`), to share with evaluation; default: built here.
     `callbacks`: more `TrainerCallback`s, after the live metrics (benchmarks/bench_overhead.py times steps so).
 
     `resume_from`: a checkpoint folder; training continues at its step with its optimizer, RNG and log history,
@@ -146,7 +147,7 @@ def train(recipe: Recipe, model, tokenizer, rows: list[dict], work_dir: Path, re
         recipe,
         model,
         tokenizer,
-        reward_funcs=[spec.build() for spec in recipe.rewards],
+        reward_funcs=recipe.build_rewards() if rewards is None else rewards,
         args=grpo_config(recipe, work_dir, backend),
         train_dataset=Dataset.from_list(rows),
         callbacks=[live, *(callbacks or [])],
