@@ -161,3 +161,22 @@ def test_learning_curve_reads_the_same_numbers_from_the_report(tiny_run):
                              capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert f"--from-report {out / 'nope.json'}: No such file or directory" in missing.stderr
+
+
+def test_export_that_does_not_reproduce_the_model_exits_non_zero(tmp_path, monkeypatch, capsys):
+    """The run's export hook (export.formats): a GGUF that fails verification is a one-line error and status 2,
+    as `python -m toolkit.export` gives, not a successful run. The export itself is faked here; test_export.py
+    runs the real one and its verification."""
+    from toolkit import export as export_mod
+    from toolkit import run as run_mod
+
+    manifests = iter([{"ok": False, "exact_format": "gguf-f32", "formats": ["gguf-f32"]},
+                      {"ok": True, "exact_format": "gguf-f32", "formats": ["gguf-f32"]}])
+    monkeypatch.setattr(export_mod, "export", lambda recipe: next(manifests))
+    monkeypatch.setattr(run_mod, "run", lambda recipe, console, resume=False: run_mod.export_run(recipe, console))
+    argv = ["recipes/wine.yaml", f"output_dir={tmp_path}", "export.formats=[gguf-f32]"]
+    assert run_mod.main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"gguf-f32 does not reproduce the merged model's greedy tokens (see {tmp_path}/export/manifest.json)" in err
+    assert run_mod.main(argv) == 0
+    assert "gguf-f32 (verified)" in capsys.readouterr().out

@@ -97,16 +97,25 @@ def run(recipe: Recipe, console: Console, resume: bool = False) -> dict:
     shown = escape(str(out))  # a folder name may hold "[", which rich would read as markup
     console.print(f"outputs in [bold]{shown}[/]: adapter/, report.json, report.md, eval/predictions.jsonl, plots/")
     if recipe.export.formats:
-        from toolkit.export import export  # imported here: llama-cpp-python is an optional extra
-        from toolkit.verify import ExportError
-
-        manifest = export(recipe)
-        if not manifest["ok"]:  # a non-zero exit, as `python -m toolkit.export` gives; the report stays written
-            raise ExportError(f"{manifest['exact_format']} does not reproduce the merged model's greedy tokens "
-                              f"(see {out / 'export' / 'manifest.json'})")
-        verdict = "verified" if recipe.export.verify else "not verified: export.verify is off"
-        console.print(f"export in [bold]{shown}/export[/]: {', '.join(manifest['formats'])} ({verdict})")
+        export_run(recipe, console)
     return report
+
+
+def export_run(recipe: Recipe, console: Console) -> dict:
+    """export.formats after the report: the manifest, or ExportError (a non-zero exit, as `python -m
+    toolkit.export` gives) when the exact GGUF does not reproduce the merged model; the report stays written."""
+    from toolkit.export import export  # imported here: llama-cpp-python is an optional extra
+    from toolkit.verify import ExportError
+
+    manifest = export(recipe)
+    out = recipe.output_dir / "export"
+    if not manifest["ok"]:
+        raise ExportError(f"{manifest['exact_format']} does not reproduce the merged model's greedy tokens "
+                          f"(see {out / 'manifest.json'})")
+    verdict = "verified" if recipe.export.verify else "not verified: export.verify is off"
+    console.print(f"export in [bold]{escape(str(out))}[/]: {', '.join(manifest['formats'])} ({verdict})",
+                  soft_wrap=True)  # a long path stays one line, as the error's does
+    return manifest
 
 
 def main(argv: list[str] | None = None) -> int:
