@@ -160,6 +160,12 @@ def test_override_values_are_parsed_as_yaml():
         (["rewards.1.params.mode=loose"], "unknown mode 'loose'"),
         (["rewards.0.params.partial=1"], "param 'partial' must be a bool"),
         (["rewards.4.params.min_words=50"], "min_words (50) > max_words (40)"),
+        # YAML reads yes/on/true as a boolean, and pydantic's lax mode would read that as 1: one training step.
+        (["training.max_steps=yes"], "training.max_steps: expected a number, got a boolean"),
+        (["training.learning_rate=on"], "training.learning_rate: expected a number, got a boolean"),
+        (["training.lora.r=true"], "training.lora.r: expected a number, got a boolean"),
+        (["eval.limit=no"], "eval.limit: expected a number, got a boolean"),
+        (["rewards.0.weight=true"], "rewards.0.weight: expected a number, got a boolean"),
     ],
 )
 def test_bad_overrides_raise_recipe_error(overrides, expected):

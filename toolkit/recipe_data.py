@@ -6,16 +6,42 @@ Split from recipe.py so each file stays readable; `toolkit.recipe` re-exports th
 from __future__ import annotations
 
 import glob
+import types
+import typing
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from toolkit import loaders
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_number(cls, value: Any, info: ValidationInfo) -> Any:
+        # Pydantic's lax mode reads true as 1, and YAML reads yes/no/on/off as booleans: `max_steps: yes` would
+        # train one step. A number field takes numbers only.
+        if isinstance(value, bool) and info.field_name is not None:
+            annotation = cls.model_fields[info.field_name].annotation
+            if _takes_number(annotation) and not _takes(annotation, bool):
+                raise ValueError("expected a number, got a boolean (YAML reads yes/no/on/off/true/false as booleans)")
+        return value
+
+
+def _takes(annotation: Any, kind: type) -> bool:
+    """Whether a field's type accepts `kind` itself (or anything, Any) at its top level or in a union."""
+    if annotation is kind or annotation is Any:
+        return True
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType, typing.Literal) and any(
+        _takes(arg, kind) for arg in typing.get_args(annotation)
+    )
+
+
+def _takes_number(annotation: Any) -> bool:
+    return _takes(annotation, int) or _takes(annotation, float)
 
 
 def expand_home(path: Path) -> Path:
