@@ -166,6 +166,16 @@ def test_override_values_are_parsed_as_yaml():
         (["training.lora.r=true"], "training.lora.r: expected a number, got a boolean"),
         (["eval.limit=no"], "eval.limit: expected a number, got a boolean"),
         (["rewards.0.weight=true"], "rewards.0.weight: expected a number, got a boolean"),
+        # A weight of .inf or .nan trained on NaN rewards (TRL's nansum drops them) and wrote NaN into report.json.
+        (["rewards.0.weight=.inf"], "rewards.0.weight: Input should be a finite number"),
+        (["training.learning_rate=.nan"], "training.learning_rate: Input should be a finite number"),
+        # An empty path is Path(""), the current folder: a run would write into the cwd, a corpus read all of it.
+        (["output_dir="], "output_dir: must not be empty"),
+        (["data.corpus=['']"], "data.corpus.0.path: must not be empty"),
+        (["data.train=''"], "data.train: must not be empty"),
+        (["model.name_or_path=' '"], "model.name_or_path: must not be empty"),
+        (["retrieval.embedder=''"], "retrieval.embedder: must not be empty"),
+        (["rewards.0.label=''"], "rewards.0.label: must not be empty"),
     ],
 )
 def test_bad_overrides_raise_recipe_error(overrides, expected):
@@ -583,3 +593,8 @@ def test_target_modules_error_is_one_message_without_pydantic_type_names(value):
     assert "training.lora.target_modules: must be a list of module names (e.g. [q_proj, v_proj]) or 'all-linear'" \
         in message
     assert "literal[" not in message and "list[str]" not in message and message.count(";") == 0
+
+
+def test_a_blank_system_prompt_is_allowed():
+    """No system message is a choice (prompt._blank_ok); every other text or path field refuses a blank value."""
+    assert load_recipe(WINE, ["prompt.system=''"]).prompt.system == ""

@@ -107,6 +107,8 @@ class FewShotExample(_Section):
 
 
 class PromptSection(_Section):
+    _blank_ok = frozenset({"system"})  # no system message is a choice, not a mistake
+
     system: str = Field(description="System message: the task and the required answer format.")
     user_template: str = Field(
         "Context:\n{context}\n\nQuestion: {question}",

@@ -9,7 +9,7 @@ import glob
 import types
 import typing
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -17,25 +17,33 @@ from toolkit import loaders
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=(), validate_assignment=True)
+    # allow_inf_nan off: a weight or rate of .inf/.nan would train on NaN rewards and write NaN into report.json.
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), validate_assignment=True, allow_inf_nan=False)
+    # Text fields that may be blank; every other text or path field may not (an empty path is ".", the cwd).
+    _blank_ok: ClassVar[frozenset[str]] = frozenset()
 
     @field_validator("*", mode="before")
     @classmethod
-    def _no_bool_for_number(cls, value: Any, info: ValidationInfo) -> Any:
+    def _plain_values(cls, value: Any, info: ValidationInfo) -> Any:
+        if info.field_name is None:
+            return value
+        annotation = cls.model_fields[info.field_name].annotation
         # Pydantic's lax mode reads true as 1, and YAML reads yes/no/on/off as booleans: `max_steps: yes` would
         # train one step. A number field takes numbers only.
-        if isinstance(value, bool) and info.field_name is not None:
-            annotation = cls.model_fields[info.field_name].annotation
-            if _takes_number(annotation) and not _takes(annotation, bool):
-                raise ValueError("expected a number, got a boolean (YAML reads yes/no/on/off/true/false as booleans)")
+        if isinstance(value, bool) and _takes_number(annotation) and not _takes(annotation, bool):
+            raise ValueError("expected a number, got a boolean (YAML reads yes/no/on/off/true/false as booleans)")
+        if (isinstance(value, str) and not value.strip() and info.field_name not in cls._blank_ok
+                and (_takes(annotation, str) or _takes(annotation, Path))):
+            raise ValueError("must not be empty")
         return value
 
 
 def _takes(annotation: Any, kind: type) -> bool:
-    """Whether a field's type accepts `kind` itself (or anything, Any) at its top level or in a union."""
+    """Whether a field's type accepts `kind` itself (or anything, Any) at its top level, in a union or under an
+    Annotated validator (ExistingPath is an annotated Path)."""
     if annotation is kind or annotation is Any:
         return True
-    return typing.get_origin(annotation) in (typing.Union, types.UnionType, typing.Literal) and any(
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType, typing.Annotated) and any(
         _takes(arg, kind) for arg in typing.get_args(annotation)
     )
 
