@@ -65,6 +65,25 @@ def test_resume_flag_fails_before_loading_anything(tmp_path, capsys):
     assert not (tmp_path / "index").exists()
 
 
+@pytest.mark.parametrize("name", ["optimizer.pt", "adapter_model.safetensors", "training_args.bin"])
+def test_a_damaged_checkpoint_file_is_one_clear_line(tmp_path, name):
+    """A truncated optimizer or adapter file used to fail inside torch or safetensors with a traceback, after the
+    base evaluation; it is found before anything loads, naming the file and what to do."""
+    import torch
+    from safetensors.torch import save_file
+
+    path = _checkpoint(tmp_path, 3, json.dumps({"global_step": 3, "max_steps": 10}))
+    torch.save({"state": {0: torch.zeros(64)}}, path / "optimizer.pt")
+    torch.save({"lr": 0.1}, path / "training_args.bin")
+    save_file({"lora_A": torch.zeros(16, 64)}, path / "adapter_model.safetensors")
+    (path / "adapter_config.json").write_text("{}")
+    assert resume_checkpoint(tmp_path) == path  # whole files pass
+    data = (path / name).read_bytes()
+    (path / name).write_bytes(data[: len(data) - 100])
+    with pytest.raises(CheckpointError, match=rf"--resume: .*{name} is damaged \(.*\); delete .*checkpoint-3 to"):
+        resume_checkpoint(tmp_path)
+
+
 def test_fresh_run_removes_old_checkpoints(tmp_path):
     _checkpoint(tmp_path, 20, json.dumps({"global_step": 20}))
     (tmp_path / "base_eval.json").write_text("{}")
@@ -124,6 +143,17 @@ def test_base_results_reused_only_on_resume_with_the_same_key(tmp_path):
     assert base_results(tmp_path, "k2", True, evaluate("c")) == {"base": [{"completion": "c"}]}  # recipe changed
     assert base_results(tmp_path, "k2", False, evaluate("d")) == {"base": [{"completion": "d"}]}  # fresh run
     assert calls == ["a", "c", "d"]
+
+
+@pytest.mark.parametrize("text, why", [(None, "no saved base evaluation in"), ("{bad", "base_eval.json is unreadable"),
+                                       ("[1]", "base_eval.json is not a saved evaluation")])
+def test_base_results_say_why_they_are_evaluated_again(tmp_path, caplog, text, why):
+    if text is not None:
+        (tmp_path / "base_eval.json").write_text(text)
+    with caplog.at_level("INFO", logger="toolkit.checkpoints"):
+        assert base_results(tmp_path, "k", True, lambda: {"base": []}) == {"base": []}
+    assert f"evaluating the base columns again: {tmp_path if text is None else ''}" in caplog.text
+    assert why in caplog.text
 
 
 # Tiny on purpose (CI has 2 cores): 4 steps of one question × 4 completions of 8 tokens, 2 eval questions.

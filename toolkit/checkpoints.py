@@ -19,6 +19,7 @@ import json
 import logging
 import re
 import shutil
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -68,9 +69,40 @@ def resume_checkpoint(folder: Path) -> Path:
             f"--resume: no complete checkpoint in {folder} (checkpoint-N folders appear every training.save_steps "
             "steps; set it to write them, or run without --resume to start over)"
         )
+    for file in sorted(path.iterdir()):
+        problem = damaged(file)
+        if problem:
+            raise CheckpointError(
+                f"--resume: {file} is damaged ({problem}); delete {path} to resume from the checkpoint before it, "
+                "or run without --resume to start over"
+            )
     state = json.loads((path / STATE).read_text(encoding="utf-8"))
     logger.info("resuming from %s (step %d of %d)", path, state["global_step"], state.get("max_steps", 0))
     return path
+
+
+def damaged(file: Path) -> str | None:
+    """Why a checkpoint's weights or optimizer file cannot be read back (None: it can, or it is another kind).
+    Checked before anything loads: a truncated file otherwise fails in torch or safetensors with a traceback,
+    after the base evaluation. Both formats can be checked without them: torch's .pt/.pth files are zip
+    archives with CRCs, and a .safetensors file is a length-prefixed JSON header whose offsets cover the file."""
+    try:
+        if file.suffix in (".pt", ".pth") or (file.suffix == ".bin" and file.read_bytes()[:2] == b"PK"):
+            with zipfile.ZipFile(file) as archive:
+                bad = archive.testzip()
+            return f"member {bad} fails its CRC check" if bad else None
+        if file.suffix == ".safetensors":
+            with file.open("rb") as f:
+                size = int.from_bytes(f.read(8), "little")
+                header = json.loads(f.read(size)) if 0 < size <= file.stat().st_size - 8 else None
+            if not isinstance(header, dict):
+                return "no safetensors header"
+            end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+            if 8 + size + end != file.stat().st_size:
+                return f"{file.stat().st_size} bytes where its header describes {8 + size + end}"
+    except (OSError, ValueError, KeyError, TypeError, IndexError, zipfile.BadZipFile) as err:
+        return str(err).splitlines()[0] if str(err) else type(err).__name__
+    return None
 
 
 def start_fresh(folder: Path) -> None:
@@ -100,13 +132,17 @@ def base_results(folder: Path, key: str, resume: bool, evaluate: Callable[[], di
     if resume:
         try:
             saved = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            saved = None
+            why = "the recipe or eval data changed since the earlier run"
+        except FileNotFoundError:
+            saved, why = None, f"no saved base evaluation in {folder}"
+        except (OSError, ValueError) as err:
+            saved, why = None, f"{path} is unreadable ({str(err).splitlines()[0]})"
         if isinstance(saved, dict) and saved.get("key") == key:
             logger.info("reusing the base evaluation of the earlier run (%s)", path)
             return saved["results"]
-        logger.info("evaluating the base columns again: %s", "the recipe or eval data changed since the "
-                    "earlier run" if saved else f"no saved base evaluation in {folder}")
+        if saved is not None and not isinstance(saved, dict):
+            why = f"{path} is not a saved evaluation"
+        logger.info("evaluating the base columns again: %s", why)
     results = evaluate()
     write_atomic(path, json.dumps({"key": key, "results": results}))
     return results
