@@ -180,3 +180,22 @@ def test_export_that_does_not_reproduce_the_model_exits_non_zero(tmp_path, monke
     assert f"gguf-f32 does not reproduce the merged model's greedy tokens (see {tmp_path}/export/manifest.json)" in err
     assert run_mod.main(argv) == 0
     assert "gguf-f32 (verified)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("override, message", [
+    ("training.lora.target_modules=[q_proj, nope_proj]",
+     "training.lora.target_modules: no 'nope_proj' module in the model (its linear layers: down_proj, gate_proj, "),
+    ("training.lora.layers_to_transform=[29, 30]",
+     "training.lora.layers_to_transform: [30] not layers of the model (it has 30: 0-29)"),
+])
+def test_lora_targets_are_checked_before_the_base_evaluation(tmp_path, monkeypatch, capsys, override, message):
+    """peft would find these only when it wraps the model, after the base columns (a minute of a CPU run)."""
+    from toolkit import evaluate
+    from toolkit import run as run_mod
+
+    def never(*args, **kwargs):
+        raise AssertionError("evaluated before checking the LoRA targets")
+
+    monkeypatch.setattr(evaluate, "evaluate_columns", never)
+    assert run_mod.main(["recipes/wine.yaml", f"output_dir={tmp_path}", override]) == 2
+    assert message in capsys.readouterr().err

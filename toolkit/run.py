@@ -40,7 +40,7 @@ def run(recipe: Recipe, console: Console, resume: bool = False) -> dict:
     from toolkit.memory import preflight
     from toolkit.models import resolve_model
     from toolkit.prompts import build_splits, prepare_replies
-    from toolkit.train import train
+    from toolkit.train import check_lora_targets, train
 
     out = recipe.output_dir
     if recipe.export.formats:
@@ -55,6 +55,7 @@ def run(recipe: Recipe, console: Console, resume: bool = False) -> dict:
     model_path = resolve_model(recipe.model.name_or_path, recipe.model.cache_dir)
     preflight(recipe, model_path, train_rows + eval_rows, backend.name)  # CUDA only: refuse what cannot fit
     model, tokenizer = backend.load(recipe, model_path)
+    check_lora_targets(recipe, model)  # before the base evaluation: peft would find a typo only after it
     share = backend.shares_prompt_prefill  # evaluation reads the prompts' common prefix once (toolkit.generation)
     prepare_replies(tokenizer, train_rows + eval_rows, recipe.prompt)  # R1's template or open_think: <think>
     rewards = recipe.build_rewards()  # one set for evaluation and training: a reward model loads once

@@ -122,6 +122,28 @@ def lora_config(recipe: Recipe):
     )
 
 
+def check_lora_targets(recipe: Recipe, model) -> None:
+    """The recipe's LoRA targets against the loaded model. peft finds a typo only when it wraps the model, which
+    comes after the base evaluation: minutes later on a CPU."""
+    from toolkit.models import ModelError
+
+    lora = recipe.training.lora
+    if not isinstance(lora.target_modules, list):
+        return
+    names = [name for name, _ in model.named_modules()]
+    # peft's rule for a list of names: a module matches when its dotted name is the target or ends with it.
+    missing = [t for t in lora.target_modules if not any(n == t or n.endswith(f".{t}") for n in names)]
+    if missing:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise ModelError(f"training.lora.target_modules: no {', '.join(map(repr, missing))} module in the model "
+                         f"(its linear layers: {', '.join(linear)})")
+    layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    outside = [i for i in lora.layers_to_transform or [] if layers is not None and not 0 <= i < layers]
+    if outside:
+        raise ModelError(f"training.lora.layers_to_transform: {outside} not layers of the model (it has {layers}: "
+                         f"0-{layers - 1})")
+
+
 def train(recipe: Recipe, model, tokenizer, rows: list[dict], work_dir: Path, resume_from: Path | None = None,
           backend=None, callbacks: list | None = None, rewards: list | None = None):
     """Run GRPO on `rows`; returns the trainer (its `.model` is the LoRA-wrapped model) and a summary.
