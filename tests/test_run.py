@@ -199,3 +199,17 @@ def test_lora_targets_are_checked_before_the_base_evaluation(tmp_path, monkeypat
     monkeypatch.setattr(evaluate, "evaluate_columns", never)
     assert run_mod.main(["recipes/wine.yaml", f"output_dir={tmp_path}", override]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_diverged_run_fails_and_saves_no_adapter(tmp_path, capsys):
+    """learning_rate 1e308 turns the LoRA weights into NaN/inf in one step; that run used to exit 0 with an adapter
+    of NaNs whose every answer was empty."""
+    from toolkit import run as run_mod
+
+    tiny = [o for o in TINY if not o.startswith("training.max_steps")]
+    argv = ["recipes/wine.yaml", f"output_dir={tmp_path}", *tiny, "training.max_steps=1", "eval.limit=2",
+            "training.learning_rate=1e308"]
+    assert run_mod.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "training diverged: " in err and "weights are NaN or infinite after step 1; nothing saved" in err
+    assert not (tmp_path / "adapter").exists() and not (tmp_path / "report.json").exists()
