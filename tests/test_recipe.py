@@ -171,6 +171,8 @@ def test_override_values_are_parsed_as_yaml():
         (["training.learning_rate=.nan"], "training.learning_rate: Input should be a finite number"),
         # An empty path is Path(""), the current folder: a run would write into the cwd, a corpus read all of it.
         (["output_dir="], "output_dir: must not be empty"),
+        (["output_dir=recipes/wine.yaml"], "output_dir: recipes/wine.yaml is a file, not a folder"),
+        (["output_dir=recipes/wine.yaml/run"], "output_dir: recipes/wine.yaml is a file, not a folder (recipes/"),
         (["data.corpus=['']"], "data.corpus.0.path: must not be empty"),
         (["data.train=''"], "data.train: must not be empty"),
         (["model.name_or_path=' '"], "model.name_or_path: must not be empty"),

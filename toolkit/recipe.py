@@ -275,6 +275,17 @@ class Recipe(_Section):
         model-based reward loads its model on first use and keeps it."""
         return [spec.build() for spec in self.rewards]
 
+    @field_validator("output_dir")
+    @classmethod
+    def _a_folder(cls, path: Path) -> Path:
+        # Checked now, not when the first mkdir fails with a traceback (for toolkit.evaluate, after the evaluation).
+        for folder in (path, *path.parents):
+            if folder.exists():
+                if not folder.is_dir():
+                    raise ValueError(f"{folder} is a file, not a folder" + ("" if folder == path else f" ({path})"))
+                break
+        return path
+
     @field_validator("rewards")
     @classmethod
     def _unique_reward_keys(cls, specs: list[RewardSpec]) -> list[RewardSpec]:
