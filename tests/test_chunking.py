@@ -173,3 +173,12 @@ def test_metadata_is_part_of_the_chunk_id(tokenizer):
     hashes = {chunk.id.rsplit(":", 1)[1] for chunk in (plain, italian, priced)}
     assert len(hashes) == 3
     assert italian.metadata == {"country": "Italy"}
+
+
+def test_document_hash_of_a_lone_surrogate_is_a_data_error():
+    # The loaders refuse these; a Document built in Python gets a one-line error naming it, not a UnicodeEncodeError.
+    from toolkit.chunking import document_hash
+    from toolkit.data import DataError
+
+    with pytest.raises(DataError, match=r"^document 'bad': .* lone surrogate"):
+        document_hash(Document("bad", "caf\ud800"), 128, 16, "e")

@@ -254,3 +254,20 @@ def test_csv_settings_on_a_folder_without_csv_files_name_the_entry(tmp_path):
         load_documents([entry])
     plain = data_section(corpus=[{"path": str(folder)}], train=qa, eval=qa).corpus[0]
     assert [d.id for d in load_documents([plain])] == ["a#barolo"]
+
+
+@pytest.mark.parametrize(
+    "line, what",
+    [
+        (r'{"question": "\udc80?", "answer": "A", "source": "grape-nebbiolo"}', "'question'"),
+        (r'{"question": "Q?", "answer": "\ud800"}', "'answer'"),
+        (r'{"question": "Q?", "answer": "A", "aliases": ["ok", "b\udfff"]}', "an 'aliases' entry"),
+        (r'{"question": "Q?", "answer": "A", "source": "\ud800"}', "'source'"),
+    ],
+)
+def test_qa_lone_surrogate_names_file_line_and_field(tmp_path, line, what):
+    # Caught when the file is read, not later in the tokenizer of a training or reward run.
+    path = write_jsonl(tmp_path / "qa.jsonl", [{"question": "q", "answer": "a"}, line])
+    with pytest.raises(DataError) as err:
+        load_qa(path)
+    assert str(err.value).startswith(f"{path}:2: {what} holds a lone surrogate ")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import WINEMAG_COLUMNS, WINEMAG_ROWS
 
-from toolkit.data import QA, Document, load_documents, load_qa
+from toolkit.data import QA, DataError, Document, load_documents, load_qa
 from toolkit.index import Chunk, Index, IndexUnavailable, SyncCounts, chunk_documents, retrieval_metrics
 from toolkit.models import ModelError, resolve_embedder
 
@@ -430,3 +430,109 @@ def test_bad_input_is_one_line_and_leaves_the_index(built, capsys, case, expecte
     assert (tmp / "out" / "index" / "winemag.chunks.json").read_bytes() == memo
     index = Index(tmp / "out" / "index", "winemag", EMBEDDER, resolve_embedder(EMBEDDER), create=False)
     assert index.count() == 10
+
+
+# ------------------------------------------------------------------------------- an index that cannot be used
+
+
+def small_index(folder: Path, embedder_path: str, collection: str = "small") -> None:
+    index = Index(folder, collection, EMBEDDER, embedder_path)
+    index.update(SMALL, 128, 16)
+    index.client.close()  # so that the next open reads the file again instead of Chroma's per-folder cache
+
+
+@pytest.mark.parametrize("create", [False, True])
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_a_damaged_index_is_one_line_and_kept(tmp_path, embedder_path, damage, create):
+    folder = tmp_path / "index"
+    small_index(folder, embedder_path)
+    db = folder / "chroma.sqlite3"
+    if damage == "garbage":
+        db.write_text("garbage\n")
+    else:
+        os.truncate(db, 8192)
+    before = {path: path.stat().st_size for path in folder.rglob("*")}
+    reason = "file is not a database" if damage == "garbage" else "database disk image is malformed"
+    with pytest.raises(IndexUnavailable) as err:
+        Index(folder, "small", EMBEDDER, embedder_path, create=create)
+    assert str(err.value).startswith(f"the index at {folder} is unreadable (")
+    assert reason in str(err.value) and str(err.value).endswith("): delete that folder to rebuild it")
+    assert {path: path.stat().st_size for path in folder.rglob("*")} == before  # never deleted or rebuilt
+
+
+def test_the_index_command_on_a_damaged_index(built, capsys, tmp_path):
+    _, overrides = built
+    (tmp_path / "index").mkdir()
+    (tmp_path / "index" / "chroma.sqlite3").write_text("garbage\n")
+    code, _, err = run_index(capsys, WINEMAG_RECIPE, overrides[0], f"output_dir={tmp_path}")
+    assert code == 2 and "Traceback" not in err
+    [line] = [line for line in err.splitlines() if line.strip()]
+    assert line == f"error: the index at {tmp_path / 'index'} is unreadable (error returned from database: " \
+                   "(code: 26) file is not a database): delete that folder to rebuild it"
+    assert (tmp_path / "index" / "chroma.sqlite3").read_text() == "garbage\n"
+
+
+@pytest.mark.parametrize("create", [True, False])
+def test_an_index_folder_that_is_a_file(tmp_path, embedder_path, create):
+    (tmp_path / "index").write_text("x")
+    with pytest.raises(IndexUnavailable, match=rf"^{re.escape(str(tmp_path / 'index'))} is a file, not a folder: "):
+        Index(tmp_path / "index", "small", EMBEDDER, embedder_path, create=create)
+    with pytest.raises(IndexUnavailable) as err:
+        Index(tmp_path / "index" / "sub" / "index", "small", EMBEDDER, embedder_path, create=create)
+    assert str(err.value) == f"cannot use {tmp_path}/index/sub/index as the index folder: {tmp_path}/index is a " \
+                             "file, not a folder"
+    assert (tmp_path / "index").read_text() == "x"
+
+
+def test_an_index_folder_that_cannot_be_created(tmp_path, embedder_path, monkeypatch):
+    mkdir = Path.mkdir
+
+    def refuse(self, *args, **kwargs):  # root may write anywhere: a read-only folder would not stop these tests
+        if self == tmp_path / "out" / "index":
+            raise PermissionError(13, "Permission denied", str(self))
+        return mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    with pytest.raises(IndexUnavailable, match=f"^cannot create the index folder {tmp_path}/out/index: Permission "
+                                               "denied$"):
+        Index(tmp_path / "out" / "index", "small", EMBEDDER, embedder_path)
+
+
+def test_an_index_a_failed_first_build_left_empty_is_refused_by_readers(tmp_path, embedder_path):
+    """search and chat (create=False) used to take it for a built index and find "no chunks" with exit 0."""
+    folder = tmp_path / "out" / "index"
+    index = Index(folder, "small", EMBEDDER, embedder_path)
+    with pytest.raises(DataError, match="^document 'bad': .* lone surrogate"):
+        index.update([*SMALL, Document("bad", "caf\ud800")], 128, 16)
+    with pytest.raises(IndexUnavailable, match=f"^the index at {folder} holds no chunks: build it with python -m "):
+        Index(folder, "small", EMBEDDER, embedder_path, create=False)
+    # A run (create=True) simply builds it.
+    assert Index(folder, "small", EMBEDDER, embedder_path).update(SMALL, 128, 16).added == 3
+    assert Index(folder, "small", EMBEDDER, embedder_path, create=False).count() == 3
+
+
+def test_a_failed_update_keeps_the_existing_index(tmp_path, embedder_path):
+    small_index(tmp_path, embedder_path)
+    index = Index(tmp_path, "small", EMBEDDER, embedder_path)
+    with pytest.raises(DataError):
+        index.update([Document("bad", "caf\ud800")], 128, 16)
+    assert index.count() == 3 and (tmp_path / "chroma.sqlite3").is_file()
+
+
+@pytest.mark.parametrize("path, message", [("", "it names no model"), ("{tmp}/empty", "Unrecognized model")])
+def test_an_embedder_that_fails_to_load_leaves_no_index(tmp_path, path, message):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match=f"^cannot load embedder 'mine': .*{message}"):
+        Index(tmp_path / "out" / "index", "small", "mine", path.format(tmp=tmp_path))
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_index_command_with_a_lone_surrogate_in_the_corpus(tmp_path, capsys):
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"text": "\\ud800"}\n')
+    code, _, err = run_index(capsys, ROOT / "recipes" / "wine.yaml", f"output_dir={tmp_path / 'out'}",
+                             f"data.corpus=[{corpus}]")
+    assert code == 2 and "Traceback" not in err
+    [line] = [line for line in err.splitlines() if line.strip()]
+    assert line.startswith(f"error: {corpus}:1: 'text' holds a lone surrogate '\\ud800'")
+    assert not (tmp_path / "out").exists()

@@ -333,3 +333,41 @@ def test_template_fields_and_render():
 def test_template_errors(template, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         template_fields(template)
+
+
+# ------------------------------------------------------------------------------------------- text that is not Unicode
+
+
+@pytest.mark.parametrize(
+    "line, what",
+    [
+        (r'{"text": "caf\ud800"}', "'text'"),
+        (r'{"text": "t", "title": "\udc80"}', "'title'"),
+        (r'{"id": "a\udfff", "text": "t"}', "'id'"),
+        (r'{"text": "t", "metadata": {"region": "Pi\ud800"}}', "metadata 'region'"),
+        (r'{"text": "t", "metadata": {"re\ud800": "x"}}', "a 'metadata' key"),
+    ],
+)
+def test_jsonl_lone_surrogate_names_file_line_and_field(tmp_path, line, what):
+    # A JSON \ud800 escape with no partner decodes to a lone surrogate, which hashing and the tokenizer refuse.
+    path = tmp_path / "docs.jsonl"
+    path.write_text('{"text": "fine"}\n' + line + "\n")
+    with pytest.raises(DataError) as err:
+        docs_of(path)
+    assert str(err.value).startswith(f"{path}:2: {what} holds a lone surrogate ")
+    assert "not valid Unicode text" in str(err.value) and "\n" not in str(err.value)
+    str(err.value).encode("utf-8")  # the message itself can be printed
+
+
+def test_a_file_name_that_is_not_utf8(tmp_path):
+    (tmp_path / "good.txt").write_text("fine")
+    (tmp_path / os.fsdecode(b"caf\xff.txt")).write_text("fine")
+    with pytest.raises(DataError, match=r"caf\\udcff\.txt: the file name is not UTF-8; rename it$"):
+        expand(tmp_path)
+
+
+@pytest.mark.parametrize("placeholder", ["{title!z}", "{title!r}", "{title!r:>5}", "{price:.2f}"])
+def test_template_error_shows_the_placeholder_as_written(placeholder):
+    with pytest.raises(ValueError) as err:
+        template_fields(f"{{variety}}: {placeholder}")
+    assert str(err.value).endswith(f"only plain {{column}} placeholders, not {placeholder}")

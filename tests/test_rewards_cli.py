@@ -64,3 +64,22 @@ def test_missing_recipe_from_the_shell():
     assert done.stderr.strip() == "error: no/such/recipe.yaml: recipe file not found"
     assert done.stdout == ""
 
+
+
+@pytest.mark.parametrize("tokens", ["99999999999999999999", "3000000000", "1000001"])
+def test_tokens_has_an_upper_bound(capsys, tokens):
+    # `--tokens` becomes a list of that many ids: 3e9 would take some 24 GB, 1e20 overflows.
+    with pytest.raises(SystemExit) as stop:
+        main(["recipes/wine.yaml", "--completion", "x", "--tokens", tokens])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == f"error: --tokens must be at most 1,000,000, got {tokens} (see --help)\n"
+
+
+def test_a_lone_surrogate_in_a_question_file(capsys, tmp_path):
+    questions = tmp_path / "q.jsonl"
+    questions.write_text('{"question":"\\udc80?","answer":"A","source":"grape-nebbiolo"}\n')
+    code = main(["recipes/wine.yaml", "--completion", "x", f"data.train={questions}", f"output_dir={tmp_path}"])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {questions}:1: 'question' holds a lone surrogate '\\udc80'")
+    assert not (tmp_path / "index").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import re
 import subprocess
 import sys
@@ -93,3 +94,26 @@ def test_runs_as_a_module(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert f"no index at {tmp_path}/index" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_query_that_is_not_utf8(overrides, capsys):
+    # Bytes that are not UTF-8 reach argv as lone surrogates (Python's surrogateescape).
+    code, out, err = search(capsys, RECIPE, os.fsdecode(b"caf\xff"), *overrides)
+    assert code == 2 and not out
+    assert err.strip() == "error: the query is not valid UTF-8 text"
+
+
+def test_an_index_that_is_a_file_or_damaged(overrides, capsys, tmp_path):
+    (tmp_path / "file").mkdir()
+    (tmp_path / "file" / "index").write_text("x")
+    code, _, err = search(capsys, RECIPE, "Malbec", *overrides, f"output_dir={tmp_path / 'file'}")
+    assert code == 2
+    assert err.strip().startswith(f"error: {tmp_path}/file/index is a file, not a folder: ")
+    (tmp_path / "bad" / "index").mkdir(parents=True)
+    (tmp_path / "bad" / "index" / "chroma.sqlite3").write_text("garbage")
+    code, _, err = search(capsys, RECIPE, "Malbec", *overrides, f"output_dir={tmp_path / 'bad'}")
+    assert code == 2 and "Traceback" not in err
+    [line] = [line for line in err.splitlines() if line.strip()]
+    assert line.startswith(f"error: the index at {tmp_path}/bad/index is unreadable (") and "file is not a database" \
+        in line and "delete that folder to rebuild it" in line
+    assert (tmp_path / "bad" / "index" / "chroma.sqlite3").read_text() == "garbage"

@@ -12,7 +12,7 @@ import json
 import re
 from dataclasses import dataclass, field
 
-from toolkit.loaders import Document
+from toolkit.loaders import DataError, Document
 from toolkit.models import ModelError
 
 # Part of every document hash: bump it when chunk_documents changes, so memoized chunk ids are not reused.
@@ -77,7 +77,14 @@ def _content_hash(text: str, metadata: dict) -> str:
 def document_hash(doc: Document, size: int, overlap: int, embedder: str) -> str:
     """Everything the chunks of `doc` depend on: its id, text and metadata, the chunker and its settings."""
     key = [CHUNKER_VERSION, embedder, size, overlap, doc.id, doc.text, doc.metadata]
-    return hashlib.sha256(json.dumps(key, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:24]
+    try:
+        return hashlib.sha256(json.dumps(key, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:24]
+    except UnicodeEncodeError:
+        # The loaders refuse these; a Document built in Python may still hold one, and it must not get as far as
+        # the tokenizer or Chroma, whose errors would not say which document it was.
+        raise DataError(
+            f"document {doc.id!r}: its id, text or metadata holds a lone surrogate, which is not valid Unicode text"
+        ) from None
 
 
 def _windows(text: str, count: int, offsets, size: int, overlap: int) -> list[tuple[int, int, int]]:

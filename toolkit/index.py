@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import logging
@@ -101,12 +102,21 @@ class Index:
         self.embedder_name, self.embedder_path = embedder_name, embedder_path
         self.embed_batch_size, self.write_batch_size = embed_batch_size, write_batch_size
         self._embedder = None
+        _check_folder(self.path)
         if not create and not (self.path / "chroma.sqlite3").is_file():
             raise IndexUnavailable(f"no index at {self.path}")
-        self.path.mkdir(parents=True, exist_ok=True)
-        # Telemetry off: it would try to reach the network on every client start.
-        self.client = chromadb.PersistentClient(path=str(self.path), settings=Settings(anonymized_telemetry=False))
-        existing = next((c for c in self.client.list_collections() if c.name == collection), None)
+        if create and not (self.path / "chroma.sqlite3").exists():
+            # A new index needs the embedder (for its dimension) anyway: loading it before anything is written
+            # means an embedder that fails to load leaves no empty index behind.
+            self.embedder  # noqa: B018
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise IndexUnavailable(f"cannot create the index folder {self.path}: {err.strerror or err}") from None
+        with _readable(self.path):
+            # Telemetry off: it would try to reach the network on every client start.
+            self.client = chromadb.PersistentClient(path=str(self.path), settings=Settings(anonymized_telemetry=False))
+            existing = next((c for c in self.client.list_collections() if c.name == collection), None)
         built_with = (existing.metadata or {}).get("embedder") if existing is not None else None
         if not create:
             if existing is None:
@@ -115,6 +125,11 @@ class Index:
                 raise IndexUnavailable(
                     f"the index at {self.path} was built with embedder {built_with!r}, not {embedder_name!r}"
                 )
+            with _readable(self.path):
+                empty = existing.count() == 0
+            if empty:  # a first build that failed or was stopped before its first batch was stored
+                raise IndexUnavailable(f"the index at {self.path} holds no chunks: build it with python -m "
+                                       "toolkit.index RECIPE (or toolkit.run)")
         elif existing is not None and built_with != embedder_name:
             self.embedder  # noqa: B018 -- load the new embedder first: if it fails, the old index stays
             logger.warning(
@@ -139,6 +154,9 @@ class Index:
         if self._embedder is None:
             from toolkit.models import ModelError
 
+            if not str(self.embedder_path).strip():
+                # sentence-transformers would build a model with no modules from it and fail on first use
+                raise ModelError(f"cannot load embedder {self.embedder_name!r}: it names no model")
             try:
                 embedder = _load_embedder(self.embedder_path)
             except (OSError, ValueError) as err:
@@ -169,7 +187,8 @@ class Index:
     ) -> SyncCounts:
         """Make the collection hold exactly the chunks of `docs`; documents whose chunks are all stored are
         neither tokenized nor embedded. `progress(done, total)` is called after each stored batch."""
-        have = set(self.collection.get(include=[])["ids"])
+        with _readable(self.path):
+            have = set(self.collection.get(include=[])["ids"])
         memo = self._read_memo()
         hashes = [document_hash(doc, size, overlap, self.embedder_name) for doc in docs]
         kept: set[str] = set()
@@ -203,7 +222,9 @@ class Index:
 
     def sync(self, chunks: list[Chunk], progress: Callable[[int, int], None] | None = None) -> SyncCounts:
         """Make the collection hold exactly `chunks`: embed only the new ones, delete the stale ones."""
-        return self._sync(chunks, set(self.collection.get(include=[])["ids"]), set(), progress)
+        with _readable(self.path):
+            have = set(self.collection.get(include=[])["ids"])
+        return self._sync(chunks, have, set(), progress)
 
     def _sync(self, chunks: list[Chunk], have: set[str], kept: set[str], progress) -> SyncCounts:
         want = {chunk.id: chunk for chunk in chunks}
@@ -263,7 +284,8 @@ class Index:
     # -------------------------------------------------------------------------------------------- reading
 
     def count(self) -> int:
-        return self.collection.count()
+        with _readable(self.path):
+            return self.collection.count()
 
     def search(self, queries: list[str], k: int) -> list[list[Hit]]:
         """The top-k chunks of each query, best first."""
@@ -273,9 +295,10 @@ class Index:
 
     def query(self, embeddings, k: int) -> list[list[Hit]]:
         """`search` with precomputed (normalized) query embeddings."""
-        result = self.collection.query(
-            query_embeddings=embeddings, n_results=k, include=["documents", "metadatas", "distances"]
-        )
+        with _readable(self.path):
+            result = self.collection.query(
+                query_embeddings=embeddings, n_results=k, include=["documents", "metadatas", "distances"]
+            )
         columns = (result["ids"], result["documents"], result["metadatas"], result["distances"])
         return [
             [
@@ -284,6 +307,34 @@ class Index:
             ]
             for per_query in zip(*columns, strict=True)
         ]
+
+
+@contextlib.contextmanager
+def _readable(path: Path):
+    """Chroma's errors on opening or reading the index (a damaged chroma.sqlite3, say) as one line that names the
+    folder and the way out. The folder is not deleted here: it may be the only copy of hours of embedding."""
+    from chromadb.errors import ChromaError
+
+    try:
+        yield
+    except ChromaError as err:
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise IndexUnavailable(f"the index at {path} is unreadable ({reason}): delete that folder to rebuild it") \
+            from None
+
+
+def _check_folder(path: Path) -> None:
+    """IndexUnavailable when `path`, or a folder it would be created in, is a file."""
+    for folder in (path, *path.parents):
+        if folder.is_dir():
+            return
+        if folder.exists():
+            if folder == path:
+                raise IndexUnavailable(
+                    f"{path} is a file, not a folder: the index needs a folder there (move the file away or set "
+                    "another output_dir)"
+                )
+            raise IndexUnavailable(f"cannot use {path} as the index folder: {folder} is a file, not a folder")
 
 
 def open_index(recipe, *, create: bool = True) -> Index:

@@ -75,18 +75,29 @@ def expand(path: str | Path) -> list[tuple[Path, str, bool]]:
         files = [p for p in found if p.is_file() and _wanted(p, base)]
         if not files:
             raise DataError(f"{text}: no {', '.join(SUFFIXES)} files match")
-        return [(p, _file_id(p, base), False) for p in files]
-    path = Path(path)
+        return [(p, _file_id(p, base), False) for p in map(_utf8_name, files)]
+    path = _utf8_name(Path(path))
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and _wanted(p, path))
         if not files:
             raise DataError(f"{path}: no {', '.join(SUFFIXES)} files in this folder")
-        return [(p, _file_id(p, path), False) for p in files]
+        return [(p, _file_id(p, path), False) for p in map(_utf8_name, files)]
     if not path.exists():
         raise DataError(f"{path}: file not found")
     if path.suffix.lower() not in SUFFIXES:
         raise DataError(f"{path}: unsupported corpus file type {path.suffix!r} (use {', '.join(SUFFIXES)})")
     return [(path, path.stem, True)]
+
+
+def _utf8_name(path: Path) -> Path:
+    """`path`, unless its name is not UTF-8: Python keeps such bytes as lone surrogates, which a document id made
+    from the name (and an error message naming it) could not be written with."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        shown = str(path).encode("utf-8", "backslashreplace").decode("utf-8")
+        raise DataError(f"{shown}: the file name is not UTF-8; rename it") from None
+    return path
 
 
 def _wanted(path: Path, base: Path) -> bool:
@@ -133,7 +144,8 @@ def template_fields(template: str) -> list[str]:
         if not name.strip():
             raise ValueError(f"template {template!r}: empty placeholder {{}}; name a column")
         if spec or conversion:
-            raise ValueError(f"template {template!r}: only plain {{column}} placeholders, not {{{name}:{spec}}}")
+            written = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+            raise ValueError(f"template {template!r}: only plain {{column}} placeholders, not {written}")
         names.append(name)
     return names
 
@@ -212,6 +224,22 @@ def string_field(obj: dict, key: str, where: str, required: bool = True) -> str:
         return ""
     if not isinstance(value, str) or (required and not value.strip()):
         raise DataError(f"{where}: '{key}' must be a non-empty string")
+    return check_text(value, f"'{key}'", where)
+
+
+def check_text(value: str, what: str, where: str) -> str:
+    """`value`, unless it holds a lone surrogate: DataError naming `what` (the field) and `where` (file:line).
+
+    A file decoded as UTF-8 never holds one, but a JSON escape such as `\\ud800` that is not half of a pair decodes
+    to one; nothing can encode it, so the hashing, tokenizing or storing of it would fail far from the file.
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise DataError(
+            f"{where}: {what} holds a lone surrogate {value[err.start]!r} (a \\ud800-\\udfff escape that is not half "
+            "of a pair), which is not valid Unicode text"
+        ) from None
     return value
 
 
@@ -239,12 +267,15 @@ def _json_metadata(value, where: str) -> dict:
         raise DataError(f"{where}: 'metadata' must be an object of strings, numbers and booleans")
     metadata = {}
     for key, item in value.items():
+        check_text(key, "a 'metadata' key", where)
         if key in RESERVED_METADATA:
             raise DataError(f"{where}: metadata key {key!r} is reserved for the index; rename it")
         if item is None or item == "":
             continue  # Chroma metadata cannot hold None; an empty value is no value
         if not isinstance(item, (str, int, float, bool)):
             raise DataError(f"{where}: metadata {key!r} must be a string, number or boolean, got {type(item).__name__}")
+        if isinstance(item, str):
+            check_text(item, f"metadata {key!r}", where)
         metadata[key] = item
     return metadata
 

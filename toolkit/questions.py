@@ -12,7 +12,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from toolkit.loaders import DataError, Row, read_jsonl, render, string_field, template_fields
+from toolkit.loaders import DataError, Row, check_text, read_jsonl, render, string_field, template_fields
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,8 @@ def load_qa(path: Path) -> list[QA]:
         aliases = obj.get("aliases", [])
         if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
             raise DataError(f"{where}: 'aliases' must be a list of strings")
+        for alias in aliases:
+            check_text(alias, "an 'aliases' entry", where)
         rows.append(QA(string_field(obj, "question", where), string_field(obj, "answer", where), aliases,
                        string_field(obj, "source", where, required=False)))
     if not rows:

@@ -37,6 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not args.query.strip():
             raise IndexUnavailable("the query is empty")
+        try:
+            args.query.encode("utf-8")
+        except UnicodeEncodeError:
+            # Bytes that are not UTF-8 reach argv as lone surrogates, which the tokenizer cannot take.
+            raise IndexUnavailable("the query is not valid UTF-8 text") from None
         if args.k is not None and args.k < 1:
             raise IndexUnavailable(f"-k must be at least 1, got {args.k}")
         recipe = load_recipe(args.recipe, args.overrides)

@@ -21,6 +21,8 @@ from rich.table import Table
 from toolkit.rewards.registry import RewardError
 from toolkit.rewards.text import extract_answer
 
+MAX_TOKENS = 1_000_000  # far beyond any completion length a model is trained or evaluated with
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one line, exit 2, like every other bad input
@@ -44,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def score_completion(recipe, completion: str, question_index: int, split: str, tokens: int | None = None):
     """(row, [(label, weight, score or None)]) for one completion against one question of the recipe."""
+    if tokens is not None and not 0 <= tokens <= MAX_TOKENS:
+        raise ValueError(f"tokens must be from 0 to {MAX_TOKENS:,}, got {tokens}")
     # Imported here: they pull in chromadb and sentence-transformers (seconds); argument errors come first.
     from transformers.utils import logging as hf_logging
 
@@ -89,7 +93,12 @@ def _table(scores: list[tuple[str, float, float | None]]) -> Table:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_intermixed_args(argv)
+    parser = _parser()
+    args = parser.parse_intermixed_args(argv)
+    # The reward sees a list of that many token ids: a bound keeps a typo from allocating gigabytes (or overflowing).
+    if args.tokens is not None and not 0 <= args.tokens <= MAX_TOKENS:
+        parser.error(f"--tokens must be >= 0, got {args.tokens}" if args.tokens < 0 else
+                     f"--tokens must be at most {MAX_TOKENS:,}, got {args.tokens}")
     err_console = Console(stderr=True)
     logging.basicConfig(level=logging.WARNING, handlers=[RichHandler(console=err_console, show_path=False)],
                         format="%(message)s")
@@ -97,8 +106,6 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         completion = sys.stdin.read() if args.completion == "-" else args.completion
-        if args.tokens is not None and args.tokens < 0:
-            raise ValueError(f"--tokens must be >= 0, got {args.tokens}")
         recipe = load_recipe(args.recipe, args.overrides)
         row, scores = score_completion(recipe, completion, args.question_index, args.split, args.tokens)
     except (ValueError, OSError, RewardError) as err:  # RecipeError, DataError, ModelError are ValueErrors
