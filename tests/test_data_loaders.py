@@ -271,3 +271,22 @@ def test_qa_lone_surrogate_names_file_line_and_field(tmp_path, line, what):
     with pytest.raises(DataError) as err:
         load_qa(path)
     assert str(err.value).startswith(f"{path}:2: {what} holds a lone surrogate ")
+
+
+def test_an_eval_split_that_is_not_held_out_is_warned_about(tmp_path, caplog):
+    """The report calls eval held out; the shipped wine split is (no warning), a copied file or a shared
+    document is not."""
+    with caplog.at_level("WARNING", logger="toolkit.data"):
+        load_dataset(data_section(corpus=[str(WINE / "docs.jsonl")], train=WINE / "train.jsonl",
+                                  eval=WINE / "eval.jsonl"))
+    assert not caplog.records
+    train = load_qa(WINE / "train.jsonl")
+    shared = write_jsonl(tmp_path / "eval.jsonl", [
+        {"question": "  which bank of Bordeaux does  Cabernet Sauvignon dominate?", "answer": "Left Bank"},
+        {"question": "Which river?", "answer": "Ebro", "source": train[5].source},
+    ])
+    with caplog.at_level("WARNING", logger="toolkit.data"):
+        load_dataset(data_section(corpus=[str(WINE / "docs.jsonl")], train=WINE / "train.jsonl", eval=shared))
+    assert "1 of 2 eval questions are also training questions (first: '  which bank" in caplog.text
+    assert f"1 of 2 eval questions ask about documents that training questions use too (first: 'Which river?', " \
+           f"source {train[5].source!r}): the eval split is not held out by document" in caplog.text

@@ -48,7 +48,24 @@ def load_dataset(data: DataSection) -> Dataset:
     if unknown:
         logger.warning("%d questions name a source that is no corpus document; retrieval recall counts them as "
                        "misses", unknown)
+    _warn_if_not_held_out(train, held_out)
     return Dataset(documents, train, held_out)
+
+
+def _warn_if_not_held_out(train: list[QA], held_out: list[QA]) -> None:
+    """The report calls the eval split held out: say so when it is not (a copied file, an overlapping split)."""
+    asked = {" ".join(qa.question.lower().split()) for qa in train}
+    repeated = [qa for qa in held_out if " ".join(qa.question.lower().split()) in asked]
+    if repeated:
+        logger.warning("%d of %d eval questions are also training questions (first: %r): the tuned model's eval "
+                       "figures then measure recall of its training, not learning", len(repeated), len(held_out),
+                       repeated[0].question)
+    sources = {qa.source for qa in train if qa.source}
+    shared = [qa for qa in held_out if qa.source in sources]
+    if shared:
+        logger.warning("%d of %d eval questions ask about documents that training questions use too (first: %r, "
+                       "source %r): the eval split is not held out by document", len(shared), len(held_out),
+                       shared[0].question, shared[0].source)
 
 
 def _load_corpus(sources) -> tuple[list[Document], list[tuple[list[QA], list[QA]]]]:
