@@ -149,3 +149,72 @@ def test_gguf_reply_opened_by_its_template_is_shown_whole(monkeypatch):
         model = chat.GGUFChat(__file__, 8)  # any existing file: the loader is the stand-in above
         assert model.prefix == prefix
         assert model.complete([]) == prefix + "Nebbiolo</think><answer>Nebbiolo</answer>"
+
+
+@pytest.mark.parametrize("flag", ["--gguf", "--adapter", "--run"])
+def test_empty_flag_values_are_refused(tmp_path, capsys, flag):
+    # Not silently the default model or run folder.
+    with pytest.raises(SystemExit) as exit_:
+        chat.main(["recipes/wine.yaml", f"output_dir={tmp_path}", f"{flag}=", "--question", QUESTION])
+    assert exit_.value.code == 2
+    assert f"argument {flag}: must not be empty" in capsys.readouterr().err
+
+
+def test_a_question_that_is_not_utf8_is_one_line(tmp_path, capsys):
+    # $'caf\xff' on the command line reaches Python as "caf\udcff" (surrogateescape), which tokenizers reject.
+    assert chat.main(["recipes/wine.yaml", f"output_dir={tmp_path}", "--question", "caf\udcff"]) == 2
+    err = capsys.readouterr().err
+    assert "the question is not valid UTF-8 text" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_interactive_bad_bytes_are_reported_and_the_session_goes_on(monkeypatch):
+    from rich.console import Console
+
+    recipe = load_recipe(RECIPE)
+    hits = [Hit("region-barolo:0:ab", "Barolo is made from Nebbiolo.", "region-barolo", 0.8)]
+
+    class Index:
+        def search(self, queries, k):
+            queries[0].encode("utf-8")  # as a tokenizer would, it refuses a lone surrogate
+            return [hits]
+
+    class Model:
+        def complete(self, messages):
+            return "<think>The context says so.</think><answer>Nebbiolo</answer>"
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"caf\udcff\n{QUESTION}\n\n"))
+    out, err = io.StringIO(), io.StringIO()
+    chat._answer_questions(recipe, Index(), Model(), None, None, Console(file=out, width=200),
+                           Console(file=err, width=200))
+    assert err.getvalue().count("the question is not valid UTF-8 text") == 1, err.getvalue()
+    assert out.getvalue().count("answer: Nebbiolo") == 1, out.getvalue()
+
+
+def test_an_unloadable_gguf_is_one_model_error(tmp_path):
+    pytest.importorskip("llama_cpp")
+    from toolkit.models import ModelError
+
+    for name, data in (("text.gguf", b"not a model\n"), ("truncated.gguf", b"GGUF\x03\x00\x00\x00" + b"\x00" * 8)):
+        path = tmp_path / name
+        path.write_bytes(data)
+        with pytest.raises(ModelError, match=f"^{re.escape(str(path))}: llama.cpp cannot load it"):
+            chat.GGUFChat(path, 8)
+
+
+@pytest.mark.parametrize("defect", ["config not JSON", "config a list", "weights truncated", "rank differs"])
+def test_a_broken_adapter_is_one_model_error(tmp_path, defect):
+    import json
+
+    from test_export import _tiny_model
+    from test_models import broken_adapter
+
+    from toolkit.models import ModelError
+
+    model, _, base = _tiny_model(tmp_path, "llama")
+    run = tmp_path / "run"
+    run.mkdir()
+    adapter = broken_adapter(run / "adapter", model, defect)
+    (run / "report.json").write_text(json.dumps({"model_path": str(base)}))
+    recipe = load_recipe(RECIPE, [f"output_dir={run}"])
+    with pytest.raises(ModelError, match=f"^{re.escape(str(adapter))}: not a loadable LoRA adapter: "):
+        chat.AdapterChat(recipe, adapter, 8)

@@ -177,3 +177,47 @@ def test_a_reply_ending_on_a_configured_eos_is_not_truncated():
 
     texts, lengths, truncated = evaluate.generate(Model(), Tokenizer(), [[]] * 3, 4, 3, share_prefix=False)
     assert (texts, lengths, truncated) == (["7 8", "7", "7 8 7 8"], [2, 1, 4], [False, False, True])
+
+
+@pytest.mark.parametrize("flag", ["--out", "--adapter"])
+def test_cli_refuses_empty_flag_values(tmp_path, capsys, flag):
+    # Path("") is ".": --out '' used to write the report into the current folder.
+    with pytest.raises(SystemExit) as exit_:
+        evaluate.main(["recipes/wine.yaml", f"output_dir={tmp_path}", f"{flag}=", "--limit", "1"])
+    assert exit_.value.code == 2
+    assert f"argument {flag}: must not be empty" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("defect", ["config not JSON", "config a list", "weights truncated", "weights missing"])
+def test_cli_reports_a_broken_adapter_before_evaluating(tmp_path, capsys, defect):
+    from test_models import broken_adapter, tiny_llama
+
+    adapter = broken_adapter(tmp_path / "adapter", tiny_llama(), defect)
+    status = evaluate.main(["recipes/wine.yaml", f"output_dir={tmp_path}", "--adapter", str(adapter), "--limit", "1"])
+    err = " ".join(capsys.readouterr().err.split())
+    assert status == 2 and f"{adapter}: not a loadable LoRA adapter: " in err, err
+    assert not (tmp_path / "eval").exists() and not (tmp_path / "index").exists()  # failed before any work
+
+
+def test_an_adapter_that_does_not_fit_the_base_is_one_model_error(tmp_path, monkeypatch):
+    # Its files read, but its rank differs from its weights: found only when loaded, after the base columns.
+    from types import SimpleNamespace
+
+    from test_export import _tiny_model
+    from test_models import broken_adapter
+
+    import toolkit.index
+    import toolkit.prompts
+    from toolkit.models import ModelError
+
+    model, _, base = _tiny_model(tmp_path, "llama")
+    adapter = broken_adapter(tmp_path / "adapter", model, "rank differs")
+    recipe = load_recipe(ROOT / "recipes" / "wine.yaml", [f"model.name_or_path={base}", f"output_dir={tmp_path}"])
+    monkeypatch.setattr(toolkit.index, "build_index", lambda *args, **kwargs: (None, SimpleNamespace()))
+    monkeypatch.setattr(toolkit.prompts, "build_rows", lambda *args, **kwargs: [])
+    monkeypatch.setattr(evaluate, "evaluate_columns", lambda *args, **kwargs: {})
+    dataset = SimpleNamespace(documents=[], eval=[])
+    with pytest.raises(ModelError, match=f"^{adapter}: not a loadable LoRA adapter: RuntimeError: .*size mismatch"):
+        evaluate.evaluate_recipe(recipe, dataset, adapter, tmp_path / "eval")
+    assert not (tmp_path / "eval").exists()

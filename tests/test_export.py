@@ -303,3 +303,56 @@ def test_first_divergence():
     assert first_divergence([1, 2, 3], [1, 2, 3]) is None
     assert first_divergence([1, 2, 3], [1, 5, 3]) == 1
     assert first_divergence([1, 2], [1, 2, 3]) == 2
+
+
+@pytest.mark.parametrize("flag", ["--formats", "--run"])
+def test_empty_flag_values_are_refused(tmp_path, capsys, flag):
+    # Not silently the default: --formats '' used to run the whole default export.
+    with pytest.raises(SystemExit) as exit_:
+        export_mod.main(["recipes/wine.yaml", f"output_dir={tmp_path}", f"{flag}="])
+    assert exit_.value.code == 2
+    assert f"argument {flag}: must not be empty" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("value", [5, ["a"], "", "/nonexistent/model", "./no/such/model"])
+def test_a_bad_model_path_in_the_run_report_names_the_file_and_field(tmp_path, capsys, value):
+    run = tmp_path / "run"
+    (run / "adapter").mkdir(parents=True)
+    (run / "adapter" / "adapter_config.json").write_text("{}")
+    report = run / "report.json"
+    report.write_text(json.dumps({"model_path": value}))
+    assert export_mod.main(["recipes/wine.yaml", "--run", str(run), "--formats", "merged"]) == 2
+    err = capsys.readouterr().err
+    assert f"{report}: model_path" in " ".join(err.split()) and len(err.strip().splitlines()) == 1, err
+    assert not (run / "export").exists()
+
+
+def test_an_unreachable_hub_base_is_one_line(tmp_path, capsys):
+    from huggingface_hub import constants
+
+    if not constants.HF_HUB_OFFLINE:
+        pytest.skip("needs HF_HUB_OFFLINE=1 (tests/conftest.py sets it) not to wait on the network")
+    run = tmp_path / "run"
+    (run / "adapter").mkdir(parents=True)
+    (run / "adapter" / "adapter_config.json").write_text("{}")
+    (run / "report.json").write_text(json.dumps({"model_path": "no-such-owner/no-such-model"}))
+    status = export_mod.main(["recipes/wine.yaml", "--run", str(run), "--formats", "gguf-f16", "export.verify=false"])
+    err = capsys.readouterr().err
+    assert status == 2 and len(err.strip().splitlines()) == 1, err
+    assert "base model no-such-owner/no-such-model: cannot read its config: OSError" in " ".join(err.split())
+
+
+@pytest.mark.parametrize("defect", ["config not JSON", "config a list", "weights truncated", "rank differs"])
+def test_a_broken_adapter_is_one_line_and_leaves_no_export(tmp_path, capsys, defect):
+    from test_models import broken_adapter
+
+    model, _, base = _tiny_model(tmp_path, "llama")
+    run = tmp_path / "run"
+    run.mkdir()
+    broken_adapter(run / "adapter", model, defect)
+    (run / "report.json").write_text(json.dumps({"model_path": str(base)}))
+    assert export_mod.main(["recipes/wine.yaml", "--run", str(run), "--formats", "adapter,merged"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"{run / 'adapter'}: not a loadable LoRA adapter: " in err, err
+    assert not (run / "export").exists()  # not even an empty folder

@@ -25,3 +25,118 @@ def test_an_interrupted_conversion_leaves_no_temp_folder(tmp_path, monkeypatch, 
     with pytest.raises(type(error)):
         _convert_packaged("smollm2-135m-instruct", PACKAGED_LLMS["smollm2-135m-instruct"], tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------- bad model and adapter input
+
+
+def tiny_llama(vocab_size: int = 64):
+    """A random 1-layer Llama, small enough to build in a test; no tokenizer."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
+    return LlamaForCausalLM(config)
+
+
+def broken_adapter(folder, model, defect: str):
+    """A LoRA (r=4, q_proj) for `model` saved in `folder`, then broken as `defect` says."""
+    import json
+
+    from peft import LoraConfig, get_peft_model
+
+    get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj"])).save_pretrained(folder)
+    config, weights = folder / "adapter_config.json", folder / "adapter_model.safetensors"
+    if defect == "config not JSON":
+        config.write_text("{bad")
+    elif defect == "config a list":
+        config.write_text("[1, 2]")
+    elif defect == "weights truncated":
+        weights.write_bytes(weights.read_bytes()[:100])
+    elif defect == "weights missing":
+        weights.unlink()
+    elif defect == "rank differs":  # the config says r=2, the weights are r=4
+        config.write_text(json.dumps(json.loads(config.read_text()) | {"r": 2}))
+    else:
+        assert defect == "none", defect
+    return folder
+
+
+ADAPTER_DEFECTS = ["config not JSON", "config a list", "weights truncated", "weights missing", "rank differs"]
+
+
+@pytest.mark.parametrize("defect", ADAPTER_DEFECTS)
+def test_a_broken_adapter_is_one_model_error_naming_it(tmp_path, defect):
+    from toolkit.models import ModelError, load_adapter
+
+    adapter = broken_adapter(tmp_path / "adapter", tiny_llama(), defect)
+    with pytest.raises(ModelError) as err:
+        load_adapter(tiny_llama(), adapter)
+    message = str(err.value)
+    assert message.startswith(f"{adapter}: not a loadable LoRA adapter: ") and "\n" not in message, message
+
+
+def test_a_good_adapter_loads(tmp_path):
+    from toolkit.models import load_adapter
+
+    adapter = broken_adapter(tmp_path / "adapter", tiny_llama(), "none")
+    tuned = load_adapter(tiny_llama(), adapter)
+    assert any("lora_A" in name for name, _ in tuned.named_parameters())
+
+
+def _model_folder(tmp_path, kind: str) -> str:
+    folder = tmp_path / "model"
+    if kind == "missing absolute":
+        return str(folder)
+    if kind == "missing relative":
+        return "./no-such-model-folder/here"
+    if kind == "a file":
+        folder.write_text("not a model")
+        return str(folder)
+    folder.mkdir()
+    if kind == "config not JSON":
+        (folder / "config.json").write_text("{bad")
+    elif kind == "config a list":
+        (folder / "config.json").write_text("[1]")
+    elif kind == "no tokenizer":  # a config, but nothing else
+        (folder / "config.json").write_text('{"model_type": "llama"}')
+    else:
+        assert kind == "empty", kind
+    return str(folder)
+
+
+@pytest.mark.parametrize("kind", ["missing absolute", "missing relative", "a file", "empty", "config not JSON",
+                                  "config a list", "no tokenizer"])
+def test_a_bad_local_model_is_one_model_error_naming_it(tmp_path, kind):
+    from toolkit.models import ModelError, load_model, resolve_model
+
+    path = _model_folder(tmp_path, kind)
+    for load in [load_model] if kind == "no tokenizer" else [resolve_model, load_model]:
+        with pytest.raises(ModelError) as err:
+            load(path)
+        message = str(err.value)
+        assert message.startswith(f"model {path}: ") and "\n" not in message, message
+        assert "Repo id" not in message  # a local folder is never looked up on the hub
+
+
+def test_an_unreachable_hub_model_is_one_model_error():
+    from huggingface_hub import constants
+
+    from toolkit.models import ModelError, load_model, resolve_model
+
+    if not constants.HF_HUB_OFFLINE:
+        pytest.skip("needs HF_HUB_OFFLINE=1 (tests/conftest.py sets it) not to wait on the network")
+    assert resolve_model("no-such-owner/no-such-model") == "no-such-owner/no-such-model"  # left to the hub
+    with pytest.raises(ModelError, match="^model no-such-owner/no-such-model: cannot load its tokenizer: OSError"):
+        load_model("no-such-owner/no-such-model")
+
+
+def test_non_empty_refuses_empty_flag_values():
+    import argparse
+
+    from toolkit.cli import non_empty
+
+    assert non_empty("runs/wine") == "runs/wine"
+    for value in ("", "  "):
+        with pytest.raises(argparse.ArgumentTypeError, match="must not be empty"):
+            non_empty(value)

@@ -80,16 +80,15 @@ class AdapterChat:
     """The run's base model plus a LoRA adapter in transformers, generating as `toolkit.evaluate` does."""
 
     def __init__(self, recipe: Recipe, adapter: Path, max_new_tokens: int):
-        from peft import PeftModel
-
         from toolkit.export import base_model_path
-        from toolkit.models import load_model
+        from toolkit.models import check_adapter, load_adapter, load_model
 
         if not (adapter / "adapter_config.json").is_file():
             raise ModelError(f"no LoRA adapter in {adapter}: train first, or pass --adapter DIR or --gguf FILE")
+        check_adapter(adapter)  # a broken adapter fails before the base model is loaded
         model, self.tokenizer = load_model(base_model_path(recipe, recipe.output_dir), recipe.model.dtype)
         self.prefix = prepare_replies(self.tokenizer, [], recipe.prompt)  # the reply opening, shown as trained
-        self.model = PeftModel.from_pretrained(model, adapter)
+        self.model = load_adapter(model, adapter)
         self.max_new_tokens = max_new_tokens
 
     def complete(self, messages: list[dict]) -> str:
@@ -117,11 +116,25 @@ def render(reply: Reply) -> str:
     return "\n".join(lines)
 
 
-def _answer_questions(recipe: Recipe, index, model, question: str | None, k: int | None, out) -> None:
-    """One question, or questions read from stdin until an empty line, end of input or `exit`."""
+def check_question(question: str) -> None:
+    """Refuse a question that is not text: bytes that are not UTF-8 reach Python as lone surrogates
+    (surrogateescape, in argv and on a C-locale stdin), which the tokenizers reject with a TypeError."""
+    try:
+        question.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ModelError(f"the question is not valid UTF-8 text (a bad byte at character {err.start + 1})") from None
+
+
+def _answer_questions(recipe: Recipe, index, model, question: str | None, k: int | None, out, console) -> None:
+    """One question, or questions read from stdin until an empty line, end of input or `exit`; a question that
+    cannot be asked is reported on `console` and the session goes on."""
     if question is not None:
         out.print(render(ask(recipe, index, model, question, k)), markup=False)
         return
+    # Bad bytes typed or piped in arrive as surrogates, as in argv, whatever the locale: check_question then
+    # reports them, where a strict stdin would end the session with a UnicodeDecodeError.
+    if hasattr(sys.stdin, "reconfigure"):
+        sys.stdin.reconfigure(errors="surrogateescape")
     while True:
         try:
             question = input("question> ").strip()
@@ -129,23 +142,32 @@ def _answer_questions(recipe: Recipe, index, model, question: str | None, k: int
             return
         if not question or question in ("exit", "quit"):
             return
+        try:
+            check_question(question)
+        except ModelError as err:
+            from rich.markup import escape
+
+            console.print(f"[red]error:[/] {escape(str(err))}; ask again", highlight=False, soft_wrap=True)
+            continue
         out.print(render(ask(recipe, index, model, question, k)), markup=False)
 
 
 def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
-    from toolkit.cli import ERRORS, fail, setup_logging
+    from toolkit.cli import ERRORS, fail, non_empty, setup_logging
     from toolkit.recipe import load_recipe
 
     parser = argparse.ArgumentParser(prog="python -m toolkit.chat", description=__doc__.splitlines()[0])
     parser.add_argument("recipe", help="path to a recipe YAML, e.g. recipes/wine.yaml")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. retrieval.top_k=3")
     model_args = parser.add_mutually_exclusive_group()
-    model_args.add_argument("--gguf", help="an exported GGUF file (needs the export extra: llama-cpp-python)")
-    model_args.add_argument("--adapter", help="a LoRA adapter folder (default: <run>/adapter)")
+    model_args.add_argument("--gguf", type=non_empty,
+                            help="an exported GGUF file (needs the export extra: llama-cpp-python)")
+    model_args.add_argument("--adapter", type=non_empty, help="a LoRA adapter folder (default: <run>/adapter)")
     parser.add_argument("--question", help="ask this one question and exit (default: read questions interactively)")
-    parser.add_argument("--run", help="the run folder with index/ and adapter/ (default: the recipe's output_dir)")
+    parser.add_argument("--run", type=non_empty,
+                        help="the run folder with index/ and adapter/ (default: the recipe's output_dir)")
     parser.add_argument("-k", type=int, default=None, help="chunks retrieved (default: retrieval.top_k)")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default: eval.max_new_tokens")
     args = parser.parse_intermixed_args(argv)
@@ -160,8 +182,10 @@ def main(argv: list[str] | None = None) -> int:
         recipe = load_recipe(args.recipe, args.overrides)
         if args.run:
             recipe = recipe.model_copy(update={"output_dir": Path(args.run)})
-        if args.question is not None and not args.question.strip():
-            raise ModelError("the question is empty")
+        if args.question is not None:
+            if not args.question.strip():
+                raise ModelError("the question is empty")
+            check_question(args.question)
         try:
             index = open_index(recipe, create=False)
         except IndexUnavailable as err:
@@ -172,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             model = AdapterChat(recipe, Path(args.adapter) if args.adapter else recipe.output_dir / "adapter", limit)
         try:
-            _answer_questions(recipe, index, model, args.question, args.k, out)
+            _answer_questions(recipe, index, model, args.question, args.k, out, console)
         finally:
             model.close()
     except ERRORS as err:

@@ -3,6 +3,7 @@ one-line errors, progress."""
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 
@@ -44,6 +45,13 @@ def setup_logging() -> Console:
 def load_with_overrides(path: str, overrides: list[str]) -> tuple[Recipe, Dataset]:
     recipe = load_recipe(path, overrides)
     return recipe, load_dataset(recipe.data)
+
+
+def non_empty(value: str) -> str:
+    """argparse `type=` for flags: an empty value is refused, not silently taken as "use the default"."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return value
 
 
 def fail(console: Console, err: Exception) -> int:

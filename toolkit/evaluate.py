@@ -148,9 +148,9 @@ def evaluate_recipe(recipe: Recipe, dataset, adapter: Path | None, out: Path) ->
     rewards = recipe.build_rewards()
     results = evaluate_columns(recipe, model, tokenizer, rows, ("no_context", "base"), rewards=rewards)
     if adapter is not None:
-        from peft import PeftModel
+        from toolkit.models import load_adapter
 
-        tuned = PeftModel.from_pretrained(model, adapter)  # wraps the base model in place: evaluated last
+        tuned = load_adapter(model, adapter)  # wraps the base model in place: evaluated last
         results |= evaluate_columns(recipe, tuned, tokenizer, rows, ("tuned",), rewards=rewards)
     section, predictions = compare(recipe, rows, results)
     section["eval"]["predictions"] = "predictions.jsonl"  # next to this report
@@ -165,22 +165,31 @@ def evaluate_recipe(recipe: Recipe, dataset, adapter: Path | None, out: Path) ->
     return report
 
 
+def _path(value: str) -> Path:
+    from toolkit.cli import non_empty
+
+    return Path(non_empty(value))  # Path("") is ".": an empty --out would write into the current folder
+
+
 def main(argv: list[str] | None = None) -> int:
     from toolkit.cli import ERRORS, fail, load_with_overrides, setup_logging
+    from toolkit.models import check_adapter
 
     parser = argparse.ArgumentParser(prog="python -m toolkit.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("recipe", help="path to a recipe YAML, e.g. recipes/wine.yaml")
     parser.add_argument("overrides", nargs="*", help="dotted overrides: eval.max_new_tokens=32 output_dir=/tmp/x")
-    parser.add_argument("--adapter", type=Path, help="a LoRA adapter folder (e.g. runs/wine/adapter): adds `tuned`")
+    parser.add_argument("--adapter", type=_path, help="a LoRA adapter folder (e.g. runs/wine/adapter): adds `tuned`")
     parser.add_argument("--limit", type=int, help="evaluate only the first N eval questions (eval.limit)")
-    parser.add_argument("--out", type=Path, help="where to write the report (default: <output_dir>/eval)")
+    parser.add_argument("--out", type=_path, help="where to write the report (default: <output_dir>/eval)")
     args = parser.parse_intermixed_args(argv)
     console = setup_logging()
     overrides = [*args.overrides, *([f"eval.limit={args.limit}"] if args.limit is not None else [])]
     try:
         recipe, dataset = load_with_overrides(args.recipe, overrides)
-        if args.adapter is not None and not (args.adapter / "adapter_config.json").is_file():
-            raise ModelError(f"{args.adapter}: not a LoRA adapter folder (no adapter_config.json)")
+        if args.adapter is not None:
+            if not (args.adapter / "adapter_config.json").is_file():
+                raise ModelError(f"{args.adapter}: not a LoRA adapter folder (no adapter_config.json)")
+            check_adapter(args.adapter)  # a broken one fails now, not after the base model's columns
         out = args.out or recipe.output_dir / "eval"
         report = evaluate_recipe(recipe, dataset, args.adapter, out)
     except ERRORS as err:

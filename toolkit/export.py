@@ -34,6 +34,7 @@ import typing
 from datetime import datetime, timezone
 from pathlib import Path
 
+from toolkit.models import ModelError, check_adapter, load_adapter, loading
 from toolkit.prompts import prepare_replies
 from toolkit.recipe import ExportFormat, PromptSection, Recipe
 from toolkit.report import save_dir_atomic, write_atomic
@@ -95,7 +96,6 @@ def export(recipe: Recipe, run_dir: str | Path | None = None, formats: list[str]
     run_dir = Path(run_dir or recipe.output_dir)
     recipe = recipe.model_copy(update={"output_dir": run_dir})  # the index and adapter are read from the run
     dtype = merge_dtype(recipe)
-    exact = exact_format(dtype)
     formats = [f for f in FORMATS if f in (formats or recipe.export.formats or default_formats(dtype))]
     adapter_dir = run_dir / "adapter"
     if not (adapter_dir / "adapter_config.json").is_file():
@@ -105,8 +105,26 @@ def export(recipe: Recipe, run_dir: str | Path | None = None, formats: list[str]
     base_path = base_model_path(recipe, run_dir)
     if ggufs:
         gguf_convert.check_architecture(_config_dict(base_path))
+    if "merged" in formats or ggufs:
+        check_adapter(adapter_dir)  # a broken adapter fails before anything is written
     out = run_dir / "export"
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        manifest = _export(recipe, run_dir, formats, dtype, adapter_dir, base_path, out)
+    except BaseException:
+        if created:  # everything in it is this failed export's: no export/ without a manifest
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _export(recipe: Recipe, run_dir: Path, formats: list[str], dtype: str, adapter_dir: Path, base_path: str,
+            out: Path) -> dict:
+    from toolkit import gguf_convert
+
+    exact = exact_format(dtype)
+    ggufs = [f for f in formats if f in GGUF_FILES]
     entries: list[dict] = []
     work = Path(tempfile.mkdtemp(prefix=".work-", dir=out))  # intermediates nobody asked for
     try:
@@ -172,22 +190,28 @@ def base_model_path(recipe: Recipe, run_dir: Path) -> str:
         if not isinstance(found, dict):
             raise ExportError(f"{report}: not a run report (a JSON object), got {type(found).__name__}")
         path = found.get("model_path")
-        if path:
-            return path
+        if path is not None:
+            # A hand-edited or foreign report must not send a number or a list to the hub as a repo id.
+            if not isinstance(path, str) or not path.strip():
+                raise ExportError(f"{report}: model_path must be a model folder or hub id, got {path!r}")
+            try:
+                return resolve_model(path)
+            except ModelError as err:
+                raise ExportError(f"{report}: model_path: {err}") from None
     return resolve_model(recipe.model.name_or_path, recipe.model.cache_dir)
 
 
 def _config_dict(model_path: str) -> dict:
     from transformers import AutoConfig
 
-    return AutoConfig.from_pretrained(model_path).to_dict()
+    with loading(f"base model {model_path}: cannot read its config"):
+        return AutoConfig.from_pretrained(model_path).to_dict()
 
 
 def merge(base_path: str, adapter_dir: Path, dtype: str, target: Path, prompt: PromptSection) -> None:
     """Reload the base unquantized in `dtype`, merge the LoRA into it and save it (with tokenizer) at `target`;
     the saved chat template opens each reply as the recipe's `prompt` did in training (`prompt.open_think`)."""
     import torch
-    from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     quantized = _config_dict(base_path).get("quantization_config")
@@ -197,9 +221,11 @@ def merge(base_path: str, adapter_dir: Path, dtype: str, target: Path, prompt: P
             "16-bit weights: set model.name_or_path to the unquantized model"
         )
     logger.info("merging %s into %s (%s)", adapter_dir, base_path, dtype)
-    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=getattr(torch, dtype))
-    model = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
-    tokenizer = AutoTokenizer.from_pretrained(base_path)
+    with loading(f"base model {base_path}: cannot load it"):
+        base = AutoModelForCausalLM.from_pretrained(base_path, dtype=getattr(torch, dtype))
+    model = load_adapter(base, adapter_dir).merge_and_unload()
+    with loading(f"base model {base_path}: cannot load its tokenizer"):
+        tokenizer = AutoTokenizer.from_pretrained(base_path)
     prepare_replies(tokenizer, [], prompt)
 
     def save(tmp: Path) -> None:
@@ -286,20 +312,22 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from toolkit.cli import ERRORS, fail, setup_logging
+    from toolkit.cli import ERRORS, fail, non_empty, setup_logging
     from toolkit.recipe import load_recipe
 
     parser = argparse.ArgumentParser(prog="python -m toolkit.export", description=__doc__.splitlines()[0])
     parser.add_argument("recipe", help="path to a recipe YAML, e.g. recipes/wine.yaml")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. export.verify=false")
-    parser.add_argument("--formats", help=f"comma-separated, from: {','.join(FORMATS)} (default: the recipe's "
-                        f"export.formats, else {','.join(default_formats('float32'))}; gguf-f16 for 16-bit models)")
-    parser.add_argument("--run", help="the run folder holding adapter/ (default: the recipe's output_dir)")
+    parser.add_argument("--formats", type=non_empty,
+                        help=f"comma-separated, from: {','.join(FORMATS)} (default: the recipe's export.formats, "
+                        f"else {','.join(default_formats('float32'))}; gguf-f16 for 16-bit models)")
+    parser.add_argument("--run", type=non_empty,
+                        help="the run folder holding adapter/ (default: the recipe's output_dir)")
     args = parser.parse_intermixed_args(argv)
     console = setup_logging()
     try:
         recipe = load_recipe(args.recipe, args.overrides)
-        manifest = export(recipe, args.run, parse_formats(args.formats) if args.formats else None)
+        manifest = export(recipe, args.run, parse_formats(args.formats) if args.formats is not None else None)
     except ERRORS as err:
         return fail(console, err)
     table = Table("format", "path", "MB", "quant", "seconds", "greedy tokens vs transformers")

@@ -7,8 +7,10 @@ can read but not train or save, so they are converted once (de-quantized to fp32
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -25,6 +27,30 @@ CONVERSION_REVISION = 2
 
 class ModelError(ValueError):
     """A model or embedder that cannot be found or used; the message says what to install or change."""
+
+
+def first_line(err: BaseException) -> str:
+    """An exception's message as one line: its first line, joined with the next when it only introduces it
+    (torch's "Error(s) in loading state_dict for ...:" says nothing until the line after)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    if lines[0].endswith(":") and len(lines) > 1:
+        return f"{lines[0]} {lines[1]}"
+    return lines[0]
+
+
+@contextlib.contextmanager
+def loading(what: str):
+    """Report a failure inside the block as one ModelError line starting with `what`. transformers, peft, the hub
+    and safetensors raise OSError, ValueError, TypeError, RuntimeError and their own classes for a missing,
+    unreachable or malformed model, so any Exception is caught, and its type is kept in the message."""
+    try:
+        yield
+    except ModelError:
+        raise
+    except Exception as err:
+        raise ModelError(f"{what}: {type(err).__name__}: {first_line(err)}") from None
 
 
 @dataclass(frozen=True)
@@ -54,11 +80,39 @@ def default_cache_dir() -> Path:
 def resolve_model(name_or_path: str, cache_dir: Path | None = None) -> str:
     """Return a local folder or hub id for `from_pretrained`; packaged models are converted on first use."""
     if not name_or_path.startswith(PACKAGED_PREFIX):
+        check_model_folder(name_or_path)
         return name_or_path
     key = name_or_path.removeprefix(PACKAGED_PREFIX)
     if key not in PACKAGED_LLMS:
         raise ModelError(f"unknown packaged model {key!r}; packaged models: {', '.join(sorted(PACKAGED_LLMS))}")
     return str(_convert_packaged(key, PACKAGED_LLMS[key], cache_dir or default_cache_dir()))
+
+
+def _looks_local(name_or_path: str) -> bool:
+    # A hub id is "name" or "owner/name". Anything else that from_pretrained is given is meant as a folder, and a
+    # missing one would otherwise be tried on the hub and fail with a message about repo id syntax.
+    return (os.path.isabs(name_or_path) or name_or_path.startswith((".", "~")) or name_or_path.count("/") > 1
+            or os.path.lexists(name_or_path))
+
+
+def check_model_folder(name_or_path: str) -> None:
+    """A local model folder must exist and hold a readable config.json; hub ids are left to the loader."""
+    if not _looks_local(name_or_path):
+        return
+    folder = Path(name_or_path)
+    if not folder.exists():
+        raise ModelError(f"model {name_or_path}: no such folder")
+    if not folder.is_dir():
+        raise ModelError(f"model {name_or_path}: not a folder (a model is a folder with config.json and weights)")
+    config = folder / "config.json"
+    if not config.is_file():
+        raise ModelError(f"model {name_or_path}: no config.json in the folder; is it a transformers model?")
+    try:
+        found = json.loads(config.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise ModelError(f"model {name_or_path}: unreadable config.json: {first_line(err)}") from None
+    if not isinstance(found, dict):
+        raise ModelError(f"model {name_or_path}: config.json is not a JSON object")
 
 
 def resolve_embedder(name_or_path: str) -> str:
@@ -133,11 +187,52 @@ def load_model(name_or_path: str, dtype: str = "float32", **from_pretrained_kwar
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    check_model_folder(name_or_path)
+    with loading(f"model {name_or_path}: cannot load its tokenizer"):
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     if tokenizer.chat_template is None:
         raise ModelError(f"model {name_or_path}: its tokenizer has no chat template; use an instruct/chat model")
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=getattr(torch, dtype), **from_pretrained_kwargs)
+    with loading(f"model {name_or_path}: cannot load it"):
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=getattr(torch, dtype),
+                                                     **from_pretrained_kwargs)
     return model, tokenizer
+
+
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")  # what peft saves, newest first
+
+
+def check_adapter(adapter_dir: str | Path) -> None:
+    """Cheap checks of a LoRA adapter folder, before minutes of loading or evaluating the base model: a config
+    that is a JSON object, and a weights file whose header reads. Shapes are checked by `load_adapter`."""
+    adapter_dir = Path(adapter_dir)
+    bad = f"{adapter_dir}: not a loadable LoRA adapter"
+    config = adapter_dir / "adapter_config.json"
+    if not config.is_file():
+        raise ModelError(f"{bad}: no adapter_config.json")
+    try:
+        found = json.loads(config.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as err:
+        raise ModelError(f"{bad}: adapter_config.json is unreadable: {first_line(err)}") from None
+    if not isinstance(found, dict):
+        raise ModelError(f"{bad}: adapter_config.json is not a JSON object, got {type(found).__name__}")
+    weights = next((adapter_dir / name for name in ADAPTER_WEIGHTS if (adapter_dir / name).is_file()), None)
+    if weights is None:
+        raise ModelError(f"{bad}: no weights ({' or '.join(ADAPTER_WEIGHTS)})")
+    if weights.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with loading(f"{bad}: {weights.name} is unreadable"), safe_open(weights, framework="pt") as f:
+            f.keys()
+
+
+def load_adapter(model, adapter_dir: str | Path):
+    """`PeftModel.from_pretrained(model, adapter_dir)`, with a broken adapter (bad config, truncated weights, a
+    rank or base that does not fit `model`) reported as one ModelError line naming the folder."""
+    from peft import PeftModel
+
+    check_adapter(adapter_dir)
+    with loading(f"{adapter_dir}: not a loadable LoRA adapter"):
+        return PeftModel.from_pretrained(model, adapter_dir)

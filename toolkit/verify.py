@@ -13,7 +13,7 @@ import os
 import unittest.mock
 from pathlib import Path
 
-from toolkit.models import ModelError
+from toolkit.models import ModelError, first_line
 from toolkit.recipe import Recipe
 
 logger = logging.getLogger(__name__)
@@ -116,8 +116,14 @@ def load_llama(path: Path, n_ctx: int = 4096, **kwargs):
         return params
 
     with unittest.mock.patch.object(low_level, "llama_model_default_params", params_without_extra_bufts):
-        return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
-                               seed=0, verbose=False, **kwargs)
+        try:
+            return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+                                   seed=0, verbose=False, **kwargs)
+        except ValueError as err:
+            # All llama-cpp-python says of a file it cannot load is "Failed to load model from file"; the reason
+            # went to llama.cpp's log, which verbose=False mutes.
+            raise ModelError(f"{path}: llama.cpp cannot load it ({first_line(err)}): not a GGUF model, truncated, "
+                             "or an architecture this llama.cpp does not know") from None
 
 
 def llama_greedy(llm, prompt_ids: list[int], max_new_tokens: int, stop: set[int]) -> list[int]:
