@@ -189,6 +189,18 @@ def test_cli_refuses_empty_flag_values(tmp_path, capsys, flag):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("flag", ["--out", "--adapter"])
+def test_cli_refuses_a_file_for_a_folder_before_evaluating(tmp_path, capsys, flag):
+    # --out on a file used to fail in mkdir with a traceback, after the whole evaluation had run.
+    (tmp_path / "file").write_text("x")
+    for value in (tmp_path / "file", tmp_path / "file" / "eval"):
+        with pytest.raises(SystemExit) as exit_:
+            evaluate.main(["recipes/wine.yaml", f"output_dir={tmp_path}", flag, str(value), "--limit", "1"])
+        assert exit_.value.code == 2
+        assert f"argument {flag}: {tmp_path / 'file'} is a file, not a folder" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
 @pytest.mark.parametrize("defect", ["config not JSON", "config a list", "weights truncated", "weights missing"])
 def test_cli_reports_a_broken_adapter_before_evaluating(tmp_path, capsys, defect):
     from test_models import broken_adapter, tiny_llama

@@ -165,10 +165,15 @@ def evaluate_recipe(recipe: Recipe, dataset, adapter: Path | None, out: Path) ->
     return report
 
 
-def _path(value: str) -> Path:
+def _folder(value: str) -> Path:
+    """argparse `type=` for --out and --adapter: a folder, checked before minutes of evaluation, not after."""
     from toolkit.cli import non_empty
 
-    return Path(non_empty(value))  # Path("") is ".": an empty --out would write into the current folder
+    path = Path(non_empty(value))
+    file = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if file is not None:
+        raise argparse.ArgumentTypeError(f"{file} is a file, not a folder")
+    return path  # Path("") is ".": an empty --out would write into the current folder
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,9 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m toolkit.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("recipe", help="path to a recipe YAML, e.g. recipes/wine.yaml")
     parser.add_argument("overrides", nargs="*", help="dotted overrides: eval.max_new_tokens=32 output_dir=/tmp/x")
-    parser.add_argument("--adapter", type=_path, help="a LoRA adapter folder (e.g. runs/wine/adapter): adds `tuned`")
+    parser.add_argument("--adapter", type=_folder, help="a LoRA adapter folder (e.g. runs/wine/adapter): adds `tuned`")
     parser.add_argument("--limit", type=int, help="evaluate only the first N eval questions (eval.limit)")
-    parser.add_argument("--out", type=_path, help="where to write the report (default: <output_dir>/eval)")
+    parser.add_argument("--out", type=_folder, help="where to write the report (default: <output_dir>/eval)")
     args = parser.parse_intermixed_args(argv)
     console = setup_logging()
     overrides = [*args.overrides, *([f"eval.limit={args.limit}"] if args.limit is not None else [])]
