@@ -536,3 +536,10 @@ def test_the_index_command_with_a_lone_surrogate_in_the_corpus(tmp_path, capsys)
     [line] = [line for line in err.splitlines() if line.strip()]
     assert line.startswith(f"error: {corpus}:1: 'text' holds a lone surrogate '\\ud800'")
     assert not (tmp_path / "out").exists()
+
+
+def test_the_index_command_prints_a_bracketed_folder_as_it_is(built, capsys, tmp_path):
+    # rich read "[x]" in a folder name as markup and printed the path without it.
+    out = tmp_path / "o [bold]x[/bold] [x]"
+    code, printed, _ = run_index(capsys, WINEMAG_RECIPE, built[1][0], f"output_dir={out}")
+    assert code == 0 and f"index {out / 'index'} (collection winemag" in printed

@@ -178,6 +178,9 @@ def test_empty_file_is_an_error_only_when_named(tmp_path, name, message):
         ({"source": "x"}, "metadata key 'source' is reserved for the index"),
         ({"tags": ["a", "b"]}, "metadata 'tags' must be a string, number or boolean, got list"),
         ("Italy", "'metadata' must be an object"),
+        # json reads NaN and Infinity, and Chroma dropped them without a word.
+        ({"x": float("nan")}, "metadata 'x' must be a finite number, got nan"),
+        ({"x": float("-inf")}, "metadata 'x' must be a finite number, got -inf"),
     ],
 )
 def test_jsonl_metadata_errors(tmp_path, metadata, message):

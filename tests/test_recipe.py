@@ -172,6 +172,13 @@ def test_override_values_are_parsed_as_yaml():
         # An empty path is Path(""), the current folder: a run would write into the cwd, a corpus read all of it.
         (["output_dir="], "output_dir: must not be empty"),
         (["output_dir=recipes/wine.yaml"], "output_dir: recipes/wine.yaml is a file, not a folder"),
+        (["model.cache_dir=recipes/wine.yaml"], "model.cache_dir: recipes/wine.yaml is a file, not a folder"),
+        # GRPOConfig takes these unchecked: 0 trained nothing with exit 0, -1 failed deep in torch's sampler.
+        (["training.trl.num_iterations=0"], "training.trl.num_iterations: must be at least 1 (got 0)"),
+        (["training.trl.steps_per_generation=-1"], "training.trl.steps_per_generation: must be at least 1 (got -1)"),
+        # A YAML "\ud800" escape is no text: the tokenizer failed on it after the index was built.
+        (['prompt.system="x\\ud800"'], "prompt.system: holds a lone surrogate '\\ud800'"),
+        (['prompt.examples.0.context=["a\\udfff"]'], "prompt.examples.0.context: holds a lone surrogate"),
         (["output_dir=recipes/wine.yaml/run"], "output_dir: recipes/wine.yaml is a file, not a folder (recipes/"),
         (["data.corpus=['']"], "data.corpus.0.path: must not be empty"),
         (["data.train=''"], "data.train: must not be empty"),

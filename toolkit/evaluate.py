@@ -18,6 +18,8 @@ import logging
 import sys
 from pathlib import Path
 
+from rich.markup import escape
+
 from toolkit.generation import generate_sharing_prefix
 from toolkit.metrics import extracted, retrieval_hit, score_completions, summarize
 from toolkit.models import ModelError
@@ -200,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     except ERRORS as err:
         return fail(console, err)
     table_console().print(comparison_table(report))
-    console.print(f"outputs in [bold]{out}[/]: report.json, report.md, predictions.jsonl")
+    console.print(f"outputs in [bold]{escape(str(out))}[/]: report.json, report.md, predictions.jsonl", soft_wrap=True)
     return 0
 
 

@@ -413,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         out.print(
             f"index {index.path} (collection {index.name}, {cfg.embedder}): {len(dataset.documents)} documents, "
             f"{index.count()} chunks",
-            soft_wrap=True,
+            soft_wrap=True, markup=False,  # a folder name may hold "[...]", which rich would read as markup
         )
         out.print("  ".join(f"{name} {value}" for name, value in vars(counts).items()))
         if args.eval:

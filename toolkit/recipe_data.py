@@ -35,6 +35,13 @@ class _Section(BaseModel):
         if (isinstance(value, str) and not value.strip() and info.field_name not in cls._blank_ok
                 and (_takes(annotation, str) or _takes(annotation, Path))):
             raise ValueError("must not be empty")
+        for text in value if isinstance(value, list) else [value]:
+            # A YAML "\ud800" escape: no valid text, and the tokenizer would fail on it after the index was built.
+            try:
+                text.encode("utf-8") if isinstance(text, str) else None
+            except UnicodeEncodeError as err:
+                raise ValueError(f"holds a lone surrogate {text[err.start]!r} (a \\ud800-\\udfff escape that is not "
+                                 "half of a pair), which is not valid Unicode text") from None
         return value
 
 
@@ -67,8 +74,19 @@ def _must_exist(path: Path) -> Path:
     return path
 
 
+def _a_folder(path: Path) -> Path:
+    # Checked now, not when the first mkdir fails with a traceback (after the index or an evaluation).
+    for folder in (path, *path.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise ValueError(f"{folder} is a file, not a folder" + ("" if folder == path else f" ({path})"))
+            break
+    return path
+
+
 ExistingPath = Annotated[Path, AfterValidator(_must_exist)]
 HomePath = Annotated[Path, AfterValidator(expand_home)]
+FolderPath = Annotated[Path, AfterValidator(expand_home), AfterValidator(_a_folder)]  # one the run writes into
 
 class RowQuestion(_Section):
     question: str = Field(

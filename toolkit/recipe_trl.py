@@ -47,6 +47,8 @@ def grpo_config_types(backend: str = "auto") -> dict[str, Any]:
 
 
 SCALARS = {bool: "true or false", int: "a whole number", float: "a number"}
+# Counts GRPOConfig takes without checking them: 0 trains nothing (exit 0), a negative fails deep in torch's sampler.
+AT_LEAST_ONE = ("num_iterations", "steps_per_generation", "generation_batch_size")
 
 
 def coerced(key: str, value: Any, kind: Any) -> tuple[Any, str | None]:
@@ -85,6 +87,9 @@ def check_trl_passthrough(recipe: Recipe) -> None:
     for key, value in recipe.training.trl.items():
         if key in known and key not in mapped:
             recipe.training.trl[key], reason = coerced(key, value, field_types[key])
+            if reason is None and key in AT_LEAST_ONE and isinstance(recipe.training.trl[key], int) \
+                    and recipe.training.trl[key] < 1:
+                reason = "must be at least 1"
             if reason is None:
                 continue
         elif key in mapped:
