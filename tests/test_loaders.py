@@ -42,6 +42,19 @@ def test_expand_glob_ids_are_relative_to_the_fixed_part(tmp_path):
     assert [(file_id, explicit) for _, file_id, explicit in found] == [("2023/a", False), ("2024/b", False)]
 
 
+def test_a_path_with_glob_characters_that_exists_is_that_path(tmp_path):
+    # "my docs [v1]" used to be read as a pattern ([v1] = one of v, 1) that matched nothing: "no file matches".
+    folder = tmp_path / "my docs [v1] (ü)"
+    folder.mkdir()
+    (folder / "docs.jsonl").write_text('{"id": "a", "text": "Nebbiolo makes Barolo."}\n')
+    assert expand(folder) == [(folder / "docs.jsonl", "docs", False)]
+    assert expand(folder / "docs.jsonl") == [(folder / "docs.jsonl", "docs", True)]
+    from toolkit.recipe import load_recipe
+
+    recipe = load_recipe("recipes/wine.yaml", [f"data.corpus=['{folder / 'docs.jsonl'}']"])
+    assert recipe.data.corpus[0].path == folder / "docs.jsonl"
+
+
 def test_expand_one_file(tmp_path):
     (tmp_path / "Barolo Notes.md").write_text("x")
     assert expand(tmp_path / "Barolo Notes.md") == [(tmp_path / "Barolo Notes.md", "Barolo Notes", True)]

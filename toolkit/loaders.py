@@ -68,7 +68,7 @@ def expand(path: str | Path) -> list[tuple[Path, str, bool]]:
     a known suffix.
     """
     text = str(path)
-    if is_glob(text):
+    if is_glob(text) and not Path(text).exists():  # an existing "my docs [v1]" is that folder, not a pattern
         parts = Path(text).parts
         fixed = next(i for i, part in enumerate(parts) if is_glob(part))
         base = Path(*parts[:fixed]) if fixed else Path(".")

@@ -144,7 +144,7 @@ class CorpusSource(_Section):
     @classmethod
     def _exists(cls, path: Path) -> Path:
         path = expand_home(path)
-        if loaders.is_glob(path):
+        if loaders.is_glob(path) and not path.exists():  # "my docs [v1]" that exists is that folder, not a pattern
             if not glob.glob(str(path), recursive=True):
                 raise ValueError(f"no file matches {path}")
         elif not path.exists():
@@ -170,7 +170,7 @@ class CorpusSource(_Section):
     def _csv_fields(self) -> CorpusSource:
         csv_only = [name for name in ("template", "id_column", "questions") if getattr(self, name) is not None]
         csv_only += ["metadata_columns"] if self.metadata_columns else []
-        single_file = not loaders.is_glob(self.path) and self.path.is_file()
+        single_file = self.path.is_file()
         if single_file and self.path.suffix.lower() == ".csv" and self.template is None:
             raise ValueError(f"{self.path} is a CSV file: give a row template, e.g. template: '{{title}}. {{text}}'")
         if single_file and self.path.suffix.lower() != ".csv" and csv_only:
