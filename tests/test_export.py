@@ -356,3 +356,17 @@ def test_a_broken_adapter_is_one_line_and_leaves_no_export(tmp_path, capsys, def
     err = " ".join(capsys.readouterr().err.split())
     assert f"{run / 'adapter'}: not a loadable LoRA adapter: " in err, err
     assert not (run / "export").exists()  # not even an empty folder
+
+
+def test_an_export_folder_that_is_a_file_is_one_line(tmp_path, capsys):
+    from test_models import broken_adapter
+
+    model, _, base = _tiny_model(tmp_path, "llama")
+    run = tmp_path / "run"
+    run.mkdir()
+    broken_adapter(run / "adapter", model, "none")
+    (run / "report.json").write_text(json.dumps({"model_path": str(base)}))
+    (run / "export").write_text("x")
+    assert export_mod.main(["recipes/wine.yaml", "--run", str(run), "--formats", "adapter"]) == 2
+    assert f"{run / 'export'} is a file, not a folder" in " ".join(capsys.readouterr().err.split())
+    assert (run / "export").read_text() == "x"

@@ -108,6 +108,8 @@ def export(recipe: Recipe, run_dir: str | Path | None = None, formats: list[str]
     if "merged" in formats or ggufs:
         check_adapter(adapter_dir)  # a broken adapter fails before anything is written
     out = run_dir / "export"
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{out} is a file, not a folder: move it away to export there")
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     try:
