@@ -201,15 +201,16 @@ def test_lora_targets_are_checked_before_the_base_evaluation(tmp_path, monkeypat
     assert message in capsys.readouterr().err
 
 
-def test_a_diverged_run_fails_and_saves_no_adapter(tmp_path, capsys):
-    """learning_rate 1e308 turns the LoRA weights into NaN/inf in one step; that run used to exit 0 with an adapter
-    of NaNs whose every answer was empty."""
+@pytest.mark.parametrize("rate, what", [("1e308", "of the adapter's"), ("1e30", "the adapted model's logits are")])
+def test_a_diverged_run_fails_and_saves_no_adapter(tmp_path, capsys, rate, what):
+    """learning_rate 1e308 turns the LoRA weights into NaN/inf in one step, 1e30 into finite weights whose logits
+    are NaN; those runs used to exit 0 with an adapter whose every answer was empty."""
     from toolkit import run as run_mod
 
     tiny = [o for o in TINY if not o.startswith("training.max_steps")]
     argv = ["recipes/wine.yaml", f"output_dir={tmp_path}", *tiny, "training.max_steps=1", "eval.limit=2",
-            "training.learning_rate=1e308"]
+            f"training.learning_rate={rate}"]
     assert run_mod.main(argv) == 2
     err = capsys.readouterr().err
-    assert "training diverged: " in err and "weights are NaN or infinite after step 1; nothing saved" in err
+    assert "training diverged: " in err and what in err and "NaN or infinite after step 1; nothing saved" in err
     assert not (tmp_path / "adapter").exists() and not (tmp_path / "report.json").exists()

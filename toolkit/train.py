@@ -144,17 +144,24 @@ def check_lora_targets(recipe: Recipe, model) -> None:
                          f"0-{layers - 1})")
 
 
-def check_finite(model, step: int, learning_rate: float) -> None:
-    """A diverged run (learning rate far too high) leaves NaN or infinite LoRA weights: the tuned model then
-    answers nothing and the adapter is useless. Stop before it is evaluated and saved."""
+def check_finite(model, tokenizer, step: int, learning_rate: float) -> None:
+    """A diverged run (learning rate far too high) leaves NaN or infinite LoRA weights, or finite ones so large
+    that the logits overflow: the tuned model then answers nothing and the adapter is useless. Stop before it is
+    evaluated and saved."""
     from toolkit.models import ModelError
 
     trained = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     bad = sum(int((~torch.isfinite(p)).sum()) for _, p in trained)
+    hint = f"nothing saved (lower training.learning_rate, now {learning_rate:g})"
     if bad:
         total = sum(p.numel() for _, p in trained)
         raise ModelError(f"training diverged: {bad} of the adapter's {total} weights are NaN or infinite after step "
-                         f"{step}; nothing saved (lower training.learning_rate, now {learning_rate:g})")
+                         f"{step}; {hint}")
+    probe = tokenizer("Which grape is Barolo made from?", return_tensors="pt").to(next(model.parameters()).device)
+    with torch.no_grad():
+        finite = bool(torch.isfinite(model(**probe).logits).all())
+    if not finite:
+        raise ModelError(f"training diverged: the adapted model's logits are NaN or infinite after step {step}; {hint}")
 
 
 def train(recipe: Recipe, model, tokenizer, rows: list[dict], work_dir: Path, resume_from: Path | None = None,
@@ -195,7 +202,7 @@ def train(recipe: Recipe, model, tokenizer, rows: list[dict], work_dir: Path, re
     finally:
         live.close()  # an exception skips on_train_end, and a progress bar left running hides the cursor
     seconds = time.perf_counter() - start
-    check_finite(trainer.model, trainer.state.global_step, recipe.training.learning_rate)
+    check_finite(trainer.model, tokenizer, trainer.state.global_step, recipe.training.learning_rate)
     result = TrainResult(trainer.state.global_step, round(seconds, 1), list(trainer.state.log_history))
     logger.info("trained %d steps in %.0f s", result.steps, seconds)
     return trainer, result
