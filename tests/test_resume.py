@@ -16,6 +16,7 @@ import pytest
 from toolkit.checkpoints import (
     CheckpointError,
     base_results,
+    check_same_lora,
     eval_key,
     latest_checkpoint,
     resume_checkpoint,
@@ -82,6 +83,28 @@ def test_a_damaged_checkpoint_file_is_one_clear_line(tmp_path, name):
     (path / name).write_bytes(data[: len(data) - 100])
     with pytest.raises(CheckpointError, match=rf"--resume: .*{name} is damaged \(.*\); delete .*checkpoint-3 to"):
         resume_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("training.lora.r=8", "was trained with training.lora.r 16, the recipe asks for 8; resume with the same"),
+    ("training.lora.target_modules=[q_proj, v_proj]", "was trained with training.lora.target_modules ['down_proj', "),
+    ("training.lora.layers_to_transform=null", "was trained with training.lora.layers_to_transform [15, "),
+])
+def test_resume_with_other_lora_settings_is_one_line(tmp_path, capsys, override, message):
+    """A size mismatch (r) or an optimizer-group error (targets) used to surface from torch as a long traceback."""
+    import toolkit.run
+    from toolkit.recipe import load_recipe
+
+    lora = load_recipe(ROOT / "recipes" / "wine.yaml").training.lora
+    path = _checkpoint(tmp_path / "trainer", 2, json.dumps({"global_step": 2, "max_steps": 4}))
+    (path / "adapter_config.json").write_text(json.dumps({
+        "r": lora.r, "lora_alpha": lora.alpha, "target_modules": ["k_proj", "o_proj", "v_proj", "gate_proj", "q_proj",
+                                                                  "up_proj", "down_proj"],
+        "layers_to_transform": lora.layers_to_transform}))
+    check_same_lora(path, lora)  # the recipe's own settings pass
+    assert toolkit.run.main(["recipes/wine.yaml", f"output_dir={tmp_path}", override, "--resume"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"--resume: {path} {message}" in err, err
 
 
 def test_fresh_run_removes_old_checkpoints(tmp_path):

@@ -81,6 +81,29 @@ def resume_checkpoint(folder: Path) -> Path:
     return path
 
 
+def check_same_lora(checkpoint: Path, lora) -> None:
+    """CheckpointError when the checkpoint's adapter was made with other LoRA settings than `lora` (the recipe's
+    training.lora): loading it would fail deep in torch with a size mismatch or an optimizer-group error."""
+    try:
+        saved = json.loads((checkpoint / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # no readable config: the trainer reports what it lacks
+    if not isinstance(saved, dict):
+        return
+    wanted = {"r": lora.r, "lora_alpha": lora.alpha, "layers_to_transform": lora.layers_to_transform}
+    if isinstance(lora.target_modules, list):  # peft saves "all-linear" resolved to names: compare only a list
+        wanted["target_modules"] = sorted(lora.target_modules)
+        saved["target_modules"] = sorted(saved.get("target_modules") or [])
+    names = {"r": "r", "lora_alpha": "alpha", "layers_to_transform": "layers_to_transform",
+             "target_modules": "target_modules"}
+    for key, value in wanted.items():
+        if saved.get(key) != value:
+            raise CheckpointError(
+                f"--resume: {checkpoint} was trained with training.lora.{names[key]} {saved.get(key)!r}, the recipe "
+                f"asks for {value!r}; resume with the same LoRA settings, or run without --resume to start over"
+            )
+
+
 def damaged(file: Path) -> str | None:
     """Why a checkpoint's weights or optimizer file cannot be read back (None: it can, or it is another kind).
     Checked before anything loads: a truncated file otherwise fails in torch or safetensors with a traceback,

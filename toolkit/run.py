@@ -14,6 +14,7 @@ from rich.markup import escape
 from toolkit.checkpoints import (
     CheckpointError,
     base_results,
+    check_same_lora,
     eval_key,
     latest_checkpoint,
     resume_checkpoint,
@@ -49,6 +50,8 @@ def run(recipe: Recipe, console: Console, resume: bool = False) -> dict:
         check_export_ready(recipe.export.formats, recipe.export.verify)  # a missing extra fails now, not after training
     work = out / "trainer"
     checkpoint = resume_checkpoint(work) if resume else None
+    if checkpoint is not None:
+        check_same_lora(checkpoint, recipe.training.lora)
     splits = build_splits(recipe)  # data, index sync, retrieval: one prompt row per train and eval question
     train_rows, eval_rows = splits.train, splits.eval
 
