@@ -114,7 +114,11 @@ def test_missing_adapter_or_gguf_is_one_line(tmp_path, capsys):
     capsys.readouterr()
     empty, missing = tmp_path / "empty", tmp_path / "missing.gguf"
     empty.mkdir()
+    (tmp_path / "run" / "adapter").mkdir(parents=True)  # --adapter given the run folder, not its adapter/
+    (tmp_path / "run" / "adapter" / "adapter_config.json").write_text("{}")
     cases = ((["--adapter", str(empty)], f"no LoRA adapter in {empty}: train first, or pass --adapter DIR"),
+             (["--adapter", str(tmp_path / "run")], f"no LoRA adapter in {tmp_path / 'run'}: did you mean --adapter "
+                                                    f"{tmp_path / 'run' / 'adapter'}?"),
              (["--gguf", str(missing)], f"no GGUF file at {missing}"))
     for flags, message in cases:
         assert chat.main(["recipes/wine.yaml", f"output_dir={tmp_path}", *flags, "--question", QUESTION]) == 2

@@ -44,6 +44,9 @@ def test_scores_every_reward_of_the_recipe(tmp_path):
     (["--completion", "x", "rewards.0.name=answr_match"], "error: recipes/wine.yaml: rewards.0: unknown reward"),
     (["--completion", "x", "rewards.0.name=nope.py:f"], "custom reward 'nope.py:f': file not found: nope.py"),
     (["--completion", "x", "--tokens", "-3"], "error: --tokens must be >= 0, got -3"),
+    # Bytes that are not UTF-8 reach argv as lone surrogates; they used to be scored as an answer "\udcff".
+    (["--completion", "<answer>\udcff</answer>"], "error: the completion is not valid UTF-8 text (a bad byte at "
+                                                   "character 9)"),
     (["--question-index", "2"], "error: the following arguments are required: --completion"),
     (["--completion", "x", "--split", "test"], "error: argument --split: invalid choice: 'test'"),
     (["--completion", "x", "--question-index", "two"], "error: argument --question-index: invalid int value"),

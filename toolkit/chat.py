@@ -84,7 +84,10 @@ class AdapterChat:
         from toolkit.models import check_adapter, load_adapter, load_model
 
         if not (adapter / "adapter_config.json").is_file():
-            raise ModelError(f"no LoRA adapter in {adapter}: train first, or pass --adapter DIR or --gguf FILE")
+            inner = adapter / "adapter"
+            hint = (f"did you mean --adapter {inner}?" if (inner / "adapter_config.json").is_file() else
+                    "train first, or pass --adapter DIR or --gguf FILE")
+            raise ModelError(f"no LoRA adapter in {adapter}: {hint}")
         check_adapter(adapter)  # a broken adapter fails before the base model is loaded
         model, self.tokenizer = load_model(base_model_path(recipe, recipe.output_dir), recipe.model.dtype)
         self.prefix = prepare_replies(self.tokenizer, [], recipe.prompt)  # the reply opening, shown as trained

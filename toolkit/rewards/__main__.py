@@ -106,6 +106,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         completion = sys.stdin.read() if args.completion == "-" else args.completion
+        try:
+            completion.encode("utf-8")
+        except UnicodeEncodeError as err:  # bytes that are not UTF-8 arrive as lone surrogates; no model writes them
+            raise ValueError(f"the completion is not valid UTF-8 text (a bad byte at character {err.start + 1})") \
+                from None
         recipe = load_recipe(args.recipe, args.overrides)
         row, scores = score_completion(recipe, completion, args.question_index, args.split, args.tokens)
     except (ValueError, OSError, RewardError) as err:  # RecipeError, DataError, ModelError are ValueErrors
