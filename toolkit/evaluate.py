@@ -25,7 +25,7 @@ from toolkit.metrics import extracted, retrieval_hit, score_completions, summari
 from toolkit.models import ModelError
 from toolkit.prompts import build_messages
 from toolkit.recipe import Recipe
-from toolkit.report import comparison_table, table_console, write_report
+from toolkit.report import comparison_table, file_in_the_way, table_console, write_report
 from toolkit.verify import stop_ids
 
 logger = logging.getLogger("toolkit.evaluate")  # not __name__: "__main__" under python -m
@@ -172,7 +172,7 @@ def _folder(value: str) -> Path:
     from toolkit.cli import non_empty
 
     path = Path(non_empty(value))
-    file = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    file = file_in_the_way(path)
     if file is not None:
         raise argparse.ArgumentTypeError(f"{file} is a file, not a folder")
     return path  # Path("") is ".": an empty --out would write into the current folder

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from toolkit.chunking import CHUNKER_VERSION, Chunk, chunk_documents, document_hash
 from toolkit.data import QA, DataError, Document
-from toolkit.report import write_atomic
+from toolkit.report import file_in_the_way, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -325,16 +325,14 @@ def _readable(path: Path):
 
 def _check_folder(path: Path) -> None:
     """IndexUnavailable when `path`, or a folder it would be created in, is a file."""
-    for folder in (path, *path.parents):
-        if folder.is_dir():
-            return
-        if folder.exists():
-            if folder == path:
-                raise IndexUnavailable(
-                    f"{path} is a file, not a folder: the index needs a folder there (move the file away or set "
-                    "another output_dir)"
-                )
-            raise IndexUnavailable(f"cannot use {path} as the index folder: {folder} is a file, not a folder")
+    file = file_in_the_way(path)
+    if file == path:
+        raise IndexUnavailable(
+            f"{path} is a file, not a folder: the index needs a folder there (move the file away or set another "
+            "output_dir)"
+        )
+    if file is not None:
+        raise IndexUnavailable(f"cannot use {path} as the index folder: {file} is a file, not a folder")
 
 
 def open_index(recipe, *, create: bool = True) -> Index:

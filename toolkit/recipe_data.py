@@ -14,6 +14,7 @@ from typing import Annotated, Any, ClassVar
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from toolkit import loaders
+from toolkit.report import file_in_the_way
 
 
 class _Section(BaseModel):
@@ -75,12 +76,9 @@ def _must_exist(path: Path) -> Path:
 
 
 def _a_folder(path: Path) -> Path:
-    # Checked now, not when the first mkdir fails with a traceback (after the index or an evaluation).
-    for folder in (path, *path.parents):
-        if folder.exists():
-            if not folder.is_dir():
-                raise ValueError(f"{folder} is a file, not a folder" + ("" if folder == path else f" ({path})"))
-            break
+    file = file_in_the_way(path)
+    if file is not None:
+        raise ValueError(f"{file} is a file, not a folder" + ("" if file == path else f" ({path})"))
     return path
 
 

@@ -25,6 +25,12 @@ def _fresh_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
 
 
+def file_in_the_way(path: Path) -> Path | None:
+    """The file that keeps `path` from being, or becoming, a folder: `path` itself or a parent. A folder to write
+    into is checked with it up front, so that a mkdir does not fail with a traceback after minutes of work."""
+    return next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+
+
 def write_atomic(path: Path, text: str | bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     # Created with mode 0666 for the kernel to apply the umask, as a plain open() would (0644 under umask 022);
