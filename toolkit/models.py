@@ -107,12 +107,18 @@ def check_model_folder(name_or_path: str) -> None:
     config = folder / "config.json"
     if not config.is_file():
         raise ModelError(f"model {name_or_path}: no config.json in the folder; is it a transformers model?")
+    _json_object(config, f"model {name_or_path}")
+
+
+def _json_object(path: Path, where: str) -> dict:
+    """A config file's JSON object; a ModelError starting with `where` when it is unreadable or not an object."""
     try:
-        found = json.loads(config.read_text(encoding="utf-8"))
+        found = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, OSError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        raise ModelError(f"model {name_or_path}: unreadable config.json: {first_line(err)}") from None
+        raise ModelError(f"{where}: {path.name} is unreadable: {first_line(err)}") from None
     if not isinstance(found, dict):
-        raise ModelError(f"model {name_or_path}: config.json is not a JSON object")
+        raise ModelError(f"{where}: {path.name} is not a JSON object, got {type(found).__name__}")
+    return found
 
 
 def resolve_embedder(name_or_path: str) -> str:
@@ -212,12 +218,7 @@ def check_adapter(adapter_dir: str | Path) -> None:
     config = adapter_dir / "adapter_config.json"
     if not config.is_file():
         raise ModelError(f"{bad}: no adapter_config.json")
-    try:
-        found = json.loads(config.read_text(encoding="utf-8"))
-    except (ValueError, OSError) as err:
-        raise ModelError(f"{bad}: adapter_config.json is unreadable: {first_line(err)}") from None
-    if not isinstance(found, dict):
-        raise ModelError(f"{bad}: adapter_config.json is not a JSON object, got {type(found).__name__}")
+    _json_object(config, bad)
     weights = next((adapter_dir / name for name in ADAPTER_WEIGHTS if (adapter_dir / name).is_file()), None)
     if weights is None:
         raise ModelError(f"{bad}: no weights ({' or '.join(ADAPTER_WEIGHTS)})")
