@@ -104,13 +104,18 @@ def check_same_lora(checkpoint: Path, lora) -> None:
             )
 
 
+def _starts_with(file: Path, magic: bytes) -> bool:
+    with file.open("rb") as f:  # not read_bytes(), which would hold the whole file in memory for two bytes
+        return f.read(len(magic)) == magic
+
+
 def damaged(file: Path) -> str | None:
     """Why a checkpoint's weights or optimizer file cannot be read back (None: it can, or it is another kind).
     Checked before anything loads: a truncated file otherwise fails in torch or safetensors with a traceback,
     after the base evaluation. Both formats can be checked without them: torch's .pt/.pth files are zip
     archives with CRCs, and a .safetensors file is a length-prefixed JSON header whose offsets cover the file."""
     try:
-        if file.suffix in (".pt", ".pth") or (file.suffix == ".bin" and file.read_bytes()[:2] == b"PK"):
+        if file.suffix in (".pt", ".pth") or (file.suffix == ".bin" and _starts_with(file, b"PK")):
             with zipfile.ZipFile(file) as archive:
                 bad = archive.testzip()
             return f"member {bad} fails its CRC check" if bad else None
