@@ -16,7 +16,8 @@ import pytest
 from conftest import WINEMAG_COLUMNS, WINEMAG_ROWS
 
 from toolkit.data import QA, DataError, Document, load_documents, load_qa
-from toolkit.index import Chunk, Index, IndexUnavailable, SyncCounts, chunk_documents, retrieval_metrics
+from toolkit.index import Chunk, Index, IndexUnavailable, SyncCounts, chunk_documents
+from toolkit.metrics import retrieval_metrics
 from toolkit.models import ModelError, resolve_embedder
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,23 +1,14 @@
-"""Tests for toolkit.loaders: which files a corpus entry names, each format's documents, and one-line errors."""
+"""Tests for toolkit.loaders: which files a corpus entry names, reading them, templates, and one-line errors."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
 
 import pytest
-from conftest import WINEMAG_COLUMNS, WINEMAG_ROWS
 
-from toolkit.loaders import DataError, Document, expand, load_file, read_text, render, template_fields
-
-WINEMAG_TEMPLATE = "{title}: a {variety} from {province}, {country}. {description}"
-
-
-def docs_of(path, file_id=None, **kwargs) -> list[Document]:
-    return [doc for doc, _ in load_file(path, file_id or path.stem, **kwargs).documents]
-
+from toolkit.loaders import DataError, expand, read_text, render, template_fields
 
 # ------------------------------------------------------------------------------------------- which files
 
@@ -106,7 +97,7 @@ def test_file_without_read_permission(tmp_path):
     path.write_text("# Secret")
     path.chmod(0)
     with pytest.raises(DataError, match="cannot read: Permission denied"):
-        docs_of(path)
+        read_text(path)
 
 
 def test_unreadable_file_is_one_line_for_any_user(tmp_path, monkeypatch):
@@ -119,217 +110,7 @@ def test_unreadable_file_is_one_line_for_any_user(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Path, "read_bytes", denied)
     with pytest.raises(DataError, match=f"^{re.escape(str(path))}: cannot read: Permission denied$"):
-        docs_of(path)
-
-
-# ------------------------------------------------------------------------------------------- markdown
-
-
-def test_markdown_sections_by_heading(tmp_path):
-    path = tmp_path / "notes.md"
-    path.write_text(
-        "Tasting notes, kept since 2019.\n\n"
-        "# Sherry\n\n"
-        "## Fino\n\nAged under flor.\n\n"
-        "```\n# not a heading inside a fence\n```\n\n"
-        "## Oloroso ##\n\nAged without flor.\n\n"
-        "# Port\n\nFortified in the Douro.\n\n"
-        "## Fino\n\nA second 'Fino' heading under Port.\n\n"
-        "## Fino\n\nAnd a third.\n"
-    )
-    docs = docs_of(path)
-    assert [(d.id, d.title) for d in docs] == [
-        ("notes", "notes"),  # text before the first heading
-        ("notes#sherry/fino", "Sherry › Fino"),  # "# Sherry" alone has no body: no document
-        ("notes#sherry/oloroso", "Sherry › Oloroso"),
-        ("notes#port", "Port"),
-        ("notes#port/fino", "Port › Fino"),
-        ("notes#port/fino-2", "Port › Fino"),
-    ]
-    assert docs[1].text == "## Fino\n\nAged under flor.\n\n```\n# not a heading inside a fence\n```"
-    assert docs[0].text == "Tasting notes, kept since 2019."
-
-
-def test_markdown_fence_closes_only_on_its_own_kind(tmp_path):
-    # A ``` inside a ~~~ block (or a shorter fence inside a longer one) is text, not the end of the block.
-    path = tmp_path / "notes.md"
-    path.write_text("# A\ntext\n~~~\n```\n# not a heading\n~~~\n# B\nbody b\n"
-                    "````\n```\n# still code\n````\n# C\nbody c\n")
-    assert [d.id for d in docs_of(path)] == ["notes#a", "notes#b", "notes#c"]
-    assert "# still code" in docs_of(path)[1].text
-
-
-def test_markdown_errors_name_the_heading_line(tmp_path):
-    from toolkit.data import load_documents
-
-    path = tmp_path / "notes.md"
-    path.write_text("# Fino\n\nOne.\n\n# Fino!\n\nTwo.\n")  # two headings, two slugs: fino and fino-2
-    assert [d.id for d in load_documents([path])] == ["notes#fino", "notes#fino-2"]
-    other = tmp_path / "notes.jsonl"
-    other.write_text(json.dumps({"id": "notes#fino-2", "text": "clash"}) + "\n")
-    clash = r"notes.jsonl:1: duplicate document id 'notes#fino-2' \(first in .*notes.md:5\)"
-    with pytest.raises(DataError, match=clash):
-        load_documents([path, other])
-
-
-@pytest.mark.parametrize(
-    "name, message", [("empty.md", "empty document"), ("empty.jsonl", r"empty document \(no JSON lines\)")]
-)
-def test_empty_file_is_an_error_only_when_named(tmp_path, name, message):
-    (tmp_path / name).write_text("  \n\n")
-    with pytest.raises(DataError, match=f"{name}: {message}$"):
-        docs_of(tmp_path / name)
-    assert docs_of(tmp_path / name, explicit=False) == []
-
-
-# ------------------------------------------------------------------------------------------- jsonl
-
-
-@pytest.mark.parametrize(
-    "metadata, message",
-    [
-        ({"source": "x"}, "metadata key 'source' is reserved for the index"),
-        ({"tags": ["a", "b"]}, "metadata 'tags' must be a string, number or boolean, got list"),
-        ("Italy", "'metadata' must be an object"),
-        # json reads NaN and Infinity, and Chroma dropped them without a word.
-        ({"x": float("nan")}, "metadata 'x' must be a finite number, got nan"),
-        ({"x": float("-inf")}, "metadata 'x' must be a finite number, got -inf"),
-    ],
-)
-def test_jsonl_metadata_errors(tmp_path, metadata, message):
-    path = tmp_path / "docs.jsonl"
-    path.write_text(json.dumps({"id": "a", "text": "t", "metadata": metadata}) + "\n")
-    with pytest.raises(DataError, match=rf"^{re.escape(str(path))}:1: {re.escape(message)}"):
-        docs_of(path)
-
-
-def test_jsonl_strings_may_hold_unicode_line_separators(tmp_path):
-    # json.dumps(..., ensure_ascii=False) writes U+2028 and U+0085 raw; they do not end a JSON line.
-    path = tmp_path / "docs.jsonl"
-    text = "line one\u2028line two\x85three"
-    path.write_text(json.dumps({"id": "a", "text": text}, ensure_ascii=False) + "\r\n"
-                    + json.dumps({"id": "b", "text": "b"}) + "\n", encoding="utf-8")
-    assert [(d.id, d.text) for d in docs_of(path)] == [("a", text), ("b", "b")]
-
-
-# ------------------------------------------------------------------------------------------- csv
-
-
-def test_csv_rows_become_documents(winemag_csv):
-    path = winemag_csv()
-    docs = docs_of(path, template=WINEMAG_TEMPLATE, id_column="id", metadata_columns=["country", "points", "price"])
-    assert len(docs) == len(WINEMAG_ROWS)
-    assert docs[0] == Document(
-        "reviews#10",
-        "Castello Verde 2016 Riserva (Chianti Classico): a Sangiovese from Tuscany, Italy. Sour cherry and dried "
-        "herbs, firm tannins.",
-        "",
-        {"country": "Italy", "points": 91, "price": 35},
-    )
-    by_id = {doc.id: doc for doc in docs}
-    # Empty cells are left out of the metadata (Chroma cannot store None); decimals become floats.
-    assert by_id["reviews#11"].metadata == {"country": "Spain", "points": 88}
-    assert by_id["reviews#14"].metadata["price"] == 30.5
-    assert by_id["reviews#13"].text.startswith("Nowhere Cellars NV Red: a Red Blend from , . ")
-    # Quotes, commas, braces and newlines inside cells come through verbatim.
-    assert by_id["reviews#17"].text.endswith('Dark fruit, "big" and plush, with {braces} kept.')
-    assert by_id["reviews#18"].text.endswith("Fig, walnut and caramel.\nLong and warm.")
-
-
-def test_csv_without_id_column_numbers_rows(winemag_csv):
-    docs = docs_of(winemag_csv(), template="{title}")
-    assert [d.id for d in docs[:3]] == ["reviews#1", "reviews#2", "reviews#3"]
-    assert docs[0].metadata == {}
-
-
-def test_csv_blank_first_header_cell_is_the_id(winemag_csv):
-    # Kaggle's winemag-data-130k-v2.csv (written by pandas) has no name for its first, index column.
-    path = winemag_csv(header=["", *WINEMAG_COLUMNS[1:]])
-    assert docs_of(path, template="{title}", id_column="id")[0].id == "reviews#10"
-
-
-def test_csv_rows_are_kept_for_questions(winemag_csv):
-    loaded = load_file(winemag_csv(), "reviews", template="{title}", id_column="id", row_columns=["title", "variety"])
-    assert loaded.rows[0].doc_id == "reviews#10"
-    assert loaded.rows[0].values == {
-        "id": "10", "title": "Castello Verde 2016 Riserva (Chianti Classico)", "variety": "Sangiovese"
-    }
-    assert loaded.rows[0].line == 2
-    assert load_file(winemag_csv(), "reviews", template="{title}").rows == []  # not kept unless asked
-
-
-@pytest.mark.parametrize(
-    "kwargs, line, message",
-    [
-        ({"template": "{title} from {region}"}, 1, "template 'region' is not a column of this file (columns: id, "),
-        ({"template": "{title}", "id_column": "row_id"}, 1, "id_column 'row_id' is not a column"),
-        ({"template": "{title}", "metadata_columns": ["colour"]}, 1, "metadata column 'colour' is not a column"),
-        ({"template": "{title}", "row_columns": ["grape"]}, 1, "question column 'grape' is not a column"),
-    ],
-)
-def test_csv_missing_column_names_column_and_line(winemag_csv, kwargs, line, message):
-    path = winemag_csv()
-    with pytest.raises(DataError) as err:
-        load_file(path, "reviews", **kwargs)
-    assert str(err.value).startswith(f"{path}:{line}: {message}")
-
-
-def test_csv_short_row_names_its_line_and_the_missing_column(winemag_csv):
-    rows = [WINEMAG_ROWS[0], WINEMAG_ROWS[1][:11]]  # a truncated record: no title, variety or winery
-    path = winemag_csv(rows=rows)
-    with pytest.raises(DataError) as err:
-        load_file(path, "reviews", template=WINEMAG_TEMPLATE)
-    assert str(err.value) == f"{path}:3: row 2 has 11 of 14 columns: no value for 'title', 'variety'"
-
-
-@pytest.mark.parametrize(
-    "ids, message",
-    [(["10", "10"], "duplicate 'id' '10' (first on line 2)"), (["10", " "], "row 2 has an empty 'id'")],
-)
-def test_csv_ids_must_be_unique_and_present(winemag_csv, ids, message):
-    rows = [[ids[0], *WINEMAG_ROWS[0][1:]], [ids[1], *WINEMAG_ROWS[1][1:]]]
-    path = winemag_csv(rows=rows)
-    with pytest.raises(DataError, match=rf"^{re.escape(str(path))}:3: {re.escape(message)}$"):
-        load_file(path, "reviews", template="{title}", id_column="id")
-
-
-def test_csv_rows_are_named_by_the_line_they_start_on(winemag_csv):
-    # Row 18's description spans two lines; a later duplicate of its id names where each record starts.
-    port = next(row for row in WINEMAG_ROWS if row[0] == "18")
-    assert "\n" in port[2]
-    rows = [WINEMAG_ROWS[0], port, port]
-    path = winemag_csv(rows=rows)
-    with pytest.raises(DataError, match=rf"^{re.escape(str(path))}:5: duplicate 'id' '18' \(first on line 3\)$"):
-        load_file(path, "reviews", template="{title}", id_column="id")
-    assert [r.line for r in load_file(winemag_csv(rows=rows[:2]), "reviews", template="{title}",
-                                      row_columns=["title"]).rows] == [2, 3]
-
-
-def test_csv_leaves_the_process_wide_field_limit_as_it_was(winemag_csv):
-    import csv
-
-    before = csv.field_size_limit(131072)  # Python's default (an earlier load in this process may have raised it)
-    try:
-        docs_of(winemag_csv(), template="{title}")
-        assert csv.field_size_limit() == 131072
-    finally:
-        csv.field_size_limit(before)
-
-
-def test_csv_needs_a_template(winemag_csv):
-    path = winemag_csv()
-    with pytest.raises(DataError, match="a .csv corpus file needs a row template"):
-        load_file(path, "reviews")
-
-
-@pytest.mark.parametrize(
-    "header, message", [(["id", "", "title"], "column 2 of the header has no name"),
-                        (["id", "title", "title"], "column name 'title' appears twice")],
-)
-def test_csv_header_problems(winemag_csv, header, message):
-    path = winemag_csv(rows=[["1", "a", "b"]], header=header)
-    with pytest.raises(DataError, match=rf"^{re.escape(str(path))}:1: {message}"):
-        load_file(path, "reviews", template="{title}")
+        read_text(path)
 
 
 # ------------------------------------------------------------------------------------------- templates
@@ -351,28 +132,6 @@ def test_template_errors(template, message):
         template_fields(template)
 
 
-# ------------------------------------------------------------------------------------------- text that is not Unicode
-
-
-@pytest.mark.parametrize(
-    "line, what",
-    [
-        (r'{"text": "caf\ud800"}', "'text'"),
-        (r'{"text": "t", "title": "\udc80"}', "'title'"),
-        (r'{"id": "a\udfff", "text": "t"}', "'id'"),
-        (r'{"text": "t", "metadata": {"region": "Pi\ud800"}}', "metadata 'region'"),
-        (r'{"text": "t", "metadata": {"re\ud800": "x"}}', "a 'metadata' key"),
-    ],
-)
-def test_jsonl_lone_surrogate_names_file_line_and_field(tmp_path, line, what):
-    # A JSON \ud800 escape with no partner decodes to a lone surrogate, which hashing and the tokenizer refuse.
-    path = tmp_path / "docs.jsonl"
-    path.write_text('{"text": "fine"}\n' + line + "\n")
-    with pytest.raises(DataError) as err:
-        docs_of(path)
-    assert str(err.value).startswith(f"{path}:2: {what} holds a lone surrogate ")
-    assert "not valid Unicode text" in str(err.value) and "\n" not in str(err.value)
-    str(err.value).encode("utf-8")  # the message itself can be printed
 
 
 def test_a_file_name_that_is_not_utf8(tmp_path):

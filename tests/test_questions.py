@@ -7,7 +7,8 @@ import random
 import pytest
 from conftest import WINEMAG_ROWS
 
-from toolkit.loaders import Row, load_file
+from toolkit.formats import load_file
+from toolkit.loaders import Row
 from toolkit.questions import QA, question_columns, row_questions
 from toolkit.recipe import RowQuestion
 

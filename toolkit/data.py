@@ -1,8 +1,8 @@
 """Reading the user's data: the corpus a recipe names, and its train/eval question sets.
 
-The formats live in `toolkit.loaders` (files, folders, globs; .md/.txt/.jsonl/.csv) and `toolkit.questions`
-(question files, questions generated from CSV rows). Bad input fails with one line naming the file and line,
-before any model is loaded or the index is touched.
+The formats live in `toolkit.loaders` (files, folders, globs), `toolkit.formats` (.md/.txt/.jsonl/.csv) and
+`toolkit.questions` (question files, questions generated from CSV rows). Bad input fails with one line naming the
+file and line, before any model is loaded or the index is touched.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from toolkit.loaders import DataError, Document, Row, expand, load_file, read_jsonl
+from toolkit.formats import load_file
+from toolkit.loaders import DataError, Document, Row, expand, read_jsonl
 from toolkit.questions import QA, load_qa, question_columns, row_questions
 
 if TYPE_CHECKING:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from toolkit.chunking import CHUNKER_VERSION, Chunk, chunk_documents, document_hash
-from toolkit.data import QA, DataError, Document
+from toolkit.data import DataError, Document
 from toolkit.report import file_in_the_way, write_atomic
 
 logger = logging.getLogger(__name__)
@@ -361,30 +361,6 @@ def build_index(recipe, docs: list[Document], progress=None) -> tuple[Index, Syn
     return index, counts
 
 
-# ------------------------------------------------------------------------------------------------ quality
-
-
-def retrieval_metrics(index: Index, questions: list[QA], top_k: int) -> dict:
-    """Recall@k (gold document among the top k chunks) for k in 1, top_k, 5, 10, and the gold document's MRR over
-    the deepest of those k (MRR@10, or MRR@top_k when top_k is larger).
-
-    Only questions with a `source` count; `questions` says how many did.
-    """
-    ks = sorted({1, top_k, 5, 10})
-    scored = [qa for qa in questions if qa.source]
-    metrics: dict = {"questions": len(scored)}
-    if not scored:
-        return metrics
-    ranks = []
-    for qa, hits in zip(scored, index.search([qa.question for qa in scored], ks[-1]), strict=True):
-        sources = [hit.source for hit in hits]
-        ranks.append(sources.index(qa.source) + 1 if qa.source in sources else None)
-    for k in ks:
-        metrics[f"recall@{k}"] = round(sum(r is not None and r <= k for r in ranks) / len(ranks), 4)
-    metrics[f"mrr@{ks[-1]}"] = round(sum(1 / r for r in ranks if r is not None) / len(ranks), 4)
-    return metrics
-
-
 # ----------------------------------------------------------------------------------------------- command
 
 
@@ -392,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
     from toolkit.cli import ERRORS, EmbeddingProgress, fail, load_with_overrides, setup_logging
+    from toolkit.metrics import retrieval_metrics
 
     parser = argparse.ArgumentParser(
         prog="python -m toolkit.index", description="Build or update a recipe's retrieval index."

@@ -14,6 +14,9 @@ hand-made predictions. The headline metrics are the same whatever the recipe's r
   applicable (None) to the no-context column, which sees no retrieved chunks;
 - `reward_total`: the recipe's weighted reward sum (what GRPO optimizes), `reward/<label>`: each reward.
 
+`retrieval_metrics` scores the index itself (recall@k and MRR of the questions' gold documents) for the report
+and `python -m toolkit.index --eval`.
+
 Intervals are percentile bootstraps over questions. Every column and every difference is resampled with the same
 question indices (a paired bootstrap: the columns answer the same questions), from a fixed seed, so a report is
 reproducible. A difference is significant when its interval excludes zero.
@@ -23,10 +26,15 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from toolkit.rewards import build_reward, completion_text, extract_answer, is_exact_match
+
+if TYPE_CHECKING:
+    from toolkit.data import QA
+    from toolkit.index import Index
 
 # The row columns a reward gets, as in training: TRL passes every dataset column (the rows of
 # toolkit.prompts.build_rows) but `prompt`, which it passes as `prompts`. A reward that trains must also evaluate.
@@ -47,6 +55,27 @@ def retrieval_hit(row: dict) -> bool | None:
     if not source:
         return None
     return source in row.get("context_sources", [])
+
+
+def retrieval_metrics(index: Index, questions: list[QA], top_k: int) -> dict:
+    """Recall@k (gold document among the top k chunks) for k in 1, top_k, 5, 10, and the gold document's MRR over
+    the deepest of those k (MRR@10, or MRR@top_k when top_k is larger).
+
+    Only questions with a `source` count; `questions` says how many did.
+    """
+    ks = sorted({1, top_k, 5, 10})
+    scored = [qa for qa in questions if qa.source]
+    metrics: dict = {"questions": len(scored)}
+    if not scored:
+        return metrics
+    ranks = []
+    for qa, hits in zip(scored, index.search([qa.question for qa in scored], ks[-1]), strict=True):
+        sources = [hit.source for hit in hits]
+        ranks.append(sources.index(qa.source) + 1 if qa.source in sources else None)
+    for k in ks:
+        metrics[f"recall@{k}"] = round(sum(r is not None and r <= k for r in ranks) / len(ranks), 4)
+    metrics[f"mrr@{ks[-1]}"] = round(sum(1 / r for r in ranks if r is not None) / len(ranks), 4)
+    return metrics
 
 
 def score_completions(recipe, rows: list[dict], completions: list[str],

@@ -37,8 +37,8 @@ def run(recipe: Recipe, console: Console, resume: bool = False) -> dict:
     # should be reported at once.
     from toolkit.curves import render_plots, training_curves, training_warnings
     from toolkit.evaluate import compare, evaluate_columns
-    from toolkit.index import retrieval_metrics
     from toolkit.memory import preflight
+    from toolkit.metrics import retrieval_metrics
     from toolkit.models import resolve_model
     from toolkit.prompts import build_splits, prepare_replies
     from toolkit.train import check_lora_targets, train
