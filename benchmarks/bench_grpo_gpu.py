@@ -125,9 +125,8 @@ def timed_generation(trainer_class, totals: dict) -> None:
 def backend_overrides(backend: str) -> list[str]:
     """What one backend's worker adds to the recipe. model.backend is pinned: under `auto` the recipe check imports
     Unsloth (to patch TRL before it loads) on any CUDA machine that has it, and the hf run would then train
-    Unsloth's patched trainer. The hf arm checkpoints gradients as Unsloth does by itself, set as one key: a
-    `training.trl={...}` would replace the recipe's whole mapping (wine-r1.yaml's optim and max_grad_norm), and the
-    two arms would no longer train alike."""
+    Unsloth's patched trainer. The hf arm checkpoints gradients as Unsloth does by itself (one key, merged into the
+    recipe's trl mapping: wine-r1.yaml's optim and max_grad_norm stay, so the two arms train alike)."""
     return [f"model.backend={backend}"] + (["training.trl.gradient_checkpointing=true"] if backend == "hf" else [])
 
 

@@ -120,6 +120,29 @@ def test_overrides_set_nested_values_and_list_items():
     assert recipe.training.learning_rate == untouched.training.learning_rate
 
 
+def test_a_mapping_override_merges_key_by_key_as_extends_does():
+    # `training={max_steps: 1}` once replaced the whole section, silently putting every other training field back
+    # to the schema's default (the recipe's learning rate, LoRA layers, generations); it now merges.
+    wine, r1 = load_recipe(WINE), load_recipe(WINE_R1)
+    recipe = load_recipe(WINE, ["training={max_steps: 1, lora: {r: 4}}", "rewards.1={weight: 2.0}"])
+    assert (recipe.training.max_steps, recipe.training.lora.r) == (1, 4)
+    assert recipe.training.learning_rate == wine.training.learning_rate
+    assert recipe.training.lora.layers_to_transform == wine.training.lora.layers_to_transform
+    assert recipe.training.model_dump(exclude={"max_steps", "lora"}) == wine.training.model_dump(
+        exclude={"max_steps", "lora"})
+    assert (recipe.rewards[1].name, recipe.rewards[1].weight) == (wine.rewards[1].name, 2.0)
+    assert recipe.rewards[1].params == wine.rewards[1].params
+    merged = load_recipe(WINE_R1, ["training.trl={max_grad_norm: 1.0}"])
+    assert merged.training.trl == {**r1.training.trl, "max_grad_norm": 1.0}  # optim and checkpointing kept
+    # null first replaces a mapping whole; a list or a scalar always replaces.
+    replaced = load_recipe(WINE_R1, ["training.trl=null", "training.trl={max_grad_norm: 1.0}"])
+    assert replaced.training.trl == {"max_grad_norm": 1.0}
+    # A field the override merged in is named as the command line's, not the parent's.
+    with pytest.raises(RecipeError) as err:
+        load_recipe(WINE_R1, ["training={lerning_rate: 1.0}"])
+    assert str(err.value).startswith(f"{WINE_R1}: training.lerning_rate: unknown field")
+
+
 def test_override_values_are_parsed_as_yaml():
     recipe = load_recipe(
         WINE,

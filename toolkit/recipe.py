@@ -300,16 +300,13 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
 
     A recipe may start from another one: `extends: wine.yaml` (relative to the recipe's own folder) loads that
     recipe first (itself possibly extending another) and deep-merges this one over it: mappings merge key by key,
-    lists and scalars replace. Overrides apply to the merged recipe. A problem in a field that only a parent set
-    names that parent too, so the fix lands in the right file.
+    lists and scalars replace. Overrides apply to the merged recipe and merge the same way. A problem in a field
+    that only a parent set names that parent too, so the fix lands in the right file.
     """
     path = Path(path)
     raw, origins = read_with_parents(path, ())
     for override in overrides:
-        here = apply_override(raw, override, path)
-        for known in [key for key in origins if key[: len(here)] == here]:
-            del origins[known]  # `training={...}` replaces the whole section: a parent's fields below it are gone
-        origins[here] = path
+        apply_override(raw, override, path, origins)
 
     def inherited_from(loc: tuple) -> Path | None:
         # The file that set this field: the longest prefix of `loc` anyone set, unless a key below it came from

@@ -99,9 +99,13 @@ def deep_merge(base: dict, child: dict, origins: dict, child_path: Path, prefix:
         origins[here] = child_path
 
 
-def apply_override(raw: dict, override: str, path: Path) -> tuple[str | int, ...]:
-    """Set `section.field=value` (value parsed as YAML; list items by index) in the raw recipe, in place; returns
-    the key path it set, list indices as ints (as validation errors locate fields)."""
+def apply_override(raw: dict, override: str, path: Path, origins: dict) -> None:
+    """Set `section.field=value` (value parsed as YAML; list items by index) in the raw recipe, in place.
+    `origins` (key path, list indices as ints → the file that set it) then names `path` for what was set.
+
+    A mapping value merges into a mapping already there, key by key, as `extends` does: `training={max_steps: 1}`
+    keeps the recipe's learning rate and LoRA instead of resetting the whole section to the schema's defaults.
+    Anything else replaces (set a mapping to `null` first to replace it whole)."""
     key, sep, text = override.partition("=")
     if not sep or not key:
         raise RecipeError(f"{path}: override {override!r} must look like section.field=value")
@@ -120,15 +124,23 @@ def apply_override(raw: dict, override: str, path: Path) -> tuple[str | int, ...
         located.append(part)
         if last:
             try:
-                node[part] = parse_yaml(text) if text else ""
+                value = parse_yaml(text) if text else ""
             except yaml.YAMLError as err:
                 hint = "" if isinstance(err, _RepeatedKey) else f"; quote it, e.g. {key}='\"...\"'"
                 raise RecipeError(
                     f"{path}: override {key}: value is not valid YAML ({getattr(err, 'problem', err)}){hint}"
                 ) from None
+            here = tuple(located)
+            existing = node.get(part) if isinstance(node, dict) else node[part]
+            if isinstance(value, dict) and isinstance(existing, dict):
+                deep_merge(existing, value, origins, path, here)
+            else:
+                node[part] = value
+                for known in [k for k in origins if k[: len(here)] == here]:
+                    del origins[known]  # what a parent set below this key is gone
+                origins[here] = path
         else:
             if isinstance(node, dict):
                 node = node.setdefault(part, {})
             else:
                 node = node[part]
-    return tuple(located)
