@@ -89,6 +89,15 @@ def test_format_hit():
     assert format_hit(2, hit) == "2. 0.812  notes#fino  [notes#fino:0:abc]  style=dry\n   ## Fino\n   Aged under flor."
 
 
+def test_the_build_hint_carries_the_overrides(overrides, capsys, tmp_path):
+    # The hint once named the recipe alone: pasted, it built the recipe's default index, not the one asked for.
+    nowhere = f"output_dir={tmp_path}/my runs/x"
+    code, _, err = search(capsys, RECIPE, "Malbec", *overrides, nowhere)
+    assert code == 2
+    assert err.strip().endswith(f"build it with: python -m toolkit.index {RECIPE} {overrides[0]} {overrides[1]} "
+                                f"'{nowhere}'")
+
+
 def test_runs_as_a_module(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "toolkit.search", RECIPE, "Malbec", f"output_dir={tmp_path}"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -158,7 +158,7 @@ def _answer_questions(recipe: Recipe, index, model, question: str | None, k: int
 def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
-    from toolkit.cli import ERRORS, fail, non_empty, setup_logging
+    from toolkit.cli import ERRORS, fail, index_command, non_empty, setup_logging
     from toolkit.recipe import load_recipe
 
     parser = argparse.ArgumentParser(prog="python -m toolkit.chat", description=__doc__.splitlines()[0])
@@ -192,7 +192,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             index = open_index(recipe, create=False)
         except IndexUnavailable as err:
-            raise IndexUnavailable(f"{err}; build it with: python -m toolkit.index {args.recipe}") from None
+            run = [f"output_dir={args.run}"] if args.run else []  # --run DIR reads the index under DIR
+            raise IndexUnavailable(f"{err}; build it with: {index_command(args.recipe, [*args.overrides, *run])}") \
+                from None
         limit = args.max_new_tokens if args.max_new_tokens is not None else recipe.eval.max_new_tokens
         if args.gguf:
             model = GGUFChat(args.gguf, limit)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 
 from rich.console import Console
@@ -45,6 +46,12 @@ def setup_logging() -> Console:
 def load_with_overrides(path: str, overrides: list[str]) -> tuple[Recipe, Dataset]:
     recipe = load_recipe(path, overrides)
     return recipe, load_dataset(recipe.data)
+
+
+def index_command(recipe: str, overrides: list[str]) -> str:
+    """The command that builds the index a reader (search, chat) was pointed at: the same recipe and overrides,
+    quoted for a shell, so that pasting it builds that index and not the recipe's default one."""
+    return shlex.join(["python", "-m", "toolkit.index", recipe, *overrides])
 
 
 def non_empty(value: str) -> str:

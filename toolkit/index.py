@@ -128,8 +128,9 @@ class Index:
             with _readable(self.path):
                 empty = existing.count() == 0
             if empty:  # a first build that failed or was stopped before its first batch was stored
-                raise IndexUnavailable(f"the index at {self.path} holds no chunks: build it with python -m "
-                                       "toolkit.index RECIPE (or toolkit.run)")
+                # The readers (search, chat) add the command that builds it, with their recipe and overrides.
+                raise IndexUnavailable(f"the index at {self.path} holds no chunks (its first build failed or was "
+                                       "stopped)")
         elif existing is not None and built_with != embedder_name:
             self.embedder  # noqa: B018 -- load the new embedder first: if it fails, the old index stays
             logger.warning(

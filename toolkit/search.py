@@ -24,7 +24,7 @@ def format_hit(rank: int, hit: Hit) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from toolkit.cli import ERRORS, fail, setup_logging
+    from toolkit.cli import ERRORS, fail, index_command, setup_logging
     from toolkit.recipe import load_recipe
 
     parser = argparse.ArgumentParser(prog="python -m toolkit.search", description=__doc__.splitlines()[0])
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             index = open_index(recipe, create=False)
         except IndexUnavailable as err:
-            raise IndexUnavailable(f"{err}; build it with: python -m toolkit.index {args.recipe}") from None
+            raise IndexUnavailable(f"{err}; build it with: {index_command(args.recipe, args.overrides)}") from None
         hits = index.search([args.query], args.k or recipe.retrieval.top_k)[0]
     except ERRORS as err:
         return fail(console, err)
