@@ -212,24 +212,62 @@ def test_cli_reports_a_broken_adapter_before_evaluating(tmp_path, capsys, defect
     assert not (tmp_path / "eval").exists() and not (tmp_path / "index").exists()  # failed before any work
 
 
-def test_an_adapter_that_does_not_fit_the_base_is_one_model_error(tmp_path, monkeypatch):
-    # Its files read, but its rank differs from its weights: found only when loaded, after the base columns.
+def _standalone(monkeypatch, tmp_path, base):
+    """evaluate_recipe on `base` with no index or rows; each evaluate_columns call records its labels and the
+    model's logits on a fixed input (what that column's answers were generated with)."""
     from types import SimpleNamespace
 
-    from test_export import _tiny_model
-    from test_models import broken_adapter
+    import torch
 
     import toolkit.index
     import toolkit.prompts
+
+    recipe = load_recipe(ROOT / "recipes" / "wine.yaml", [f"model.name_or_path={base}", f"output_dir={tmp_path}"])
+    monkeypatch.setattr(toolkit.index, "build_index", lambda *args, **kwargs: (None, SimpleNamespace()))
+    monkeypatch.setattr(toolkit.prompts, "build_rows", lambda *args, **kwargs: [])
+    calls = []
+
+    def record(recipe, model, tokenizer, rows, labels, *args, **kwargs):
+        with torch.no_grad():
+            calls.append((labels, model(torch.tensor([[1, 2, 3, 4]])).logits))
+        return {}
+
+    monkeypatch.setattr(evaluate, "evaluate_columns", record)
+    return recipe, SimpleNamespace(documents=[], eval=[]), calls
+
+
+def test_an_adapter_that_does_not_fit_the_base_fails_before_the_base_columns(tmp_path, monkeypatch):
+    # Its files read, but its rank differs from its weights: found only when peft loads it. That used to be after
+    # the base columns, minutes into a CPU evaluation.
+    from test_export import _tiny_model
+    from test_models import broken_adapter
+
     from toolkit.models import ModelError
 
     model, _, base = _tiny_model(tmp_path, "llama")
     adapter = broken_adapter(tmp_path / "adapter", model, "rank differs")
-    recipe = load_recipe(ROOT / "recipes" / "wine.yaml", [f"model.name_or_path={base}", f"output_dir={tmp_path}"])
-    monkeypatch.setattr(toolkit.index, "build_index", lambda *args, **kwargs: (None, SimpleNamespace()))
-    monkeypatch.setattr(toolkit.prompts, "build_rows", lambda *args, **kwargs: [])
-    monkeypatch.setattr(evaluate, "evaluate_columns", lambda *args, **kwargs: {})
-    dataset = SimpleNamespace(documents=[], eval=[])
+    recipe, dataset, calls = _standalone(monkeypatch, tmp_path, base)
     with pytest.raises(ModelError, match=f"^{adapter}: not a loadable LoRA adapter: RuntimeError: .*size mismatch"):
         evaluate.evaluate_recipe(recipe, dataset, adapter, tmp_path / "eval")
+    assert calls == []  # no column was evaluated
     assert not (tmp_path / "eval").exists()
+
+
+def test_the_base_columns_run_without_the_adapter_loaded_before_them(tmp_path, monkeypatch):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from test_export import _tiny_model
+    from transformers import AutoModelForCausalLM
+
+    model, _, base = _tiny_model(tmp_path, "llama")
+    # init_lora_weights=False: random B as well as A, so the adapter changes the logits from the start.
+    get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj"], init_lora_weights=False)).save_pretrained(
+        tmp_path / "adapter")
+    recipe, dataset, calls = _standalone(monkeypatch, tmp_path, base)
+    report = evaluate.evaluate_recipe(recipe, dataset, tmp_path / "adapter", tmp_path / "eval")
+    with torch.no_grad():
+        plain = AutoModelForCausalLM.from_pretrained(base)(torch.tensor([[1, 2, 3, 4]])).logits
+    assert [labels for labels, _ in calls] == [("no_context", "base"), ("tuned",)]
+    assert torch.equal(calls[0][1], plain)  # the base columns: the base model's own logits, exactly
+    assert not torch.allclose(calls[1][1], plain)  # the tuned column: the adapter's
+    assert report["adapter"] == str(tmp_path / "adapter") and (tmp_path / "eval" / "report.json").is_file()

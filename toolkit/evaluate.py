@@ -14,6 +14,7 @@ are defined in `toolkit.metrics`. Run on its own, the command writes `report.jso
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 from pathlib import Path
@@ -146,13 +147,18 @@ def evaluate_recipe(recipe: Recipe, dataset, adapter: Path | None, out: Path) ->
     rows = build_rows(dataset.eval[: recipe.eval.limit], index, recipe.prompt, recipe.retrieval.top_k)
     model_path = resolve_model(recipe.model.name_or_path, recipe.model.cache_dir)
     model, tokenizer = load_model(model_path, recipe.model.dtype)
-    prepare_replies(tokenizer, rows, recipe.prompt)
-    rewards = recipe.build_rewards()
-    results = evaluate_columns(recipe, model, tokenizer, rows, ("no_context", "base"), rewards=rewards)
+    tuned = None
     if adapter is not None:
         from toolkit.models import load_adapter
 
-        tuned = load_adapter(model, adapter)  # wraps the base model in place: evaluated last
+        # Loaded before the base columns, which take minutes: an adapter made for another base model fails now.
+        tuned = load_adapter(model, adapter)
+    prepare_replies(tokenizer, rows, recipe.prompt)
+    rewards = recipe.build_rewards()
+    # The adapter wrapped the base model in place; peft's disable_adapter runs the base layers alone.
+    with tuned.disable_adapter() if tuned is not None else contextlib.nullcontext():
+        results = evaluate_columns(recipe, tuned or model, tokenizer, rows, ("no_context", "base"), rewards=rewards)
+    if tuned is not None:
         results |= evaluate_columns(recipe, tuned, tokenizer, rows, ("tuned",), rewards=rewards)
     section, predictions = compare(recipe, rows, results)
     section["eval"]["predictions"] = "predictions.jsonl"  # next to this report
