@@ -201,6 +201,15 @@ def test_cli_refuses_a_file_for_a_folder_before_evaluating(tmp_path, capsys, fla
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
+def test_cli_refuses_an_out_folder_it_cannot_write_before_evaluating(tmp_path, capsys):
+    # /proc takes no new folders, even from root: this used to fail with a traceback after the evaluation.
+    with pytest.raises(SystemExit) as exit_:
+        evaluate.main(["recipes/wine.yaml", f"output_dir={tmp_path}", "--out", "/proc/toolkit-eval/x", "--limit", "1"])
+    assert exit_.value.code == 2
+    assert "argument --out: cannot make a folder in /proc (" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # nothing evaluated, nothing written
+
+
 @pytest.mark.parametrize("defect", ["config not JSON", "config a list", "weights truncated", "weights missing"])
 def test_cli_reports_a_broken_adapter_before_evaluating(tmp_path, capsys, defect):
     from test_models import broken_adapter, tiny_llama

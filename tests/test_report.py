@@ -14,7 +14,14 @@ from rich.console import Console
 
 from toolkit.curves import render_plots, training_curves, training_warnings
 from toolkit.metrics import summarize
-from toolkit.report import comparison_table, render_markdown, save_dir_atomic, write_atomic, write_report
+from toolkit.report import (
+    cannot_write,
+    comparison_table,
+    render_markdown,
+    save_dir_atomic,
+    write_atomic,
+    write_report,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -25,6 +32,13 @@ def test_write_atomic_replaces_and_leaves_no_temp(tmp_path):
     write_atomic(target, "new")
     assert target.read_text() == "new"
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+
+
+def test_cannot_write_tries_the_nearest_existing_folder_and_leaves_nothing(tmp_path):
+    assert cannot_write(tmp_path / "new" / "deeper") is None
+    assert cannot_write(tmp_path) is None
+    assert list(tmp_path.iterdir()) == []  # the probe folder is gone, and nothing was created on the way
+    assert cannot_write(Path("/proc/toolkit/x")).startswith("cannot make a folder in /proc (")
 
 
 def test_write_atomic_failure_keeps_previous_file(tmp_path):

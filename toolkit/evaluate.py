@@ -26,7 +26,7 @@ from toolkit.metrics import extracted, retrieval_hit, score_completions, summari
 from toolkit.models import ModelError
 from toolkit.prompts import build_messages
 from toolkit.recipe import Recipe
-from toolkit.report import comparison_table, file_in_the_way, table_console, write_report
+from toolkit.report import cannot_write, comparison_table, file_in_the_way, table_console, write_report
 from toolkit.verify import stop_ids
 
 logger = logging.getLogger("toolkit.evaluate")  # not __name__: "__main__" under python -m
@@ -184,6 +184,15 @@ def _folder(value: str) -> Path:
     return path  # Path("") is ".": an empty --out would write into the current folder
 
 
+def _out_folder(value: str) -> Path:
+    """argparse `type=` for --out: a folder that can be written, checked before the evaluation."""
+    path = _folder(value)
+    reason = cannot_write(path)
+    if reason is not None:
+        raise argparse.ArgumentTypeError(reason)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     from toolkit.cli import ERRORS, fail, load_with_overrides, setup_logging
     from toolkit.models import check_adapter
@@ -193,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="dotted overrides: eval.max_new_tokens=32 output_dir=/tmp/x")
     parser.add_argument("--adapter", type=_folder, help="a LoRA adapter folder (e.g. runs/wine/adapter): adds `tuned`")
     parser.add_argument("--limit", type=int, help="evaluate only the first N eval questions (eval.limit)")
-    parser.add_argument("--out", type=_folder, help="where to write the report (default: <output_dir>/eval)")
+    parser.add_argument("--out", type=_out_folder, help="where to write the report (default: <output_dir>/eval)")
     args = parser.parse_intermixed_args(argv)
     console = setup_logging()
     overrides = [*args.overrides, *([f"eval.limit={args.limit}"] if args.limit is not None else [])]

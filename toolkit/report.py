@@ -13,6 +13,7 @@ import json
 import os
 import secrets
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,6 +30,18 @@ def file_in_the_way(path: Path) -> Path | None:
     """The file that keeps `path` from being, or becoming, a folder: `path` itself or a parent. A folder to write
     into is checked with it up front, so that a mkdir does not fail with a traceback after minutes of work."""
     return next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+
+
+def cannot_write(path: Path) -> str | None:
+    """Why no folder can be made at `path` (or written into, when it exists), else None. A folder is made and
+    removed at once in the nearest existing parent: a read-only place then fails before minutes of work, not when
+    the results are written."""
+    parent = next(p for p in (path, *path.parents) if p.exists())
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".toolkit-write-check-", dir=parent))
+    except OSError as err:
+        return f"cannot make a folder in {parent} ({err.strerror or err})"
+    return None
 
 
 def write_atomic(path: Path, text: str | bytes) -> None:
