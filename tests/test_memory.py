@@ -136,6 +136,23 @@ def test_preflight_on_a_fake_gpu_reads_the_local_config_and_refuses(monkeypatch)
     assert memory.preflight(r, resolve_model(r.model.name_or_path), rows) is None
 
 
+def test_preflight_on_a_fake_gpu_reports_an_unreadable_model_in_one_line(monkeypatch, tmp_path):
+    # A hub id offline, or a folder whose config transformers cannot read: a traceback before this.
+    import torch
+
+    from toolkit.models import ModelError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (tmp_path / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    for model in ("no-such-org/no-such-model", str(tmp_path)):
+        with pytest.raises(ModelError) as err:
+            memory.preflight(load_recipe(WINE), model, [])
+        message = str(err.value)
+        assert message.startswith(f"model {model}: cannot read its config and tokenizer for the memory preflight: ")
+        assert "\n" not in message
+
+
 def test_preflight_does_nothing_without_a_gpu(monkeypatch):
     import torch
 

@@ -184,8 +184,14 @@ def preflight(recipe: Recipe, model_path: str, rows: list[dict], backend: str = 
         return None
     from transformers import AutoConfig, AutoTokenizer
 
-    config = AutoConfig.from_pretrained(model_path)
-    prompt_tokens = longest_prompt(AutoTokenizer.from_pretrained(model_path), rows)
+    from toolkit.models import loading
+
+    # Before the backend loads the model (whose errors are one line): a hub id that cannot be reached, or a config
+    # transformers cannot read, must be one line here too.
+    with loading(f"model {model_path}: cannot read its config and tokenizer for the memory preflight"):
+        config = AutoConfig.from_pretrained(model_path)
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+    prompt_tokens = longest_prompt(tokenizer, rows)
     estimate = estimate_memory(config, recipe, prompt_tokens, backend)
     free, total = torch.cuda.mem_get_info()
     device = torch.cuda.get_device_name(torch.cuda.current_device())
