@@ -154,12 +154,18 @@ def test_qa_requires_question_and_answer(tmp_path, row, key):
     assert str(err.value) == f"{path}:2: '{key}' must be a non-empty string"
 
 
-@pytest.mark.parametrize("aliases", ["Spanna", ["Spanna", 3], {"a": "b"}, None])
+@pytest.mark.parametrize("aliases", ["Spanna", ["Spanna", 3], {"a": "b"}, ""])
 def test_qa_aliases_must_be_a_list_of_strings(tmp_path, aliases):
     path = write_jsonl(tmp_path / "qa.jsonl", [{"question": "q", "answer": "a", "aliases": aliases}])
     with pytest.raises(DataError) as err:
         load_qa(path)
     assert str(err.value) == f"{path}:1: 'aliases' must be a list of strings"
+
+
+def test_qa_null_aliases_and_source_are_none_given(tmp_path):
+    path = write_jsonl(tmp_path / "qa.jsonl", [{"question": "q", "answer": "a", "aliases": None, "source": None}])
+    [qa] = load_qa(path)
+    assert (qa.aliases, qa.source) == ([], "")
 
 
 def test_qa_empty_file(tmp_path):

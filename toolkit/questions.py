@@ -28,7 +28,9 @@ def load_qa(path: Path) -> list[QA]:
     rows = []
     for lineno, obj in read_jsonl(path):
         where = f"{path}:{lineno}"
-        aliases = obj.get("aliases", [])
+        aliases = obj.get("aliases")
+        if aliases is None:  # null means none, as for `source`: pandas' to_json writes a missing value as null
+            aliases = []
         if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
             raise DataError(f"{where}: 'aliases' must be a list of strings")
         for alias in aliases:
