@@ -119,7 +119,13 @@ def test_cli_reports_bad_recipe_and_missing_adapter(tmp_path, capsys):
     assert evaluate.main(["recipes/wine.yaml", "eval.lmit=3"]) == 2
     assert "did you mean 'limit'" in capsys.readouterr().err
     assert evaluate.main(["recipes/wine.yaml", "--adapter", str(tmp_path), "--limit", "2"]) == 2
-    assert "not a LoRA adapter folder" in capsys.readouterr().err
+    assert "not a LoRA adapter folder (no adapter_config.json)\n" in capsys.readouterr().err
+    # A run folder instead of its adapter/: the error says which folder was meant.
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "adapter_config.json").write_text("{}")
+    assert evaluate.main(["recipes/wine.yaml", "--adapter", str(tmp_path), "--limit", "2"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"(no adapter_config.json); did you mean --adapter {tmp_path / 'adapter'}?" in err
 
 
 def test_cli_reports_a_failing_reward_in_one_line(tmp_path, capsys):

@@ -81,12 +81,10 @@ class AdapterChat:
 
     def __init__(self, recipe: Recipe, adapter: Path, max_new_tokens: int):
         from toolkit.export import base_model_path
-        from toolkit.models import check_adapter, load_adapter, load_model
+        from toolkit.models import check_adapter, load_adapter, load_model, run_adapter_hint
 
         if not (adapter / "adapter_config.json").is_file():
-            inner = adapter / "adapter"
-            hint = (f"did you mean --adapter {inner}?" if (inner / "adapter_config.json").is_file() else
-                    "train first, or pass --adapter DIR or --gguf FILE")
+            hint = run_adapter_hint(adapter) or "train first, or pass --adapter DIR or --gguf FILE"
             raise ModelError(f"no LoRA adapter in {adapter}: {hint}")
         check_adapter(adapter)  # a broken adapter fails before the base model is loaded
         model, self.tokenizer = load_model(base_model_path(recipe, recipe.output_dir), recipe.model.dtype)

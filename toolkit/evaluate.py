@@ -195,7 +195,7 @@ def _out_folder(value: str) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     from toolkit.cli import ERRORS, fail, load_with_overrides, setup_logging
-    from toolkit.models import check_adapter
+    from toolkit.models import check_adapter, run_adapter_hint
 
     parser = argparse.ArgumentParser(prog="python -m toolkit.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("recipe", help="path to a recipe YAML, e.g. recipes/wine.yaml")
@@ -210,7 +210,9 @@ def main(argv: list[str] | None = None) -> int:
         recipe, dataset = load_with_overrides(args.recipe, overrides)
         if args.adapter is not None:
             if not (args.adapter / "adapter_config.json").is_file():
-                raise ModelError(f"{args.adapter}: not a LoRA adapter folder (no adapter_config.json)")
+                hint = run_adapter_hint(args.adapter)
+                raise ModelError(f"{args.adapter}: not a LoRA adapter folder (no adapter_config.json)"
+                                 + (f"; {hint}" if hint else ""))
             check_adapter(args.adapter)  # a broken one fails now, not after the base model's columns
         out = args.out or recipe.output_dir / "eval"
         report = evaluate_recipe(recipe, dataset, args.adapter, out)

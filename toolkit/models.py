@@ -229,6 +229,13 @@ def check_adapter(adapter_dir: str | Path) -> None:
             f.keys()
 
 
+def run_adapter_hint(folder: Path) -> str | None:
+    """For a folder that is not an adapter: "did you mean --adapter <folder>/adapter?" when it is a run folder
+    holding one (passing the run instead of its adapter/ is the usual slip), else None."""
+    inner = folder / "adapter"
+    return f"did you mean --adapter {inner}?" if (inner / "adapter_config.json").is_file() else None
+
+
 def load_adapter(model, adapter_dir: str | Path):
     """`PeftModel.from_pretrained(model, adapter_dir)`, with a broken adapter (bad config, truncated weights, a
     rank or base that does not fit `model`) reported as one ModelError line naming the folder."""
