@@ -180,6 +180,28 @@ def test_csv_short_row_names_its_line_and_the_missing_column(winemag_csv):
     assert str(err.value) == f"{path}:3: row 2 has 11 of 14 columns: no value for 'title', 'variety'"
 
 
+def test_csv_row_with_more_cells_than_columns_is_an_error(winemag_csv):
+    # An unquoted comma in a description shifted every later cell one column right: the price became the points
+    # and questions got wrong gold answers, with exit 0.
+    rows = [WINEMAG_ROWS[0], [*WINEMAG_ROWS[1][:2], "Tart", " with lime", *WINEMAG_ROWS[1][3:]]]
+    path = winemag_csv(rows=rows)
+    with pytest.raises(DataError) as err:
+        load_file(path, "reviews", template=WINEMAG_TEMPLATE)
+    assert str(err.value) == f"{path}:3: row 2 has 15 cells for 14 columns; quote a cell that holds a comma"
+    # Empty cells past the last column (a spreadsheet's trailing commas) are no data and are fine.
+    path = winemag_csv(rows=[[*WINEMAG_ROWS[0], "", " "], WINEMAG_ROWS[1]])
+    assert len(load_file(path, "reviews", template=WINEMAG_TEMPLATE).documents) == 2
+
+
+def test_csv_quote_left_open_is_an_error_not_a_merged_row(winemag_csv):
+    path = winemag_csv()
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    lines[2] = lines[2].replace(",", ',"Unclosed quote ', 1)  # row 2's second cell opens a quote never closed
+    path.write_text("".join(lines), encoding="utf-8")
+    with pytest.raises(DataError, match=rf"^{re.escape(str(path))}:\d+: invalid CSV: "):
+        load_file(path, "reviews", template=WINEMAG_TEMPLATE)
+
+
 @pytest.mark.parametrize(
     "ids, message",
     [(["10", "10"], "duplicate 'id' '10' (first on line 2)"), (["10", " "], "row 2 has an empty 'id'")],

@@ -189,7 +189,8 @@ def _load_csv(
 def _read_csv(
     path: Path, file_id: str, template: str, id_column: str | None, metadata_columns: list[str], row_columns: list[str]
 ) -> Loaded:
-    reader = csv.reader(io.StringIO(read_text(path), newline=""))
+    # strict: a quote left open runs to the end of the file and is an error, not one row swallowing the rest.
+    reader = csv.reader(io.StringIO(read_text(path), newline=""), strict=True)
     try:
         header = next(reader, None)
         if header is None:
@@ -212,6 +213,12 @@ def _read_csv(
             if not any(cell.strip() for cell in cells):
                 continue
             number += 1
+            if any(cell.strip() for cell in cells[len(header):]):
+                # An unquoted comma in a cell: every cell after it would land in the next column, silently.
+                raise DataError(
+                    f"{path}:{line}: row {number} has {len(cells)} cells for {len(header)} columns; quote a cell "
+                    "that holds a comma"
+                )
             missing = [name for name in wanted if position[name] >= len(cells)]
             if missing:
                 raise DataError(
