@@ -57,12 +57,31 @@ def broken_adapter(folder, model, defect: str):
         weights.unlink()
     elif defect == "rank differs":  # the config says r=2, the weights are r=4
         config.write_text(json.dumps(json.loads(config.read_text()) | {"r": 2}))
+    elif defect in ("keys renamed", "no tensors", "extra tensor", "as .bin"):
+        # Files that read and shapes that fit, but names that do not: peft only warned, and the tuned model was
+        # the base model (the wrapped modules kept B = 0).
+        import torch
+        from safetensors.torch import load_file, save_file
+
+        tensors = load_file(weights)
+        if defect == "keys renamed":
+            tensors = {k.replace("model.layers", "transformer.h"): v for k, v in tensors.items()}
+        elif defect == "no tensors":
+            tensors = {}
+        elif defect == "extra tensor":
+            tensors["base_model.model.model.layers.0.mlp.nonexistent.lora_A.weight"] = torch.zeros(4, 8)
+        if defect == "as .bin":  # the older format peft still reads: a good adapter
+            weights.unlink()
+            torch.save(tensors, folder / "adapter_model.bin")
+        else:
+            save_file(tensors, weights)
     else:
         assert defect == "none", defect
     return folder
 
 
-ADAPTER_DEFECTS = ["config not JSON", "config a list", "weights truncated", "weights missing", "rank differs"]
+ADAPTER_DEFECTS = ["config not JSON", "config a list", "weights truncated", "weights missing", "rank differs",
+                   "keys renamed", "no tensors", "extra tensor"]
 
 
 @pytest.mark.parametrize("defect", ADAPTER_DEFECTS)
@@ -76,10 +95,11 @@ def test_a_broken_adapter_is_one_model_error_naming_it(tmp_path, defect):
     assert message.startswith(f"{adapter}: not a loadable LoRA adapter: ") and "\n" not in message, message
 
 
-def test_a_good_adapter_loads(tmp_path):
+@pytest.mark.parametrize("kind", ["none", "as .bin"])
+def test_a_good_adapter_loads(tmp_path, kind):
     from toolkit.models import load_adapter
 
-    adapter = broken_adapter(tmp_path / "adapter", tiny_llama(), "none")
+    adapter = broken_adapter(tmp_path / "adapter", tiny_llama(), kind)
     tuned = load_adapter(tiny_llama(), adapter)
     assert any("lora_A" in name for name, _ in tuned.named_parameters())
 

@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -210,9 +211,10 @@ def load_model(name_or_path: str, dtype: str = "float32", **from_pretrained_kwar
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")  # what peft saves, newest first
 
 
-def check_adapter(adapter_dir: str | Path) -> None:
+def check_adapter(adapter_dir: str | Path) -> Path:
     """Cheap checks of a LoRA adapter folder, before minutes of loading or evaluating the base model: a config
-    that is a JSON object, and a weights file whose header reads. Shapes are checked by `load_adapter`."""
+    that is a JSON object, and a weights file whose header reads; returns that file. Shapes and names are checked
+    by `load_adapter`."""
     adapter_dir = Path(adapter_dir)
     bad = f"{adapter_dir}: not a loadable LoRA adapter"
     config = adapter_dir / "adapter_config.json"
@@ -227,6 +229,18 @@ def check_adapter(adapter_dir: str | Path) -> None:
 
         with loading(f"{bad}: {weights.name} is unreadable"), safe_open(weights, framework="pt") as f:
             f.keys()
+    return weights
+
+
+def _tensor_names(weights: Path) -> set[str]:
+    if weights.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(weights, framework="pt") as f:
+            return set(f.keys())
+    import torch
+
+    return set(torch.load(weights, map_location="cpu", weights_only=True))
 
 
 def run_adapter_hint(folder: Path) -> str | None:
@@ -238,9 +252,25 @@ def run_adapter_hint(folder: Path) -> str | None:
 
 def load_adapter(model, adapter_dir: str | Path):
     """`PeftModel.from_pretrained(model, adapter_dir)`, with a broken adapter (bad config, truncated weights, a
-    rank or base that does not fit `model`) reported as one ModelError line naming the folder."""
+    rank or base that does not fit `model`, weights named for another model) reported as one ModelError line
+    naming the folder."""
     from peft import PeftModel
+    from peft.utils import get_peft_model_state_dict
 
-    check_adapter(adapter_dir)
-    with loading(f"{adapter_dir}: not a loadable LoRA adapter"):
-        return PeftModel.from_pretrained(model, adapter_dir)
+    weights = check_adapter(adapter_dir)
+    bad = f"{adapter_dir}: not a loadable LoRA adapter"
+    with loading(bad):
+        with warnings.catch_warnings():  # peft's "Found missing adapter keys" warning: said below in one line
+            warnings.filterwarnings("ignore", message="Found missing adapter keys")
+            tuned = PeftModel.from_pretrained(model, adapter_dir)
+        wrapped, stored = set(get_peft_model_state_dict(tuned)), _tensor_names(weights)
+    # peft only warns when the file has no weights for modules it wrapped: they keep their init (B = 0), so the
+    # "tuned" model would be the base model, evaluated and exported as if trained.
+    missing, unused = sorted(wrapped - stored), sorted(stored - wrapped)
+    if missing:
+        raise ModelError(f"{bad}: {weights.name} lacks {len(missing)} of the {len(wrapped)} LoRA weights its "
+                         f"config asks for (e.g. {missing[0]}); was it trained on another model?")
+    if unused:
+        raise ModelError(f"{bad}: {weights.name} holds weights for modules the model does not have ({len(unused)}, "
+                         f"e.g. {unused[0]}); was it trained on another model?")
+    return tuned
