@@ -216,6 +216,24 @@ def test_cli_refuses_an_out_folder_it_cannot_write_before_evaluating(tmp_path, c
     assert list(tmp_path.iterdir()) == []  # nothing evaluated, nothing written
 
 
+def test_cli_refuses_outputs_in_the_way_and_a_dangling_out_link_before_evaluating(tmp_path, capsys):
+    (tmp_path / "o" / "report.json").mkdir(parents=True)
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    for out, message in ((tmp_path / "o", f"{tmp_path / 'o' / 'report.json'} is a folder, and a file is written there"),
+                         (tmp_path / "dangling", f"{tmp_path / 'dangling'} is a link to {tmp_path / 'nowhere'}, "
+                                                 "which does not exist")):
+        with pytest.raises(SystemExit) as exit_:
+            evaluate.main(["recipes/wine.yaml", f"output_dir={tmp_path}", "--out", str(out), "--limit", "1"])
+        assert exit_.value.code == 2
+        assert f"argument --out: {message}" in " ".join(capsys.readouterr().err.split())
+    # Without --out: <output_dir>/eval, checked after the recipe loads.
+    (tmp_path / "run" / "eval" / "report.md").mkdir(parents=True)
+    assert evaluate.main(["recipes/wine.yaml", f"output_dir={tmp_path / 'run'}", "--limit", "1"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"output_dir: {tmp_path / 'run' / 'eval' / 'report.md'} is a folder, and a file is written there" in err
+    assert not (tmp_path / "run" / "index").exists()
+
+
 @pytest.mark.parametrize("defect", ["config not JSON", "config a list", "weights truncated", "weights missing"])
 def test_cli_reports_a_broken_adapter_before_evaluating(tmp_path, capsys, defect):
     from test_models import broken_adapter, tiny_llama

@@ -201,6 +201,27 @@ def test_lora_targets_are_checked_before_the_base_evaluation(tmp_path, monkeypat
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("name, kind, message", [
+    ("report.json", "folder", "report.json is a folder, and a file is written there"),
+    ("adapter", "file", "adapter is a file, and a folder is written there"),
+    ("eval", "file", "eval is a file, and a folder is written there"),
+    ("eval/predictions.jsonl", "folder", "predictions.jsonl is a folder, and a file is written there"),
+])
+def test_an_output_in_the_way_is_refused_before_any_work(tmp_path, capsys, name, kind, message):
+    # These failed when written, after training: a traceback with the adapter and plots already written, and a
+    # user's file named `adapter` left renamed to `.adapter.old`.
+    from toolkit import run as run_mod
+
+    (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / name).mkdir() if kind == "folder" else (tmp_path / name).write_text("mine")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert run_mod.main(["recipes/wine.yaml", f"output_dir={tmp_path}"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"output_dir: {tmp_path / name} " in err and message in err, err
+    assert "move it away or set another output_dir" in err, err
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # not even the index
+
+
 @pytest.mark.parametrize("rate, what", [("1e308", "of the adapter's"), ("1e30", "the adapted model's logits are")])
 def test_a_diverged_run_fails_and_saves_no_adapter(tmp_path, capsys, rate, what):
     """learning_rate 1e308 turns the LoRA weights into NaN/inf in one step, 1e30 into finite weights whose logits

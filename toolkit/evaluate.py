@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -25,8 +26,17 @@ from toolkit.generation import generate_sharing_prefix
 from toolkit.metrics import extracted, retrieval_hit, score_completions, summarize
 from toolkit.models import ModelError
 from toolkit.prompts import build_messages
-from toolkit.recipe import Recipe
-from toolkit.report import cannot_write, comparison_table, file_in_the_way, table_console, write_report
+from toolkit.recipe import Recipe, RecipeError
+from toolkit.report import (
+    EVAL_FILES,
+    PREDICTIONS,
+    cannot_write,
+    comparison_table,
+    file_in_the_way,
+    in_the_way,
+    table_console,
+    write_report,
+)
 from toolkit.verify import stop_ids
 
 logger = logging.getLogger("toolkit.evaluate")  # not __name__: "__main__" under python -m
@@ -36,7 +46,6 @@ COLUMNS = {
     "base": "base model + retrieved context (plain RAG)",
     "tuned": "GRPO-tuned model + retrieved context",
 }
-PREDICTIONS = "eval/predictions.jsonl"
 
 
 def no_context_prompt(recipe: Recipe, row: dict) -> list[dict]:
@@ -187,7 +196,9 @@ def _folder(value: str) -> Path:
 def _out_folder(value: str) -> Path:
     """argparse `type=` for --out: a folder that can be written, checked before the evaluation."""
     path = _folder(value)
-    reason = cannot_write(path)
+    if path.is_symlink() and not path.exists():
+        raise argparse.ArgumentTypeError(f"{path} is a link to {os.readlink(path)}, which does not exist")
+    reason = cannot_write(path) or in_the_way(path, files=EVAL_FILES)
     if reason is not None:
         raise argparse.ArgumentTypeError(reason)
     return path
@@ -215,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
                                  + (f"; {hint}" if hint else ""))
             check_adapter(args.adapter)  # a broken one fails now, not after the base model's columns
         out = args.out or recipe.output_dir / "eval"
+        blocked = None if args.out else in_the_way(out, files=EVAL_FILES)
+        if blocked:  # --out was checked as it was parsed
+            raise RecipeError(f"output_dir: {blocked}; move it away or pass --out DIR")
         report = evaluate_recipe(recipe, dataset, args.adapter, out)
     except ERRORS as err:
         return fail(console, err)

@@ -26,10 +26,26 @@ def _fresh_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
 
 
+PREDICTIONS = "eval/predictions.jsonl"  # a run's per-question answers, under its output folder
+EVAL_FILES = ("report.json", "report.md", "predictions.jsonl")  # what `toolkit.evaluate` writes into --out
+
+
 def file_in_the_way(path: Path) -> Path | None:
     """The file that keeps `path` from being, or becoming, a folder: `path` itself or a parent. A folder to write
     into is checked with it up front, so that a mkdir does not fail with a traceback after minutes of work."""
     return next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+
+
+def in_the_way(folder: Path, files: tuple[str, ...] = (), folders: tuple[str, ...] = ()) -> str | None:
+    """What already sits in `folder` where a file (`files`) or a folder (`folders`) will be written: checked
+    before the work, since the write would otherwise fail after it, with some outputs written and some not."""
+    for name in files:
+        if (folder / name).is_dir():
+            return f"{folder / name} is a folder, and a file is written there"
+    for name in (*folders, *{str(Path(name).parent) for name in files if Path(name).parent != Path(".")}):
+        if (folder / name).exists() and not (folder / name).is_dir():
+            return f"{folder / name} is a file, and a folder is written there"
+    return None
 
 
 def cannot_write(path: Path) -> str | None:

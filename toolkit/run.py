@@ -21,8 +21,8 @@ from toolkit.checkpoints import (
     start_fresh,
 )
 from toolkit.cli import ERRORS, fail, setup_logging
-from toolkit.recipe import Recipe, load_recipe
-from toolkit.report import comparison_table, save_dir_atomic, table_console, write_report
+from toolkit.recipe import Recipe, RecipeError, load_recipe
+from toolkit.report import PREDICTIONS, comparison_table, in_the_way, save_dir_atomic, table_console, write_report
 
 
 def run(recipe: Recipe, console: Console, resume: bool = False) -> dict:
@@ -44,6 +44,9 @@ def run(recipe: Recipe, console: Console, resume: bool = False) -> dict:
     from toolkit.train import check_lora_targets, train
 
     out = recipe.output_dir
+    blocked = in_the_way(out, files=("report.json", "report.md", PREDICTIONS), folders=("adapter", "plots", "trainer"))
+    if blocked:  # found now, not when the report is written after training
+        raise RecipeError(f"output_dir: {blocked}; move it away or set another output_dir")
     if recipe.export.formats:
         from toolkit.export import check_export_ready
 
