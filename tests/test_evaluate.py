@@ -234,6 +234,16 @@ def test_cli_refuses_outputs_in_the_way_and_a_dangling_out_link_before_evaluatin
     assert not (tmp_path / "run" / "index").exists()
 
 
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluate, "evaluate_recipe", interrupted)
+    assert evaluate.main(["recipes/wine.yaml", f"output_dir={tmp_path}", "--limit", "1"]) == 130
+    captured = capsys.readouterr()
+    assert "interrupted: no report written" in captured.err and "Traceback" not in captured.err + captured.out
+
+
 @pytest.mark.parametrize("defect", ["config not JSON", "config a list", "weights truncated", "weights missing"])
 def test_cli_reports_a_broken_adapter_before_evaluating(tmp_path, capsys, defect):
     from test_models import broken_adapter, tiny_llama

@@ -232,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
         report = evaluate_recipe(recipe, dataset, args.adapter, out)
     except ERRORS as err:
         return fail(console, err)
+    except KeyboardInterrupt:  # the usual exit status for Ctrl-C, not a traceback; the report is written last
+        console.print("interrupted: no report written", highlight=False)
+        return 130
     table_console().print(comparison_table(report))
     console.print(f"outputs in [bold]{escape(str(out))}[/]: report.json, report.md, predictions.jsonl", soft_wrap=True)
     return 0
