@@ -13,6 +13,7 @@ import pytest
 from export_run import RECIPE, exported_run
 
 from toolkit import chat
+from toolkit.cli import index_command
 from toolkit.index import Hit
 from toolkit.prompts import build_messages
 from toolkit.recipe import load_recipe
@@ -89,15 +90,15 @@ def test_ask_prompts_in_the_training_format():
 
 def test_missing_index_or_model_is_one_line(tmp_path, capsys):
     assert chat.main(["recipes/wine.yaml", f"output_dir={tmp_path}", "--question", QUESTION]) == 2
-    assert f"build it with: python -m toolkit.index recipes/wine.yaml output_dir={tmp_path}\n" \
-        in capsys.readouterr().err
-    # --run DIR reads the index under DIR: the command that builds it says so.
-    assert chat.main(["recipes/wine.yaml", "retrieval.top_k=2", "--run", str(tmp_path / "r"), "--question",
-                      QUESTION]) == 2
-    assert f"python -m toolkit.index recipes/wine.yaml retrieval.top_k=2 output_dir={tmp_path / 'r'}\n" \
-        in capsys.readouterr().err
+    hint = index_command("recipes/wine.yaml", [f"output_dir={tmp_path}"])
+    assert f"build it with: {hint}\n" in capsys.readouterr().err
     assert chat.main(["recipes/wine.yaml", f"output_dir={tmp_path}", "--question", " "]) == 2
     assert "the question is empty" in capsys.readouterr().err
+    # --run DIR reads the index under DIR: the command that builds it says so.
+    run = tmp_path / "r"
+    assert chat.main(["recipes/wine.yaml", "retrieval.top_k=2", "--run", str(run), "--question", QUESTION]) == 2
+    hint = index_command("recipes/wine.yaml", ["retrieval.top_k=2", f"output_dir={run}"])
+    assert f"build it with: {hint}\n" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("flags", "message"), [

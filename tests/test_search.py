@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import WINEMAG_COLUMNS, WINEMAG_ROWS
 
+from toolkit.cli import index_command
 from toolkit.index import Hit
 from toolkit.search import format_hit, main
 
@@ -64,8 +65,7 @@ def test_k_defaults_to_the_recipe_top_k(overrides, capsys):
 @pytest.mark.parametrize(
     "argv, expected",
     [
-        (["Malbec", "output_dir={tmp}/nowhere"], "error: no index at {tmp}/nowhere/index; build it with: "
-                                                 "python -m toolkit.index " + RECIPE),
+        (["Malbec", "output_dir={tmp}/nowhere"], "error: no index at {tmp}/nowhere/index; build it with: "),
         (["Malbec", "retrieval.collection=other"], "error: no collection 'other' in the index at"),
         (["Malbec", "retrieval.embedder=/some/other-embedder"], "was built with embedder 'packaged:all-minilm-l6-v2', "
                                                                "not '/some/other-embedder'"),
@@ -94,8 +94,17 @@ def test_the_build_hint_carries_the_overrides(overrides, capsys, tmp_path):
     nowhere = f"output_dir={tmp_path}/my runs/x"
     code, _, err = search(capsys, RECIPE, "Malbec", *overrides, nowhere)
     assert code == 2
-    assert err.strip().endswith(f"build it with: python -m toolkit.index {RECIPE} {overrides[0]} {overrides[1]} "
-                                f"'{nowhere}'")
+    assert err.strip().endswith(f"build it with: {index_command(RECIPE, [*overrides, nowhere])}")
+    assert f"-m toolkit.index {RECIPE} {overrides[0]} {overrides[1]} '{nowhere}'" in err  # quoted for a shell
+
+
+def test_the_build_hint_names_this_interpreter(monkeypatch, tmp_path):
+    # A bare `python` may be another interpreter, or none: the README's is .venv/bin/python.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "executable", str(tmp_path / ".venv" / "bin" / "python"))
+    assert index_command("r.yaml", ["a=b c"]) == ".venv/bin/python -m toolkit.index r.yaml 'a=b c'"
+    monkeypatch.setattr(sys, "executable", "/usr/bin/python3")
+    assert index_command("r.yaml", []) == "/usr/bin/python3 -m toolkit.index r.yaml"
 
 
 def test_runs_as_a_module(tmp_path):

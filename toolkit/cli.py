@@ -7,6 +7,7 @@ import argparse
 import logging
 import shlex
 import sys
+from pathlib import Path
 
 from rich.console import Console
 from rich.logging import RichHandler
@@ -49,9 +50,13 @@ def load_with_overrides(path: str, overrides: list[str]) -> tuple[Recipe, Datase
 
 
 def index_command(recipe: str, overrides: list[str]) -> str:
-    """The command that builds the index a reader (search, chat) was pointed at: the same recipe and overrides,
-    quoted for a shell, so that pasting it builds that index and not the recipe's default one."""
-    return shlex.join(["python", "-m", "toolkit.index", recipe, *overrides])
+    """The command that builds the index a reader (search, chat) was pointed at: this interpreter (a bare
+    `python` may not be the venv's, or exist at all), the same recipe and overrides, quoted for a shell, so that
+    pasting it builds that index and not the recipe's default one."""
+    python = Path(sys.executable)
+    if python.is_relative_to(Path.cwd()):  # `.venv/bin/python`, as the README writes it
+        python = python.relative_to(Path.cwd())
+    return shlex.join([str(python), "-m", "toolkit.index", recipe, *overrides])
 
 
 def non_empty(value: str) -> str:
