@@ -207,6 +207,11 @@ def test_cli_refuses_a_file_for_a_folder_before_evaluating(tmp_path, capsys, fla
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
+def test_cli_expands_home_in_folder_flags(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert evaluate._out_folder("~/eval") == tmp_path / "eval" and evaluate._folder("~") == tmp_path
+
+
 def test_cli_refuses_an_out_folder_it_cannot_write_before_evaluating(tmp_path, capsys):
     # /proc takes no new folders, even from root: this used to fail with a traceback after the evaluation.
     with pytest.raises(SystemExit) as exit_:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 
 import pytest
@@ -297,6 +298,17 @@ def test_formats_are_checked(tmp_path):
         export_mod.parse_formats("gguf-q3")
     with pytest.raises(export_mod.ExportError, match="no adapter in"):
         export_mod.export(load_recipe(RECIPE, [f"output_dir={tmp_path}"]))
+
+
+def test_run_flags_take_a_home_folder_and_name_the_run_of_an_adapter(tmp_path, capsys, monkeypatch):
+    # `--run=~/x` reaches the program with its `~` (the shell expands only a word that starts with it).
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "r" / "adapter").mkdir(parents=True)
+    (tmp_path / "r" / "adapter" / "adapter_config.json").write_text("{}")
+    assert export_mod.main(["recipes/wine.yaml", "--run=~/r/adapter", "--formats", "adapter"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"no adapter in {tmp_path}/r/adapter/adapter: did you mean --run {tmp_path}/r?" in err, err
+    assert not os.path.exists("~")
 
 
 def test_first_divergence():

@@ -59,6 +59,12 @@ def index_command(recipe: str, overrides: list[str]) -> str:
     return shlex.join([str(python), "-m", "toolkit.index", recipe, *overrides])
 
 
+def path_arg(value: str) -> str:
+    """argparse `type=` for path flags: not empty, and `~` expanded as in recipe paths (the shell leaves the `~`
+    of `--out=~/x` alone, and the folder would be a literal `./~`)."""
+    return str(Path(non_empty(value)).expanduser())
+
+
 def non_empty(value: str) -> str:
     """argparse `type=` for flags: an empty value is refused, not silently taken as "use the default"."""
     if not value.strip():

@@ -184,9 +184,9 @@ def evaluate_recipe(recipe: Recipe, dataset, adapter: Path | None, out: Path) ->
 
 def _folder(value: str) -> Path:
     """argparse `type=` for --out and --adapter: a folder, checked before minutes of evaluation, not after."""
-    from toolkit.cli import non_empty
+    from toolkit.cli import path_arg
 
-    path = Path(non_empty(value))
+    path = Path(path_arg(value))
     file = file_in_the_way(path)
     if file is not None:
         raise argparse.ArgumentTypeError(f"{file} is a file, not a folder")

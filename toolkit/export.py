@@ -99,7 +99,9 @@ def export(recipe: Recipe, run_dir: str | Path | None = None, formats: list[str]
     formats = [f for f in FORMATS if f in (formats or recipe.export.formats or default_formats(dtype))]
     adapter_dir = run_dir / "adapter"
     if not (adapter_dir / "adapter_config.json").is_file():
-        raise ExportError(f"no adapter in {adapter_dir}: train first (python -m toolkit.run RECIPE) or pass --run DIR")
+        hint = (f"did you mean --run {run_dir.parent}?" if (run_dir / "adapter_config.json").is_file() else
+                "train first (python -m toolkit.run RECIPE) or pass --run DIR")
+        raise ExportError(f"no adapter in {adapter_dir}: {hint}")
     ggufs = [f for f in formats if f in GGUF_FILES]
     check_export_ready(formats, recipe.export.verify)  # before minutes of merging, not after
     base_path = base_model_path(recipe, run_dir)
@@ -314,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from toolkit.cli import ERRORS, fail, non_empty, setup_logging
+    from toolkit.cli import ERRORS, fail, non_empty, path_arg, setup_logging
     from toolkit.recipe import load_recipe
 
     parser = argparse.ArgumentParser(prog="python -m toolkit.export", description=__doc__.splitlines()[0])
@@ -323,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--formats", type=non_empty,
                         help=f"comma-separated, from: {','.join(FORMATS)} (default: the recipe's export.formats, "
                         f"else {','.join(default_formats('float32'))}; gguf-f16 for 16-bit models)")
-    parser.add_argument("--run", type=non_empty,
+    parser.add_argument("--run", type=path_arg,
                         help="the run folder holding adapter/ (default: the recipe's output_dir)")
     args = parser.parse_intermixed_args(argv)
     console = setup_logging()
