@@ -38,6 +38,14 @@ def test_plots_are_real_png_images(log_history):
         assert pixels.std() > 0  # something was drawn
 
 
+@pytest.mark.parametrize("names", [(r"copy $\frac$", "answer_match"), ("cost_$5_$", r"a\$b$c$")])
+def test_dollar_signs_in_reward_labels_are_not_mathtext(log_history, names):
+    images = render_plots(training_curves(log_history(rewards=names)))
+    assert "plots/reward.png" in images
+    for data in images.values():
+        assert imread(io.BytesIO(data), format="png").std() > 0
+
+
 def test_no_kl_plot_without_kl(log_history):
     assert "plots/kl.png" not in render_plots(training_curves(log_history()))
 

@@ -116,6 +116,7 @@ def _png(steps: list, lines: dict[str, list], title: str, ylabel: str) -> bytes:
     for i, (key, values) in enumerate(lines.items()):
         ys = [math.nan if v is None else v for v in values]
         label = key.removeprefix("rewards/").removesuffix("/mean") if key.startswith("rewards/") else key
+        label = label.replace("$", r"\$")  # a label with two "$" would be parsed as mathtext and crash the plot
         ax.plot(steps, ys, marker=marker, markersize=3, linewidth=2.2 if i == 0 and len(lines) > 1 else 1.4,
                 label="total" if key == "reward" and len(lines) > 1 else label)
     ax.set_title(title)
