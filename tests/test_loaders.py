@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.loaders import DataError, expand, read_text, render, template_fields
+from toolkit.loaders import DataError, expand, read_jsonl, read_text, render, template_fields
 
 # ------------------------------------------------------------------------------------------- which files
 
@@ -111,6 +111,23 @@ def test_unreadable_file_is_one_line_for_any_user(tmp_path, monkeypatch):
     monkeypatch.setattr(Path, "read_bytes", denied)
     with pytest.raises(DataError, match=f"^{re.escape(str(path))}: cannot read: Permission denied$"):
         read_text(path)
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("[" * 100_000 + "]" * 100_000, "invalid JSON: nested too deeply"),
+        ('{"points": ' + "9" * 5000 + "}", "invalid JSON: an integer longer than 4300 digits"),
+        ('{"answer": "Nebbiolo", "answer": "Merlot"}', "key 'answer' appears twice in one JSON object"),
+        ('{"meta": {"a": 1, "a": 1}}', "key 'a' appears twice in one JSON object"),
+    ],
+)
+def test_jsonl_lines_json_cannot_take_are_one_line_errors(tmp_path, line, message):
+    path = tmp_path / "qa.jsonl"
+    path.write_text('{"question": "Grape of Barolo?", "answer": "Nebbiolo"}\n' + line + "\n")
+    with pytest.raises(DataError) as err:
+        read_jsonl(path)
+    assert str(err.value) == f"{path}:2: {message}"
 
 
 # ------------------------------------------------------------------------------------------- templates

@@ -13,6 +13,7 @@ import glob
 import json
 import re
 import string
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -158,13 +159,35 @@ def read_jsonl(path: Path) -> list[tuple[int, dict]]:
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            obj = json.loads(line, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as err:
             raise DataError(f"{path}:{lineno}: invalid JSON: {err.msg}") from None
+        except _RepeatedKey as err:
+            raise DataError(f"{path}:{lineno}: key {err.args[0]!r} appears twice in one JSON object") from None
+        except RecursionError:
+            raise DataError(f"{path}:{lineno}: invalid JSON: nested too deeply") from None
+        except ValueError:  # int() refuses more than sys.get_int_max_str_digits() digits
+            raise DataError(
+                f"{path}:{lineno}: invalid JSON: an integer longer than {sys.get_int_max_str_digits()} digits"
+            ) from None
         if not isinstance(obj, dict):
             raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
         rows.append((lineno, obj))
     return rows
+
+
+class _RepeatedKey(Exception):
+    """A key given twice in one JSON object."""
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """The object, unless a key repeats: plain json keeps the last value silently, hiding a mistake in the file."""
+    obj = {}
+    for key, value in pairs:
+        if key in obj:
+            raise _RepeatedKey(key)
+        obj[key] = value
+    return obj
 
 
 def string_field(obj: dict, key: str, where: str, required: bool = True) -> str:
