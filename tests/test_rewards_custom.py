@@ -133,7 +133,8 @@ def test_a_broken_file_is_one_line(tmp_path, source, message):
 
 
 def test_recipe_checks_custom_rewards_at_load(rewards_file):
-    recipe = load_recipe(WINE, [f"rewards.0.name={rewards_file}:scaled", "rewards.0.params={scale: 2.0}"])
+    overrides = [f"rewards.0.name={rewards_file}:scaled", "rewards.0.params=null", "rewards.0.params={scale: 2.0}"]
+    recipe = load_recipe(WINE, overrides)  # null first: a mapping override merges into wine's answer_match params
     assert recipe.rewards[0].key == "scaled"  # the function's name, not the whole path
     assert recipe.rewards[0].build()(["yes"]) == [2.0]
     with pytest.raises(RecipeError, match=r"rewards\.0: custom reward .*has no attribute 'nope'") as err:
@@ -144,8 +145,8 @@ def test_recipe_checks_custom_rewards_at_load(rewards_file):
 
 
 def test_two_custom_rewards_with_one_name_need_a_label(rewards_file, rewards_module):
-    overrides = [f"rewards.0.name={rewards_file}:scaled", "rewards.0.params={}",
-                 f"rewards.4.name={rewards_module}:scaled", "rewards.4.params={}"]
+    overrides = [f"rewards.0.name={rewards_file}:scaled", "rewards.0.params=null", "rewards.0.params={}",
+                 f"rewards.4.name={rewards_module}:scaled", "rewards.4.params=null", "rewards.4.params={}"]
     with pytest.raises(RecipeError, match="reward 'scaled' is listed twice"):
         load_recipe(WINE, overrides)
     assert load_recipe(WINE, [*overrides, "rewards.4.label=scaled_again"]).rewards[4].key == "scaled_again"
@@ -173,6 +174,7 @@ def test_a_batch_level_exception_says_so(rewards_file):
     ([0.0, "0.5", 0.0], "returned a str for sample 1 of 3"),
     ([0.0, [1.0], 0.0], "returned a list for sample 1 of 3"),
     ([0.0, np.float32("nan"), 0.0], "returned nan for sample 1 of 3"),
+    ([0.0, 0.0, 10**400], "returned inf for sample 2 of 3 (completion 'c'); rewards must be finite numbers or None"),
     ([0.0, 1.0], "reward 'returns' returned 2 values for 3 completions"),
     ([0.0] * 4, "returned 4 values for 3 completions"),
 ])

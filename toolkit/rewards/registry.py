@@ -171,6 +171,8 @@ class BoundReward:
                 number = float(value) if hasattr(type(value), "__float__") else None
             except (TypeError, ValueError):
                 number = None
+            except OverflowError:  # float(10**400) raises where float("1e400") gives inf; both are past float's range
+                number = math.inf
             if number is None or not math.isfinite(number):
                 shown = f"{number}" if number is not None else f"a {type(value).__name__}"
                 raise RewardError(f"reward {self.__name__!r} returned {shown} for sample {i} of {n} "
