@@ -120,6 +120,20 @@ def test_overrides_set_nested_values_and_list_items():
     assert recipe.training.learning_rate == untouched.training.learning_rate
 
 
+@pytest.mark.parametrize("trl, message", [
+    ("{optim: bogus}", "training.trl.optim: not a valid OptimizerNames (one of adamw_torch, "),
+    ("{optim: adamw_8bitt}", "training.trl.optim: not a valid OptimizerNames (did you mean 'adamw_8bit'?)"),
+    ("{optim: null}", "training.trl.optim: not a valid OptimizerNames ("),
+    ("{save_strategy: epochs}", "training.trl.save_strategy: not a valid SaveStrategy (did you mean 'epoch'?)"),
+])
+def test_trl_enum_values_are_checked_when_the_recipe_loads(trl, message):
+    # TrainingArguments converts these only when the trainer is built: after the index and both base columns,
+    # as a traceback.
+    with pytest.raises(RecipeError, match=re.escape(message)):
+        load_recipe(WINE, [f"training.trl={trl}"])
+    assert load_recipe(WINE, ["training.trl={optim: sgd, save_strategy: epoch}"]).training.trl["optim"] == "sgd"
+
+
 def test_a_mapping_override_merges_key_by_key_as_extends_does():
     # `training={max_steps: 1}` once replaced the whole section, silently putting every other training field back
     # to the schema's default (the recipe's learning rate, LoRA layers, generations); it now merges.
@@ -174,6 +188,10 @@ def test_override_values_are_parsed_as_yaml():
         (["rewards.0.wieght=1"], "rewards.0.wieght: unknown field (did you mean 'weight'?)"),
         (["rewards.9.weight=1"], "rewards.9 is not an index of a 6-item list"),
         (["rewards.x.weight=1"], "rewards.x is not an index"),
+        # str.isdigit() takes these: int() refused the superscript two and read the Arabic-Indic zero as 0.
+        (["rewards.².weight=2"], "rewards.² is not an index of a 6-item list"),
+        (["rewards.٠.weight=2"], "rewards.٠ is not an index of a 6-item list"),
+        ([f"rewards.{'9' * 5000}.weight=2"], " is not an index of a 6-item list"),
         (["model.dtype.bits=4"], "model.dtype is not a section"),
         (["=3"], "must look like section.field=value"),
         (["model.dtype=float8"], "model.dtype:"),

@@ -15,6 +15,7 @@ import logging
 import math
 import types
 import typing
+from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from pydantic import TypeAdapter, ValidationError
@@ -57,6 +58,9 @@ def coerced(key: str, value: Any, kind: Any) -> tuple[Any, str | None]:
     cannot be. Other fields are left alone: transformers' hints are narrower than what it accepts (`fsdp: true`
     for a `str | None` field)."""
     options = typing.get_args(kind) if typing.get_origin(kind) in (typing.Union, types.UnionType) else (kind,)
+    enum = next((t for t in options if isinstance(t, type) and issubclass(t, Enum)), None)
+    if enum is not None:  # `optim: OptimizerNames | str`: TrainingArguments converts it only when training starts
+        return value, _enum_problem(value, enum)
     scalar = [t for t in options if t is not type(None)]
     if value is None or len(scalar) != 1 or scalar[0] not in SCALARS or type(value) is scalar[0]:
         return value, None
@@ -64,6 +68,16 @@ def coerced(key: str, value: Any, kind: Any) -> tuple[Any, str | None]:
         return TypeAdapter(kind).validate_python(value), None
     except ValidationError as err:
         return value, f"{err.errors()[0]['msg']} (trl.GRPOConfig.{key} takes {SCALARS[scalar[0]]})"
+
+
+def _enum_problem(value: Any, enum: type[Enum]) -> str | None:
+    allowed = [str(member.value) for member in enum]
+    if isinstance(value, enum) or (isinstance(value, str) and value in allowed):
+        return None
+    close = difflib.get_close_matches(str(value), allowed, n=1)
+    more = ", ..." if len(allowed) > 6 else ""
+    hint = f"did you mean {close[0]!r}?" if close else f"one of {', '.join(allowed[:6])}{more}"
+    return f"not a valid {enum.__name__} ({hint})"
 
 
 def mapped_fields(known: set[str]) -> dict[str, str]:
