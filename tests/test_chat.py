@@ -229,3 +229,17 @@ def test_a_broken_adapter_is_one_model_error(tmp_path, defect):
     recipe = load_recipe(RECIPE, [f"output_dir={run}"])
     with pytest.raises(ModelError, match=f"^{re.escape(str(adapter))}: not a loadable LoRA adapter: "):
         chat.AdapterChat(recipe, adapter, 8)
+
+
+def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys, tmp_path):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(chat, "open_index", interrupted)  # Ctrl-C while the embedder loads
+    try:
+        code = chat.main(["recipes/wine.yaml", f"output_dir={tmp_path}", "--question", QUESTION])
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C escaped main() as a traceback")
+    captured = capsys.readouterr()
+    assert code == 130 and not captured.out
+    assert captured.err.strip() == "interrupted"

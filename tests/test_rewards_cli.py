@@ -86,3 +86,17 @@ def test_a_lone_surrogate_in_a_question_file(capsys, tmp_path):
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {questions}:1: 'question' holds a lone surrogate '\\udc80'")
     assert not (tmp_path / "index").exists()
+
+
+def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys, tmp_path):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("toolkit.rewards.__main__.score_completion", interrupted)  # Ctrl-C while indexing
+    try:
+        code = main(["recipes/wine.yaml", "--completion", "x", f"output_dir={tmp_path}"])
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C escaped main() as a traceback")
+    captured = capsys.readouterr()
+    assert code == 130 and not captured.out
+    assert captured.err.strip() == "interrupted"

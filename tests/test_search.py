@@ -135,3 +135,16 @@ def test_an_index_that_is_a_file_or_damaged(overrides, capsys, tmp_path):
     assert line.startswith(f"error: the index at {tmp_path}/bad/index is unreadable (") and "file is not a database" \
         in line and "delete that folder to rebuild it" in line
     assert (tmp_path / "bad" / "index" / "chroma.sqlite3").read_text() == "garbage"
+
+
+def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys, tmp_path):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("toolkit.search.open_index", interrupted)  # Ctrl-C while the embedder loads
+    try:
+        code, out, err = search(capsys, "recipes/wine.yaml", "Malbec", f"output_dir={tmp_path}")
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C escaped main() as a traceback")
+    assert code == 130 and not out
+    assert err.strip() == "interrupted"

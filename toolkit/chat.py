@@ -204,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
             model.close()
     except ERRORS as err:
         return fail(console, err)
+    except KeyboardInterrupt:  # Ctrl-C while loading or generating (at the prompt it ends the session with 0)
+        console.print("interrupted")
+        return 130
     return 0
 
 

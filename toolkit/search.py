@@ -52,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         hits = index.search([args.query], args.k or recipe.retrieval.top_k)[0]
     except ERRORS as err:
         return fail(console, err)
+    except KeyboardInterrupt:  # Ctrl-C while loading the embedder or searching: the usual exit status, no traceback
+        console.print("interrupted")
+        return 130
     out = Console(highlight=False, soft_wrap=True)
     if not hits:
         out.print("no chunks in the index", markup=False)

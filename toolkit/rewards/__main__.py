@@ -116,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, RewardError) as err:  # RecipeError, DataError, ModelError are ValueErrors
         err_console.print(f"[red]error:[/] {' '.join(str(err).split())}", highlight=False, soft_wrap=True)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C while indexing or loading a reward model: the usual exit status, no traceback
+        err_console.print("interrupted")
+        return 130
     console = Console()
     aliases = f" (aliases: {', '.join(row['aliases'])})" if row["aliases"] else ""
     console.print(f"[bold]question[/] {row['question']}", highlight=False)
