@@ -101,6 +101,16 @@ def test_missing_index_or_model_is_one_line(tmp_path, capsys):
     assert f"build it with: {hint}\n" in capsys.readouterr().err
 
 
+def test_run_flag_expands_home_so_the_hint_and_the_reader_agree(tmp_path, capsys, monkeypatch):
+    # chat kept `--run=~/r` literal while the hint's output_dir=~/r is expanded by the recipe: pasting the hint
+    # built an index chat never read.
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert chat.main(["recipes/wine.yaml", "--run=~/r", "--question", QUESTION]) == 2
+    err = capsys.readouterr().err
+    assert f"no index at {tmp_path}/r/index" in " ".join(err.split())
+    assert index_command("recipes/wine.yaml", [f"output_dir={tmp_path}/r"]) in err
+
+
 @pytest.mark.parametrize(("flags", "message"), [
     (["-k", "0"], "-k must be at least 1, got 0"),  # not silently the recipe's top_k
     (["-k", "-2"], "-k must be at least 1, got -2"),

@@ -156,18 +156,18 @@ def _answer_questions(recipe: Recipe, index, model, question: str | None, k: int
 def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
-    from toolkit.cli import ERRORS, fail, index_command, non_empty, setup_logging
+    from toolkit.cli import ERRORS, fail, index_command, path_arg, setup_logging
     from toolkit.recipe import load_recipe
 
     parser = argparse.ArgumentParser(prog="python -m toolkit.chat", description=__doc__.splitlines()[0])
     parser.add_argument("recipe", help="path to a recipe YAML, e.g. recipes/wine.yaml")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. retrieval.top_k=3")
     model_args = parser.add_mutually_exclusive_group()
-    model_args.add_argument("--gguf", type=non_empty,
+    model_args.add_argument("--gguf", type=path_arg,
                             help="an exported GGUF file (needs the export extra: llama-cpp-python)")
-    model_args.add_argument("--adapter", type=non_empty, help="a LoRA adapter folder (default: <run>/adapter)")
+    model_args.add_argument("--adapter", type=path_arg, help="a LoRA adapter folder (default: <run>/adapter)")
     parser.add_argument("--question", help="ask this one question and exit (default: read questions interactively)")
-    parser.add_argument("--run", type=non_empty,
+    parser.add_argument("--run", type=path_arg,
                         help="the run folder with index/ and adapter/ (default: the recipe's output_dir)")
     parser.add_argument("-k", type=int, default=None, help="chunks retrieved (default: retrieval.top_k)")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default: eval.max_new_tokens")
