@@ -116,8 +116,8 @@ def apply_override(raw: dict, override: str, path: Path, origins: dict) -> None:
         last = depth == len(parts) - 1
         where = ".".join(parts[: depth + 1])
         if isinstance(node, list):
-            # ASCII digits only: str.isdigit() also takes "²" (which int() refuses) and "٠" (which int() reads as 0);
-            # and not too many, as int() refuses more than 4300
+            # ASCII digits only: str.isdigit() also takes "²" (which int() refuses) and "٠" (which int() reads as 0).
+            # At most 9 of them: int() refuses more than 4300, and no recipe list is that long.
             if not (part.isascii() and part.isdigit()) or len(part) > 9 or int(part) >= len(node):
                 raise RecipeError(f"{path}: override {key}: {where} is not an index of a {len(node)}-item list")
             part = int(part)
