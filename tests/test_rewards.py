@@ -323,6 +323,8 @@ def test_no_example_copy_none_without_examples(examples):
     (3, {"min_words": 5, "max_words": 10, "falloff": 4}, 0.5),
     (12, {"min_words": 5, "max_words": 10, "falloff": 4}, 0.5),
     (20, {"min_words": 5, "max_words": 10, "falloff": 4}, 0.0),
+    (5000, {"min_words": 5, "max_words": float("inf"), "falloff": 4}, 1.0),  # no upper bound
+    (0, {"min_words": 5, "falloff": float("inf")}, 1.0),  # no penalty outside the band
 ])
 def test_length(n_words, params, expected):
     assert length([" ".join(["w"] * n_words)], **params) == [pytest.approx(expected)]
@@ -437,6 +439,12 @@ def test_accepted_params(name, expected):
     ("answer_match", {"partial": "yes"}, "param 'partial' must be a bool"),
     ("length", {"min_words": 80}, "min_words (80) > max_words (60)"),
     ("length", {"falloff": 0}, "falloff must be > 0"),
+    ("length", {"falloff": float("nan")}, "falloff must be > 0, got nan"),
+    ("length", {"min_words": float("inf"), "max_words": float("inf")},
+     "reward 'length': min_words must be a finite number >= 0, got inf"),
+    ("length", {"min_words": float("nan")}, "min_words must be a finite number >= 0, got nan"),
+    ("length", {"min_words": -1}, "min_words must be a finite number >= 0, got -1"),
+    ("length", {"max_words": float("nan")}, "min_words (1) > max_words (nan)"),
     ("length", {"max_words": "60"}, "param 'max_words' must be a number"),
     ("length", {"max_words": True}, "param 'max_words' must be a number"),
 ])

@@ -328,6 +328,10 @@ def check_length(*, min_words: Any, max_words: Any, falloff: Any, unit: Any = "w
     for key, value in (("min_words", min_words), ("max_words", max_words), ("falloff", falloff)):
         if not is_number(value):
             raise ValueError(f"reward 'length': {key} must be a number, got {value!r}")
+    # An infinite or NaN min_words would score every completion 0; an infinite max_words (no upper bound) or
+    # falloff (no penalty past the band) is a legitimate choice.
+    if not 0 <= min_words < float("inf"):
+        raise ValueError(f"reward 'length': min_words must be a finite number >= 0, got {min_words!r}")
     if not min_words <= max_words:
         raise ValueError(f"reward 'length': min_words ({min_words}) > max_words ({max_words})")
     if not falloff > 0:
