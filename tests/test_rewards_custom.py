@@ -36,6 +36,10 @@ def batch_only(completions, **kwargs):
 def returns(completions, *, values=None, **kwargs):
     return list(values)
 
+def tuple_default(completions, *, words=("yes",), **kwargs):
+    assert isinstance(words, tuple), type(words)
+    return [float(c in words) for c in completions]
+
 def echo(completions, **kwargs):
     return kwargs["value"]
 
@@ -87,6 +91,15 @@ def test_module_and_file_rewards_take_params_as_keywords(rewards_file, rewards_m
     assert build_reward(f"{rewards_file}:positional", {"bonus": 2})(["x"]) == [2.0]
     assert build_reward(f"{rewards_file}:needs_threshold", {"threshold": 2})(["abc", "a"]) == [1.0, 0.0]
     assert build_reward(f"{rewards_file}:keyword_only")(["a", "b"]) == [1.0, 1.0]
+
+
+def test_a_tuple_default_takes_a_yaml_list(rewards_file):
+    # YAML gives lists; the function still gets the tuple its default promises.
+    reward = build_reward(f"{rewards_file}:tuple_default", {"words": ["yes", "si"]})
+    assert reward.params == {"words": ("yes", "si")}
+    assert reward(["si", "no", "yes"]) == [1.0, 0.0, 1.0]
+    with pytest.raises(ValueError, match=re.escape("param 'words' must be a list, got 'si'")):
+        build_reward(f"{rewards_file}:tuple_default", {"words": "si"})
 
 
 def test_a_file_is_loaded_once(rewards_file):

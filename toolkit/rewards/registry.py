@@ -82,6 +82,8 @@ def _check_kind(name: str, key: str, value: Any, default: Any) -> None:
         ok, kind = isinstance(value, bool), "a bool"
     elif builtin.is_number(default):
         ok, kind = builtin.is_number(value), "a number"
+    elif isinstance(default, tuple):  # YAML has no tuples: a list stands for one (build_reward converts it)
+        ok, kind = isinstance(value, (list, tuple)), "a list"
     else:
         ok, kind = isinstance(value, type(default)), type(default).__name__
     if not ok:
@@ -106,6 +108,7 @@ def build_reward(name: str, params: dict[str, Any] | None = None, label: str | N
             raise ValueError(f"reward {name!r}: unknown param {key!r} "
                              f"(accepted: {', '.join(sorted(defaults)) or 'none'})")
         _check_kind(name, key, value, defaults[key])
+    params = {k: tuple(v) if isinstance(defaults[k], tuple) else v for k, v in params.items()}
     missing = sorted(k for k, v in defaults.items() if v is inspect.Parameter.empty and k not in params)
     if missing:
         raise ValueError(f"reward {name!r}: missing param{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
