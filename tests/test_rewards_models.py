@@ -8,7 +8,9 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification, BertTokenizer
 
-from toolkit.rewards import RewardError, build_reward
+from toolkit.models import ModelError
+from toolkit.recipe import load_recipe
+from toolkit.rewards import build_reward
 
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "<", ">", "/", "answer", "think", "nebbiolo", "barolo",
          "which", "grape", "is", "the", "?", "merlot", "user", "assistant", ":"]
@@ -79,8 +81,8 @@ def test_reward_model_with_classes_and_a_chat_template(tmp_path):
     assert last == pytest.approx(probs[:, 2].tolist(), abs=1e-6)
     assert first == pytest.approx(probs[:, 0].tolist(), abs=1e-6)
     assert last != pytest.approx(pairs[:, 2].tolist(), abs=1e-6)
-    with pytest.raises(RewardError, match=r"reward 'reward_model' raised ValueError: positive_label 3 is not a "
-                                          r"class of a 3-label model on sample 0 of 4"):
+    with pytest.raises(ModelError, match=r"^reward 'reward_model': positive_label 3 is not a class of a 3-label "
+                                         r"model \("):
         build_reward("reward_model", {"model": str(path), "positive_label": 3})(COMPLETIONS, question=QUESTIONS)
 
 
@@ -148,3 +150,28 @@ def test_semantic_match_chat_completions_and_empty_batch(semantic):
 def test_semantic_match_errors_at_build(params, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         build_reward("semantic_match", params)
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"embedder": "{tmp}/no-such-embedder"}, "reward 'semantic_match': embedder '{tmp}/no-such-embedder' on device "
+                                             "'cpu': FileNotFoundError: Path {tmp}/no-such-embedder not found"),
+    ({"device": "gpu"}, "reward 'semantic_match': embedder '{packaged}' on device 'gpu': RuntimeError: Expected "),
+])
+def test_semantic_match_load_fails_as_one_line(tmp_path, params, message):
+    reward = build_reward("semantic_match", {k: v.format(tmp=tmp_path) for k, v in params.items()})
+    fill = {"tmp": tmp_path, "packaged": reward._instance.path}
+    for call in (reward.load, lambda: reward(["<answer>x</answer>"], answer=["y"])):  # early, or on first use
+        with pytest.raises(ModelError, match=re.escape(message.format(**fill))) as err:
+            call()
+        assert "\n" not in str(err.value)
+
+
+def test_build_rewards_load_loads_the_models_at_once(classifier):
+    reward_model = "{name: reward_model, params: {model: " + str(classifier) + "}}"
+    recipe = load_recipe("recipes/wine.yaml", [f"rewards=[{{name: semantic_match}}, {reward_model}]"])
+    lazy, eager = recipe.build_rewards(), recipe.build_rewards(load=True)
+    assert [r._instance._model for r in lazy] == [None, None]
+    assert all(r._instance._model is not None for r in eager)
+    bad = load_recipe("recipes/wine.yaml", ["rewards=[{name: semantic_match, params: {device: gpu}}]"])
+    with pytest.raises(ModelError, match="on device 'gpu'"):
+        bad.build_rewards(load=True)

@@ -201,6 +201,21 @@ def test_lora_targets_are_checked_before_the_base_evaluation(tmp_path, monkeypat
     assert message in capsys.readouterr().err
 
 
+def test_a_reward_model_that_cannot_load_fails_before_the_policy_model(tmp_path, monkeypatch, capsys):
+    # It loaded on its first call, after the policy model had loaded and answered the no-context column.
+    from toolkit import models
+    from toolkit import run as run_mod
+
+    def never(*args, **kwargs):
+        raise AssertionError("the policy model was resolved before the reward model loaded")
+
+    monkeypatch.setattr(models, "resolve_model", never)
+    override = "rewards=[{name: semantic_match, params: {device: gpu}}]"
+    assert run_mod.main(["recipes/wine.yaml", f"output_dir={tmp_path}", override]) == 2
+    err = capsys.readouterr().err
+    assert "reward 'semantic_match': embedder " in err and "on device 'gpu': RuntimeError: " in err, err
+
+
 @pytest.mark.parametrize("name, kind, message", [
     ("report.json", "folder", "report.json is a folder, and a file is written there"),
     ("adapter", "file", "adapter is a file, and a folder is written there"),

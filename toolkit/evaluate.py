@@ -154,6 +154,7 @@ def evaluate_recipe(recipe: Recipe, dataset, adapter: Path | None, out: Path) ->
 
     index, counts = build_index(recipe, dataset.documents)
     rows = build_rows(dataset.eval[: recipe.eval.limit], index, recipe.prompt, recipe.retrieval.top_k)
+    rewards = recipe.build_rewards(load=True)  # a reward model that cannot load fails before the minutes below
     model_path = resolve_model(recipe.model.name_or_path, recipe.model.cache_dir)
     model, tokenizer = load_model(model_path, recipe.model.dtype)
     tuned = None
@@ -163,7 +164,6 @@ def evaluate_recipe(recipe: Recipe, dataset, adapter: Path | None, out: Path) ->
         # Loaded before the base columns, which take minutes: an adapter made for another base model fails now.
         tuned = load_adapter(model, adapter)
     prepare_replies(tokenizer, rows, recipe.prompt)
-    rewards = recipe.build_rewards()
     # The adapter wrapped the base model in place; peft's disable_adapter runs the base layers alone.
     with tuned.disable_adapter() if tuned is not None else contextlib.nullcontext():
         results = evaluate_columns(recipe, tuned or model, tokenizer, rows, ("no_context", "base"), rewards=rewards)

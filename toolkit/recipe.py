@@ -271,10 +271,14 @@ class Recipe(_Section):
     eval: EvalSection = Field(default_factory=EvalSection)
     export: ExportSection = Field(default_factory=ExportSection)
 
-    def build_rewards(self) -> list:
+    def build_rewards(self, load: bool = False) -> list:
         """The rewards as TRL reward functions, in recipe order. Build them once per run and share them: a
-        model-based reward loads its model on first use and keeps it."""
-        return [spec.build() for spec in self.rewards]
+        model-based reward loads its model on first use and keeps it, or at once with `load` (a run's commands
+        do, so that a bad embedder path or device fails before the policy model loads)."""
+        rewards = [spec.build() for spec in self.rewards]
+        for reward in rewards if load else ():
+            reward.load()
+        return rewards
 
     @field_validator("rewards")
     @classmethod

@@ -58,13 +58,14 @@ def run(recipe: Recipe, console: Console, resume: bool = False) -> dict:
     splits = build_splits(recipe)  # data, index sync, retrieval: one prompt row per train and eval question
     train_rows, eval_rows = splits.train, splits.eval
 
+    # One set for evaluation and training, so a reward model loads once; loaded now, before the policy model.
+    rewards = recipe.build_rewards(load=True)
     model_path = resolve_model(recipe.model.name_or_path, recipe.model.cache_dir)
     preflight(recipe, model_path, train_rows + eval_rows, backend.name)  # CUDA only: refuse what cannot fit
     model, tokenizer = backend.load(recipe, model_path)
     check_lora_targets(recipe, model)  # before the base evaluation: peft would find a typo only after it
     share = backend.shares_prompt_prefill  # evaluation reads the prompts' common prefix once (toolkit.generation)
     prepare_replies(tokenizer, train_rows + eval_rows, recipe.prompt)  # R1's template or open_think: <think>
-    rewards = recipe.build_rewards()  # one set for evaluation and training: a reward model loads once
     results = base_results(work, eval_key(recipe, model_path, eval_rows, backend.name), resume,
                            lambda: evaluate_columns(recipe, backend.for_inference(model, tokenizer), tokenizer,
                                                     eval_rows, ("no_context", "base"), share, rewards))

@@ -45,12 +45,20 @@ class SemanticMatch:
         self.device, self.batch_size = device, batch_size
         self._model = None
 
-    def _embed(self, texts: list[str]) -> dict[str, Any]:
-        if self._model is None:
-            from sentence_transformers import SentenceTransformer
+    def load(self) -> None:
+        """Load the embedder (the first call does, if nothing did before); ModelError, one line, when it cannot."""
+        if self._model is not None:
+            return
+        from sentence_transformers import SentenceTransformer
 
-            logger.info("semantic_match: loading embedder %s", self.path)
+        from toolkit.models import loading
+
+        logger.info("semantic_match: loading embedder %s", self.path)
+        with loading(f"reward 'semantic_match': embedder {self.path!r} on device {self.device!r}"):
             self._model = SentenceTransformer(self.path, device=_device(self.device))
+
+    def _embed(self, texts: list[str]) -> dict[str, Any]:
+        self.load()
         unique = list(dict.fromkeys(texts))
         vectors = self._model.encode(unique, batch_size=self.batch_size, normalize_embeddings=True,
                                      convert_to_numpy=True, show_progress_bar=False)
@@ -111,19 +119,25 @@ class RewardModel:
         self.max_length, self.batch_size, self.device = max_length, batch_size, device
         self._model = self._tokenizer = None
 
-    def _load(self) -> None:
+    def load(self) -> None:
+        """Load the model (the first call does, if nothing did before); ModelError, one line, when it cannot."""
+        if self._model is not None:
+            return
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        from toolkit.models import ModelError, loading
+
         logger.info("reward_model: loading %s", self.path)
-        tokenizer = AutoTokenizer.from_pretrained(self.path)
-        model = AutoModelForSequenceClassification.from_pretrained(self.path).to(_device(self.device)).eval()
+        with loading(f"reward 'reward_model': {self.path} on device {self.device!r}"):
+            tokenizer = AutoTokenizer.from_pretrained(self.path)
+            model = AutoModelForSequenceClassification.from_pretrained(self.path).to(_device(self.device)).eval()
         if tokenizer.pad_token is None:  # decoder reward models often have none; batching needs one
             tokenizer.pad_token = tokenizer.eos_token
         if model.config.pad_token_id is None:
             model.config.pad_token_id = tokenizer.pad_token_id
         if not -model.config.num_labels <= self.positive_label < model.config.num_labels:
-            raise ValueError(f"positive_label {self.positive_label} is not a class of a "
-                             f"{model.config.num_labels}-label model")
+            raise ModelError(f"reward 'reward_model': positive_label {self.positive_label} is not a class of a "
+                             f"{model.config.num_labels}-label model ({self.path})")
         self._model, self._tokenizer = model, tokenizer
 
     def _encode(self, texts: list[str], questions: list[str]):
@@ -141,8 +155,7 @@ class RewardModel:
                  **kwargs: Any) -> list[float]:
         import torch
 
-        if self._model is None:
-            self._load()
+        self.load()
         texts = [completion_text(c) for c in completions]
         questions = [q if isinstance(q := row(question, i), str) else "" for i in range(len(texts))]
         rewards: list[float] = []

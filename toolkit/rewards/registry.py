@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from toolkit.models import ModelError
 from toolkit.rewards import builtin, custom, model_based
 from toolkit.rewards.text import completion_text, with_prefix
 
@@ -133,6 +134,12 @@ class BoundReward:
         # A class reward takes its params once and keeps its state (a loaded model) across calls.
         self._instance = fn(**self.params) if inspect.isclass(fn) else None
 
+    def load(self) -> None:
+        """Load a model-based reward's model now rather than on its first call, which comes after the policy
+        model loads and generates: a wrong path or device then fails first (ModelError, one line)."""
+        if self._instance is not None and callable(getattr(self._instance, "load", None)):
+            self._instance.load()
+
     def _call(self, completions: Sequence[Any], kwargs: dict[str, Any]) -> Any:
         # By keyword, as TRL calls: a custom reward may declare `completions` keyword-only.
         if self._instance is not None:
@@ -147,6 +154,8 @@ class BoundReward:
             completions = [with_prefix(c, p or "") for c, p in zip(completions, prefixes, strict=True)]
         try:
             values = self._call(completions, kwargs)
+        except ModelError:  # a reward model that cannot load (see load): no sample is to blame
+            raise
         except Exception as err:
             raise self._locate(completions, kwargs, err) from err
         return self._checked(values, completions)
