@@ -107,6 +107,23 @@ def test_resume_with_other_lora_settings_is_one_line(tmp_path, capsys, override,
     assert f"--resume: {path} {message}" in err, err
 
 
+def test_resume_with_another_optimizer_is_one_line(tmp_path):
+    """adamw to sgd used to load, then fail at the first step inside torch with `KeyError: 'momentum'`."""
+    from toolkit.checkpoints import OPTIMIZER_RECORD, check_same_optimizer
+    from toolkit.train import OptimizerRecord
+
+    assert OptimizerRecord.__name__ == OPTIMIZER_RECORD  # the key transformers files its state under
+    state = {"global_step": 2, "stateful_callbacks": {OPTIMIZER_RECORD: OptimizerRecord("adamw_torch_fused").state()}}
+    path = _checkpoint(tmp_path / "trainer", 2, json.dumps(state))
+    check_same_optimizer(path, "adamw_torch_fused")
+    with pytest.raises(CheckpointError) as err:
+        check_same_optimizer(path, "sgd")
+    assert str(err.value) == (f"--resume: {path} was trained with training.trl.optim 'adamw_torch_fused', the recipe "
+                              "asks for 'sgd'; resume with the same optimizer, or run without --resume to start over")
+    older = _checkpoint(tmp_path / "trainer", 4, json.dumps({"global_step": 4, "stateful_callbacks": {}}))
+    check_same_optimizer(older, "sgd")  # written before the record: not checked
+
+
 def test_fresh_run_removes_old_checkpoints(tmp_path):
     _checkpoint(tmp_path, 20, json.dumps({"global_step": 20}))
     (tmp_path / "base_eval.json").write_text("{}")
@@ -217,6 +234,13 @@ def test_killed_run_resumes_to_max_steps(tmp_path):
     assert not (out / "adapter").exists() and not (out / "report.json").exists()
     saved = json.loads(state.read_text())
     assert _steps(saved["log_history"]) == [1, 2]
+    assert saved["stateful_callbacks"]["OptimizerRecord"]["args"] == {"optim": "adamw_torch_fused"}
+
+    other = subprocess.run([*command, "training.trl={optim: sgd}", "--resume"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=900)
+    assert other.returncode == 2, other.stderr[-3000:]
+    assert "was trained with training.trl.optim 'adamw_torch_fused', the recipe asks for 'sgd'" in " ".join(
+        other.stderr.split()), other.stderr[-3000:]
 
     resumed = subprocess.run([*command, "--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

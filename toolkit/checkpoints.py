@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 BASE_EVAL = "base_eval.json"
 STATE = "trainer_state.json"
+OPTIMIZER_RECORD = "OptimizerRecord"  # toolkit.train's callback, by the class name transformers files it under
 
 
 class CheckpointError(ValueError):
@@ -102,6 +103,23 @@ def check_same_lora(checkpoint: Path, lora) -> None:
                 f"--resume: {checkpoint} was trained with training.lora.{names[key]} {saved.get(key)!r}, the recipe "
                 f"asks for {value!r}; resume with the same LoRA settings, or run without --resume to start over"
             )
+
+
+def check_same_optimizer(checkpoint: Path, optim: str) -> None:
+    """CheckpointError when the checkpoint's optimizer state was made by another optimizer than `optim` (the
+    GRPOConfig's, after training.trl): torch would load it and then fail at the first step (adamw to sgd:
+    `KeyError: 'momentum'`). The name is in trainer_state.json, kept there by toolkit.train's OptimizerRecord;
+    a checkpoint written without one is not checked."""
+    try:
+        state = json.loads((checkpoint / STATE).read_text(encoding="utf-8"))
+        saved = state["stateful_callbacks"][OPTIMIZER_RECORD]["args"]["optim"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if saved != optim:
+        raise CheckpointError(
+            f"--resume: {checkpoint} was trained with training.trl.optim {saved!r}, the recipe asks for {optim!r}; "
+            "resume with the same optimizer, or run without --resume to start over"
+        )
 
 
 def _starts_with(file: Path, magic: bytes) -> bool:

@@ -14,8 +14,10 @@ from enum import Enum
 from pathlib import Path
 
 import torch
-from transformers import PrinterCallback
+from transformers import PrinterCallback, TrainerCallback
+from transformers.trainer_callback import ExportableState
 
+from toolkit.checkpoints import check_same_optimizer
 from toolkit.live import LiveMetrics
 from toolkit.recipe import Recipe
 
@@ -164,6 +166,18 @@ def check_finite(model, tokenizer, step: int, learning_rate: float) -> None:
         raise ModelError(f"training diverged: the adapted model's logits are NaN or infinite after step {step}; {hint}")
 
 
+class OptimizerRecord(TrainerCallback, ExportableState):
+    """Keeps the optimizer's name in every checkpoint: transformers saves an ExportableState callback's state in
+    trainer_state.json (stateful_callbacks), where `checkpoints.check_same_optimizer` reads it on --resume. The
+    checkpoint's training_args.bin has it too, but only as a pickle."""
+
+    def __init__(self, optim: str):
+        self.optim = optim
+
+    def state(self) -> dict:
+        return {"args": {"optim": self.optim}, "attributes": {}}
+
+
 def train(recipe: Recipe, model, tokenizer, rows: list[dict], work_dir: Path, resume_from: Path | None = None,
           backend=None, callbacks: list | None = None, rewards: list | None = None):
     """Run GRPO on `rows`; returns the trainer (its `.model` is the LoRA-wrapped model) and a summary.
@@ -184,15 +198,19 @@ def train(recipe: Recipe, model, tokenizer, rows: list[dict], work_dir: Path, re
     # would depend on whatever used the RNG earlier in the process (index, evaluation) and training.seed would
     # not reproduce a run.
     set_seed(recipe.training.seed)
+    config = grpo_config(recipe, work_dir, backend)
+    optim = str(_plain(config.optim))
+    if resume_from is not None:
+        check_same_optimizer(resume_from, optim)
     live = LiveMetrics()
     trainer = backend.build_trainer(
         recipe,
         model,
         tokenizer,
         reward_funcs=recipe.build_rewards() if rewards is None else rewards,
-        args=grpo_config(recipe, work_dir, backend),
+        args=config,
         train_dataset=Dataset.from_list(rows),
-        callbacks=[live, *(callbacks or [])],
+        callbacks=[live, OptimizerRecord(optim), *(callbacks or [])],
     )
     # With tqdm off, transformers prints every raw log dict; the live table and the report replace it.
     trainer.remove_callback(PrinterCallback)
