@@ -289,6 +289,18 @@ def test_unsloth_overrides_leave_precision_to_unsloth_and_keep_its_checkpointing
     assert overrides == {"bf16": False, "fp16": False, "gradient_checkpointing": True, "use_vllm": False}
 
 
+def test_context_length_is_the_models_and_unsloths_cap():
+    recipe = load_recipe(WINE, ["model.max_seq_length=1024"])
+    model = types.SimpleNamespace(config=types.SimpleNamespace(max_position_embeddings=8192))
+    assert HFBackend().context_length(recipe, model) == 8192
+    assert UnslothBackend(fast_inference=False).context_length(recipe, model) == 1024  # its caches are that long
+    assert UnslothBackend(fast_inference=False).context_length(load_recipe(WINE, ["model.max_seq_length=16384"]),
+                                                               model) == 8192
+    unknown = types.SimpleNamespace(config=types.SimpleNamespace())
+    assert HFBackend().context_length(recipe, unknown) is None
+    assert UnslothBackend(fast_inference=False).context_length(recipe, unknown) == 1024
+
+
 def test_unsloth_inference_mode_pads_left(fake_unsloth):
     tokenizer = types.SimpleNamespace(padding_side="right")
     assert UnslothBackend(fast_inference=False).for_inference("model", tokenizer) == "model"

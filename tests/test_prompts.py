@@ -17,7 +17,9 @@ from toolkit.prompts import (
     format_context,
     open_think,
     prepare_replies,
+    prompt_length,
     reply_prefix,
+    warn_over_context,
 )
 from toolkit.recipe import FewShotExample, PromptSection, load_recipe
 
@@ -227,3 +229,27 @@ def test_open_think_without_a_chat_template_is_a_clear_error():
 
     with pytest.raises(ModelError, match="prompt.open_think: the model's tokenizer has no chat template"):
         open_think(NoTemplate())
+
+
+def test_prompts_longer_than_the_context_are_warned_about(caplog):
+    # Evaluated silently before: a model past its context answers from positions it never saw.
+    tokenizer = _packaged_tokenizer()
+    short = {"prompt": build_messages(PROMPT, "Which grape is Barolo made from?", ["Barolo is made from Nebbiolo."]),
+             "question": "Which grape is Barolo made from?"}
+    question = "Which grape is the long one made from, " + "really " * 20 + "?"
+    long = {"prompt": build_messages(PROMPT, question, ["Barolo is made from Nebbiolo. " * 40]), "question": question}
+    n_short, n_long = prompt_length(tokenizer, short), prompt_length(tokenizer, long)
+    assert n_short < n_long
+    assert n_short == len(tokenizer(tokenizer.apply_chat_template(short["prompt"], add_generation_prompt=True,
+                                                                  tokenize=False), add_special_tokens=False).input_ids)
+    with caplog.at_level("WARNING", logger="toolkit.prompts"):
+        assert warn_over_context(tokenizer, [short, long], 48, n_long + 48, "eval prompts + eval.max_new_tokens") == 0
+        assert warn_over_context(tokenizer, [short, long], 48, None, "eval prompts") == 0  # a config without a limit
+        assert not caplog.records
+        what = "eval prompts + eval.max_new_tokens"
+        assert warn_over_context(tokenizer, [short, long, long], 48, n_long + 47, what) == 2
+    message = " ".join(caplog.records[-1].getMessage().split())
+    assert message.startswith(
+        f"2 of 3 eval prompts + eval.max_new_tokens (48) are longer than the model's context of {n_long + 47} tokens; "
+        f"the longest prompt ({n_long} tokens) asks 'Which grape is the long one made from, really really really…'. "
+        "Lower retrieval.top_k "), message

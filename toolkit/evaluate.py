@@ -150,7 +150,7 @@ def evaluate_recipe(recipe: Recipe, dataset, adapter: Path | None, out: Path) ->
     """The standalone evaluation: index, prompts, no-context and base columns, then the adapter's column."""
     from toolkit.index import build_index
     from toolkit.models import load_model, resolve_model
-    from toolkit.prompts import build_rows, prepare_replies
+    from toolkit.prompts import build_rows, prepare_replies, warn_over_context
 
     index, counts = build_index(recipe, dataset.documents)
     rows = build_rows(dataset.eval[: recipe.eval.limit], index, recipe.prompt, recipe.retrieval.top_k)
@@ -164,6 +164,8 @@ def evaluate_recipe(recipe: Recipe, dataset, adapter: Path | None, out: Path) ->
         # Loaded before the base columns, which take minutes: an adapter made for another base model fails now.
         tuned = load_adapter(model, adapter)
     prepare_replies(tokenizer, rows, recipe.prompt)
+    warn_over_context(tokenizer, rows, recipe.eval.max_new_tokens,
+                      getattr(model.config, "max_position_embeddings", None), "eval prompts + eval.max_new_tokens")
     # The adapter wrapped the base model in place; peft's disable_adapter runs the base layers alone.
     with tuned.disable_adapter() if tuned is not None else contextlib.nullcontext():
         results = evaluate_columns(recipe, tuned or model, tokenizer, rows, ("no_context", "base"), rewards=rewards)

@@ -169,11 +169,9 @@ def check_fits(estimate: MemoryEstimate, free_bytes: int, recipe: Recipe, device
 
 def longest_prompt(tokenizer, rows: list[dict]) -> int:
     """Tokens in the longest chat prompt of `rows`, generation prompt included."""
-    lengths = (
-        len(tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, return_dict=True)["input_ids"])
-        for row in rows
-    )
-    return max(lengths, default=0)
+    from toolkit.prompts import prompt_length
+
+    return max((prompt_length(tokenizer, row) for row in rows), default=0)
 
 
 def preflight(recipe: Recipe, model_path: str, rows: list[dict], backend: str = "hf") -> MemoryEstimate | None:

@@ -131,3 +131,24 @@ def add_reply_prefix(rows: list[dict], tokenizer) -> str:
         for row in rows:
             row["completion_prefix"] = prefix
     return prefix
+
+
+def prompt_length(tokenizer, row: dict) -> int:
+    """Tokens in a row's chat prompt, generation prompt included."""
+    return len(tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, return_dict=True)["input_ids"])
+
+
+def warn_over_context(tokenizer, rows: list[dict], new_tokens: int, limit: int | None, what: str) -> int:
+    """Warn when a prompt plus `new_tokens` (`what` names both: "eval prompts + eval.max_new_tokens") is longer
+    than the model's context `limit`. Past it a model with rotary positions reads positions it never saw and one
+    with learned positions fails outright; long retrieved chunks times top_k are the usual cause. Returns how many."""
+    if not limit:
+        return 0
+    over = [(n, row) for row in rows if (n := prompt_length(tokenizer, row)) + new_tokens > limit]
+    if over:
+        longest, row = max(over, key=lambda pair: pair[0])
+        question = row["question"] if len(row["question"]) <= 60 else row["question"][:60].rstrip() + "…"
+        logger.warning("%d of %d %s (%d) are longer than the model's context of %d tokens; the longest prompt "
+                       "(%d tokens) asks %r. Lower retrieval.top_k or retrieval.chunk_size", len(over), len(rows),
+                       what, new_tokens, limit, longest, question)
+    return len(over)

@@ -40,7 +40,7 @@ def run(recipe: Recipe, console: Console, resume: bool = False) -> dict:
     from toolkit.memory import preflight
     from toolkit.metrics import retrieval_metrics
     from toolkit.models import resolve_model
-    from toolkit.prompts import build_splits, prepare_replies
+    from toolkit.prompts import build_splits, prepare_replies, warn_over_context
     from toolkit.train import check_lora_targets, train
 
     out = recipe.output_dir
@@ -66,6 +66,10 @@ def run(recipe: Recipe, console: Console, resume: bool = False) -> dict:
     check_lora_targets(recipe, model)  # before the base evaluation: peft would find a typo only after it
     share = backend.shares_prompt_prefill  # evaluation reads the prompts' common prefix once (toolkit.generation)
     prepare_replies(tokenizer, train_rows + eval_rows, recipe.prompt)  # R1's template or open_think: <think>
+    limit = backend.context_length(recipe, model)
+    warn_over_context(tokenizer, train_rows, recipe.training.max_completion_length, limit,
+                      "training prompts + training.max_completion_length")
+    warn_over_context(tokenizer, eval_rows, recipe.eval.max_new_tokens, limit, "eval prompts + eval.max_new_tokens")
     results = base_results(work, eval_key(recipe, model_path, eval_rows, backend.name), resume,
                            lambda: evaluate_columns(recipe, backend.for_inference(model, tokenizer), tokenizer,
                                                     eval_rows, ("no_context", "base"), share, rewards))

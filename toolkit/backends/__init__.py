@@ -65,6 +65,10 @@ class Backend(ABC):
         """GRPOConfig values this backend needs; applied after the recipe's mapped fields, before `training.trl`."""
         return {}
 
+    def context_length(self, recipe: Recipe, model) -> int | None:
+        """The most tokens (prompt and reply) the loaded model takes; None when its config does not say."""
+        return getattr(getattr(model, "config", None), "max_position_embeddings", None)
+
     def for_inference(self, model, tokenizer):
         """The model to generate evaluation answers with (the base model before training, the tuned one after)."""
         return model

@@ -70,6 +70,11 @@ class UnslothBackend(Backend):
         tokenizer.padding_side = "left"
         return model, tokenizer
 
+    def context_length(self, recipe, model) -> int | None:
+        # Unsloth sizes its caches for model.max_seq_length, which may be shorter than the model's own context.
+        own = super().context_length(recipe, model)
+        return min(own, recipe.model.max_seq_length) if own else recipe.model.max_seq_length
+
     def grpo_overrides(self, recipe) -> dict:
         return {
             # Both off: the patched trainer then picks bf16 or fp16 to match the weights Unsloth loaded (setting
