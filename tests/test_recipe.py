@@ -194,6 +194,10 @@ def test_override_values_are_parsed_as_yaml():
         ([f"rewards.{'9' * 5000}.weight=2"], " is not an index of a 6-item list"),
         (["model.dtype.bits=4"], "model.dtype is not a section"),
         (["=3"], "must look like section.field=value"),
+        # A stray dot was reported as an unknown field "recipe" or "training." without saying what was wrong.
+        ([".training=1"], "override '.training=1': '.training' has an empty name between dots"),
+        (["training.=1"], "'training.' has an empty name between dots"),
+        (["training..lora.r=1"], "'training..lora.r' has an empty name between dots"),
         (["model.dtype=float8"], "model.dtype:"),
         (["retrieval.chunk_overlap=128"], "chunk_overlap (128) must be smaller than chunk_size (128)"),
         (["prompt.user_template='Q: {question}'"], "user_template must contain {context}"),

@@ -111,6 +111,8 @@ def apply_override(raw: dict, override: str, path: Path, origins: dict) -> None:
         raise RecipeError(f"{path}: override {override!r} must look like section.field=value")
     node: Any = raw
     parts = key.split(".")
+    if "" in parts:  # ".training", "training.", "training..lora": a stray dot, not a field named ""
+        raise RecipeError(f"{path}: override {override!r}: {key!r} has an empty name between dots")
     located: list[str | int] = []
     for depth, part in enumerate(parts):
         last = depth == len(parts) - 1
