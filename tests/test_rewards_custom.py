@@ -40,6 +40,10 @@ def tuple_default(completions, *, words=("yes",), **kwargs):
     assert isinstance(words, tuple), type(words)
     return [float(c in words) for c in completions]
 
+def exits(completions, **kwargs):
+    import sys
+    sys.exit(0)
+
 def echo(completions, **kwargs):
     return kwargs["value"]
 
@@ -178,6 +182,13 @@ def test_a_batch_level_exception_says_so(rewards_file):
     with pytest.raises(RewardError, match=re.escape("reward 'batch_only' raised RuntimeError: too many on a batch "
                                                     "of 2 completions (no single sample reproduces it)")):
         build_reward(f"{rewards_file}:batch_only")(["a", "b"])
+
+
+def test_sys_exit_in_a_reward_is_a_reward_error(rewards_file):
+    # SystemExit is no Exception: it went past the guard and ended a training run with exit 0 and no report.
+    with pytest.raises(RewardError, match=re.escape("reward 'exits' called sys.exit(0); a reward must return its "
+                                                    "scores (or raise)")):
+        build_reward(f"{rewards_file}:exits")(["a", "b"])
 
 
 @pytest.mark.parametrize(("values", "message"), [

@@ -156,6 +156,9 @@ class BoundReward:
             values = self._call(completions, kwargs)
         except ModelError:  # a reward model that cannot load (see load): no sample is to blame
             raise
+        except SystemExit as err:  # not an Exception: it would end a run with exit 0 and no report
+            raise RewardError(f"reward {self.__name__!r} called sys.exit({err.code!r}); a reward must return its "
+                              f"scores (or raise)") from None
         except Exception as err:
             raise self._locate(completions, kwargs, err) from err
         return self._checked(values, completions)
