@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from toolkit.loaders import expand
-from toolkit.recipe import Recipe, RecipeError, load_recipe
+from toolkit.recipe import EvalSection, ExportSection, ModelSection, Recipe, RecipeError, load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
@@ -157,6 +157,18 @@ def test_a_mapping_override_merges_key_by_key_as_extends_does():
     assert str(err.value).startswith(f"{WINE_R1}: training.lerning_rate: unknown field")
 
 
+def test_an_empty_section_takes_its_defaults(tmp_path):
+    # YAML reads `training:` with every field commented out as null; it was "Input should be a valid dictionary".
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"extends: {WINE}\neval:\n  # max_new_tokens: 64\nexport:\n")
+    loaded = load_recipe(recipe)
+    assert loaded.eval == EvalSection() != load_recipe(WINE).eval and loaded.export == ExportSection()
+    r1 = load_recipe(WINE_R1, ["training.trl=null", "model=null", "rewards.0.params=null", "prompt.examples=null"])
+    assert r1.training.trl == {} and r1.model == ModelSection() and r1.rewards[0].params == {}
+    assert r1.prompt.examples == []
+    assert load_recipe(WINE_R1).training.trl  # there was something to clear
+
+
 def test_override_values_are_parsed_as_yaml():
     recipe = load_recipe(
         WINE,
@@ -194,6 +206,9 @@ def test_override_values_are_parsed_as_yaml():
         ([f"rewards.{'9' * 5000}.weight=2"], " is not an index of a 6-item list"),
         (["model.dtype.bits=4"], "model.dtype is not a section"),
         (["=3"], "must look like section.field=value"),
+        (["data=null"], "data: required, and empty (null) here"),
+        (["rewards.0.name=null"], "rewards.0.name: required, and empty (null) here"),
+        (["training.max_steps=null"], "training.max_steps: Input should be a valid integer"),  # a scalar: no default
         # A stray dot was reported as an unknown field "recipe" or "training." without saying what was wrong.
         ([".training=1"], "override '.training=1': '.training' has an empty name between dots"),
         (["training.=1"], "'training.' has an empty name between dots"),

@@ -28,7 +28,15 @@ class _Section(BaseModel):
     def _plain_values(cls, value: Any, info: ValidationInfo) -> Any:
         if info.field_name is None:
             return value
-        annotation = cls.model_fields[info.field_name].annotation
+        field = cls.model_fields[info.field_name]
+        annotation = field.annotation
+        # `training:` with every field commented out is null in YAML: a section, mapping or list with a default
+        # then takes that default, as if absent (so `training.trl=null` clears it). A scalar's null stays an error.
+        if value is None and not _takes(annotation, type(None)):
+            if field.default_factory is not None:
+                return field.get_default(call_default_factory=True)
+            if field.is_required():
+                raise ValueError("required, and empty (null) here")
         # Pydantic's lax mode reads true as 1, and YAML reads yes/no/on/off as booleans: `max_steps: yes` would
         # train one step. A number field takes numbers only.
         if isinstance(value, bool) and _takes_number(annotation) and not _takes(annotation, bool):
