@@ -1,8 +1,9 @@
 """Model-based rewards: semantic similarity to the gold answer, and a user-named sequence-classification model.
 
 Both are classes, not functions: the recipe's params go to ``__init__`` (build_reward calls it once per built
-reward) and the model is loaded on the first call, never at import or at recipe validation, so a recipe that
-does not use them never pays for torch or a model load. Scores are mapped into [0, 1] like every other reward.
+reward) and the model is loaded by ``load()`` (which toolkit.run and toolkit.evaluate call before the policy model
+loads) or else on the first call, never at import or at recipe validation, so a recipe that does not use them never
+pays for torch or a model load. Scores are mapped into [0, 1] like every other reward.
 """
 
 from __future__ import annotations
