@@ -40,7 +40,15 @@ def test_latest_whole_checkpoint_wins(tmp_path):
     _checkpoint(tmp_path, 4, json.dumps({"global_step": 4}))
     (tmp_path / "checkpoint-x").mkdir()  # not a checkpoint name
     assert latest_checkpoint(tmp_path) == ten  # by step number, not name order (checkpoint-4 > checkpoint-10)
-    assert resume_checkpoint(tmp_path) == ten
+    assert resume_checkpoint(tmp_path, 10) == ten
+
+
+def test_a_checkpoint_past_max_steps_is_one_line(tmp_path):
+    path = _checkpoint(tmp_path, 4, json.dumps({"global_step": 4, "max_steps": 4}))
+    assert resume_checkpoint(tmp_path, 4) == path  # all steps done: the run finishes without training
+    with pytest.raises(CheckpointError, match=r"checkpoint-4 is at step 4, past training.max_steps 3; raise "
+                                              r"training.max_steps to at least 4, or run without --resume"):
+        resume_checkpoint(tmp_path, 3)
 
 
 def test_checkpoint_cut_short_is_skipped(tmp_path):
@@ -54,7 +62,7 @@ def test_checkpoint_cut_short_is_skipped(tmp_path):
 def test_resume_without_a_checkpoint_is_one_clear_line(tmp_path, make):
     make(tmp_path)
     with pytest.raises(CheckpointError, match="no complete checkpoint in .*training.save_steps") as err:
-        resume_checkpoint(tmp_path / "trainer")
+        resume_checkpoint(tmp_path / "trainer", 10)
     assert "\n" not in str(err.value)
 
 
@@ -78,11 +86,11 @@ def test_a_damaged_checkpoint_file_is_one_clear_line(tmp_path, name):
     torch.save({"lr": 0.1}, path / "training_args.bin")
     save_file({"lora_A": torch.zeros(16, 64)}, path / "adapter_model.safetensors")
     (path / "adapter_config.json").write_text("{}")
-    assert resume_checkpoint(tmp_path) == path  # whole files pass
+    assert resume_checkpoint(tmp_path, 10) == path  # whole files pass
     data = (path / name).read_bytes()
     (path / name).write_bytes(data[: len(data) - 100])
     with pytest.raises(CheckpointError, match=rf"--resume: .*{name} is damaged \(.*\); delete .*checkpoint-3 to"):
-        resume_checkpoint(tmp_path)
+        resume_checkpoint(tmp_path, 10)
 
 
 @pytest.mark.parametrize("override, message", [
@@ -254,6 +262,26 @@ def test_killed_run_resumes_to_max_steps(tmp_path):
     assert (out / "adapter" / "adapter_model.safetensors").exists()
     assert {"no_context", "base", "tuned"} <= report.keys()
     assert (out / "trainer" / "checkpoint-4").is_dir()
+
+    # Resuming a run whose last checkpoint is at max_steps trains nothing more (transformers alone would take a
+    # fifth step) and evaluates that checkpoint's adapter again.
+    again = subprocess.run([*command, "--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "nothing left to train" in " ".join(again.stderr.split()), again.stderr[-3000:]
+    assert not (out / "trainer" / "checkpoint-5").exists()
+    rerun = json.loads((out / "report.json").read_text())
+    assert _steps(rerun["training"]["log_history"]) == [1, 2, 3, 4] and rerun["tuned"] == report["tuned"]
+    assert _tensors(out / "adapter") == _tensors(out / "trainer" / "checkpoint-4")
+
+    fewer = subprocess.run([*command, "training.max_steps=3", "--resume"], cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=900)
+    assert fewer.returncode == 2 and "past training.max_steps 3" in " ".join(fewer.stderr.split()), fewer.stderr
+
+
+def _tensors(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return {k: v.tolist() for k, v in load_file(folder / "adapter_model.safetensors").items()}
 
 
 def _readable(path: Path) -> bool:

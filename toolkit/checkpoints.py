@@ -62,8 +62,9 @@ def latest_checkpoint(folder: Path) -> Path | None:
     return None
 
 
-def resume_checkpoint(folder: Path) -> Path:
-    """The checkpoint `--resume` continues from; CheckpointError when there is none."""
+def resume_checkpoint(folder: Path, max_steps: int) -> Path:
+    """The checkpoint `--resume` continues from; CheckpointError when there is none, or when it is past
+    `max_steps` (training.max_steps): its adapter holds more training than the recipe asks for."""
     path = latest_checkpoint(folder)
     if path is None:
         raise CheckpointError(
@@ -77,9 +78,19 @@ def resume_checkpoint(folder: Path) -> Path:
                 f"--resume: {file} is damaged ({problem}); delete {path} to resume from the checkpoint before it, "
                 "or run without --resume to start over"
             )
-    state = json.loads((path / STATE).read_text(encoding="utf-8"))
-    logger.info("resuming from %s (step %d of %d)", path, state["global_step"], state.get("max_steps", 0))
+    step = resumed_step(path)
+    if step > max_steps:
+        raise CheckpointError(
+            f"--resume: {path} is at step {step}, past training.max_steps {max_steps}; raise training.max_steps "
+            f"to at least {step}, or run without --resume to start over"
+        )
+    logger.info("resuming from %s (step %d of %d)", path, step, max_steps)
     return path
+
+
+def resumed_step(checkpoint: Path) -> int:
+    """The step a complete checkpoint was saved at."""
+    return int(json.loads((checkpoint / STATE).read_text(encoding="utf-8"))["global_step"])
 
 
 def check_same_lora(checkpoint: Path, lora) -> None:

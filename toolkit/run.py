@@ -52,7 +52,7 @@ def run(recipe: Recipe, console: Console, resume: bool = False) -> dict:
 
         check_export_ready(recipe.export.formats, recipe.export.verify)  # a missing extra fails now, not after training
     work = out / "trainer"
-    checkpoint = resume_checkpoint(work) if resume else None
+    checkpoint = resume_checkpoint(work, recipe.training.max_steps) if resume else None
     if checkpoint is not None:
         check_same_lora(checkpoint, recipe.training.lora)
     splits = build_splits(recipe)  # data, index sync, retrieval: one prompt row per train and eval question

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 from transformers import PrinterCallback, TrainerCallback
-from transformers.trainer_callback import ExportableState
+from transformers.trainer_callback import ExportableState, TrainerState
 
-from toolkit.checkpoints import check_same_optimizer
+from toolkit.checkpoints import STATE, check_same_optimizer, resumed_step
 from toolkit.live import LiveMetrics
 from toolkit.recipe import Recipe
 
@@ -215,10 +215,19 @@ def train(recipe: Recipe, model, tokenizer, rows: list[dict], work_dir: Path, re
     # With tqdm off, transformers prints every raw log dict; the live table and the report replace it.
     trainer.remove_callback(PrinterCallback)
     start = time.perf_counter()
-    try:
-        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    finally:
-        live.close()  # an exception skips on_train_end, and a progress bar left running hides the cursor
+    if resume_from is not None and resumed_step(resume_from) >= recipe.training.max_steps:
+        # A run killed after its last checkpoint (in the tuned evaluation, say) has nothing left to train, but
+        # transformers' loop checks max_steps only after a step, so train() would take one step past it.
+        live.close()
+        trainer._load_from_checkpoint(str(resume_from))  # what train() loads on resume: the adapter's weights
+        trainer.state = TrainerState.load_from_json(str(resume_from / STATE))
+        logger.info("%s already holds all %d steps of training.max_steps: nothing left to train",
+                    resume_from, recipe.training.max_steps)
+    else:
+        try:
+            trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        finally:
+            live.close()  # an exception skips on_train_end, and a progress bar left running hides the cursor
     seconds = time.perf_counter() - start
     check_finite(trainer.model, tokenizer, trainer.state.global_step, recipe.training.learning_rate)
     result = TrainResult(trainer.state.global_step, round(seconds, 1), list(trainer.state.log_history))
