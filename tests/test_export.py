@@ -382,3 +382,25 @@ def test_an_export_folder_that_is_a_file_is_one_line(tmp_path, capsys):
     assert export_mod.main(["recipes/wine.yaml", "--run", str(run), "--formats", "adapter"]) == 2
     assert f"{run / 'export'} is a file, not a folder" in " ".join(capsys.readouterr().err.split())
     assert (run / "export").read_text() == "x"
+
+
+@pytest.mark.parametrize("blocker, kind, formats", [
+    ("manifest.json", "folder", "adapter"),
+    ("model-f16.gguf", "folder", "gguf-f16"),
+    ("merged", "file", "merged"),
+])
+def test_an_output_in_the_way_is_one_line_before_any_work(tmp_path, capsys, blocker, kind, formats):
+    from test_models import broken_adapter
+
+    model, _, base = _tiny_model(tmp_path, "llama")
+    run = tmp_path / "run"
+    run.mkdir()
+    broken_adapter(run / "adapter", model, "none")
+    (run / "report.json").write_text(json.dumps({"model_path": str(base)}))
+    (run / "export").mkdir()
+    (run / "export" / blocker).mkdir() if kind == "folder" else (run / "export" / blocker).write_text("x")
+    assert export_mod.main(["recipes/wine.yaml", "--run", str(run), "--formats", formats]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"{run / 'export' / blocker} is a {kind}, and a {'file' if kind == 'folder' else 'folder'} is written" \
+           f" there; move it away" in err, err
+    assert sorted(p.name for p in (run / "export").iterdir()) == [blocker]  # nothing else written

@@ -37,7 +37,7 @@ from pathlib import Path
 from toolkit.models import ModelError, check_adapter, load_adapter, loading
 from toolkit.prompts import prepare_replies
 from toolkit.recipe import ExportFormat, PromptSection, Recipe
-from toolkit.report import save_dir_atomic, write_atomic
+from toolkit.report import in_the_way, save_dir_atomic, write_atomic
 from toolkit.verify import ExportError, Reference, cpu_threads, require_llama_cpp, verify_gguf
 
 logger = logging.getLogger("toolkit.export")  # not __name__: "__main__" under python -m
@@ -112,6 +112,10 @@ def export(recipe: Recipe, run_dir: str | Path | None = None, formats: list[str]
     out = run_dir / "export"
     if out.exists() and not out.is_dir():
         raise ExportError(f"{out} is a file, not a folder: move it away to export there")
+    blocked = in_the_way(out, files=("manifest.json", *(GGUF_FILES[f][0] for f in ggufs)),
+                         folders=tuple(f for f in ("adapter", "merged") if f in formats))
+    if blocked:  # found now, not when the manifest is written after minutes of merging and converting
+        raise ExportError(f"{blocked}; move it away to export there")
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     try:
