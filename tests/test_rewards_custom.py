@@ -40,6 +40,12 @@ def tuple_default(completions, *, words=("yes",), **kwargs):
     assert isinstance(words, tuple), type(words)
     return [float(c in words) for c in completions]
 
+def top(completions, *, k=2, **kwargs):
+    return [float(i < k) for i in range(len(completions))]
+
+def top_typed(completions, *, k: int = 2, cap: float = 3, **kwargs):
+    return [float(i < min(k, cap)) for i in range(len(completions))]
+
 def exits(completions, **kwargs):
     import sys
     sys.exit(0)
@@ -124,6 +130,9 @@ def test_a_file_is_loaded_once(rewards_file):
     ("{file}:scaled", {"scal": 2}, "reward '{file}:scaled': unknown param 'scal' (accepted: scale)"),
     ("{file}:scaled", {"answer": "x"}, "unknown param 'answer' (accepted: scale)"),
     ("{file}:scaled", {"scale": "2"}, "param 'scale' must be a number, got '2'"),
+    ("{file}:top", {"k": 2.5}, "reward '{file}:top': param 'k' must be an integer, got 2.5"),
+    ("{file}:top", {"k": 2.0}, "param 'k' must be an integer, got 2.0"),
+    ("{file}:top_typed", {"k": 1.5}, "param 'k' must be an integer, got 1.5"),
     ("{file}:needs_threshold", {}, "reward '{file}:needs_threshold': missing param threshold"),
     ("{dir}/nope.py:f", {}, "file not found: {dir}/nope.py"),
     ("{file}:", {}, "expected 'package.module:function' or 'path/to/file.py:function'"),
@@ -227,3 +236,8 @@ def test_long_completions_are_cut_in_the_message(rewards_file):
     with pytest.raises(RewardError, match=re.escape("(completion '" + "b" * 60 + "'…)")):
         build_reward(f"{rewards_file}:returns", {"values": [float("nan")]})([[{"role": "assistant",
                                                                               "content": "b" * 500}]])
+
+
+def test_a_float_annotated_param_with_an_int_default_takes_any_number(rewards_file):
+    assert build_reward(f"{rewards_file}:top_typed", {"cap": 1.5, "k": 3})(["a", "b", "c"]) == [1.0, 1.0, 0.0]
+    assert build_reward(f"{rewards_file}:top", {"k": 1})(["a", "b"]) == [1.0, 0.0]

@@ -242,7 +242,7 @@ def _grounding_score(text: str, forms: tuple[str, frozenset[str], bool], include
 
 
 # ------------------------------------------------------------------------------------------------------ length
-def length(completions: Sequence[Any], *, min_words: int = 1, max_words: int = 60, falloff: float = 60,
+def length(completions: Sequence[Any], *, min_words: int = 1, max_words: float = 60, falloff: float = 60,
            unit: str = "words", max_completion_length: int = 0, overlong_buffer: int = 0,
            completion_ids: Sequence[Sequence[int]] | None = None, **kwargs: Any) -> list[float]:
     """``band(n) * overlong(t)``, in [0, 1].

@@ -65,9 +65,12 @@ def _own_params(fn: Callable[..., Any], custom_fn: bool = False) -> dict[str, An
     Built-ins and model-based rewards declare theirs keyword-only; a custom function may use any named
     parameter, which TRL would fill by keyword anyway.
     """
+    return {p.name: p.default for p in _settable(fn, custom_fn)}
+
+
+def _settable(fn: Callable[..., Any], custom_fn: bool) -> list[inspect.Parameter]:
     kinds = (inspect.Parameter.KEYWORD_ONLY,) + ((inspect.Parameter.POSITIONAL_OR_KEYWORD,) if custom_fn else ())
-    return {p.name: p.default for p in inspect.signature(fn).parameters.values()
-            if p.kind in kinds and p.name not in DATASET_COLUMNS}
+    return [p for p in inspect.signature(fn).parameters.values() if p.kind in kinds and p.name not in DATASET_COLUMNS]
 
 
 def accepted_params(name: str) -> list[str]:
@@ -75,12 +78,18 @@ def accepted_params(name: str) -> list[str]:
     return sorted(_own_params(_lookup(name), custom.is_custom(name)))
 
 
-def _check_kind(name: str, key: str, value: Any, default: Any) -> None:
-    # The default's type is the param's kind; YAML makes "true" vs true easy to get wrong.
+def _check_kind(name: str, key: str, value: Any, param: inspect.Parameter, whole: bool) -> None:
+    # The default's type is the param's kind; YAML makes "true" vs true easy to get wrong. `whole`: an int default
+    # annotated `int` (or not annotated) refuses 2.5, which a custom function using it as a count or an index would
+    # fail on mid-training or, worse, round silently. Built-ins check their own ints, with their ranges.
+    default = param.default
     if default is inspect.Parameter.empty or default is None:
         return
+    annotation = param.annotation if isinstance(param.annotation, str) else getattr(param.annotation, "__name__", "")
     if isinstance(default, bool):
         ok, kind = isinstance(value, bool), "a bool"
+    elif whole and isinstance(default, int) and annotation in ("int", "_empty"):
+        ok, kind = isinstance(value, int) and not isinstance(value, bool), "an integer"
     elif builtin.is_number(default):
         ok, kind = builtin.is_number(value), "a number"
     elif isinstance(default, tuple):  # YAML has no tuples: a list stands for one (build_reward converts it)
@@ -103,12 +112,13 @@ def build_reward(name: str, params: dict[str, Any] | None = None, label: str | N
     params = {} if params is None else params
     if not isinstance(params, dict):
         raise TypeError(f"reward {name!r}: params must be a mapping, got {type(params).__name__}")
-    defaults = _own_params(fn, custom.is_custom(name))
+    settable = {p.name: p for p in _settable(fn, custom.is_custom(name))}
+    defaults = {key: p.default for key, p in settable.items()}
     for key, value in params.items():
         if key not in defaults:
             raise ValueError(f"reward {name!r}: unknown param {key!r} "
                              f"(accepted: {', '.join(sorted(defaults)) or 'none'})")
-        _check_kind(name, key, value, defaults[key])
+        _check_kind(name, key, value, settable[key], whole=custom.is_custom(name))
     params = {k: tuple(v) if isinstance(defaults[k], tuple) else v for k, v in params.items()}
     missing = sorted(k for k, v in defaults.items() if v is inspect.Parameter.empty and k not in params)
     if missing:
