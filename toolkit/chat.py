@@ -11,7 +11,6 @@ Models: `--gguf FILE` runs an exported GGUF in llama.cpp (its own chat template,
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from dataclasses import dataclass
@@ -156,12 +155,12 @@ def _answer_questions(recipe: Recipe, index, model, question: str | None, k: int
 def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
-    from toolkit.cli import ERRORS, fail, index_command, path_arg, setup_logging
+    from toolkit.cli import ERRORS, Parser, fail, index_command, path_arg, setup_logging
     from toolkit.recipe import load_recipe
 
-    parser = argparse.ArgumentParser(prog="python -m toolkit.chat", description=__doc__.splitlines()[0])
+    parser = Parser("python -m toolkit.chat", __doc__)
     parser.add_argument("recipe", help="path to a recipe YAML, e.g. recipes/wine.yaml")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. retrieval.top_k=3")
+    parser.add_overrides("dotted overrides, e.g. retrieval.top_k=3")
     model_args = parser.add_mutually_exclusive_group()
     model_args.add_argument("--gguf", type=path_arg,
                             help="an exported GGUF file (needs the export extra: llama-cpp-python)")

@@ -8,6 +8,7 @@ import logging
 import shlex
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from rich.console import Console
 from rich.logging import RichHandler
@@ -21,6 +22,23 @@ from toolkit.rewards import RewardError
 # What a command reports as one line and exit status 2; anything else is a bug and keeps its traceback. A reward
 # that fails (a user's own, say) is the user's to fix: RewardError names the reward and the sample.
 ERRORS = (RecipeError, DataError, ModelError, RewardError)
+
+
+class Parser(argparse.ArgumentParser):
+    """The commands' argument parser. Its description is the first paragraph of `doc` (the module docstring) whole,
+    where argparse users often take a first line cut mid-sentence; a usage error is one line and exit 2, like
+    every other bad input, rather than the usage block and the error under it."""
+
+    def __init__(self, prog: str, doc: str, **kwargs):
+        super().__init__(prog=prog, description=" ".join(doc.strip().split("\n\n")[0].split()), **kwargs)
+
+    def add_overrides(self, help: str) -> None:
+        # default=[]: without one argparse counts a "*" positional as required and lists it in "the following
+        # arguments are required: recipe, overrides", when only the recipe is missing.
+        self.add_argument("overrides", nargs="*", default=[], help=help)
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see --help)\n")
 
 
 def setup_logging() -> Console:

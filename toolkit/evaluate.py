@@ -207,12 +207,12 @@ def _out_folder(value: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from toolkit.cli import ERRORS, fail, load_with_overrides, setup_logging
+    from toolkit.cli import ERRORS, Parser, fail, load_with_overrides, setup_logging
     from toolkit.models import check_adapter, run_adapter_hint
 
-    parser = argparse.ArgumentParser(prog="python -m toolkit.evaluate", description=__doc__.splitlines()[0])
+    parser = Parser("python -m toolkit.evaluate", __doc__)
     parser.add_argument("recipe", help="path to a recipe YAML, e.g. recipes/wine.yaml")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides: eval.max_new_tokens=32 output_dir=/tmp/x")
+    parser.add_overrides("dotted overrides: eval.max_new_tokens=32 output_dir=/tmp/x")
     parser.add_argument("--adapter", type=_folder, help="a LoRA adapter folder (e.g. runs/wine/adapter): adds `tuned`")
     parser.add_argument("--limit", type=int, help="evaluate only the first N eval questions (eval.limit)")
     parser.add_argument("--out", type=_out_folder, help="where to write the report (default: <output_dir>/eval)")

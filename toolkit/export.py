@@ -20,7 +20,6 @@ Every file and folder is written under a temporary name and renamed, so a crash 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import json
@@ -320,12 +319,12 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from toolkit.cli import ERRORS, fail, non_empty, path_arg, setup_logging
+    from toolkit.cli import ERRORS, Parser, fail, non_empty, path_arg, setup_logging
     from toolkit.recipe import load_recipe
 
-    parser = argparse.ArgumentParser(prog="python -m toolkit.export", description=__doc__.splitlines()[0])
+    parser = Parser("python -m toolkit.export", __doc__)
     parser.add_argument("recipe", help="path to a recipe YAML, e.g. recipes/wine.yaml")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. export.verify=false")
+    parser.add_overrides("dotted overrides, e.g. export.verify=false")
     parser.add_argument("--formats", type=non_empty,
                         help=f"comma-separated, from: {','.join(FORMATS)} (default: the recipe's export.formats, "
                         f"else {','.join(default_formats('float32'))}; gguf-f16 for 16-bit models)")

@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import functools
 import json
@@ -368,14 +367,12 @@ def build_index(recipe, docs: list[Document], progress=None) -> tuple[Index, Syn
 def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
-    from toolkit.cli import ERRORS, EmbeddingProgress, fail, load_with_overrides, setup_logging
+    from toolkit.cli import ERRORS, EmbeddingProgress, Parser, fail, load_with_overrides, setup_logging
     from toolkit.metrics import retrieval_metrics
 
-    parser = argparse.ArgumentParser(
-        prog="python -m toolkit.index", description="Build or update a recipe's retrieval index."
-    )
+    parser = Parser("python -m toolkit.index", "Build or update a recipe's retrieval index.")
     parser.add_argument("recipe", help="path to a recipe YAML, e.g. recipes/wine.yaml")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides: data.corpus.0.path=my.csv output_dir=/tmp/x")
+    parser.add_overrides("dotted overrides: data.corpus.0.path=my.csv output_dir=/tmp/x")
     parser.add_argument("--eval", action="store_true", help="also print recall@k and MRR on the eval questions")
     args = parser.parse_intermixed_args(argv)
     console = setup_logging()

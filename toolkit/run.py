@@ -5,7 +5,6 @@ One builder per stage, called in order; each stage lives in its own module.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from rich.console import Console
@@ -20,7 +19,7 @@ from toolkit.checkpoints import (
     resume_checkpoint,
     start_fresh,
 )
-from toolkit.cli import ERRORS, fail, setup_logging
+from toolkit.cli import ERRORS, Parser, fail, setup_logging
 from toolkit.recipe import Recipe, RecipeError, load_recipe
 from toolkit.report import PREDICTIONS, comparison_table, in_the_way, save_dir_atomic, table_console, write_report
 
@@ -131,11 +130,11 @@ def export_run(recipe: Recipe, console: Console) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m toolkit.run", description=__doc__.splitlines()[0])
+    parser = Parser("python -m toolkit.run", __doc__)
     parser.add_argument("recipe", help="path to a recipe YAML, e.g. recipes/wine.yaml")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the latest checkpoint in <output_dir>/trainer (see training.save_steps)")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides: training.max_steps=2 output_dir=/tmp/x")
+    parser.add_overrides("dotted overrides: training.max_steps=2 output_dir=/tmp/x")
     args = parser.parse_intermixed_args(argv)  # --resume may come before, between or after the overrides
     console = setup_logging()
     recipe = None

@@ -5,7 +5,6 @@ Reads the index `python -m toolkit.index RECIPE` built; never builds or changes 
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from rich.console import Console
@@ -24,13 +23,13 @@ def format_hit(rank: int, hit: Hit) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from toolkit.cli import ERRORS, fail, index_command, setup_logging
+    from toolkit.cli import ERRORS, Parser, fail, index_command, setup_logging
     from toolkit.recipe import load_recipe
 
-    parser = argparse.ArgumentParser(prog="python -m toolkit.search", description=__doc__.splitlines()[0])
+    parser = Parser("python -m toolkit.search", __doc__)
     parser.add_argument("recipe", help="path to a recipe YAML, e.g. recipes/wine.yaml")
     parser.add_argument("query", help="the question or text to search for")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. output_dir=/tmp/x")
+    parser.add_overrides("dotted overrides, e.g. output_dir=/tmp/x")
     parser.add_argument("-k", type=int, default=None, help="how many chunks (default: the recipe's retrieval.top_k)")
     args = parser.parse_intermixed_args(argv)
     console = setup_logging()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import NoReturn
 
 from rich.console import Console
 from rich.logging import RichHandler
@@ -24,17 +23,14 @@ from toolkit.rewards.text import extract_answer
 MAX_TOKENS = 1_000_000  # far beyond any completion length a model is trained or evaluated with
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line, exit 2, like every other bad input
-        self.exit(2, f"error: {message} (see --help)\n")
-
-
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m toolkit.rewards",
-                     description="Score one completion with each of a recipe's rewards, and the weighted total, "
-                     "against one question of the recipe (its context retrieved as in training).")
+    from toolkit.cli import Parser
+
+    parser = Parser("python -m toolkit.rewards",
+                    "Score one completion with each of a recipe's rewards, and the weighted total, against one "
+                    "question of the recipe (its context retrieved as in training).")
     parser.add_argument("recipe", help="path to a recipe YAML, e.g. recipes/wine.yaml")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides, as for toolkit.run: rewards.0.weight=2")
+    parser.add_overrides("dotted overrides, as for toolkit.run: rewards.0.weight=2")
     parser.add_argument("--completion", required=True, help="the completion to score ('-' reads it from stdin)")
     parser.add_argument("--question-index", type=int, default=0, help="which question of the split (from 0)")
     parser.add_argument("--split", choices=("train", "eval"), default="train", help="question set (default: train)")
