@@ -36,6 +36,19 @@ def test_scores_every_reward_of_the_recipe(tmp_path):
     assert (tmp_path / "index").is_dir()  # the index lives under the recipe's output_dir
 
 
+def test_the_docs_example_is_what_the_command_prints(tmp_path):
+    done = cli("recipes/wine.yaml", "--completion", CLEAN, "--question-index", "3", f"output_dir={tmp_path}")
+    assert done.returncode == 0, done.stderr
+    doc = (ROOT / "docs" / "rewards.md").read_text(encoding="utf-8")
+    example = doc[doc.index("$ python -m toolkit.rewards recipes/wine.yaml --question-index 3"):]
+    example = example[:example.index("```")]
+
+    def rows(text: str) -> list[str]:
+        return [line.strip() for line in text.splitlines() if line.startswith("│")]
+
+    assert rows(example) == rows(done.stdout)  # a reward added to wine.yaml shows in the docs too
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--completion", "x", "--question-index", "999"],
      "error: --question-index 999 is out of range: the train split has 152 questions (0–151)"),
