@@ -33,6 +33,19 @@ def test_expand_glob_ids_are_relative_to_the_fixed_part(tmp_path):
     assert [(file_id, explicit) for _, file_id, explicit in found] == [("2023/a", False), ("2024/b", False)]
 
 
+def test_linked_folders_are_not_entered_and_a_linked_file_is_read_once(tmp_path, caplog):
+    for name in ["docs/a.md", "docs/sub/b.md", "elsewhere/c.md"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x")
+    (tmp_path / "docs" / "sub" / "loop").symlink_to(tmp_path / "docs")  # a link to a parent: ** would loop
+    (tmp_path / "docs" / "other").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "docs" / "z.md").symlink_to(tmp_path / "docs" / "a.md")
+    for entry in (tmp_path / "docs", tmp_path / "docs" / "**" / "*.md"):
+        caplog.clear()
+        assert [file_id for _, file_id, _ in expand(entry)] == ["a", "sub/b"], entry
+        assert f"skipping {tmp_path / 'docs' / 'z.md'}: the same file as {tmp_path / 'docs' / 'a.md'}" in caplog.text
+
+
 def test_a_path_with_glob_characters_that_exists_is_that_path(tmp_path):
     # "my docs [v1]" used to be read as a pattern ([v1] = one of v, 1) that matched nothing: "no file matches".
     folder = tmp_path / "my docs [v1] (ü)"

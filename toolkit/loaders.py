@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import re
 import string
 import sys
@@ -21,6 +22,8 @@ SUFFIXES = (".md", ".txt", ".jsonl", ".csv")
 # Chunk metadata the index writes itself; a document's own metadata may not use these names.
 RESERVED_METADATA = ("source", "position")
 _GLOB_CHARS = re.compile(r"[*?\[]")
+
+logger = logging.getLogger(__name__)
 
 
 class DataError(ValueError):
@@ -63,13 +66,13 @@ def expand(path: str | Path) -> list[tuple[Path, str, bool]]:
         fixed = next(i for i, part in enumerate(parts) if is_glob(part))
         base = Path(*parts[:fixed]) if fixed else Path(".")
         found = [Path(p) for p in sorted(glob.glob(text, recursive=True))]
-        files = [p for p in found if p.is_file() and _wanted(p, base)]
+        files = _once([p for p in found if p.is_file() and _wanted(p, base) and not _through_link(p, base)])
         if not files:
             raise DataError(f"{text}: no {', '.join(SUFFIXES)} files match")
         return [(p, _file_id(p, base), False) for p in map(_utf8_name, files)]
     path = _utf8_name(Path(path))
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and _wanted(p, path))
+        files = _once(sorted(p for p in path.rglob("*") if p.is_file() and _wanted(p, path)))
         if not files:
             raise DataError(f"{path}: no {', '.join(SUFFIXES)} files in this folder")
         return [(p, _file_id(p, path), False) for p in map(_utf8_name, files)]
@@ -78,6 +81,27 @@ def expand(path: str | Path) -> list[tuple[Path, str, bool]]:
     if path.suffix.lower() not in SUFFIXES:
         raise DataError(f"{path}: unsupported corpus file type {path.suffix!r} (use {', '.join(SUFFIXES)})")
     return [(path, path.stem, True)]
+
+
+def _through_link(path: Path, base: Path) -> bool:
+    """Whether `path` lies in a linked folder under `base`. A folder entry's walk does not enter those, and a
+    glob's `**` would: into a link to a parent it loops, taking every file again at each level until ELOOP."""
+    relative = path.relative_to(base) if path.is_relative_to(base) else Path(path.name)
+    return any((base / Path(*relative.parts[:i])).is_symlink() for i in range(1, len(relative.parts)))
+
+
+def _once(files: list[Path]) -> list[Path]:
+    """`files` less those that are the same file as an earlier one (a link to it): its documents would be
+    indexed twice under two ids, and retrieval would fill top_k with copies."""
+    seen: dict[Path, Path] = {}
+    kept = []
+    for file in files:
+        first = seen.setdefault(file.resolve(), file)
+        if first is file:
+            kept.append(file)
+        else:
+            logger.warning("skipping %s: the same file as %s", file, first)
+    return kept
 
 
 def _utf8_name(path: Path) -> Path:
