@@ -540,6 +540,16 @@ def test_home_is_expanded_in_every_path_field(tmp_path, monkeypatch):
         load_recipe(WINE, ["data.train=~nosuchuser-x/q.jsonl"])
 
 
+def test_home_is_expanded_in_the_model_folder_and_the_recipe_path(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "wine.yaml").write_text((ROOT / WINE).read_text().replace("data/", f"{ROOT / 'data'}/"))
+    recipe = load_recipe("~/wine.yaml", ["model.name_or_path=~/models/m"])
+    assert recipe.model.name_or_path == str(tmp_path / "models" / "m")  # a folder, not a hub id "~/models/m"
+    assert load_recipe(WINE, ["model.name_or_path=org/model"]).model.name_or_path == "org/model"
+    with pytest.raises(RecipeError, match=r"^~nosuchuser-x/r\.yaml: Could not determine home directory"):
+        load_recipe("~nosuchuser-x/r.yaml")
+
+
 # ------------------------------------------------------------------------- training.trl: GRPOConfig passthrough
 
 

@@ -29,6 +29,7 @@ from toolkit.recipe_data import (  # noqa: F401  re-exported: the schema is one 
     RowQuestion,
     RowQuestions,
     _Section,
+    expand_home,
 )
 from toolkit.recipe_yaml import RecipeError, apply_override, read_with_parents
 
@@ -39,6 +40,12 @@ class ModelSection(_Section):
         description="`packaged:<name>` for a model shipped inside a PyPI package (converted once into cache_dir), "
         "a local folder with a transformers model, or a hub id (needs a network).",
     )
+
+    @field_validator("name_or_path")
+    @classmethod
+    def _home(cls, value: str) -> str:
+        # A folder given as ~/models/x (a hub id never starts with ~), expanded as the recipe's other paths are.
+        return str(expand_home(Path(value))) if value.startswith("~") else value
     cache_dir: FolderPath | None = Field(
         None,
         description="Where converted packaged models are kept. Default: $XDG_CACHE_HOME/toolkit or ~/.cache/toolkit.",
@@ -307,7 +314,10 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     lists and scalars replace. Overrides apply to the merged recipe and merge the same way. A problem in a field
     that only a parent set names that parent too, so the fix lands in the right file.
     """
-    path = Path(path)
+    try:
+        path = expand_home(Path(path))  # a Python caller's or a quoted "~/r.yaml"; the shell expands the rest
+    except ValueError as err:
+        raise RecipeError(str(err)) from None
     raw, origins = read_with_parents(path, ())
     for override in overrides:
         apply_override(raw, override, path, origins)
