@@ -140,6 +140,13 @@ def test_csv_without_id_column_numbers_rows(winemag_csv):
     assert docs[0].metadata == {}
 
 
+def test_csv_row_with_none_of_the_template_s_cells_is_no_document(tmp_path):
+    path = tmp_path / "reviews.csv"
+    path.write_text(",title,description\n0,Barolo,Tar and roses.\n1,,\n2,Rioja,\n")
+    docs = docs_of(path, template="{title}: {description}", id_column="id")
+    assert [(d.id, d.text) for d in docs] == [("reviews#0", "Barolo: Tar and roses."), ("reviews#2", "Rioja: ")]
+
+
 def test_csv_blank_first_header_cell_is_the_id(winemag_csv):
     # Kaggle's winemag-data-130k-v2.csv (written by pandas) has no name for its first, index column.
     path = winemag_csv(header=["", *WINEMAG_COLUMNS[1:]])

@@ -196,7 +196,8 @@ def _read_csv(
         if header is None:
             raise DataError(f"{path}: empty CSV file (no header)")
         header = _header(path, header)
-        needed = {"template": template_fields(template), "id_column": [id_column] if id_column else [],
+        fields = template_fields(template)
+        needed = {"template": fields, "id_column": [id_column] if id_column else [],
                   "metadata column": metadata_columns, "question column": row_columns}
         for what, names in needed.items():
             for name in names:
@@ -235,8 +236,8 @@ def _read_csv(
                     raise DataError(f"{path}:{line}: duplicate {id_column!r} {key!r} (first on line {seen[key]})")
             seen[key] = line
             text = render(template, values)
-            if not text.strip():
-                continue
+            if not text.strip() or (fields and not any(values[name].strip() for name in fields)):
+                continue  # a row with none of the template's cells (pandas' index alone) would be a ": " document
             doc_id = f"{file_id}#{key}"
             metadata = {c: _cell_value(values[c]) for c in metadata_columns if values[c].strip()}
             loaded.documents.append((Document(doc_id, text, "", metadata), f"{path}:{line}"))
