@@ -296,3 +296,16 @@ def test_an_eval_split_that_is_not_held_out_is_warned_about(tmp_path, caplog):
     assert "1 of 2 eval questions are also training questions (first: '  which bank" in caplog.text
     assert f"1 of 2 eval questions ask about documents that training questions use too (first: 'Which river?', " \
            f"source {train[5].source!r}): the eval split is not held out by document" in caplog.text
+
+
+def test_a_question_asked_twice_in_a_split_is_warned_about(tmp_path, caplog):
+    eval_ = write_jsonl(tmp_path / "eval.jsonl", [
+        {"question": "Which river runs through Rioja?", "answer": "Ebro"},
+        {"question": "Which grape is Barolo made from?", "answer": "Nebbiolo"},
+        {"question": "which river runs  through Rioja?", "answer": "Ebro"},
+    ])
+    with caplog.at_level("WARNING", logger="toolkit.data"):
+        load_dataset(data_section(corpus=[str(WINE / "docs.jsonl")], train=WINE / "train.jsonl", eval=eval_))
+    assert "1 of 3 eval questions repeat an earlier one (first: 'which river runs  through Rioja?'); each copy " \
+           "counts" in caplog.text
+    assert "training questions repeat" not in caplog.text  # the shipped training file has no repeats

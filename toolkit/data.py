@@ -50,13 +50,29 @@ def load_dataset(data: DataSection) -> Dataset:
         logger.warning("%d questions name a source that is no corpus document; retrieval recall counts them as "
                        "misses", unknown)
     _warn_if_not_held_out(train, held_out)
+    _warn_if_repeated(train, "training")
+    _warn_if_repeated(held_out, "eval")
     return Dataset(documents, train, held_out)
+
+
+def _asked(qa: QA) -> str:
+    return " ".join(qa.question.lower().split())
+
+
+def _warn_if_repeated(split: list[QA], name: str) -> None:
+    """A question asked twice in a split (a file concatenated with itself, say) counts twice: in eval, its answer
+    moves the mean and the interval twice as far; in training, it gets twice the steps."""
+    seen: set[str] = set()
+    repeated = [qa for qa in split if _asked(qa) in seen or seen.add(_asked(qa))]
+    if repeated:
+        logger.warning("%d of %d %s questions repeat an earlier one (first: %r); each copy counts", len(repeated),
+                       len(split), name, repeated[0].question)
 
 
 def _warn_if_not_held_out(train: list[QA], held_out: list[QA]) -> None:
     """The report calls the eval split held out: say so when it is not (a copied file, an overlapping split)."""
-    asked = {" ".join(qa.question.lower().split()) for qa in train}
-    repeated = [qa for qa in held_out if " ".join(qa.question.lower().split()) in asked]
+    asked = {_asked(qa) for qa in train}
+    repeated = [qa for qa in held_out if _asked(qa) in asked]
     if repeated:
         logger.warning("%d of %d eval questions are also training questions (first: %r): the tuned model's eval "
                        "figures then measure recall of its training, not learning", len(repeated), len(held_out),
