@@ -111,6 +111,14 @@ def test_run_flag_expands_home_so_the_hint_and_the_reader_agree(tmp_path, capsys
     assert index_command("recipes/wine.yaml", [f"output_dir={tmp_path}/r"]) in err
 
 
+def test_run_flag_naming_a_file_is_one_line_without_a_build_hint(tmp_path, capsys):
+    # The hint would have said to build the index with output_dir=<that file>, which fails the same way.
+    (tmp_path / "report.json").write_text("{}")
+    assert chat.main(["recipes/wine.yaml", "--run", str(tmp_path / "report.json"), "--question", QUESTION]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"--run {tmp_path / 'report.json'} is a file; it takes a run folder" in err and "build it" not in err
+
+
 @pytest.mark.parametrize(("flags", "message"), [
     (["-k", "0"], "-k must be at least 1, got 0"),  # not silently the recipe's top_k
     (["-k", "-2"], "-k must be at least 1, got -2"),

@@ -181,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise ModelError(f"{flag} must be at least 1, got {value}")
         recipe = load_recipe(args.recipe, args.overrides)
         if args.run:
+            if Path(args.run).exists() and not Path(args.run).is_dir():  # the index hint would name it as output_dir
+                raise ModelError(f"--run {args.run} is a file; it takes a run folder (the output_dir of toolkit.run)")
             recipe = recipe.model_copy(update={"output_dir": Path(args.run)})
         if args.question is not None:
             if not args.question.strip():
