@@ -40,12 +40,6 @@ class ModelSection(_Section):
         description="`packaged:<name>` for a model shipped inside a PyPI package (converted once into cache_dir), "
         "a local folder with a transformers model, or a hub id (needs a network).",
     )
-
-    @field_validator("name_or_path")
-    @classmethod
-    def _home(cls, value: str) -> str:
-        # A folder given as ~/models/x (a hub id never starts with ~), expanded as the recipe's other paths are.
-        return str(expand_home(Path(value))) if value.startswith("~") else value
     cache_dir: FolderPath | None = Field(
         None,
         description="Where converted packaged models are kept. Default: $XDG_CACHE_HOME/toolkit or ~/.cache/toolkit.",
@@ -64,6 +58,12 @@ class ModelSection(_Section):
     max_seq_length: int = Field(
         2048, ge=32, description="unsloth: longest prompt + completion in tokens (sizes its caches); hf ignores it."
     )
+
+    @field_validator("name_or_path")
+    @classmethod
+    def _home(cls, value: str) -> str:
+        # A folder given as ~/models/x (a hub id never starts with ~), expanded as the recipe's other paths are.
+        return str(expand_home(Path(value))) if value.startswith("~") else value
 
 
 class RetrievalSection(_Section):
