@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification, BertTokenizer
 
-from toolkit.models import ModelError
+from toolkit.models import ModelError, resolve_embedder
 from toolkit.recipe import load_recipe
 from toolkit.rewards import build_reward
 
@@ -175,3 +175,13 @@ def test_build_rewards_load_loads_the_models_at_once(classifier):
     bad = load_recipe("recipes/wine.yaml", ["rewards=[{name: semantic_match, params: {device: gpu}}]"])
     with pytest.raises(ModelError, match="on device 'gpu'"):
         bad.build_rewards(load=True)
+
+
+def test_model_paths_in_reward_params_expand_home(classifier, monkeypatch):
+    # A recipe param never passes through a shell: "~/rm" was a folder without config.json, or a hub id.
+    monkeypatch.setenv("HOME", str(classifier.parent))
+    reward = build_reward("reward_model", {"model": f"~/{classifier.name}", "max_length": 64})
+    assert reward._instance.path == str(classifier)
+    assert len(reward(COMPLETIONS[:1], question=QUESTIONS[:1])) == 1
+    assert resolve_embedder("~/embedder") == str(classifier.parent / "embedder")
+    assert resolve_embedder("org/name") == "org/name"

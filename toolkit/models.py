@@ -123,9 +123,9 @@ def _json_object(path: Path, where: str) -> dict:
 
 
 def resolve_embedder(name_or_path: str) -> str:
-    """Return a local folder or hub id for `SentenceTransformer`."""
+    """Return a local folder or hub id for `SentenceTransformer` (which would take `~/e` for a hub id)."""
     if not name_or_path.startswith(PACKAGED_PREFIX):
-        return name_or_path
+        return os.path.expanduser(name_or_path)
     key = name_or_path.removeprefix(PACKAGED_PREFIX)
     if key not in PACKAGED_EMBEDDERS:
         raise ModelError(f"unknown packaged embedder {key!r}; packaged embedders: {', '.join(PACKAGED_EMBEDDERS)}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,7 @@ class RewardModel:
 
     def __init__(self, *, model: str = "", with_question: bool = True, positive_label: int = -1,
                  max_length: int = 512, batch_size: int = 8, device: str = "auto"):
+        model = os.path.expanduser(model)  # a recipe param, which the shell never saw
         config = Path(model) / "config.json"
         if not model or not config.is_file():
             raise ValueError(f"reward 'reward_model': model must be a local folder with a config.json, got {model!r}")
