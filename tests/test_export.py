@@ -388,6 +388,7 @@ def test_an_export_folder_that_is_a_file_is_one_line(tmp_path, capsys):
     ("manifest.json", "folder", "adapter"),
     ("model-f16.gguf", "folder", "gguf-f16"),
     ("merged", "file", "merged"),
+    ("merged", "link", "merged"),
 ])
 def test_an_output_in_the_way_is_one_line_before_any_work(tmp_path, capsys, blocker, kind, formats):
     from test_models import broken_adapter
@@ -398,9 +399,13 @@ def test_an_output_in_the_way_is_one_line_before_any_work(tmp_path, capsys, bloc
     broken_adapter(run / "adapter", model, "none")
     (run / "report.json").write_text(json.dumps({"model_path": str(base)}))
     (run / "export").mkdir()
-    (run / "export" / blocker).mkdir() if kind == "folder" else (run / "export" / blocker).write_text("x")
+    if kind == "link":
+        (run / "export" / blocker).symlink_to(tmp_path)
+    else:
+        (run / "export" / blocker).mkdir() if kind == "folder" else (run / "export" / blocker).write_text("x")
     assert export_mod.main(["recipes/wine.yaml", "--run", str(run), "--formats", formats]) == 2
     err = " ".join(capsys.readouterr().err.split())
-    assert f"{run / 'export' / blocker} is a {kind}, and a {'file' if kind == 'folder' else 'folder'} is written" \
-           f" there; move it away" in err, err
+    what = {"folder": "a file is written there", "file": "a folder is written there",
+            "link": "a folder replaces it whole; link the output folder instead"}[kind]
+    assert f"{run / 'export' / blocker} is a {kind}, and {what}; move it away" in err, err
     assert sorted(p.name for p in (run / "export").iterdir()) == [blocker]  # nothing else written

@@ -17,6 +17,7 @@ from toolkit.metrics import summarize
 from toolkit.report import (
     cannot_write,
     comparison_table,
+    in_the_way,
     render_markdown,
     save_dir_atomic,
     write_atomic,
@@ -84,6 +85,35 @@ def test_save_dir_atomic_puts_the_previous_dir_back_when_the_final_rename_fails(
     assert calls[0] == ("adapter", ".adapter.old")
     assert (target / "weights").read_text() == "v1"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
+
+
+@pytest.mark.parametrize("leftover", ["link", "file", "folder"])
+def test_save_dir_atomic_replaces_a_link_and_clears_any_leftover(tmp_path, leftover):
+    # A crash can leave .adapter.old as anything; rmtree cannot remove a link, and a rename of a folder onto a
+    # link or a file fails: every later save failed the same way.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep").write_text("theirs")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "adapter").symlink_to(elsewhere)
+    old = run / ".adapter.old"
+    {"link": lambda: old.symlink_to(elsewhere), "file": lambda: old.write_text("x"), "folder": old.mkdir}[leftover]()
+    save_dir_atomic(run / "adapter", lambda d: (d / "weights").write_text("v1"))
+    assert not (run / "adapter").is_symlink() and (run / "adapter" / "weights").read_text() == "v1"
+    assert sorted(p.name for p in run.iterdir()) == ["adapter"]
+    assert (elsewhere / "keep").read_text() == "theirs"  # only the link went, never what it pointed to
+
+
+def test_a_linked_folder_that_is_replaced_whole_is_in_the_way(tmp_path):
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "adapter").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "trainer").symlink_to(tmp_path / "elsewhere")
+    assert in_the_way(tmp_path, folders=("trainer",)) is None  # written into: a link is fine
+    assert in_the_way(tmp_path, folders=("trainer",), whole=("adapter",)) == (
+        f"{tmp_path / 'adapter'} is a link, and a folder replaces it whole; link the output folder instead")
+    (tmp_path / "merged").write_text("x")
+    assert "merged is a file, and a folder is written there" in in_the_way(tmp_path, whole=("merged",))
 
 
 def test_atomic_writes_get_the_modes_of_plain_writes(tmp_path):

@@ -221,6 +221,7 @@ def test_a_reward_model_that_cannot_load_fails_before_the_policy_model(tmp_path,
     ("adapter", "file", "adapter is a file, and a folder is written there"),
     ("eval", "file", "eval is a file, and a folder is written there"),
     ("eval/predictions.jsonl", "folder", "predictions.jsonl is a folder, and a file is written there"),
+    ("adapter", "link", "adapter is a link, and a folder replaces it whole; link the output folder instead"),
 ])
 def test_an_output_in_the_way_is_refused_before_any_work(tmp_path, capsys, name, kind, message):
     # These failed when written, after training: a traceback with the adapter and plots already written, and a
@@ -228,7 +229,10 @@ def test_an_output_in_the_way_is_refused_before_any_work(tmp_path, capsys, name,
     from toolkit import run as run_mod
 
     (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-    (tmp_path / name).mkdir() if kind == "folder" else (tmp_path / name).write_text("mine")
+    if kind == "link":  # the link was replaced by a folder after training, with a traceback left to clean up
+        (tmp_path / name).symlink_to(tmp_path.parent)
+    else:
+        (tmp_path / name).mkdir() if kind == "folder" else (tmp_path / name).write_text("mine")
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     assert run_mod.main(["recipes/wine.yaml", f"output_dir={tmp_path}"]) == 2
     err = " ".join(capsys.readouterr().err.split())

@@ -112,7 +112,7 @@ def export(recipe: Recipe, run_dir: str | Path | None = None, formats: list[str]
     if out.exists() and not out.is_dir():
         raise ExportError(f"{out} is a file, not a folder: move it away to export there")
     blocked = in_the_way(out, files=("manifest.json", *(GGUF_FILES[f][0] for f in ggufs)),
-                         folders=tuple(f for f in ("adapter", "merged") if f in formats))
+                         whole=tuple(f for f in ("adapter", "merged") if f in formats))
     if blocked:  # found now, not when the manifest is written after minutes of merging and converting
         raise ExportError(f"{blocked}; move it away to export there")
     created = not out.exists()

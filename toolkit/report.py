@@ -36,13 +36,18 @@ def file_in_the_way(path: Path) -> Path | None:
     return next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
 
 
-def in_the_way(folder: Path, files: tuple[str, ...] = (), folders: tuple[str, ...] = ()) -> str | None:
-    """What already sits in `folder` where a file (`files`) or a folder (`folders`) will be written: checked
-    before the work, since the write would otherwise fail after it, with some outputs written and some not."""
+def in_the_way(folder: Path, files: tuple[str, ...] = (), folders: tuple[str, ...] = (),
+               whole: tuple[str, ...] = ()) -> str | None:
+    """What already sits in `folder` where a file (`files`) or a folder (`folders`, written into; `whole`, replaced
+    whole by save_dir_atomic) will be written: checked before the work, since the write would otherwise fail after
+    it, with some outputs written and some not."""
+    for name in whole:
+        if (folder / name).is_symlink():  # save_dir_atomic replaces the link: where it points gets nothing
+            return f"{folder / name} is a link, and a folder replaces it whole; link the output folder instead"
     for name in files:
         if (folder / name).is_dir():
             return f"{folder / name} is a folder, and a file is written there"
-    for name in (*folders, *{str(Path(name).parent) for name in files if Path(name).parent != Path(".")}):
+    for name in (*folders, *whole, *{str(Path(name).parent) for name in files if Path(name).parent != Path(".")}):
         if (folder / name).exists() and not (folder / name).is_dir():
             return f"{folder / name} is a file, and a folder is written there"
     return None
@@ -85,9 +90,9 @@ def save_dir_atomic(path: Path, save: Callable[[Path], None]) -> None:
     try:
         save(tmp)
         old = None
-        if path.exists():
+        if path.exists() or path.is_symlink():
             old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)  # a leftover of a crash: whatever it is, it must not block the rename
             os.replace(path, old)
         try:
             os.replace(tmp, path)
@@ -96,10 +101,18 @@ def save_dir_atomic(path: Path, save: Callable[[Path], None]) -> None:
                 os.replace(old, path)
             raise
         if old is not None:
-            shutil.rmtree(old)
+            _remove(old)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _remove(path: Path) -> None:
+    """Remove a folder, a file or a link (the link only, never what it points to); nothing there is fine."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
 
 
 COLUMN_TITLES = {"no_context": "no context", "base": "base + RAG", "tuned": "tuned + RAG"}

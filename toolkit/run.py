@@ -43,7 +43,8 @@ def run(recipe: Recipe, console: Console, resume: bool = False) -> dict:
     from toolkit.train import check_lora_targets, train
 
     out = recipe.output_dir
-    blocked = in_the_way(out, files=("report.json", "report.md", PREDICTIONS), folders=("adapter", "plots", "trainer"))
+    blocked = in_the_way(out, files=("report.json", "report.md", PREDICTIONS), folders=("plots", "trainer"),
+                         whole=("adapter",))
     if blocked:  # found now, not when the report is written after training
         raise RecipeError(f"output_dir: {blocked}; move it away or set another output_dir")
     if recipe.export.formats:
