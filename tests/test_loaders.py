@@ -46,6 +46,22 @@ def test_linked_folders_are_not_entered_and_a_linked_file_is_read_once(tmp_path,
         assert f"skipping {tmp_path / 'docs' / 'z.md'}: the same file as {tmp_path / 'docs' / 'a.md'}" in caplog.text
 
 
+def test_a_file_is_read_once_across_entries_and_under_its_own_name(tmp_path, caplog):
+    for name in ["a/x.txt", "other/o.txt"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x")
+    (tmp_path / "a" / "ext.txt").symlink_to(tmp_path / "other" / "o.txt")  # sorts before the file it links to
+    # Within an entry the real file wins, so its id (and the questions naming it as their source) holds.
+    assert [i for _, i, _ in expand(tmp_path / "*" / "*.txt")] == ["a/x", "other/o"]
+    assert f"skipping {tmp_path / 'a' / 'ext.txt'}: the same file as {tmp_path / 'other' / 'o.txt'}" in caplog.text
+    # Across a recipe's entries (one `taken`): what an earlier entry took is skipped, link or not.
+    taken: dict = {}
+    assert [i for _, i, _ in expand(tmp_path / "other", taken)] == ["o"]
+    assert [i for _, i, _ in expand(tmp_path / "a", taken)] == ["x"]
+    assert expand(tmp_path / "other" / "o.txt", taken) == []
+    assert f"skipping {tmp_path / 'other' / 'o.txt'}: an earlier corpus entry took it" in caplog.text
+
+
 def test_a_path_with_glob_characters_that_exists_is_that_path(tmp_path):
     # "my docs [v1]" used to be read as a pattern ([v1] = one of v, 1) that matched nothing: "no file matches".
     folder = tmp_path / "my docs [v1] (ü)"

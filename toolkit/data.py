@@ -89,14 +89,15 @@ def _load_corpus(sources) -> tuple[list[Document], list[tuple[list[QA], list[QA]
     documents: list[Document] = []
     generated = []
     first: dict[str, str] = {}  # document id -> where it was first seen
+    taken: dict[Path, Path] = {}  # real path -> the path it was read under: no file is read twice
     for source in sources:
         spec = source if hasattr(source, "path") else None
         questions = getattr(spec, "questions", None)
         columns = question_columns(questions.templates) if questions else []
         rows: list[Row] = []
-        files = expand(spec.path if spec else source)
+        files = expand(spec.path if spec else source, taken)
         csv_only = spec and (spec.template or spec.id_column or spec.metadata_columns or questions)
-        if csv_only and not any(path.suffix.lower() == ".csv" for path, _, _ in files):
+        if csv_only and files and not any(path.suffix.lower() == ".csv" for path, _, _ in files):
             # The recipe checks a single file; a folder or glob is known only now.
             raise DataError(f"{spec.path}: template, id_column, metadata_columns and questions are for CSV files, "
                             "and no .csv file is in it")

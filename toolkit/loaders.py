@@ -54,33 +54,35 @@ def is_glob(path: str | Path) -> bool:
     return bool(_GLOB_CHARS.search(str(path)))
 
 
-def expand(path: str | Path) -> list[tuple[Path, str, bool]]:
+def expand(path: str | Path, taken: dict[Path, Path] | None = None) -> list[tuple[Path, str, bool]]:
     """(file, file id, named explicitly) for a corpus entry: one file, a folder (recursively) or a glob.
 
     Folders and globs take only files with a known suffix and skip hidden ones; a file named explicitly must have
-    a known suffix.
+    a known suffix. `taken` (real path → the path that took it), shared by a recipe's entries, skips a file an
+    earlier entry took, under its own name or through a link.
     """
+    taken = {} if taken is None else taken
     text = str(path)
     if is_glob(text) and not Path(text).exists():  # an existing "my docs [v1]" is that folder, not a pattern
         parts = Path(text).parts
         fixed = next(i for i, part in enumerate(parts) if is_glob(part))
         base = Path(*parts[:fixed]) if fixed else Path(".")
         found = [Path(p) for p in sorted(glob.glob(text, recursive=True))]
-        files = _once([p for p in found if p.is_file() and _wanted(p, base) and not _through_link(p, base)])
+        files = [p for p in found if p.is_file() and _wanted(p, base) and not _through_link(p, base)]
         if not files:
             raise DataError(f"{text}: no {', '.join(SUFFIXES)} files match")
-        return [(p, _file_id(p, base), False) for p in map(_utf8_name, files)]
+        return [(p, _file_id(p, base), False) for p in map(_utf8_name, _once(files, taken))]
     path = _utf8_name(Path(path))
     if path.is_dir():
-        files = _once(sorted(p for p in path.rglob("*") if p.is_file() and _wanted(p, path)))
+        files = sorted(p for p in path.rglob("*") if p.is_file() and _wanted(p, path))
         if not files:
             raise DataError(f"{path}: no {', '.join(SUFFIXES)} files in this folder")
-        return [(p, _file_id(p, path), False) for p in map(_utf8_name, files)]
+        return [(p, _file_id(p, path), False) for p in map(_utf8_name, _once(files, taken))]
     if not path.exists():
         raise DataError(f"{path}: file not found")
     if path.suffix.lower() not in SUFFIXES:
         raise DataError(f"{path}: unsupported corpus file type {path.suffix!r} (use {', '.join(SUFFIXES)})")
-    return [(path, path.stem, True)]
+    return [(path, path.stem, True)] if _once([path], taken) else []
 
 
 def _through_link(path: Path, base: Path) -> bool:
@@ -90,18 +92,20 @@ def _through_link(path: Path, base: Path) -> bool:
     return any((base / Path(*relative.parts[:i])).is_symlink() for i in range(1, len(relative.parts)))
 
 
-def _once(files: list[Path]) -> list[Path]:
-    """`files` less those that are the same file as an earlier one (a link to it): its documents would be
-    indexed twice under two ids, and retrieval would fill top_k with copies."""
-    seen: dict[Path, Path] = {}
-    kept = []
-    for file in files:
-        first = seen.setdefault(file.resolve(), file)
+def _once(files: list[Path], taken: dict[Path, Path]) -> list[Path]:
+    """`files` less those that are the same file as one taken before (a link to it, or an earlier entry naming it
+    too): its documents would be indexed twice under two ids, and retrieval would fill top_k with copies. Within
+    `files` a real file goes before a link to it, so that the link does not take the file's id."""
+    kept = set()
+    for file in sorted(files, key=Path.is_symlink):  # stable: links last, else in the given order
+        first = taken.setdefault(file.resolve(), file)
         if first is file:
-            kept.append(file)
+            kept.add(file)
+        elif first == file:
+            logger.warning("skipping %s: an earlier corpus entry took it", file)
         else:
             logger.warning("skipping %s: the same file as %s", file, first)
-    return kept
+    return [file for file in files if file in kept]
 
 
 def _utf8_name(path: Path) -> Path:
