@@ -15,6 +15,7 @@ from toolkit.rewards import RewardError, accepted_params, build_reward
 WINE = "recipes/wine.yaml"
 MODULE = """
 import math
+from typing import Optional
 
 def scaled(completions, *, scale=1.0, answer=None, **kwargs):
     return [scale * float(c == "yes") for c in completions]
@@ -45,6 +46,9 @@ def top(completions, *, k=2, **kwargs):
 
 def top_typed(completions, *, k: int = 2, cap: float = 3, **kwargs):
     return [float(i < min(k, cap)) for i in range(len(completions))]
+
+def optional(completions, *, u: int | None = 3, y: float | None = 1.0, o: Optional[int] = None, k: int, **kwargs):
+    return [float(u or 0) + (y or 0) + (o or 0) + k] * len(completions)
 
 def exits(completions, **kwargs):
     import sys
@@ -133,6 +137,11 @@ def test_a_file_is_loaded_once(rewards_file):
     ("{file}:top", {"k": 2.5}, "reward '{file}:top': param 'k' must be an integer, got 2.5"),
     ("{file}:top", {"k": 2.0}, "param 'k' must be an integer, got 2.0"),
     ("{file}:top_typed", {"k": 1.5}, "param 'k' must be an integer, got 1.5"),
+    ("{file}:optional", {"k": 1, "u": 2.5}, "param 'u' must be an integer, got 2.5"),
+    ("{file}:optional", {"k": 1, "o": 2.5}, "param 'o' must be an integer, got 2.5"),
+    ("{file}:optional", {"k": 2.5}, "param 'k' must be an integer, got 2.5"),
+    ("{file}:optional", {"k": None}, "param 'k' must be an integer, got None"),
+    ("{file}:optional", {"k": 1, "y": "x"}, "param 'y' must be a number, got 'x'"),
     ("{file}:needs_threshold", {}, "reward '{file}:needs_threshold': missing param threshold"),
     ("{dir}/nope.py:f", {}, "file not found: {dir}/nope.py"),
     ("{file}:", {}, "expected 'package.module:function' or 'path/to/file.py:function'"),
@@ -241,3 +250,9 @@ def test_long_completions_are_cut_in_the_message(rewards_file):
 def test_a_float_annotated_param_with_an_int_default_takes_any_number(rewards_file):
     assert build_reward(f"{rewards_file}:top_typed", {"cap": 1.5, "k": 3})(["a", "b", "c"]) == [1.0, 1.0, 0.0]
     assert build_reward(f"{rewards_file}:top", {"k": 1})(["a", "b"]) == [1.0, 0.0]
+
+
+def test_optional_params_take_null_and_their_kind(rewards_file):
+    reward = build_reward(f"{rewards_file}:optional", {"k": 1, "u": None, "y": None, "o": 2})
+    assert reward(["a"]) == [3.0]
+    assert build_reward(f"{rewards_file}:optional", {"k": 1, "u": 4, "y": 0.5})(["a"]) == [5.5]

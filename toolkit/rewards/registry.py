@@ -8,6 +8,7 @@ import difflib
 import inspect
 import logging
 import math
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -78,18 +79,32 @@ def accepted_params(name: str) -> list[str]:
     return sorted(_own_params(_lookup(name), custom.is_custom(name)))
 
 
+def _annotation_names(annotation: Any) -> set[str]:
+    """The names in a parameter's annotation: {"int", "None"} for `int | None` or "Optional[int]" (a string under
+    `from __future__ import annotations`); empty when there is none."""
+    if annotation is inspect.Parameter.empty:
+        return set()
+    text = annotation if isinstance(annotation, str) else inspect.formatannotation(annotation)
+    return set(re.findall(r"[A-Za-z_]\w*", text)) - {"typing"}
+
+
 def _check_kind(name: str, key: str, value: Any, param: inspect.Parameter, whole: bool) -> None:
-    # The default's type is the param's kind; YAML makes "true" vs true easy to get wrong. `whole`: an int default
-    # annotated `int` (or not annotated) refuses 2.5, which a custom function using it as a count or an index would
-    # fail on mid-training or, worse, round silently. Built-ins check their own ints, with their ranges.
+    # The default's type is the param's kind; YAML makes "true" vs true easy to get wrong. `whole` (a custom
+    # reward): a param annotated `int` (`int | None`, `Optional[int]`), or an int default without an annotation,
+    # refuses 2.5, which a function using it as a count or an index would fail on mid-training or, worse, round
+    # silently. Built-ins check their own ints, with their ranges.
     default = param.default
-    if default is inspect.Parameter.empty or default is None:
+    names = _annotation_names(param.annotation)
+    if value is None and (default is None or names & {"None", "Optional", "Any"}):
         return
-    annotation = param.annotation if isinstance(param.annotation, str) else getattr(param.annotation, "__name__", "")
-    if isinstance(default, bool):
-        ok, kind = isinstance(value, bool), "a bool"
-    elif whole and isinstance(default, int) and annotation in ("int", "_empty"):
+    integral = names - {"None", "Optional"} == {"int"} or (
+        not names and isinstance(default, int) and not isinstance(default, bool))
+    if whole and integral:
         ok, kind = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    elif default is inspect.Parameter.empty or default is None:
+        return
+    elif isinstance(default, bool):
+        ok, kind = isinstance(value, bool), "a bool"
     elif builtin.is_number(default):
         ok, kind = builtin.is_number(value), "a number"
     elif isinstance(default, tuple):  # YAML has no tuples: a list stands for one (build_reward converts it)
