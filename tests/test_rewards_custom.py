@@ -256,3 +256,8 @@ def test_optional_params_take_null_and_their_kind(rewards_file):
     reward = build_reward(f"{rewards_file}:optional", {"k": 1, "u": None, "y": None, "o": 2})
     assert reward(["a"]) == [3.0]
     assert build_reward(f"{rewards_file}:optional", {"k": 1, "u": 4, "y": 0.5})(["a"]) == [5.5]
+
+
+def test_a_reward_file_under_home_is_found(rewards_file, monkeypatch):
+    monkeypatch.setenv("HOME", str(rewards_file.parent))
+    assert build_reward(f"~/{rewards_file.name}:scaled", {"scale": 2.0})(["yes", "no"]) == [2.0, 0.0]

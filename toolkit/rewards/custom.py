@@ -10,6 +10,7 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -60,7 +61,7 @@ def _import(name: str, module: str) -> ModuleType:
 
 
 def _load_file(name: str, target: str) -> ModuleType:
-    path = Path(target).resolve()
+    path = Path(os.path.expanduser(target)).resolve()  # a recipe value never passes a shell
     if not path.is_file():
         raise ValueError(f"custom reward {name!r}: file not found: {target}")
     # One module per file, keyed by its resolved path: loading a recipe twice does not execute the file twice,
