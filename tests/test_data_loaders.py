@@ -306,6 +306,6 @@ def test_a_question_asked_twice_in_a_split_is_warned_about(tmp_path, caplog):
     ])
     with caplog.at_level("WARNING", logger="toolkit.data"):
         load_dataset(data_section(corpus=[str(WINE / "docs.jsonl")], train=WINE / "train.jsonl", eval=eval_))
-    assert "1 of 3 eval questions repeat an earlier one (first: 'which river runs  through Rioja?'); each copy " \
-           "counts" in caplog.text
-    assert "training questions repeat" not in caplog.text  # the shipped training file has no repeats
+    assert "1 of 3 eval questions in the data repeat an earlier one (first: 'which river runs  through Rioja?'); " \
+           "each copy counts in the eval means and intervals" in caplog.text
+    assert "training questions in the data repeat" not in caplog.text  # the shipped training file has no repeats

@@ -50,8 +50,8 @@ def load_dataset(data: DataSection) -> Dataset:
         logger.warning("%d questions name a source that is no corpus document; retrieval recall counts them as "
                        "misses", unknown)
     _warn_if_not_held_out(train, held_out)
-    _warn_if_repeated(train, "training")
-    _warn_if_repeated(held_out, "eval")
+    _warn_if_repeated(train, "training", "each copy is trained on")
+    _warn_if_repeated(held_out, "eval", "each copy counts in the eval means and intervals")
     return Dataset(documents, train, held_out)
 
 
@@ -59,14 +59,14 @@ def _asked(qa: QA) -> str:
     return " ".join(qa.question.lower().split())
 
 
-def _warn_if_repeated(split: list[QA], name: str) -> None:
+def _warn_if_repeated(split: list[QA], name: str, effect: str) -> None:
     """A question asked twice in a split (a file concatenated with itself, say) counts twice: in eval, its answer
     moves the mean and the interval twice as far; in training, it gets twice the steps."""
     seen: set[str] = set()
     repeated = [qa for qa in split if _asked(qa) in seen or seen.add(_asked(qa))]
     if repeated:
-        logger.warning("%d of %d %s questions repeat an earlier one (first: %r); each copy counts", len(repeated),
-                       len(split), name, repeated[0].question)
+        logger.warning("%d of %d %s questions in the data repeat an earlier one (first: %r); %s", len(repeated),
+                       len(split), name, repeated[0].question, effect)
 
 
 def _warn_if_not_held_out(train: list[QA], held_out: list[QA]) -> None:
