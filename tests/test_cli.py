@@ -1,4 +1,5 @@
-"""What the commands share (toolkit.cli): the argument parser's one-line usage errors and whole descriptions."""
+"""What the commands share (toolkit.cli): the argument parser's one-line usage errors and whole descriptions, and
+the `--run` folder check."""
 
 from __future__ import annotations
 
@@ -29,3 +30,22 @@ def test_help_gives_the_docstring_s_first_paragraph_whole(command, capsys):
     first = " ".join(module.__doc__.strip().split("\n\n")[0].split())
     assert first in " ".join(capsys.readouterr().out.split())
     assert first.endswith((".", "?"))  # a sentence, not a line cut short
+
+
+@pytest.mark.parametrize("command", ["chat", "export"])
+@pytest.mark.parametrize("name, message", [
+    ("nope", "{path}: no such folder"),
+    ("report.json", "{path} is a file; it takes a run folder (the output_dir of toolkit.run)"),
+    ("adapter", "{path} is inside a run; did you mean --run {run}?"),
+])
+def test_run_flag_that_is_not_a_run_folder_is_one_line(tmp_path, capsys, command, name, message):
+    # Each reader said its own part was missing, with a hint to build it there: an index inside a file, or
+    # inside a run's adapter/ folder.
+    run = tmp_path / "run"
+    (run / "adapter").mkdir(parents=True)
+    (run / "report.json").write_text("{}")
+    with pytest.raises(SystemExit) as exit_:
+        importlib.import_module(f"toolkit.{command}").main(["recipes/wine.yaml", "--run", str(run / name)])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == f"error: argument --run: {message.format(path=run / name, run=run)} " \
+                                      "(see --help)\n"

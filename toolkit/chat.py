@@ -155,7 +155,7 @@ def _answer_questions(recipe: Recipe, index, model, question: str | None, k: int
 def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
-    from toolkit.cli import ERRORS, Parser, fail, index_command, path_arg, setup_logging
+    from toolkit.cli import ERRORS, Parser, fail, index_command, path_arg, run_folder, setup_logging
     from toolkit.recipe import load_recipe
 
     parser = Parser("python -m toolkit.chat", __doc__)
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
                             help="an exported GGUF file (needs the export extra: llama-cpp-python)")
     model_args.add_argument("--adapter", type=path_arg, help="a LoRA adapter folder (default: <run>/adapter)")
     parser.add_argument("--question", help="ask this one question and exit (default: read questions interactively)")
-    parser.add_argument("--run", type=path_arg,
+    parser.add_argument("--run", type=run_folder,
                         help="the run folder with index/ and adapter/ (default: the recipe's output_dir)")
     parser.add_argument("-k", type=int, default=None, help="chunks retrieved (default: retrieval.top_k)")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default: eval.max_new_tokens")
@@ -181,8 +181,6 @@ def main(argv: list[str] | None = None) -> int:
                 raise ModelError(f"{flag} must be at least 1, got {value}")
         recipe = load_recipe(args.recipe, args.overrides)
         if args.run:
-            if Path(args.run).exists() and not Path(args.run).is_dir():  # the index hint would name it as output_dir
-                raise ModelError(f"--run {args.run} is a file; it takes a run folder (the output_dir of toolkit.run)")
             recipe = recipe.model_copy(update={"output_dir": Path(args.run)})
         if args.question is not None:
             if not args.question.strip():

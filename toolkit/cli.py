@@ -83,6 +83,20 @@ def path_arg(value: str) -> str:
     return str(Path(non_empty(value)).expanduser())
 
 
+def run_folder(value: str) -> str:
+    """argparse `type=` for `--run`: a run folder (a recipe's output_dir) that exists. A file, a missing folder or
+    a folder inside a run (its adapter/ or export/) is refused at once, naming the run where there is one; left
+    to the readers, each said that its own part was missing and how to build it there."""
+    path = Path(path_arg(value))
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"{path}: no such folder")
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} is a file; it takes a run folder (the output_dir of toolkit.run)")
+    if not (path / "report.json").exists() and (path.parent / "report.json").is_file():
+        raise argparse.ArgumentTypeError(f"{path} is inside a run; did you mean --run {path.parent}?")
+    return str(path)
+
+
 def non_empty(value: str) -> str:
     """argparse `type=` for flags: an empty value is refused, not silently taken as "use the default"."""
     if not value.strip():

@@ -319,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from toolkit.cli import ERRORS, Parser, fail, non_empty, path_arg, setup_logging
+    from toolkit.cli import ERRORS, Parser, fail, non_empty, run_folder, setup_logging
     from toolkit.recipe import load_recipe
 
     parser = Parser("python -m toolkit.export", __doc__)
@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--formats", type=non_empty,
                         help=f"comma-separated, from: {','.join(FORMATS)} (default: the recipe's export.formats, "
                         f"else {','.join(default_formats('float32'))}; gguf-f16 for 16-bit models)")
-    parser.add_argument("--run", type=path_arg,
+    parser.add_argument("--run", type=run_folder,
                         help="the run folder holding adapter/ (default: the recipe's output_dir)")
     args = parser.parse_intermixed_args(argv)
     console = setup_logging()
