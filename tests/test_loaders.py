@@ -192,3 +192,22 @@ def test_template_error_shows_the_placeholder_as_written(placeholder):
     with pytest.raises(ValueError) as err:
         template_fields(f"{{variety}}: {placeholder}")
     assert str(err.value).endswith(f"only plain {{column}} placeholders, not {placeholder}")
+
+
+def test_a_broken_link_is_skipped_and_said_so(tmp_path, caplog):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.md").write_text("x")
+    (tmp_path / "docs" / "gone.md").symlink_to(tmp_path / "moved.md")
+    for entry in (tmp_path / "docs", tmp_path / "docs" / "*.md"):
+        caplog.clear()
+        assert [file_id for _, file_id, _ in expand(entry)] == ["a"], entry
+        assert f"skipping {tmp_path / 'docs' / 'gone.md'}: a link to {tmp_path / 'moved.md'}, which" in caplog.text
+
+
+def test_a_glob_matching_only_inside_linked_folders_says_so(tmp_path):
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "c.md").write_text("x")
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "other").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(DataError, match=r"no .* files match outside linked folders \(not entered; .*other/c.md is"):
+        expand(tmp_path / "docs" / "**" / "*.md")

@@ -67,14 +67,16 @@ def expand(path: str | Path, taken: dict[Path, Path] | None = None) -> list[tupl
         parts = Path(text).parts
         fixed = next(i for i, part in enumerate(parts) if is_glob(part))
         base = Path(*parts[:fixed]) if fixed else Path(".")
-        found = [Path(p) for p in sorted(glob.glob(text, recursive=True))]
-        files = [p for p in found if p.is_file() and _wanted(p, base) and not _through_link(p, base)]
+        found = [Path(p) for p in sorted(glob.glob(text, recursive=True)) if _wanted(Path(p), base)]
+        linked = [p for p in found if _through_link(p, base)]
+        files = [p for p in found if p not in linked and not _broken_link(p) and p.is_file()]
         if not files:
-            raise DataError(f"{text}: no {', '.join(SUFFIXES)} files match")
+            inside = f" outside linked folders (not entered; {linked[0]} is in one)" if linked else ""
+            raise DataError(f"{text}: no {', '.join(SUFFIXES)} files match{inside}")
         return [(p, _file_id(p, base), False) for p in map(_utf8_name, _once(files, taken))]
     path = _utf8_name(Path(path))
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and _wanted(p, path))
+        files = sorted(p for p in path.rglob("*") if _wanted(p, path) and not _broken_link(p) and p.is_file())
         if not files:
             raise DataError(f"{path}: no {', '.join(SUFFIXES)} files in this folder")
         return [(p, _file_id(p, path), False) for p in map(_utf8_name, _once(files, taken))]
@@ -90,6 +92,14 @@ def _through_link(path: Path, base: Path) -> bool:
     glob's `**` would: into a link to a parent it loops, taking every file again at each level until ELOOP."""
     relative = path.relative_to(base) if path.is_relative_to(base) else Path(path.name)
     return any((base / Path(*relative.parts[:i])).is_symlink() for i in range(1, len(relative.parts)))
+
+
+def _broken_link(path: Path) -> bool:
+    """Whether `path` is a link to nothing (a moved or deleted file): such a file is left out, and said so."""
+    broken = path.is_symlink() and not path.exists()
+    if broken:
+        logger.warning("skipping %s: a link to %s, which does not exist", path, path.readlink())
+    return broken
 
 
 def _once(files: list[Path], taken: dict[Path, Path]) -> list[Path]:
