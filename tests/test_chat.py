@@ -143,6 +143,12 @@ def test_missing_adapter_or_gguf_is_one_line(tmp_path, capsys):
         assert chat.main(["recipes/wine.yaml", f"output_dir={tmp_path}", *flags, "--question", QUESTION]) == 2
         err = capsys.readouterr().err
         assert message in " ".join(err.split()) and len(err.strip().splitlines()) == 1, err
+    # A file for --adapter is refused by argparse before anything loads, in evaluate's words.
+    file = tmp_path / "index" / "chroma.sqlite3"
+    with pytest.raises(SystemExit) as exit_:
+        chat.main(["recipes/wine.yaml", f"output_dir={tmp_path}", "--adapter", str(file), "--question", QUESTION])
+    assert exit_.value.code == 2
+    assert f"argument --adapter: {file} is a file, not a folder" in " ".join(capsys.readouterr().err.split())
 
 
 def test_gguf_reply_opened_by_its_template_is_shown_whole(monkeypatch):

@@ -209,7 +209,9 @@ def test_cli_refuses_a_file_for_a_folder_before_evaluating(tmp_path, capsys, fla
 
 def test_cli_expands_home_in_folder_flags(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
-    assert evaluate._out_folder("~/eval") == tmp_path / "eval" and evaluate._folder("~") == tmp_path
+    from toolkit.cli import folder_arg
+
+    assert evaluate._out_folder("~/eval") == tmp_path / "eval" and folder_arg("~") == tmp_path
 
 
 def test_cli_refuses_an_out_folder_it_cannot_write_before_evaluating(tmp_path, capsys):

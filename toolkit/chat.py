@@ -155,7 +155,7 @@ def _answer_questions(recipe: Recipe, index, model, question: str | None, k: int
 def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
-    from toolkit.cli import ERRORS, Parser, fail, index_command, path_arg, run_folder, setup_logging
+    from toolkit.cli import ERRORS, Parser, fail, folder_arg, index_command, path_arg, run_folder, setup_logging
     from toolkit.recipe import load_recipe
 
     parser = Parser("python -m toolkit.chat", __doc__)
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     model_args = parser.add_mutually_exclusive_group()
     model_args.add_argument("--gguf", type=path_arg,
                             help="an exported GGUF file (needs the export extra: llama-cpp-python)")
-    model_args.add_argument("--adapter", type=path_arg, help="a LoRA adapter folder (default: <run>/adapter)")
+    model_args.add_argument("--adapter", type=folder_arg, help="a LoRA adapter folder (default: <run>/adapter)")
     parser.add_argument("--question", help="ask this one question and exit (default: read questions interactively)")
     parser.add_argument("--run", type=run_folder,
                         help="the run folder with index/ and adapter/ (default: the recipe's output_dir)")

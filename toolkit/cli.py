@@ -83,6 +83,18 @@ def path_arg(value: str) -> str:
     return str(Path(non_empty(value)).expanduser())
 
 
+def folder_arg(value: str) -> Path:
+    """argparse `type=` for a folder flag (`--adapter`, `--out`): a file there is refused at once, in the words of
+    every command, not after minutes of loading in each reader's own."""
+    from toolkit.report import file_in_the_way
+
+    path = Path(path_arg(value))
+    file = file_in_the_way(path)
+    if file is not None:
+        raise argparse.ArgumentTypeError(f"{file} is a file, not a folder")
+    return path  # Path("") is ".": an empty --out would write into the current folder
+
+
 def run_folder(value: str) -> str:
     """argparse `type=` for `--run`: a run folder (a recipe's output_dir) that exists. A file, a missing folder or
     a folder inside a run (its adapter/ or export/) is refused at once, naming the run where there is one; left

@@ -32,7 +32,6 @@ from toolkit.report import (
     PREDICTIONS,
     cannot_write,
     comparison_table,
-    file_in_the_way,
     in_the_way,
     table_console,
     write_report,
@@ -184,20 +183,11 @@ def evaluate_recipe(recipe: Recipe, dataset, adapter: Path | None, out: Path) ->
     return report
 
 
-def _folder(value: str) -> Path:
-    """argparse `type=` for --out and --adapter: a folder, checked before minutes of evaluation, not after."""
-    from toolkit.cli import path_arg
-
-    path = Path(path_arg(value))
-    file = file_in_the_way(path)
-    if file is not None:
-        raise argparse.ArgumentTypeError(f"{file} is a file, not a folder")
-    return path  # Path("") is ".": an empty --out would write into the current folder
-
-
 def _out_folder(value: str) -> Path:
     """argparse `type=` for --out: a folder that can be written, checked before the evaluation."""
-    path = _folder(value)
+    from toolkit.cli import folder_arg
+
+    path = folder_arg(value)
     if path.is_symlink() and not path.exists():
         raise argparse.ArgumentTypeError(f"{path} is a link to {os.readlink(path)}, which does not exist")
     reason = cannot_write(path) or in_the_way(path, files=EVAL_FILES)
@@ -207,13 +197,14 @@ def _out_folder(value: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from toolkit.cli import ERRORS, Parser, fail, load_with_overrides, setup_logging
+    from toolkit.cli import ERRORS, Parser, fail, folder_arg, load_with_overrides, setup_logging
     from toolkit.models import check_adapter, run_adapter_hint
 
     parser = Parser("python -m toolkit.evaluate", __doc__)
     parser.add_argument("recipe", help="path to a recipe YAML, e.g. recipes/wine.yaml")
     parser.add_overrides("dotted overrides: eval.max_new_tokens=32 output_dir=/tmp/x")
-    parser.add_argument("--adapter", type=_folder, help="a LoRA adapter folder (e.g. runs/wine/adapter): adds `tuned`")
+    parser.add_argument("--adapter", type=folder_arg,
+                        help="a LoRA adapter folder (e.g. runs/wine/adapter): adds `tuned`")
     parser.add_argument("--limit", type=int, help="evaluate only the first N eval questions (eval.limit)")
     parser.add_argument("--out", type=_out_folder, help="where to write the report (default: <output_dir>/eval)")
     args = parser.parse_intermixed_args(argv)
