@@ -409,3 +409,22 @@ def test_an_output_in_the_way_is_one_line_before_any_work(tmp_path, capsys, bloc
             "link": "a folder replaces it whole; link the output folder instead"}[kind]
     assert f"{run / 'export' / blocker} is a {kind}, and {what}; move it away" in err, err
     assert sorted(p.name for p in (run / "export").iterdir()) == [blocker]  # nothing else written
+
+
+def test_files_left_by_an_earlier_export_are_named_not_described(tmp_path, caplog):
+    # `--formats adapter` after a GGUF export: the old model-f16.gguf may hold another adapter's weights.
+    from test_models import broken_adapter
+
+    from toolkit.recipe import load_recipe
+
+    model, _, base = _tiny_model(tmp_path, "llama")
+    run = tmp_path / "run"
+    (run / "export" / "merged").mkdir(parents=True)
+    broken_adapter(run / "adapter", model, "none")
+    (run / "report.json").write_text(json.dumps({"model_path": str(base)}))
+    (run / "export" / "model-f16.gguf").write_text("old")
+    manifest = export_mod.export(load_recipe("recipes/wine.yaml"), run, ["adapter"])
+    assert [entry["path"] for entry in manifest["files"]] == ["adapter/"]
+    assert manifest["older_files"] == ["merged/", "model-f16.gguf"]
+    assert json.loads((run / "export" / "manifest.json").read_text())["older_files"] == ["merged/", "model-f16.gguf"]
+    assert f"{run / 'export' / 'model-f16.gguf'} is left from an earlier export, not made by this one" in caplog.text

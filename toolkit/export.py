@@ -13,7 +13,8 @@ Writes `<run>/export/` (run: the recipe's output_dir unless --run):
   must match exactly: F32 for a float32 merge (the CPU path, tiny models), F16 for a 16-bit one; the others report
   where they first diverge. (Measured on SmolLM2-135M: F32 matched on every prompt, F16 diverged at token 19 of
   one, because llama.cpp rounds activations to f16 for F16 weights; transformers on the same f16-rounded weights
-  did not diverge. The same run merged in bfloat16: F16 matched on every prompt.)
+  did not diverge. The same run merged in bfloat16: F16 matched on every prompt.) `older_files` names what an
+  earlier export left in export/: not this export's, not verified.
 
 Every file and folder is written under a temporary name and renamed, so a crash never leaves half an export.
 """
@@ -168,6 +169,14 @@ def _export(recipe: Recipe, run_dir: Path, formats: list[str], dtype: str, adapt
             prompts = []
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    # What an earlier export left (a model-f16.gguf before this `--formats merged`) may hold another adapter's
+    # weights: said, and named in the manifest, so that nobody ships it as this run's.
+    made = {entry["path"] for entry in entries}
+    older = [name for name in ("adapter/", "merged/", *(file for file, _ in GGUF_FILES.values()))
+             if name not in made and (out / name).exists()]
+    for name in older:
+        logger.warning("%s is left from an earlier export, not made by this one (the manifest lists it under "
+                       "older_files): delete it, or export it again", out / name)
     manifest = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "run": str(run_dir),
@@ -178,6 +187,7 @@ def _export(recipe: Recipe, run_dir: Path, formats: list[str], dtype: str, adapt
         "exact_format": exact,  # the GGUF that must reproduce the merged model's greedy tokens
         "verify_prompts": prompts,
         "files": entries,
+        "older_files": older,  # in export/, from an earlier export: not described or verified here
         "ok": all(entry.get("verify", {}).get("ok", True) for entry in entries),
     }
     write_atomic(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
