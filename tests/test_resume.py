@@ -180,6 +180,21 @@ def test_eval_key_changes_with_what_the_base_columns_depend_on():
     assert key != eval_key(recipe, "/m", [{**rows[0], "answer": "Ebro"}], "hf")
 
 
+def test_eval_key_changes_when_a_custom_reward_file_is_edited(tmp_path):
+    # Edited between a run and its --resume, the reward scores the base columns otherwise: reusing the saved ones
+    # made the edit look like a significant gain from training.
+    from toolkit.recipe import load_recipe
+
+    reward = tmp_path / "my_reward.py"
+    reward.write_text("def score(completions, **kwargs):\n    return [0.0] * len(completions)\n")
+    recipe = load_recipe(ROOT / "recipes" / "wine.yaml", [f"rewards.5={{name: '{reward}:score'}}"])
+    rows = [{"prompt": [{"role": "user", "content": "?"}], "answer": "Ebro River"}]
+    key = eval_key(recipe, "/m", rows, "hf")
+    assert key == eval_key(recipe, "/m", rows, "hf")
+    reward.write_text("def score(completions, **kwargs):\n    return [0.5] * len(completions)\n")
+    assert key != eval_key(recipe, "/m", rows, "hf")
+
+
 def test_base_results_reused_only_on_resume_with_the_same_key(tmp_path):
     calls = []
 

@@ -178,9 +178,25 @@ def eval_key(recipe, model_path: str, rows: list[dict], backend: str) -> str:
     """A hash of everything the base columns depend on. `backend`: the one that runs, not the recipe's `auto`
     (a CPU run resumed on a GPU box evaluates with Unsloth's 4-bit model, which answers differently)."""
     sections = recipe.model_dump(mode="json", include={"model", "prompt", "retrieval", "rewards", "eval"})
-    text = json.dumps({"model_path": str(model_path), "backend": backend, "recipe": sections, "rows": rows},
-                      sort_keys=True, default=str)
+    text = json.dumps({"model_path": str(model_path), "backend": backend, "recipe": sections, "rows": rows,
+                       "reward_code": _reward_code(recipe)}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _reward_code(recipe) -> dict[str, str]:
+    """sha256 of each custom reward's source file: a reward edited between two runs scores the base columns
+    otherwise, and reusing the old ones would credit the edit to training. (Not a reward model's or embedder's
+    weights replaced in place under the same folder name.)"""
+    import inspect
+
+    from toolkit.rewards.custom import is_custom, load_custom
+
+    code = {}
+    for reward in recipe.rewards:
+        if is_custom(reward.name):
+            source = inspect.getsourcefile(load_custom(reward.name))  # loaded (and cached) with the recipe
+            code[reward.name] = hashlib.sha256(Path(source).read_bytes()).hexdigest() if source else ""
+    return code
 
 
 def base_results(folder: Path, key: str, resume: bool, evaluate: Callable[[], dict]) -> dict:
