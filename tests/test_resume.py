@@ -121,15 +121,42 @@ def test_resume_with_another_optimizer_is_one_line(tmp_path):
     from toolkit.train import OptimizerRecord
 
     assert OptimizerRecord.__name__ == OPTIMIZER_RECORD  # the key transformers files its state under
-    state = {"global_step": 2, "stateful_callbacks": {OPTIMIZER_RECORD: OptimizerRecord("adamw_torch_fused").state()}}
+    adamw = {"optim": "adamw_torch_fused", "learning_rate": 5e-4, "weight_decay": 0.0}
+    state = {"global_step": 2, "stateful_callbacks": {OPTIMIZER_RECORD: OptimizerRecord(adamw).state()}}
     path = _checkpoint(tmp_path / "trainer", 2, json.dumps(state))
-    check_same_optimizer(path, "adamw_torch_fused")
+    check_same_optimizer(path, adamw)
     with pytest.raises(CheckpointError) as err:
-        check_same_optimizer(path, "sgd")
+        check_same_optimizer(path, {**adamw, "optim": "sgd"})
     assert str(err.value) == (f"--resume: {path} was trained with training.trl.optim 'adamw_torch_fused', the recipe "
-                              "asks for 'sgd'; resume with the same optimizer, or run without --resume to start over")
+                              "asks for 'sgd'; resume with the same optimizer settings, or run without --resume to "
+                              "start over")
     older = _checkpoint(tmp_path / "trainer", 4, json.dumps({"global_step": 4, "stateful_callbacks": {}}))
-    check_same_optimizer(older, "sgd")  # written before the record: not checked
+    check_same_optimizer(older, {**adamw, "optim": "sgd"})  # written before the record: not checked
+    only_optim = {"global_step": 6, "stateful_callbacks": {OPTIMIZER_RECORD: {"args": {"optim": "adamw_torch_fused"}}}}
+    check_same_optimizer(_checkpoint(tmp_path / "trainer", 6, json.dumps(only_optim)), {**adamw, "learning_rate": 1})
+
+
+def test_resume_with_another_learning_rate_is_one_line_before_anything_loads(tmp_path, capsys, monkeypatch):
+    # The checkpoint's optimizer param groups and scheduler base rates replace the new rate on load: the resumed
+    # steps trained at the old 5e-4 while report.json's recipe said 1e-5.
+    import toolkit.run
+    from toolkit.checkpoints import OPTIMIZER_RECORD
+    from toolkit.recipe import load_recipe
+    from toolkit.train import grpo_config, optimizer_settings
+
+    recipe = load_recipe(ROOT / "recipes" / "wine.yaml", [f"output_dir={tmp_path}"])
+    settings = optimizer_settings(grpo_config(recipe, tmp_path / "trainer"))
+    assert settings["learning_rate"] == 5e-4 and settings["optim"] == "adamw_torch_fused"
+    state = {"global_step": 2, "stateful_callbacks": {OPTIMIZER_RECORD: {"args": settings}}}
+    path = _checkpoint(tmp_path / "trainer", 2, json.dumps(state))
+    monkeypatch.setattr("toolkit.prompts.build_splits", lambda recipe: pytest.fail("loaded data after a bad resume"))
+    args = ["recipes/wine.yaml", f"output_dir={tmp_path}", "training.max_steps=4", "--resume"]
+    assert toolkit.run.main([*args, "training.learning_rate=1e-5"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"--resume: {path} was trained with training.learning_rate 0.0005, the recipe asks for 1e-05;" in err, err
+    assert toolkit.run.main([*args, "training.trl={weight_decay: 0.1}"]) == 2
+    assert "was trained with training.trl.weight_decay 0.0, the recipe asks for 0.1;" in " ".join(
+        capsys.readouterr().err.split())
 
 
 def test_fresh_run_removes_old_checkpoints(tmp_path):
@@ -257,7 +284,8 @@ def test_killed_run_resumes_to_max_steps(tmp_path):
     assert not (out / "adapter").exists() and not (out / "report.json").exists()
     saved = json.loads(state.read_text())
     assert _steps(saved["log_history"]) == [1, 2]
-    assert saved["stateful_callbacks"]["OptimizerRecord"]["args"] == {"optim": "adamw_torch_fused"}
+    assert saved["stateful_callbacks"]["OptimizerRecord"]["args"]["optim"] == "adamw_torch_fused"
+    assert saved["stateful_callbacks"]["OptimizerRecord"]["args"]["learning_rate"] == 5e-4
 
     other = subprocess.run([*command, "training.trl={optim: sgd}", "--resume"], cwd=ROOT, env=env,
                            capture_output=True, text=True, timeout=900)

@@ -116,21 +116,32 @@ def check_same_lora(checkpoint: Path, lora) -> None:
             )
 
 
-def check_same_optimizer(checkpoint: Path, optim: str) -> None:
-    """CheckpointError when the checkpoint's optimizer state was made by another optimizer than `optim` (the
-    GRPOConfig's, after training.trl): torch would load it and then fail at the first step (adamw to sgd:
-    `KeyError: 'momentum'`). The name is in trainer_state.json, kept there by toolkit.train's OptimizerRecord;
-    a checkpoint written without one is not checked."""
+# What a resumed run takes from the checkpoint, not from the recipe: the optimizer's state and param groups
+# (transformers loads them over the new optimizer's) and the scheduler's base rates. A changed value would be
+# ignored while the report showed it. Recipe field of each GRPOConfig name, for the message.
+RESTORED = {"optim": "training.trl.optim", "learning_rate": "training.learning_rate",
+            "weight_decay": "training.trl.weight_decay", "adam_beta1": "training.trl.adam_beta1",
+            "adam_beta2": "training.trl.adam_beta2", "adam_epsilon": "training.trl.adam_epsilon"}
+
+
+def check_same_optimizer(checkpoint: Path, settings: dict) -> None:
+    """CheckpointError when the checkpoint's optimizer was made with other settings (`RESTORED`) than `settings`
+    (the GRPOConfig's, after training.trl). Another optimizer loads and then fails at the first step (adamw to sgd:
+    `KeyError: 'momentum'`); another learning rate would be silently replaced by the checkpoint's. The values are in
+    trainer_state.json, kept there by toolkit.train's OptimizerRecord; one a checkpoint lacks is not checked."""
     try:
         state = json.loads((checkpoint / STATE).read_text(encoding="utf-8"))
-        saved = state["stateful_callbacks"][OPTIMIZER_RECORD]["args"]["optim"]
+        saved = state["stateful_callbacks"][OPTIMIZER_RECORD]["args"]
     except (OSError, ValueError, KeyError, TypeError):
         return
-    if saved != optim:
-        raise CheckpointError(
-            f"--resume: {checkpoint} was trained with training.trl.optim {saved!r}, the recipe asks for {optim!r}; "
-            "resume with the same optimizer, or run without --resume to start over"
-        )
+    if not isinstance(saved, dict):
+        return
+    for key, field in RESTORED.items():
+        if key in saved and key in settings and saved[key] != settings[key]:
+            raise CheckpointError(
+                f"--resume: {checkpoint} was trained with {field} {saved[key]!r}, the recipe asks for "
+                f"{settings[key]!r}; resume with the same optimizer settings, or run without --resume to start over"
+            )
 
 
 def _starts_with(file: Path, magic: bytes) -> bool:

@@ -14,6 +14,7 @@ from toolkit.checkpoints import (
     CheckpointError,
     base_results,
     check_same_lora,
+    check_same_optimizer,
     eval_key,
     latest_checkpoint,
     resume_checkpoint,
@@ -40,7 +41,7 @@ def run(recipe: Recipe, console: Console, resume: bool = False) -> dict:
     from toolkit.metrics import retrieval_metrics
     from toolkit.models import resolve_model
     from toolkit.prompts import build_splits, prepare_replies, warn_over_context
-    from toolkit.train import check_lora_targets, train
+    from toolkit.train import check_lora_targets, grpo_config, optimizer_settings, train
 
     out = recipe.output_dir
     blocked = in_the_way(out, files=("report.json", "report.md", PREDICTIONS), folders=("plots", "trainer"),
@@ -53,8 +54,10 @@ def run(recipe: Recipe, console: Console, resume: bool = False) -> dict:
         check_export_ready(recipe.export.formats, recipe.export.verify)  # a missing extra fails now, not after training
     work = out / "trainer"
     checkpoint = resume_checkpoint(work, recipe.training.max_steps) if resume else None
+    config = grpo_config(recipe, work, backend)  # resolved now: a checkpoint it does not fit fails before any load
     if checkpoint is not None:
         check_same_lora(checkpoint, recipe.training.lora)
+        check_same_optimizer(checkpoint, optimizer_settings(config))
     splits = build_splits(recipe)  # data, index sync, retrieval: one prompt row per train and eval question
     train_rows, eval_rows = splits.train, splits.eval
 
@@ -77,7 +80,7 @@ def run(recipe: Recipe, console: Console, resume: bool = False) -> dict:
     if not resume:
         start_fresh(work)  # only now: bad data, a refused preflight or a failed load leaves the old checkpoints
     trainer, trained = train(recipe, model, tokenizer, train_rows, work, resume_from=checkpoint, backend=backend,
-                             rewards=rewards)
+                             rewards=rewards, config=config)
     tuned = backend.for_inference(trainer.model, tokenizer)
     results |= evaluate_columns(recipe, tuned, tokenizer, eval_rows, ("tuned",), share, rewards)
 

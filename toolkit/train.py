@@ -17,7 +17,7 @@ import torch
 from transformers import PrinterCallback, TrainerCallback
 from transformers.trainer_callback import ExportableState, TrainerState
 
-from toolkit.checkpoints import STATE, check_same_optimizer, resumed_step
+from toolkit.checkpoints import RESTORED, STATE, check_same_optimizer, resumed_step
 from toolkit.live import LiveMetrics
 from toolkit.recipe import Recipe
 
@@ -166,25 +166,31 @@ def check_finite(model, tokenizer, step: int, learning_rate: float) -> None:
         raise ModelError(f"training diverged: the adapted model's logits are NaN or infinite after step {step}; {hint}")
 
 
-class OptimizerRecord(TrainerCallback, ExportableState):
-    """Keeps the optimizer's name in every checkpoint: transformers saves an ExportableState callback's state in
-    trainer_state.json (stateful_callbacks), where `checkpoints.check_same_optimizer` reads it on --resume. The
-    checkpoint's training_args.bin has it too, but only as a pickle."""
+def optimizer_settings(config) -> dict:
+    """What a checkpoint's optimizer and scheduler state fix (`checkpoints.RESTORED`), from a GRPOConfig."""
+    return {key: _plain(getattr(config, key)) for key in RESTORED}
 
-    def __init__(self, optim: str):
-        self.optim = optim
+
+class OptimizerRecord(TrainerCallback, ExportableState):
+    """Keeps the optimizer's settings in every checkpoint: transformers saves an ExportableState callback's state
+    in trainer_state.json (stateful_callbacks), where `checkpoints.check_same_optimizer` reads them on --resume.
+    The checkpoint's training_args.bin has them too, but only as a pickle."""
+
+    def __init__(self, settings: dict):
+        self.settings = settings
 
     def state(self) -> dict:
-        return {"args": {"optim": self.optim}, "attributes": {}}
+        return {"args": dict(self.settings), "attributes": {}}
 
 
 def train(recipe: Recipe, model, tokenizer, rows: list[dict], work_dir: Path, resume_from: Path | None = None,
-          backend=None, callbacks: list | None = None, rewards: list | None = None):
+          backend=None, callbacks: list | None = None, rewards: list | None = None, config=None):
     """Run GRPO on `rows`; returns the trainer (its `.model` is the LoRA-wrapped model) and a summary.
 
     `backend` (toolkit.backends) wraps the model with LoRA and builds the trainer; default: hf.
     `rewards`: the recipe's built rewards (`Recipe.build_rewards`), to share with evaluation; default: built here.
     `callbacks`: more `TrainerCallback`s, after the live metrics (benchmarks/bench_overhead.py times steps so).
+    `config`: the run's `grpo_config`, when the caller built it already (to check a checkpoint before loading).
 
     `resume_from`: a checkpoint folder; training continues at its step with its optimizer, RNG and log history,
     so the summary's log history still holds every step once."""
@@ -198,10 +204,10 @@ def train(recipe: Recipe, model, tokenizer, rows: list[dict], work_dir: Path, re
     # would depend on whatever used the RNG earlier in the process (index, evaluation) and training.seed would
     # not reproduce a run.
     set_seed(recipe.training.seed)
-    config = grpo_config(recipe, work_dir, backend)
-    optim = str(_plain(config.optim))
+    config = config or grpo_config(recipe, work_dir, backend)
+    settings = optimizer_settings(config)
     if resume_from is not None:
-        check_same_optimizer(resume_from, optim)
+        check_same_optimizer(resume_from, settings)
     live = LiveMetrics()
     trainer = backend.build_trainer(
         recipe,
@@ -210,7 +216,7 @@ def train(recipe: Recipe, model, tokenizer, rows: list[dict], work_dir: Path, re
         reward_funcs=recipe.build_rewards() if rewards is None else rewards,
         args=config,
         train_dataset=Dataset.from_list(rows),
-        callbacks=[live, OptimizerRecord(optim), *(callbacks or [])],
+        callbacks=[live, OptimizerRecord(settings), *(callbacks or [])],
     )
     # With tqdm off, transformers prints every raw log dict; the live table and the report replace it.
     trainer.remove_callback(PrinterCallback)
