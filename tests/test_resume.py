@@ -115,6 +115,64 @@ def test_resume_with_other_lora_settings_is_one_line(tmp_path, capsys, override,
     assert f"--resume: {path} {message}" in err, err
 
 
+def test_all_linear_targets_are_compared_by_module_name(tmp_path):
+    # `all-linear` resumed from a [q_proj, v_proj] checkpoint used to pass the check and then fail in torch with
+    # "loaded state dict contains a parameter group that doesn't match the size of optimizer's group".
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from toolkit.recipe import load_recipe
+    from toolkit.train import linear_layers
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=1))
+    linear = linear_layers(model)
+    assert linear == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]  # no lm_head
+    lora = load_recipe(ROOT / "recipes" / "wine.yaml", ["training.lora.target_modules=all-linear",
+                                                        "training.lora.layers_to_transform=null"]).training.lora
+    path = _checkpoint(tmp_path / "trainer", 2, json.dumps({"global_step": 2}))
+    config = {"r": lora.r, "lora_alpha": lora.alpha, "layers_to_transform": None}
+    (path / "adapter_config.json").write_text(json.dumps({**config, "target_modules": ["q_proj", "v_proj"]}))
+    check_same_lora(path, lora)  # the model's layers unknown yet: not compared
+    with pytest.raises(CheckpointError, match=r"was trained with training.lora.target_modules \['q_proj', 'v_proj'\], "
+                                              r"the recipe asks for 'all-linear' \(here \['down_proj', "):
+        check_same_lora(path, lora, linear)
+    # peft saves all-linear resolved to dotted names: the same layers, resumed as all-linear or listed, pass.
+    dotted = [f"model.layers.{i}.{part}.{name}" for i in range(2) for part, names in
+              (("self_attn", ("q_proj", "k_proj", "v_proj", "o_proj")), ("mlp", ("gate_proj", "up_proj", "down_proj")))
+              for name in names]
+    (path / "adapter_config.json").write_text(json.dumps({**config, "target_modules": dotted}))
+    check_same_lora(path, lora, linear)
+    check_same_lora(path, lora.model_copy(update={"target_modules": linear}))
+
+
+def test_resume_on_another_base_model_is_one_line_before_it_loads(tmp_path, capsys, monkeypatch):
+    # A tiny model's checkpoint resumed on SmolLM2 used to print ~210 "size mismatch" lines after the base evaluation.
+    import toolkit.run
+    from toolkit.backends.hf import HFBackend
+    from toolkit.checkpoints import check_same_base
+    from toolkit.recipe import load_recipe
+
+    other = tmp_path / "tiny-model"
+    other.mkdir()
+    path = _checkpoint(tmp_path / "run" / "trainer", 2, json.dumps({"global_step": 2}))
+    lora = load_recipe(ROOT / "recipes" / "wine.yaml").training.lora
+    (path / "adapter_config.json").write_text(json.dumps({
+        "base_model_name_or_path": str(other), "r": lora.r, "lora_alpha": lora.alpha,
+        "target_modules": lora.target_modules, "layers_to_transform": lora.layers_to_transform}))
+    monkeypatch.setattr(HFBackend, "load", lambda *a: pytest.fail("loaded the model after a bad resume"))
+    args = ["recipes/wine.yaml", f"output_dir={tmp_path / 'run'}", "training.max_steps=4", "--resume"]
+    assert toolkit.run.main(args) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"--resume: {path} was trained on the base model {other}, the recipe's model is " in err, err
+    check_same_base(path, str(other))
+    check_same_base(path, str(other / ".." / "tiny-model"))  # the same folder
+    (path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(tmp_path / "gone")}))
+    check_same_base(path, str(other))  # a cleared cache: cannot tell, let through
+    (path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "org/model-a"}))
+    with pytest.raises(CheckpointError, match="trained on the base model org/model-a, the recipe's model is org/b"):
+        check_same_base(path, "org/b")
+
+
 def test_resume_with_another_optimizer_is_one_line(tmp_path):
     """adamw to sgd used to load, then fail at the first step inside torch with `KeyError: 'momentum'`."""
     from toolkit.checkpoints import OPTIMIZER_RECORD, check_same_optimizer

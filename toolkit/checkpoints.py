@@ -93,9 +93,12 @@ def resumed_step(checkpoint: Path) -> int:
     return int(json.loads((checkpoint / STATE).read_text(encoding="utf-8"))["global_step"])
 
 
-def check_same_lora(checkpoint: Path, lora) -> None:
+def check_same_lora(checkpoint: Path, lora, linear: list[str] | None = None) -> None:
     """CheckpointError when the checkpoint's adapter was made with other LoRA settings than `lora` (the recipe's
-    training.lora): loading it would fail deep in torch with a size mismatch or an optimizer-group error."""
+    training.lora): loading it would fail deep in torch with a size mismatch or an optimizer-group error.
+
+    Targets are compared by module name (`q_proj`): peft saves "all-linear" resolved to dotted names. A recipe's
+    "all-linear" is compared only when `linear` gives the loaded model's linear layers it stands for."""
     try:
         saved = json.loads((checkpoint / "adapter_config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -103,17 +106,43 @@ def check_same_lora(checkpoint: Path, lora) -> None:
     if not isinstance(saved, dict):
         return
     wanted = {"r": lora.r, "lora_alpha": lora.alpha, "layers_to_transform": lora.layers_to_transform}
-    if isinstance(lora.target_modules, list):  # peft saves "all-linear" resolved to names: compare only a list
-        wanted["target_modules"] = sorted(lora.target_modules)
-        saved["target_modules"] = sorted(saved.get("target_modules") or [])
+    targets = lora.target_modules if isinstance(lora.target_modules, list) else linear
+    if targets is not None and isinstance(saved.get("target_modules"), list):
+        wanted["target_modules"] = sorted({str(t).rsplit(".", 1)[-1] for t in targets})
+        saved["target_modules"] = sorted({str(t).rsplit(".", 1)[-1] for t in saved["target_modules"]})
     names = {"r": "r", "lora_alpha": "alpha", "layers_to_transform": "layers_to_transform",
              "target_modules": "target_modules"}
     for key, value in wanted.items():
         if saved.get(key) != value:
+            asked = repr(value)
+            if key == "target_modules" and not isinstance(lora.target_modules, list):
+                asked = f"{lora.target_modules!r} (here {asked})"
             raise CheckpointError(
                 f"--resume: {checkpoint} was trained with training.lora.{names[key]} {saved.get(key)!r}, the recipe "
-                f"asks for {value!r}; resume with the same LoRA settings, or run without --resume to start over"
+                f"asks for {asked}; resume with the same LoRA settings, or run without --resume to start over"
             )
+
+
+def check_same_base(checkpoint: Path, model_path: str) -> None:
+    """CheckpointError when the checkpoint's adapter was trained on another base model than `model_path` (the
+    recipe's, resolved): loading it fails in torch with a size mismatch per weight, hundreds of lines. Two local
+    folders are compared as real paths and two hub ids as names; a saved folder that is gone (a cleared model
+    cache) cannot be compared and is let through."""
+    try:
+        saved = json.loads((checkpoint / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    base = saved.get("base_model_name_or_path") if isinstance(saved, dict) else None
+    if not isinstance(base, str) or not base or base == str(model_path):
+        return
+    here, there = Path(model_path).expanduser(), Path(base).expanduser()
+    if here.exists() and there.exists():
+        differs = here.resolve() != there.resolve()
+    else:
+        differs = not here.exists() and not there.exists() and not there.is_absolute()  # two hub ids
+    if differs:
+        raise CheckpointError(f"--resume: {checkpoint} was trained on the base model {base}, the recipe's model is "
+                              f"{model_path}; resume with the same model.name_or_path, or run without --resume")
 
 
 # What a resumed run takes from the checkpoint, not from the recipe: the optimizer's state and param groups

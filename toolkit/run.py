@@ -13,6 +13,7 @@ from rich.markup import escape
 from toolkit.checkpoints import (
     CheckpointError,
     base_results,
+    check_same_base,
     check_same_lora,
     check_same_optimizer,
     eval_key,
@@ -41,7 +42,7 @@ def run(recipe: Recipe, console: Console, resume: bool = False) -> dict:
     from toolkit.metrics import retrieval_metrics
     from toolkit.models import resolve_model
     from toolkit.prompts import build_splits, prepare_replies, warn_over_context
-    from toolkit.train import check_lora_targets, grpo_config, optimizer_settings, train
+    from toolkit.train import check_lora_targets, grpo_config, linear_layers, optimizer_settings, train
 
     out = recipe.output_dir
     blocked = in_the_way(out, files=("report.json", "report.md", PREDICTIONS), folders=("plots", "trainer"),
@@ -64,9 +65,13 @@ def run(recipe: Recipe, console: Console, resume: bool = False) -> dict:
     # One set for evaluation and training, so a reward model loads once; loaded now, before the policy model.
     rewards = recipe.build_rewards(load=True)
     model_path = resolve_model(recipe.model.name_or_path, recipe.model.cache_dir)
+    if checkpoint is not None:
+        check_same_base(checkpoint, model_path)  # before the load and the base evaluation
     preflight(recipe, model_path, train_rows + eval_rows, backend.name)  # CUDA only: refuse what cannot fit
     model, tokenizer = backend.load(recipe, model_path)
     check_lora_targets(recipe, model)  # before the base evaluation: peft would find a typo only after it
+    if checkpoint is not None and not isinstance(recipe.training.lora.target_modules, list):
+        check_same_lora(checkpoint, recipe.training.lora, linear_layers(model))  # "all-linear", now resolvable
     share = backend.shares_prompt_prefill  # evaluation reads the prompts' common prefix once (toolkit.generation)
     prepare_replies(tokenizer, train_rows + eval_rows, recipe.prompt)  # R1's template or open_think: <think>
     limit = backend.context_length(recipe, model)

@@ -146,6 +146,13 @@ def check_lora_targets(recipe: Recipe, model) -> None:
                          f"0-{layers - 1})")
 
 
+def linear_layers(model) -> list[str]:
+    """The module names peft's "all-linear" stands for in `model`: its linear layers but the output head."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                   if isinstance(module, torch.nn.Linear) and module is not head})
+
+
 def check_finite(model, tokenizer, step: int, learning_rate: float) -> None:
     """A diverged run (learning rate far too high) leaves NaN or infinite LoRA weights, or finite ones so large
     that the logits overflow: the tuned model then answers nothing and the adapter is useless. Stop before it is
