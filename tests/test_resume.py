@@ -248,8 +248,23 @@ def test_ctrl_c_says_how_to_continue_and_exits_130(tmp_path, monkeypatch, capsys
     err = capsys.readouterr().err
     assert "interrupted: no checkpoint to --resume from" in err and "Traceback" not in err
     two = _checkpoint(tmp_path / "trainer", 2, json.dumps({"global_step": 2}))
+    # Written before this run started, without --resume: an earlier run's, which this run has not removed yet
+    # (that happens when its training starts); --resume would continue the earlier run whatever the recipe says.
+    os.utime(two / "trainer_state.json", (time.time() - 60, time.time() - 60))
     assert toolkit.run.main(["recipes/wine.yaml", f"output_dir={tmp_path}"]) == 130
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"interrupted: no checkpoint of this run yet ({two} is an earlier run's, removed when this run's " in err
+    assert toolkit.run.main(["recipes/wine.yaml", f"output_dir={tmp_path}", "--resume"]) == 130
     assert f"interrupted: --resume continues from {two}, the latest checkpoint there" in capsys.readouterr().err
+
+    def interrupted_after_a_checkpoint(*args, **kwargs):
+        _checkpoint(tmp_path / "trainer", 4, json.dumps({"global_step": 4}))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(toolkit.run, "run", interrupted_after_a_checkpoint)
+    assert toolkit.run.main(["recipes/wine.yaml", f"output_dir={tmp_path}"]) == 130
+    assert f"interrupted: --resume continues from {tmp_path / 'trainer' / 'checkpoint-4'}, the latest" in " ".join(
+        capsys.readouterr().err.split())
 
 
 def test_eval_key_changes_with_what_the_base_columns_depend_on():

@@ -6,11 +6,13 @@ One builder per stage, called in order; each stage lives in its own module.
 from __future__ import annotations
 
 import sys
+import time
 
 from rich.console import Console
 from rich.markup import escape
 
 from toolkit.checkpoints import (
+    STATE,
     CheckpointError,
     base_results,
     check_same_base,
@@ -146,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_overrides("dotted overrides: training.max_steps=2 output_dir=/tmp/x")
     args = parser.parse_intermixed_args(argv)  # --resume may come before, between or after the overrides
     console = setup_logging()
-    recipe = None
+    recipe, started = None, time.time()
     try:
         recipe = load_recipe(args.recipe, args.overrides)
         run(recipe, table_console(), resume=args.resume)
@@ -154,8 +156,15 @@ def main(argv: list[str] | None = None) -> int:
         return fail(console, err)
     except KeyboardInterrupt:  # the usual exit status for Ctrl-C, and where to pick up, not a traceback
         latest = latest_checkpoint(recipe.output_dir / "trainer") if recipe else None
-        hint = (f"--resume continues from {escape(str(latest))}, the latest checkpoint there" if latest else
-                "no checkpoint to --resume from (training.save_steps sets how often one is written)")
+        if latest and not args.resume and (latest / STATE).stat().st_mtime < started:
+            # A run without --resume removes an earlier run's checkpoints only when its training starts: one
+            # stopped before that would send --resume into the earlier run, whatever this recipe says.
+            hint = (f"no checkpoint of this run yet ({escape(str(latest))} is an earlier run's, removed when this "
+                    "run's training starts)")
+        elif latest:
+            hint = f"--resume continues from {escape(str(latest))}, the latest checkpoint there"
+        else:
+            hint = "no checkpoint to --resume from (training.save_steps sets how often one is written)"
         console.print(f"interrupted: {hint}", highlight=False, soft_wrap=True)
         return 130
     return 0
