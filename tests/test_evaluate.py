@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -233,12 +234,32 @@ def test_cli_refuses_outputs_in_the_way_and_a_dangling_out_link_before_evaluatin
             evaluate.main(["recipes/wine.yaml", f"output_dir={tmp_path}", "--out", str(out), "--limit", "1"])
         assert exit_.value.code == 2
         assert f"argument --out: {message}" in " ".join(capsys.readouterr().err.split())
-    # Without --out: <output_dir>/eval, checked after the recipe loads.
-    (tmp_path / "run" / "eval" / "report.md").mkdir(parents=True)
+    # Without --out: <output_dir>/evaluate, checked after the recipe loads.
+    (tmp_path / "run" / "evaluate" / "report.md").mkdir(parents=True)
     assert evaluate.main(["recipes/wine.yaml", f"output_dir={tmp_path / 'run'}", "--limit", "1"]) == 2
     err = " ".join(capsys.readouterr().err.split())
-    assert f"output_dir: {tmp_path / 'run' / 'eval' / 'report.md'} is a folder, and a file is written there" in err
+    assert f"output_dir: {tmp_path / 'run' / 'evaluate' / 'report.md'} is a folder, and a file is written there" in err
     assert not (tmp_path / "run" / "index").exists()
+
+
+def test_cli_never_writes_over_a_training_runs_report_or_predictions(tmp_path, capsys):
+    # The default used to be <output_dir>/eval, where the run keeps the predictions its report.json points to, and
+    # --out <run> replaced the run's report.json (training history and tuned column gone), both without a word.
+    run = tmp_path / "run"
+    (run / "eval").mkdir(parents=True)
+    (run / "report.json").write_text(json.dumps({"training": {}, "eval": {"predictions": "eval/predictions.jsonl"}}))
+    (run / "eval" / "predictions.jsonl").write_text("{}\n")
+    for out, message in ((run, f"{run} holds a training run's report"),
+                         (run / "eval", f"{run / 'eval'} holds the predictions of the run in {run}")):
+        with pytest.raises(SystemExit) as exit_:
+            evaluate.main(["recipes/wine.yaml", f"output_dir={run}", "--out", str(out), "--limit", "1"])
+        assert exit_.value.code == 2
+        assert f"argument --out: {message}, which this evaluation would replace" in " ".join(
+            capsys.readouterr().err.split())
+    assert evaluate.run_outputs(run / "evaluate") is None  # the default: a folder of its own
+    (tmp_path / "mine" / "report.json").parent.mkdir()
+    (tmp_path / "mine" / "report.json").write_text(json.dumps({"eval": {}}))  # an earlier evaluate's: replaced
+    assert evaluate.run_outputs(tmp_path / "mine") is None
 
 
 def test_ctrl_c_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):

@@ -8,13 +8,15 @@ Up to three columns answer the same eval questions with greedy decoding:
 
 `toolkit.run` calls the same functions (`evaluate_columns`, then `compare`) around training. Metrics and intervals
 are defined in `toolkit.metrics`. Run on its own, the command writes `report.json`, `report.md` and
-`predictions.jsonl` to `<output_dir>/eval/` (or `--out`); without `--adapter` there is no tuned column.
+`predictions.jsonl` to `<output_dir>/evaluate/` (or `--out`, never a folder holding a training run's report or the
+predictions it points to); without `--adapter` there is no tuned column.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import sys
@@ -183,6 +185,24 @@ def evaluate_recipe(recipe: Recipe, dataset, adapter: Path | None, out: Path) ->
     return report
 
 
+def run_outputs(out: Path) -> str | None:
+    """Why `out` must not take this command's report: it holds a training run's (report.json with a training
+    section), or it is a run's eval/ folder, whose predictions.jsonl the run's report points to. Either would be
+    replaced without a word, and the run's report would then describe answers it never gave."""
+    for report, what in ((out / "report.json", f"{out} holds a training run's report"),
+                         (out.parent / "report.json", f"{out} holds the predictions of the run in {out.parent}")):
+        try:
+            found = json.loads(report.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(found, dict) or "training" not in found:
+            continue
+        predictions = (found.get("eval") or {}).get("predictions", PREDICTIONS)
+        if report.parent == out or (isinstance(predictions, str) and (report.parent / predictions).parent == out):
+            return f"{what}, which this evaluation would replace; pass another --out"
+    return None
+
+
 def _out_folder(value: str) -> Path:
     """argparse `type=` for --out: a folder that can be written, checked before the evaluation."""
     from toolkit.cli import folder_arg
@@ -190,7 +210,7 @@ def _out_folder(value: str) -> Path:
     path = folder_arg(value)
     if path.is_symlink() and not path.exists():
         raise argparse.ArgumentTypeError(f"{path} is a link to {os.readlink(path)}, which does not exist")
-    reason = cannot_write(path) or in_the_way(path, files=EVAL_FILES)
+    reason = cannot_write(path) or in_the_way(path, files=EVAL_FILES) or run_outputs(path)
     if reason is not None:
         raise argparse.ArgumentTypeError(reason)
     return path
@@ -206,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--adapter", type=folder_arg,
                         help="a LoRA adapter folder (e.g. runs/wine/adapter): adds `tuned`")
     parser.add_argument("--limit", type=int, help="evaluate only the first N eval questions (eval.limit)")
-    parser.add_argument("--out", type=_out_folder, help="where to write the report (default: <output_dir>/eval)")
+    parser.add_argument("--out", type=_out_folder,
+                        help="where to write the report (default: <output_dir>/evaluate; never a run's own files)")
     args = parser.parse_intermixed_args(argv)
     console = setup_logging()
     overrides = [*args.overrides, *([f"eval.limit={args.limit}"] if args.limit is not None else [])]
@@ -218,8 +239,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise ModelError(f"{args.adapter}: not a LoRA adapter folder (no adapter_config.json)"
                                  + (f"; {hint}" if hint else ""))
             check_adapter(args.adapter)  # a broken one fails now, not after the base model's columns
-        out = args.out or recipe.output_dir / "eval"
-        blocked = None if args.out else in_the_way(out, files=EVAL_FILES)
+        # Not the run's eval/: that holds the predictions its report points to.
+        out = args.out or recipe.output_dir / "evaluate"
+        blocked = None if args.out else in_the_way(out, files=EVAL_FILES) or run_outputs(out)
         if blocked:  # --out was checked as it was parsed
             raise RecipeError(f"output_dir: {blocked}; move it away or pass --out DIR")
         report = evaluate_recipe(recipe, dataset, args.adapter, out)
