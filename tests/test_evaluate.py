@@ -84,7 +84,7 @@ def test_three_columns_share_questions(recipe, canned):
             "retrieval_recall", "reward_total"} <= section["base"].keys()
     assert section["eval"]["questions"] == 3 and section["eval"]["predictions"] == "eval/predictions.jsonl"
     rag = section["differences"]["base - no_context"]["answer_match"]
-    assert rag["mean"] == 1.0 and rag["significant"]
+    assert rag["mean"] == rag["low"] == 1.0 and not rag["significant"]  # 3 of 3 won, but 3 is under MIN_QUESTIONS
     assert not section["differences"]["tuned - base"]["answer_match"]["significant"]
 
     assert len(predictions) == 3

@@ -125,6 +125,20 @@ def test_constant_difference_has_zero_width_interval():
     assert diff["significant"] and diff["questions"] == 5
 
 
+def test_fewer_than_five_questions_are_never_significant():
+    # Two questions both won used to be "+1.000 * [+1.000, +1.000]": a coin toss called significant.
+    for n in (1, 2, 4):
+        diff = summarize({"base": scores([0.0] * n), "tuned": scores([1.0] * n)})["differences"]["tuned - base"]
+        assert diff["answer_match"]["low"] == 1.0 and not diff["answer_match"]["significant"], n
+    five = summarize({"base": scores([0.0] * 5), "tuned": scores([1.0] * 5)})["differences"]["tuned - base"]
+    assert five["answer_match"]["significant"]
+    from toolkit.report import verdicts
+
+    two = summarize({"base": scores([0.0] * 2), "tuned": scores([1.0] * 2)})
+    assert verdicts(two)[0].endswith("[+1.000, +1.000] over 2 questions: not significant (too few questions: see "
+                                     "toolkit.metrics.MIN_QUESTIONS)")
+
+
 def test_clear_improvement_is_significant():
     rng = np.random.default_rng(1)
     base = rng.random(60) < 0.2
@@ -163,12 +177,12 @@ def test_interval_is_reproducible_and_covers_mean():
 
 def test_not_applicable_metric_has_no_interval_or_difference():
     summary = summarize({
-        "no_context": [{"retrieval_recall": None, "format": 0.0}] * 4,
-        "base": [{"retrieval_recall": True, "format": 1.0}] * 4,
+        "no_context": [{"retrieval_recall": None, "format": 0.0}] * 5,
+        "base": [{"retrieval_recall": True, "format": 1.0}] * 5,
     })
     assert summary["means"]["no_context"]["retrieval_recall"] is None
     assert "retrieval_recall" not in summary["intervals"]["no_context"]
-    assert summary["intervals"]["base"]["retrieval_recall"] == {"low": 1.0, "high": 1.0, "questions": 4}
+    assert summary["intervals"]["base"]["retrieval_recall"] == {"low": 1.0, "high": 1.0, "questions": 5}
     assert "retrieval_recall" not in summary["differences"]["base - no_context"]
     assert summary["differences"]["base - no_context"]["format"]["significant"]
 

@@ -19,7 +19,9 @@ and `python -m toolkit.index --eval`.
 
 Intervals are percentile bootstraps over questions. Every column and every difference is resampled with the same
 question indices (a paired bootstrap: the columns answer the same questions), from a fixed seed, so a report is
-reproducible. A difference is significant when its interval excludes zero.
+reproducible. A difference is significant when its interval excludes zero and it is paired over at least
+`MIN_QUESTIONS` questions: over one or two the bootstrap has next to nothing to resample (two wins give the
+interval [+1, +1]), and a report of `--limit 2` would call a coin toss significant.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ REWARD_COLUMNS = ("question", "answer", "aliases", "source", "context", "context
 # (a, b): report a − b. Only pairs whose both columns were evaluated are reported.
 DIFFERENCES = (("tuned", "base"), ("base", "no_context"))
 RESAMPLES, SEED, CONFIDENCE = 2000, 0, 0.95
+MIN_QUESTIONS = 5  # the fewest paired questions a difference is called significant over
 
 
 def _mean(values) -> float | None:
@@ -190,12 +193,13 @@ def _differences(a: list[dict], b: list[dict], names, indices, confidence: float
         if indices is None or np.isnan(delta).all():
             continue
         low, high = _interval(delta, indices, confidence)
+        questions = int((~np.isnan(delta)).sum())
         out[name] = {
             "mean": round(float(np.nanmean(delta)), 4),
             "low": low,
             "high": high,
-            "significant": bool(low > 0 or high < 0),
-            "questions": int((~np.isnan(delta)).sum()),
+            "significant": bool(low > 0 or high < 0) and questions >= MIN_QUESTIONS,
+            "questions": questions,
         }
     return out
 

@@ -166,7 +166,9 @@ def verdicts(report: dict, name: str = "answer_match") -> list[str]:
     for key in difference_keys(report):
         found = report["differences"][key].get(name)
         if found:
-            verdict = "significant" if found["significant"] else "not significant (the interval spans 0)"
+            verdict = ("significant" if found["significant"] else
+                       "not significant (the interval spans 0)" if found["low"] <= 0 <= found["high"] else
+                       "not significant (too few questions: see toolkit.metrics.MIN_QUESTIONS)")
             lines.append(
                 f"{VERDICTS[key]} ({DIFFERENCE_TITLES[key]}), {name}: {_fmt(found['mean'], True)} "
                 f"{_interval(found, True)} over {found['questions']} questions: {verdict}"
@@ -240,7 +242,7 @@ def render_markdown(report: dict) -> str:
         "",
         f"Each cell: the mean, then its {bootstrap.get('confidence', 0.95):.0%} paired bootstrap interval over "
         f"questions ({bootstrap.get('resamples', '?')} resamples, seed {bootstrap.get('seed', '?')}). Differences in "
-        "**bold** are significant; (n.s.) marks one whose interval spans 0.",
+        "**bold** are significant; (n.s.) marks one whose interval spans 0, or one over fewer than 5 questions.",
         "",
         "Columns: " + "; ".join(f"**{COLUMN_TITLES[k]}**: {v}" for k, v in evaluation.get("columns", {}).items())
         + ".",
