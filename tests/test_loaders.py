@@ -60,6 +60,12 @@ def test_a_file_is_read_once_across_entries_and_under_its_own_name(tmp_path, cap
     assert [i for _, i, _ in expand(tmp_path / "a", taken)] == ["x"]
     assert expand(tmp_path / "other" / "o.txt", taken) == []
     assert f"skipping {tmp_path / 'other' / 'o.txt'}: an earlier corpus entry took it" in caplog.text
+    # An earlier entry that reaches the file through a link takes it under the link's id: said, with the fix.
+    taken = {}
+    assert [i for _, i, _ in expand(tmp_path / "a", taken)] == ["ext", "x"]
+    assert expand(tmp_path / "other", taken) == []
+    assert (f"skipping {tmp_path / 'other' / 'o.txt'}: an earlier corpus entry took it through the link "
+            f"{tmp_path / 'a' / 'ext.txt'}, under that link's id (list this file's entry first") in caplog.text
 
 
 def test_a_path_with_glob_characters_that_exists_is_that_path(tmp_path):

@@ -113,6 +113,10 @@ def _once(files: list[Path], taken: dict[Path, Path]) -> list[Path]:
             kept.add(file)
         elif first == file:
             logger.warning("skipping %s: an earlier corpus entry took it", file)
+        elif first.is_symlink() and not file.is_symlink():
+            # Within an entry the real file goes first; across entries the earlier entry wins, link or not.
+            logger.warning("skipping %s: an earlier corpus entry took it through the link %s, under that link's id "
+                           "(list this file's entry first to keep its own)", file, first)
         else:
             logger.warning("skipping %s: the same file as %s", file, first)
     return [file for file in files if file in kept]
