@@ -169,6 +169,40 @@ def test_an_empty_section_takes_its_defaults(tmp_path):
     assert load_recipe(WINE_R1).training.trl  # there was something to clear
 
 
+def test_an_override_fills_in_a_section_left_empty(tmp_path):
+    # A null section ("export:", "trl:") was "export is not a section" to a dotted override under it.
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"extends: {WINE}\nexport:\ntraining:\n  trl:\n")
+    loaded = load_recipe(recipe, ["export.formats=[adapter]", "training.trl.optim=sgd"])
+    assert loaded.export == ExportSection(formats=["adapter"])
+    assert loaded.training.trl == {"optim": "sgd"}
+    assert load_recipe(WINE_R1, ["training.trl=null", "training.trl.optim=sgd"]).training.trl == {"optim": "sgd"}
+    assert load_recipe(WINE, ["rewards.0.params=null", "rewards.0.params.partial=false"]).rewards[0].params == {
+        "partial": False}
+    with pytest.raises(RecipeError, match=re.escape("override eval.limit.x: eval.limit is not a section")):
+        load_recipe(recipe, ["eval.limit=5", "eval.limit.x=1"])  # a value in the way is still an error
+
+
+def test_exponents_without_a_dot_are_floats(tmp_path):
+    # YAML 1.1 (PyYAML) read 1e-3 as a string: pydantic's float fields coerced it, but a reward param refused it
+    # ("param 'tolerance' must be a number, got '1e-3'"). Read as YAML 1.2 does.
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"extends: {WINE}\nrewards:\n  - {{name: answer_match, params: {{tolerance: 1e-3, "
+                      f"rel_tolerance: 1E-2}}}}\ntraining:\n  learning_rate: 5e-4\n  max_steps: 10\n")
+    loaded = load_recipe(recipe)
+    assert loaded.rewards[0].params == {"tolerance": 0.001, "rel_tolerance": 0.01}
+    assert loaded.training.learning_rate == 5e-4
+    assert loaded.training.max_steps == 10 and isinstance(loaded.training.max_steps, int)
+    overridden = load_recipe(WINE, ["rewards.0.params.tolerance=1e-3", "rewards.0.params.rel_tolerance=+2.5e-2",
+                                    "rewards.0.weight=2E0", "training.trl.max_grad_norm=-2e+3"])
+    assert overridden.rewards[0].params == {"partial": True, "tolerance": 0.001, "rel_tolerance": 0.025}
+    assert overridden.rewards[0].weight == 2.0
+    assert overridden.training.trl["max_grad_norm"] == -2000.0
+    # Words that only look like exponents stay strings.
+    words = load_recipe(WINE, ["prompt.system=e5", "rewards.0.label=1e"])
+    assert (words.prompt.system, words.rewards[0].key) == ("e5", "1e")
+
+
 def test_override_values_are_parsed_as_yaml():
     recipe = load_recipe(
         WINE,
@@ -176,7 +210,7 @@ def test_override_values_are_parsed_as_yaml():
             "eval.limit=5",
             "output_dir=/tmp/x",
             "training.mask_truncated_completions=true",
-            "training.learning_rate=1e-4",  # YAML 1.1 reads this as a string; the float field still accepts it
+            "training.learning_rate=1e-4",  # a float, as in YAML 1.2 (YAML 1.1 reads a string)
             "training.lora.target_modules=[q_proj, v_proj]",
             "rewards.1.params={mode: soft}",
             "data.max_train_questions=null",

@@ -15,7 +15,7 @@ from toolkit.rewards import RewardError, accepted_params, build_reward
 WINE = "recipes/wine.yaml"
 MODULE = """
 import math
-from typing import Optional
+from typing import List, Optional
 
 def scaled(completions, *, scale=1.0, answer=None, **kwargs):
     return [scale * float(c == "yes") for c in completions]
@@ -49,6 +49,11 @@ def top_typed(completions, *, k: int = 2, cap: float = 3, **kwargs):
 
 def optional(completions, *, u: int | None = 3, y: float | None = 1.0, o: Optional[int] = None, k: int, **kwargs):
     return [float(u or 0) + (y or 0) + (o or 0) + k] * len(completions)
+
+def typed(completions, *, strict: bool, thr: float | None = None, words: list[str] | None = None,
+          tags: Optional[List[str]] = None, label: Optional[str] = None, free=None, table: dict | None = None,
+          **kwargs):
+    return [float(strict) + float(len(c) > (thr or 0)) + len(words or []) for c in completions]
 
 def exits(completions, **kwargs):
     import sys
@@ -142,6 +147,17 @@ def test_a_file_is_loaded_once(rewards_file):
     ("{file}:optional", {"k": 2.5}, "param 'k' must be an integer, got 2.5"),
     ("{file}:optional", {"k": None}, "param 'k' must be an integer, got None"),
     ("{file}:optional", {"k": 1, "y": "x"}, "param 'y' must be a number, got 'x'"),
+    # Checked by annotation (alone, `| None` or Optional): "0.5" failed mid-run, "false" was true, 5 a list.
+    ("{file}:typed", {"strict": "false"}, "reward '{file}:typed': param 'strict' must be a bool, got 'false'"),
+    ("{file}:typed", {"strict": "no"}, "param 'strict' must be a bool, got 'no'"),
+    ("{file}:typed", {"strict": 1}, "param 'strict' must be a bool, got 1"),
+    ("{file}:typed", {"strict": None}, "param 'strict' must be a bool, got None"),
+    ("{file}:typed", {"strict": True, "thr": "0.5"}, "reward '{file}:typed': param 'thr' must be a number, got '0.5'"),
+    ("{file}:typed", {"strict": True, "thr": True}, "param 'thr' must be a number, got True"),
+    ("{file}:typed", {"strict": True, "words": 5}, "param 'words' must be a list, got 5"),
+    ("{file}:typed", {"strict": True, "words": "yes"}, "param 'words' must be a list, got 'yes'"),
+    ("{file}:typed", {"strict": True, "tags": "a"}, "param 'tags' must be a list, got 'a'"),
+    ("{file}:typed", {"strict": True, "label": 3}, "param 'label' must be a string, got 3"),
     ("{file}:needs_threshold", {}, "reward '{file}:needs_threshold': missing param threshold"),
     ("{dir}/nope.py:f", {}, "file not found: {dir}/nope.py"),
     ("{file}:", {}, "expected 'package.module:function' or 'path/to/file.py:function'"),
@@ -165,6 +181,52 @@ def test_a_broken_file_is_one_line(tmp_path, source, message):
     with pytest.raises(ValueError, match=re.escape(message.format(path=path))) as err:
         build_reward(f"{path}:f")
     assert "\n" not in str(err.value)
+
+
+EXIT_HINT = "; a reward file's script code belongs under `if __name__ == '__main__':`"
+
+
+@pytest.mark.parametrize(("source", "message"), [
+    ("import sys\nsys.exit(0)\n", "cannot import {what}: called sys.exit(0)" + EXIT_HINT),
+    ("import sys\nsys.exit('no key')\n", "cannot import {what}: called sys.exit('no key')" + EXIT_HINT),
+    # argparse prints its usage and reason, then exits 2: the reason goes into the one line, the usage nowhere.
+    ("import argparse\nargparse.ArgumentParser(prog='score').parse_args(['--nope'])\n",
+     "cannot import {what}: called sys.exit(2) after writing 'score: error: unrecognized arguments: --nope'"),
+    ("print('starting')\nraise SystemExit\n", "called sys.exit(None) after writing 'starting'"),
+], ids=["exit_0", "exit_message", "argparse", "bare_exit"])
+@pytest.mark.parametrize("form", ["file", "module"])
+def test_an_exit_at_import_is_a_one_line_error(tmp_path, monkeypatch, capsys, source, message, form):
+    # SystemExit is no Exception: it went past the import's guard and ended the run with the file's status (0: no
+    # output, nothing done; 2: the file's own usage text).
+    module = f"exits_{uuid.uuid4().hex[:8]}"
+    path = tmp_path / f"{module}.py"
+    path.write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    what = path if form == "file" else repr(module)
+    with pytest.raises(ValueError, match=re.escape(message.format(what=what))) as err:
+        build_reward(f"{path if form == 'file' else module}:f")
+    assert "\n" not in str(err.value)
+    assert capsys.readouterr() == ("", "")
+
+
+def test_an_exit_at_import_fails_the_recipe_load(tmp_path):
+    path = tmp_path / "exits_at_import.py"
+    path.write_text("import sys\nsys.exit(0)\n")
+    with pytest.raises(RecipeError, match=re.escape(f"rewards.5: custom reward '{path}:f': cannot import {path}: "
+                                                    "called sys.exit(0)")):
+        load_recipe(WINE, [f"rewards.5={{name: '{path}:f'}}"])
+
+
+def test_ctrl_c_at_import_still_stops_and_output_is_kept(tmp_path, capsys):
+    path = tmp_path / f"slow_{uuid.uuid4().hex[:6]}.py"
+    path.write_text("import sys\nprint('loading')\nprint('a warning', file=sys.stderr)\nraise KeyboardInterrupt\n")
+    with pytest.raises(KeyboardInterrupt):
+        build_reward(f"{path}:f")
+    assert capsys.readouterr() == ("loading\n", "a warning\n")  # held back during the import, not dropped
+    # Not left half-run in sys.modules: the next load executes the file again.
+    path.write_text("print('loaded')\ndef f(completions, **kwargs):\n    return [1.0] * len(completions)\n")
+    assert build_reward(f"{path}:f")(["a"]) == [1.0]
+    assert capsys.readouterr().out == "loaded\n"
 
 
 def test_recipe_checks_custom_rewards_at_load(rewards_file):
@@ -250,6 +312,27 @@ def test_long_completions_are_cut_in_the_message(rewards_file):
 def test_a_float_annotated_param_with_an_int_default_takes_any_number(rewards_file):
     assert build_reward(f"{rewards_file}:top_typed", {"cap": 1.5, "k": 3})(["a", "b", "c"]) == [1.0, 1.0, 0.0]
     assert build_reward(f"{rewards_file}:top", {"k": 1})(["a", "b"]) == [1.0, 0.0]
+
+
+def test_annotated_params_take_their_kind_and_others_anything(rewards_file):
+    reward = build_reward(f"{rewards_file}:typed", {"strict": False, "thr": 1, "words": ["a"], "tags": [],
+                                                    "label": "x", "free": "anything", "table": 5})
+    assert reward(["a", "bb"]) == [1.0, 2.0]  # an int is a fine float; `free` and `dict | None` are not checked
+    assert build_reward(f"{rewards_file}:typed", {"strict": True, "thr": None, "words": None})(["a"]) == [2.0]
+
+
+def test_annotations_are_checked_as_text_too(tmp_path):
+    # Under `from __future__ import annotations` every annotation is a string.
+    path = tmp_path / f"postponed_{uuid.uuid4().hex[:6]}.py"
+    path.write_text("from __future__ import annotations\nimport typing\n\n"
+                    "def f(completions, *, thr: float | None = None, words: typing.Optional[typing.List[str]] = None,"
+                    " n: typing.Union[int, None] = None, **kwargs):\n    return [0.0] * len(completions)\n")
+    assert build_reward(f"{path}:f", {"thr": 0.5, "words": ["a"], "n": 2}).params["thr"] == 0.5
+    for params, message in [({"thr": "0.5"}, "param 'thr' must be a number, got '0.5'"),
+                            ({"words": 5}, "param 'words' must be a list, got 5"),
+                            ({"n": 2.5}, "param 'n' must be an integer, got 2.5")]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            build_reward(f"{path}:f", params)
 
 
 def test_optional_params_take_null_and_their_kind(rewards_file):

@@ -7,6 +7,7 @@ the line, for invalid YAML), as the schema's do.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,8 @@ class _RepeatedKey(yaml.constructor.ConstructorError):
 
 class _UniqueKeyLoader(yaml.SafeLoader):
     """PyYAML's safe loader, except that a key given twice in one mapping is an error: plain YAML keeps the last
-    one silently, so a second `training:` section would drop every field of the first."""
+    one silently, so a second `training:` section would drop every field of the first. And `1e-3` is a float (see
+    below)."""
 
     def construct_mapping(self, node, deep=False):
         seen = set()
@@ -41,6 +43,17 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                     problem=f"key {key!r} appears twice in one mapping", problem_mark=key_node.start_mark
                 )
         return super().construct_mapping(node, deep)
+
+
+# PyYAML follows YAML 1.1, whose floats need a dot and a signed exponent: `1e-3`, `1E5` and `1.0e5` were strings,
+# which pydantic's float fields coerced but a reward param refused ("must be a number, got '1e-3'"). YAML 1.2 reads
+# them as floats, as here; ints (`10`) and words (`e5`, `1e`) stay as they were. Added after YAML 1.1's resolvers,
+# so this only decides what those left a string.
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
 
 
 def parse_yaml(text: str) -> Any:
@@ -144,7 +157,7 @@ def apply_override(raw: dict, override: str, path: Path, origins: dict) -> None:
                     del origins[known]  # what a parent set below this key is gone
                 origins[here] = path
         else:
-            if isinstance(node, dict):
-                node = node.setdefault(part, {})
-            else:
-                node = node[part]
+            child = node.get(part) if isinstance(node, dict) else node[part]
+            if child is None:  # absent, or a section left empty (`export:`), which takes its defaults: fill it in
+                child = node[part] = {}
+            node = child

@@ -6,13 +6,15 @@ typo costs a one-line error at once rather than a crash after the model has load
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
 import inspect
+import io
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -54,10 +56,9 @@ def load_custom(name: str) -> Callable[..., Any]:
 
 
 def _import(name: str, module: str) -> ModuleType:
-    try:
-        return importlib.import_module(module)
-    except Exception as err:  # a broken module may raise anything at import
-        raise ValueError(f"custom reward {name!r}: cannot import {module!r}: {_one_line(err)}") from None
+    with _import_errors(name, repr(module)):
+        loaded = importlib.import_module(module)
+    return loaded
 
 
 def _load_file(name: str, target: str) -> ModuleType:
@@ -75,11 +76,43 @@ def _load_file(name: str, target: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     sys.modules[key] = module  # before exec, as import does, so dataclasses and pickling inside it work
     try:
-        spec.loader.exec_module(module)
-    except Exception as err:
+        with _import_errors(name, target):
+            spec.loader.exec_module(module)
+    except BaseException:  # Ctrl-C too: a half-run module must not be found by the next load
         del sys.modules[key]
-        raise ValueError(f"custom reward {name!r}: cannot import {target}: {_one_line(err)}") from None
+        raise
     return module
+
+
+@contextlib.contextmanager
+def _import_errors(name: str, what: str) -> Iterator[None]:
+    """Whatever importing the reward's module raises, as one line naming it; KeyboardInterrupt still stops the run.
+
+    SystemExit included: a script's sys.exit() or module-level argparse raises it, and uncaught it ended the whole
+    run with the script's status (0: nothing done and no word why) and usage text. So what the module writes is
+    held back meanwhile: after such an exit its last line (argparse's reason) goes into the message instead of a
+    second error line; otherwise it is written out as it would have been."""
+    out, err = io.StringIO(), io.StringIO()
+    exited = False
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            yield
+    except SystemExit as exc:
+        exited = True
+        said = _last_line(err.getvalue()) or _last_line(out.getvalue())
+        raise ValueError(f"custom reward {name!r}: cannot import {what}: called sys.exit({exc.code!r})"
+                         + (f" after writing {said!r}" if said else "")
+                         + "; a reward file's script code belongs under `if __name__ == '__main__':`") from None
+    except Exception as exc:  # a broken module may raise anything at import
+        raise ValueError(f"custom reward {name!r}: cannot import {what}: {_one_line(exc)}") from None
+    finally:
+        if not exited:
+            sys.stdout.write(out.getvalue())
+            sys.stderr.write(err.getvalue())
+
+
+def _last_line(text: str) -> str:
+    return next((" ".join(line.split()) for line in reversed(text.splitlines()) if line.strip()), "")
 
 
 def _one_line(err: Exception) -> str:

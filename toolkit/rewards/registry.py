@@ -88,19 +88,70 @@ def _annotation_names(annotation: Any) -> set[str]:
     return set(re.findall(r"[A-Za-z_]\w*", text)) - {"typing"}
 
 
+# A custom reward's param annotated with one of these (alone, `| None` or Optional[...]) takes only that kind of
+# value. A bool is no int and no float here: YAML's yes/on/true would otherwise count as 1.
+_ANNOTATED_KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "float": (builtin.is_number, "a number"),
+    "bool": (lambda v: isinstance(v, bool), "a bool"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "list": (lambda v: isinstance(v, list), "a list"),
+    "List": (lambda v: isinstance(v, list), "a list"),
+}
+
+
+def _annotated_kind(annotation: Any) -> str | None:
+    """The `_ANNOTATED_KINDS` key a param is annotated with, `None` and Optional aside: "float" for `float | None`,
+    "list" for `list[str]`, "List" for `typing.List[str]`; None for no annotation, a union of kinds (`int | str`)
+    or any other type. Read from the text, as `from __future__ import annotations` leaves it: no user code runs."""
+    if annotation is inspect.Parameter.empty:
+        return None
+    text = annotation if isinstance(annotation, str) else inspect.formatannotation(annotation)
+    members = [m for m in _union_members(text) if m != "None"]
+    head = re.fullmatch(r"(?:typing\.)?([A-Za-z_]\w*)(?:\[.*\])?", members[0], re.S) if len(members) == 1 else None
+    return head[1] if head and head[1] in _ANNOTATED_KINDS else None
+
+
+def _union_members(text: str) -> list[str]:
+    """`int | None` and `Optional[int]` → ["int", "None"]; `Union[a, b]` → ["a", "b"]; any other type → [it]."""
+    text = text.strip()
+    parts = _split_outside_brackets(text, "|")
+    if len(parts) > 1:
+        return [member for part in parts for member in _union_members(part)]
+    union = re.fullmatch(r"(?:typing\.)?(Optional|Union)\[(.*)\]", text, re.S)
+    if not union:
+        return [text]
+    members = [member for part in _split_outside_brackets(union[2], ",") for member in _union_members(part)]
+    return [*members, "None"] if union[1] == "Optional" else members
+
+
+def _split_outside_brackets(text: str, sep: str) -> list[str]:
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        depth += (char in "[(") - (char in "])")
+        if char == sep and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    return [*parts, text[start:]]
+
+
 def _check_kind(name: str, key: str, value: Any, param: inspect.Parameter, whole: bool) -> None:
     # The default's type is the param's kind; YAML makes "true" vs true easy to get wrong. `whole` (a custom
-    # reward): a param annotated `int` (`int | None`, `Optional[int]`), or an int default without an annotation,
-    # refuses 2.5, which a function using it as a count or an index would fail on mid-training or, worse, round
-    # silently. Built-ins check their own ints, with their ranges.
+    # reward): a param annotated int, float, bool, str or list (see _ANNOTATED_KINDS), or an int default without an
+    # annotation, refuses another kind of value here, at recipe load. Mid-training, "0.5" for a float threshold
+    # raises TypeError at the first comparison, "false" for a bool is true, 5 for a list fails wherever it is
+    # iterated, and 2.5 for a count or an index fails or, worse, rounds silently. Built-ins check their own ints,
+    # with their ranges.
     default = param.default
     names = _annotation_names(param.annotation)
     if value is None and (default is None or names & {"None", "Optional", "Any"}):
         return
-    integral = names - {"None", "Optional"} == {"int"} or (
-        not names and isinstance(default, int) and not isinstance(default, bool))
-    if whole and integral:
-        ok, kind = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    annotated = _annotated_kind(param.annotation) if whole else None
+    if whole and not names and isinstance(default, int) and not isinstance(default, bool):
+        annotated = "int"
+    if annotated is not None:
+        accepts, kind = _ANNOTATED_KINDS[annotated]
+        ok = accepts(value)
     elif default is inspect.Parameter.empty or default is None:
         return
     elif isinstance(default, bool):
