@@ -261,3 +261,14 @@ def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys, tmp_path):
     captured = capsys.readouterr()
     assert code == 130 and not captured.out
     assert captured.err.strip() == "interrupted"
+
+
+def test_a_packaged_base_whose_cache_is_gone_is_made_again(tmp_path, monkeypatch):
+    # The run's report names the converted cache folder; once it is gone, chat makes the packaged model again in
+    # the current cache instead of failing.
+    from test_export import gone_packaged_base
+
+    run, conversions = gone_packaged_base(tmp_path, monkeypatch)
+    model = chat.AdapterChat(load_recipe(RECIPE, [f"output_dir={run}"]), run / "adapter", 8)
+    assert conversions == [tmp_path / "cache" / "toolkit"]
+    assert model.model.peft_config and model.tokenizer.chat_template

@@ -428,3 +428,101 @@ def test_files_left_by_an_earlier_export_are_named_not_described(tmp_path, caplo
     assert manifest["older_files"] == ["merged/", "model-f16.gguf"]
     assert json.loads((run / "export" / "manifest.json").read_text())["older_files"] == ["merged/", "model-f16.gguf"]
     assert f"{run / 'export' / 'model-f16.gguf'} is left from an earlier export, not made by this one" in caplog.text
+
+
+# ----------------------------------------------------------------- a cleared model cache, a killed export
+
+
+def gone_packaged_base(tmp_path, monkeypatch, recorded_name="packaged:smollm2-135m-instruct"):
+    """A finished run of the tiny Llama trained as `recorded_name`, whose report.json's model_path is a cache
+    folder that is gone (a cleared cache, another XDG_CACHE_HOME). The current cache is tmp_path/cache, where the
+    packaged model "converts" again as a copy of the tiny Llama (no 500 MB conversion); returns (run, conversions),
+    the cache folders converted into."""
+    import importlib.metadata
+    import shutil
+
+    from test_models import broken_adapter
+
+    from toolkit import models
+
+    model, _, base = _tiny_model(tmp_path, "llama")  # before XDG_CACHE_HOME moves: it reads the real cache
+    spec = models.PACKAGED_LLMS["smollm2-135m-instruct"]
+    folder = f"smollm2-135m-instruct-{importlib.metadata.version(spec.distribution)}-r{models.CONVERSION_REVISION}"
+    run = tmp_path / "run"
+    run.mkdir()
+    broken_adapter(run / "adapter", model, "none")
+    report = {"model_path": str(tmp_path / "old-cache" / "toolkit" / folder),
+              "recipe": {"model": {"name_or_path": recorded_name, "cache_dir": None}}}
+    (run / "report.json").write_text(json.dumps(report))
+    conversions = []
+
+    def convert(key, spec, cache_dir):
+        conversions.append(cache_dir)
+        shutil.copytree(base, cache_dir / folder, dirs_exist_ok=True)
+        return cache_dir / folder
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(models, "_convert_packaged", convert)
+    return run, conversions
+
+
+def test_an_adapter_export_needs_no_base_model(tmp_path, monkeypatch):
+    # Its base gone and not makeable (a local folder), the run's adapter still exports: it never loads the base.
+    run, conversions = gone_packaged_base(tmp_path, monkeypatch, recorded_name="/old/models/base")
+    manifest = export_mod.export(load_recipe(RECIPE), run, ["adapter"])
+    assert [entry["path"] for entry in manifest["files"]] == ["adapter/"]
+    assert manifest["base_model"] == json.loads((run / "report.json").read_text())["model_path"]  # as recorded
+    assert conversions == []
+
+
+def test_a_packaged_base_whose_cache_is_gone_is_made_again(tmp_path, monkeypatch, caplog):
+    run, conversions = gone_packaged_base(tmp_path, monkeypatch)
+    gone = json.loads((run / "report.json").read_text())["model_path"]
+    caplog.set_level("INFO", logger="toolkit.export")
+    manifest = export_mod.export(load_recipe(RECIPE), run, ["merged"])
+    assert conversions == [tmp_path / "cache" / "toolkit"]  # the current cache, not the one the run used
+    again = str(tmp_path / "cache" / "toolkit" / os.path.basename(gone))
+    assert manifest["base_model"] == again and (run / "export" / "merged" / "config.json").is_file()
+    assert f"base model {gone} is gone" in caplog.text and f"made again from its package: {again}" in caplog.text
+    assert "may not fit" not in caplog.text  # the same package version and conversion
+
+
+def test_a_gone_base_that_is_not_packaged_is_one_line_with_a_hint(tmp_path, monkeypatch, capsys):
+    run, conversions = gone_packaged_base(tmp_path, monkeypatch, recorded_name="/old/models/base")
+    capsys.readouterr()  # the tiny model's saving progress bar
+    assert export_mod.main(["recipes/wine.yaml", "--run", str(run), "--formats", "merged"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and conversions == [], err
+    assert f"{run / 'report.json'}: model_path: model " in " ".join(err.split())
+    assert "no such folder; the run trained that base model, and it is gone (a model cache cleared or moved?)" \
+        in " ".join(err.split())
+
+
+def test_an_export_removes_what_a_killed_export_left(tmp_path, caplog):
+    import subprocess
+
+    from test_models import broken_adapter
+
+    model, _, base = _tiny_model(tmp_path, "llama")
+    run = tmp_path / "run"
+    run.mkdir()
+    broken_adapter(run / "adapter", model, "none")
+    (run / "report.json").write_text(json.dumps({"model_path": str(base)}))
+    out = run / "export"
+    dead = subprocess.Popen([sys.executable, "-c", ""])
+    dead.wait()  # reaped: its pid names no process now
+    live = os.getpid()  # as if a second export were running beside this one
+    killed = [f".work-{dead.pid}-k1ll3d_x", f".merged.{dead.pid}.0badc0de", f".adapter.{dead.pid}.12345678"]
+    kept = [f".work-{live}-runn1ng_", f".merged.{live}.0badc0de", ".merged.old"]  # .old: save_dir_atomic's own
+    for name in killed + kept:
+        (out / name).mkdir(parents=True)
+        (out / name / "model.safetensors").write_bytes(b"half")
+    for name in (f".model-f16.gguf.{dead.pid}.tmp", f".manifest.json.{dead.pid}.89abcdef"):
+        killed.append(name)
+        (out / name).write_text("half")
+    kept.append(f".notes.{dead.pid}.tmp")  # not a name an export writes
+    (out / kept[-1]).write_text("mine")
+    caplog.set_level("INFO", logger="toolkit.export")
+    export_mod.export(load_recipe(RECIPE), run, ["adapter"])
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == sorted(kept)
+    assert f"removed what an interrupted export left in {out}: {', '.join(sorted(killed))}" in caplog.text

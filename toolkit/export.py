@@ -17,6 +17,8 @@ Writes `<run>/export/` (run: the recipe's output_dir unless --run):
   earlier export left in export/: not this export's, not verified.
 
 Every file and folder is written under a temporary name and renamed, so a crash never leaves half an export.
+Those names hold the pid of the export writing them: what an export killed mid-way left (hundreds of MB) is removed
+by the next export, unless that process still runs.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -34,7 +37,7 @@ import typing
 from datetime import datetime, timezone
 from pathlib import Path
 
-from toolkit.models import ModelError, check_adapter, load_adapter, loading
+from toolkit.models import PACKAGED_PREFIX, ModelError, check_adapter, load_adapter, loading
 from toolkit.prompts import prepare_replies
 from toolkit.recipe import ExportFormat, PromptSection, Recipe
 from toolkit.report import in_the_way, save_dir_atomic, write_atomic
@@ -51,6 +54,13 @@ GGUF_FILES = {  # format → (file name, quant type)
 }
 UNQUANTIZED = ("gguf-f32", "gguf-f16")  # written by our converter; the others by llama.cpp's quantizer
 QUANTIZER_FTYPES = {"gguf-q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "gguf-q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}
+OUTPUTS = ("adapter", "merged", "manifest.json", *(file for file, _ in GGUF_FILES.values()))  # what export/ gets
+# The temporary names in export/, each with its writer's pid: _export's work folder (.work-<pid>-<random>),
+# save_dir_atomic and write_atomic (.<output>.<pid>.<8 hex>), the GGUF converter and quantizer (.<output>.<pid>.tmp).
+TEMP_NAMES = (
+    re.compile(r"\.work-(\d+)-.+"),
+    re.compile(rf"\.(?:{'|'.join(map(re.escape, OUTPUTS))})\.(\d+)\.(?:[0-9a-f]{{8}}|tmp)"),
+)
 
 
 def exact_format(dtype: str) -> str:
@@ -104,7 +114,8 @@ def export(recipe: Recipe, run_dir: str | Path | None = None, formats: list[str]
         raise ExportError(f"no adapter in {adapter_dir}: {hint}")
     ggufs = [f for f in formats if f in GGUF_FILES]
     check_export_ready(formats, recipe.export.verify)  # before minutes of merging, not after
-    base_path = base_model_path(recipe, run_dir)
+    # The adapter alone needs no base: it is only named in the manifest, as the run recorded it.
+    base_path = base_model_path(recipe, run_dir, resolve="merged" in formats or bool(ggufs))
     if ggufs:
         gguf_convert.check_architecture(_config_dict(base_path))
     if "merged" in formats or ggufs:
@@ -117,6 +128,8 @@ def export(recipe: Recipe, run_dir: str | Path | None = None, formats: list[str]
     if blocked:  # found now, not when the manifest is written after minutes of merging and converting
         raise ExportError(f"{blocked}; move it away to export there")
     created = not out.exists()
+    if not created:
+        remove_leftovers(out)
     out.mkdir(parents=True, exist_ok=True)
     try:
         manifest = _export(recipe, run_dir, formats, dtype, adapter_dir, base_path, out)
@@ -127,6 +140,42 @@ def export(recipe: Recipe, run_dir: str | Path | None = None, formats: list[str]
     return manifest
 
 
+def remove_leftovers(out: Path) -> list[str]:
+    """Remove from `out` what an export killed mid-way (kill -9, a lost machine: no `finally` ran) left under its
+    temporary names, and return those names; an export still running keeps its own (its pid is in the names)."""
+    removed = []
+    for path in sorted(out.iterdir()):
+        pid = next((int(m.group(1)) for m in (p.fullmatch(path.name) for p in TEMP_NAMES) if m), None)
+        if pid is None or _running(pid):
+            continue
+        try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except FileNotFoundError:
+            pass  # another export starting at the same time removed it first
+        except OSError as err:
+            logger.warning("cannot remove %s, left by an interrupted export: %s", path, err)
+            continue
+        removed.append(path.name)
+    if removed:
+        logger.info("removed what an interrupted export left in %s: %s", out, ", ".join(removed))
+    return removed
+
+
+def _running(pid: int) -> bool:
+    if not 0 < pid < 2**31:  # 0 would signal our process group; larger ones overflow os.kill: not our pids
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, but another user's
+        return True
+    return True
+
+
 def _export(recipe: Recipe, run_dir: Path, formats: list[str], dtype: str, adapter_dir: Path, base_path: str,
             out: Path) -> dict:
     from toolkit import gguf_convert
@@ -134,7 +183,8 @@ def _export(recipe: Recipe, run_dir: Path, formats: list[str], dtype: str, adapt
     exact = exact_format(dtype)
     ggufs = [f for f in formats if f in GGUF_FILES]
     entries: list[dict] = []
-    work = Path(tempfile.mkdtemp(prefix=".work-", dir=out))  # intermediates nobody asked for
+    # Intermediates nobody asked for; the pid in the name tells a later export whether this one still runs.
+    work = Path(tempfile.mkdtemp(prefix=f".work-{os.getpid()}-", dir=out))
     try:
         if "adapter" in formats:
             start = time.perf_counter()
@@ -194,8 +244,9 @@ def _export(recipe: Recipe, run_dir: Path, formats: list[str], dtype: str, adapt
     return manifest
 
 
-def base_model_path(recipe: Recipe, run_dir: Path) -> str:
-    """The base the run trained: report.json's `model_path` when the run finished, else the recipe's model."""
+def base_model_path(recipe: Recipe, run_dir: Path, resolve: bool = True) -> str:
+    """The base the run trained: report.json's `model_path` when the run finished, else the recipe's model. With
+    `resolve` false, that name as recorded, neither checked nor converted (an export that never loads the base)."""
     from toolkit.models import resolve_model
 
     report = run_dir / "report.json"
@@ -211,11 +262,43 @@ def base_model_path(recipe: Recipe, run_dir: Path) -> str:
             # A hand-edited or foreign report must not send a number or a list to the hub as a repo id.
             if not isinstance(path, str) or not path.strip():
                 raise ExportError(f"{report}: model_path must be a model folder or hub id, got {path!r}")
+            if not resolve:
+                return path
             try:
                 return resolve_model(path)
             except ModelError as err:
-                raise ExportError(f"{report}: model_path: {err}") from None
+                if os.path.lexists(path):  # there but broken: nothing to make again
+                    raise ExportError(f"{report}: model_path: {err}") from None
+                return _gone_base_again(recipe, report, found, path, err)
+    if not resolve:
+        return recipe.model.name_or_path
     return resolve_model(recipe.model.name_or_path, recipe.model.cache_dir)
+
+
+def _gone_base_again(recipe: Recipe, report: Path, found: dict, path: str, err: ModelError) -> str:
+    """A run's base folder that is gone: a packaged model's conversion lives in a cache (model_path), and a cleared
+    cache or another XDG_CACHE_HOME must not strand the run. The report's recipe names the packaged model, which
+    converts again into the current cache; any other base is the user's to put back."""
+    from toolkit.models import resolve_model
+
+    recorded = found.get("recipe")
+    model = recorded.get("model") if isinstance(recorded, dict) else None
+    name = model.get("name_or_path") if isinstance(model, dict) else None
+    if not isinstance(name, str) or not name.startswith(PACKAGED_PREFIX):
+        raise ExportError(f"{report}: model_path: {err}; the run trained that base model, and it is gone (a model "
+                          "cache cleared or moved?): put it back, or set model_path to where it is now") from None
+    try:
+        again = resolve_model(name, recipe.model.cache_dir)
+    except ModelError as again_err:
+        raise ExportError(f"{report}: model_path: {err}, and the run's {name} cannot be made again: {again_err}") \
+            from None
+    logger.info("%s: the run's base model %s is gone (a model cache cleared or moved?); using %s made again from "
+                "its package: %s", report, path, name, again)
+    # The cache folder's name holds the package version and conversion revision: another one may hold other weights.
+    if Path(again).name != Path(path).name:
+        logger.warning("%s: the run trained %s as %s, but it is now %s (another package version or conversion): "
+                       "the adapter may not fit it", report, name, Path(path).name, Path(again).name)
+    return again
 
 
 def _config_dict(model_path: str) -> dict:
