@@ -526,3 +526,22 @@ def test_an_export_removes_what_a_killed_export_left(tmp_path, caplog):
     export_mod.export(load_recipe(RECIPE), run, ["adapter"])
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == sorted(kept)
     assert f"removed what an interrupted export left in {out}: {', '.join(sorted(killed))}" in caplog.text
+
+
+@pytest.mark.parametrize("blocker, kind", [("merged", "link"), ("manifest.json", "folder"), ("", "file")])
+def test_a_run_with_an_export_section_checks_export_before_any_work(tmp_path, capsys, monkeypatch, blocker, kind):
+    # The whole run (evaluations, training, report) used to finish before export/'s obstacle was found.
+    import toolkit.run
+
+    (tmp_path / "export").parent.mkdir(exist_ok=True)
+    where = tmp_path / "export" / blocker if blocker else tmp_path / "export"
+    where.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "link":
+        where.symlink_to(tmp_path / "elsewhere")
+    else:
+        where.mkdir() if kind == "folder" else where.write_text("x")
+    monkeypatch.setattr("toolkit.prompts.build_splits", lambda recipe: pytest.fail("worked before checking export/"))
+    assert toolkit.run.main(["recipes/wine.yaml", f"output_dir={tmp_path}", "export.formats=[merged, gguf-f32]",
+                             "export.verify=false"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"error: {where} is a {kind}" in err and "move it away" in err, err

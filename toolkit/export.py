@@ -121,12 +121,7 @@ def export(recipe: Recipe, run_dir: str | Path | None = None, formats: list[str]
     if "merged" in formats or ggufs:
         check_adapter(adapter_dir)  # a broken adapter fails before anything is written
     out = run_dir / "export"
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"{out} is a file, not a folder: move it away to export there")
-    blocked = in_the_way(out, files=("manifest.json", *(GGUF_FILES[f][0] for f in ggufs)),
-                         whole=tuple(f for f in ("adapter", "merged") if f in formats))
-    if blocked:  # found now, not when the manifest is written after minutes of merging and converting
-        raise ExportError(f"{blocked}; move it away to export there")
+    check_outputs(out, formats)  # found now, not when the manifest is written after minutes of merging
     created = not out.exists()
     if not created:
         remove_leftovers(out)
@@ -138,6 +133,16 @@ def export(recipe: Recipe, run_dir: str | Path | None = None, formats: list[str]
             shutil.rmtree(out, ignore_errors=True)
         raise
     return manifest
+
+
+def check_outputs(out: Path, formats: list[str]) -> None:
+    """ExportError when something in `out` (a run's export/) is in the way of what `formats` write there."""
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{out} is a file, not a folder: move it away to export there")
+    blocked = in_the_way(out, files=("manifest.json", *(GGUF_FILES[f][0] for f in formats if f in GGUF_FILES)),
+                         whole=tuple(f for f in ("adapter", "merged") if f in formats))
+    if blocked:
+        raise ExportError(f"{blocked}; move it away to export there")
 
 
 def remove_leftovers(out: Path) -> list[str]:

@@ -52,9 +52,10 @@ def run(recipe: Recipe, console: Console, resume: bool = False) -> dict:
     if blocked:  # found now, not when the report is written after training
         raise RecipeError(f"output_dir: {blocked}; move it away or set another output_dir")
     if recipe.export.formats:
-        from toolkit.export import check_export_ready
+        from toolkit.export import check_export_ready, check_outputs
 
         check_export_ready(recipe.export.formats, recipe.export.verify)  # a missing extra fails now, not after training
+        check_outputs(out / "export", recipe.export.formats)  # and so does an output in the way
     work = out / "trainer"
     checkpoint = resume_checkpoint(work, recipe.training.max_steps) if resume else None
     config = grpo_config(recipe, work, backend)  # resolved now: a checkpoint it does not fit fails before any load
