@@ -16,6 +16,7 @@ import torch
 from export_run import FORMATS, RECIPE, exported_run
 
 from toolkit import export as export_mod
+from toolkit.export_folder import sha256_file
 from toolkit.gguf_convert import ConvertError, check_architecture, convert
 from toolkit.recipe import load_recipe
 from toolkit.verify import first_divergence, llama_greedy, load_llama, require_llama_cpp, verification_messages
@@ -140,7 +141,7 @@ def test_manifest_lists_every_file_with_size_hash_and_verification(run_dir, mani
         entry = entries[fmt]
         path = out / entry["path"]
         assert entry["quant_type"] == quant and entry["bytes"] == path.stat().st_size
-        assert entry["sha256"] == export_mod._sha256(path)
+        assert entry["sha256"] == sha256_file(path)
         check = entry["verify"]
         assert len(check["prompts"]) == 3 and check["tokenizer_match"] is True and check["ok"] is True
     f32 = entries["gguf-f32"]["verify"]

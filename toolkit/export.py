@@ -24,11 +24,9 @@ by the next export, unless that process still runs.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -37,30 +35,18 @@ import typing
 from datetime import datetime, timezone
 from pathlib import Path
 
+from toolkit.export_folder import GGUF_FILES, check_outputs, dir_entry, file_entry, remove_leftovers
 from toolkit.models import PACKAGED_PREFIX, ModelError, check_adapter, load_adapter, loading
 from toolkit.prompts import prepare_replies
 from toolkit.recipe import ExportFormat, PromptSection, Recipe
-from toolkit.report import in_the_way, save_dir_atomic, write_atomic
+from toolkit.report import save_dir_atomic, write_atomic
 from toolkit.verify import ExportError, Reference, cpu_threads, require_llama_cpp, verify_gguf
 
 logger = logging.getLogger("toolkit.export")  # not __name__: "__main__" under python -m
 
 FORMATS: tuple[str, ...] = typing.get_args(ExportFormat)
-GGUF_FILES = {  # format → (file name, quant type)
-    "gguf-f32": ("model-f32.gguf", "F32"),
-    "gguf-f16": ("model-f16.gguf", "F16"),
-    "gguf-q8_0": ("model-q8_0.gguf", "Q8_0"),
-    "gguf-q4_k_m": ("model-q4_k_m.gguf", "Q4_K_M"),
-}
 UNQUANTIZED = ("gguf-f32", "gguf-f16")  # written by our converter; the others by llama.cpp's quantizer
 QUANTIZER_FTYPES = {"gguf-q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "gguf-q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}
-OUTPUTS = ("adapter", "merged", "manifest.json", *(file for file, _ in GGUF_FILES.values()))  # what export/ gets
-# The temporary names in export/, each with its writer's pid: _export's work folder (.work-<pid>-<random>),
-# save_dir_atomic and write_atomic (.<output>.<pid>.<8 hex>), the GGUF converter and quantizer (.<output>.<pid>.tmp).
-TEMP_NAMES = (
-    re.compile(r"\.work-(\d+)-.+"),
-    re.compile(rf"\.(?:{'|'.join(map(re.escape, OUTPUTS))})\.(\d+)\.(?:[0-9a-f]{{8}}|tmp)"),
-)
 
 
 def exact_format(dtype: str) -> str:
@@ -135,52 +121,6 @@ def export(recipe: Recipe, run_dir: str | Path | None = None, formats: list[str]
     return manifest
 
 
-def check_outputs(out: Path, formats: list[str]) -> None:
-    """ExportError when something in `out` (a run's export/) is in the way of what `formats` write there."""
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"{out} is a file, not a folder: move it away to export there")
-    blocked = in_the_way(out, files=("manifest.json", *(GGUF_FILES[f][0] for f in formats if f in GGUF_FILES)),
-                         whole=tuple(f for f in ("adapter", "merged") if f in formats))
-    if blocked:
-        raise ExportError(f"{blocked}; move it away to export there")
-
-
-def remove_leftovers(out: Path) -> list[str]:
-    """Remove from `out` what an export killed mid-way (kill -9, a lost machine: no `finally` ran) left under its
-    temporary names, and return those names; an export still running keeps its own (its pid is in the names)."""
-    removed = []
-    for path in sorted(out.iterdir()):
-        pid = next((int(m.group(1)) for m in (p.fullmatch(path.name) for p in TEMP_NAMES) if m), None)
-        if pid is None or _running(pid):
-            continue
-        try:
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
-        except FileNotFoundError:
-            pass  # another export starting at the same time removed it first
-        except OSError as err:
-            logger.warning("cannot remove %s, left by an interrupted export: %s", path, err)
-            continue
-        removed.append(path.name)
-    if removed:
-        logger.info("removed what an interrupted export left in %s: %s", out, ", ".join(removed))
-    return removed
-
-
-def _running(pid: int) -> bool:
-    if not 0 < pid < 2**31:  # 0 would signal our process group; larger ones overflow os.kill: not our pids
-        return True
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, but another user's
-        return True
-    return True
-
-
 def _export(recipe: Recipe, run_dir: Path, formats: list[str], dtype: str, adapter_dir: Path, base_path: str,
             out: Path) -> dict:
     from toolkit import gguf_convert
@@ -194,13 +134,13 @@ def _export(recipe: Recipe, run_dir: Path, formats: list[str], dtype: str, adapt
         if "adapter" in formats:
             start = time.perf_counter()
             save_dir_atomic(out / "adapter", lambda tmp: shutil.copytree(adapter_dir, tmp, dirs_exist_ok=True))
-            entries.append(_dir_entry(out, "adapter", time.perf_counter() - start))
+            entries.append(dir_entry(out, "adapter", time.perf_counter() - start))
         merged_dir = out / "merged" if "merged" in formats else work / "merged"
         if "merged" in formats or ggufs:
             start = time.perf_counter()
             merge(base_path, adapter_dir, dtype, merged_dir, recipe.prompt)
             if "merged" in formats:
-                entries.append(_dir_entry(out, "merged", time.perf_counter() - start, dtype=dtype))
+                entries.append(dir_entry(out, "merged", time.perf_counter() - start, dtype=dtype))
         # Quantized files are made from the most precise unquantized file asked for, else from the exact one.
         master = next((f for f in UNQUANTIZED if f in ggufs), exact)
         for fmt in ggufs:
@@ -213,7 +153,7 @@ def _export(recipe: Recipe, run_dir: Path, formats: list[str], dtype: str, adapt
                 if not source.is_file():
                     gguf_convert.convert(merged_dir, source, GGUF_FILES[master][1].lower())
                 quantize(source, out / name, fmt)
-            entries.append(_file_entry(out, fmt, name, quant, time.perf_counter() - start))
+            entries.append(file_entry(out, fmt, name, quant, time.perf_counter() - start))
         if ggufs and recipe.export.verify:
             reference = Reference.from_merged(recipe, merged_dir)
             for entry in entries:
@@ -382,32 +322,6 @@ def _native_output():
             os.close(saved[1])
             sink.seek(0)
             lines.extend(sink.read().decode("utf-8", "replace").splitlines())
-
-
-# ------------------------------------------------------------------------------------------------ manifest
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _file_entry(out: Path, fmt: str, name: str, quant: str, seconds: float) -> dict:
-    path = out / name
-    return {"format": fmt, "path": name, "bytes": path.stat().st_size, "sha256": _sha256(path),
-            "quant_type": quant, "seconds": round(seconds, 2)}
-
-
-def _dir_entry(out: Path, name: str, seconds: float, **extra) -> dict:
-    files = [
-        {"path": str(p.relative_to(out)), "bytes": p.stat().st_size, "sha256": _sha256(p)}
-        for p in sorted((out / name).rglob("*")) if p.is_file()
-    ]
-    return {"format": name, "path": f"{name}/", "bytes": sum(f["bytes"] for f in files), "files": files,
-            "seconds": round(seconds, 2), **extra}
 
 
 # ------------------------------------------------------------------------------------------------- command
