@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from conftest import WINEMAG_COLUMNS, WINEMAG_ROWS
 from toolkit.data import QA, DataError, Document, load_documents, load_qa
 from toolkit.index import Chunk, Index, IndexUnavailable, SyncCounts, chunk_documents
 from toolkit.metrics import retrieval_metrics
-from toolkit.models import ModelError, resolve_embedder
+from toolkit.models import ModelError, folder_fingerprint, resolve_embedder
 
 ROOT = Path(__file__).resolve().parents[1]
 WINE = ROOT / "data" / "wine"
@@ -117,13 +118,40 @@ def test_index_persists_across_objects_and_processes(tmp_path, embedder_path, to
     assert json.loads(out.stdout.splitlines()[-1]) == sorted(c.id for c in chunks)
 
 
+def test_an_embedder_retrained_in_place_rebuilds_the_collection(tmp_path, embedder_path, tokenizer, caplog):
+    # The index was keyed by the embedder's name alone: a folder retrained or replaced under the same name kept the
+    # old model's vectors, and queries embedded by the new one searched them.
+    folder = tmp_path / "my-embedder"
+    folder.mkdir()
+    for item in Path(embedder_path).iterdir():
+        if item.name == "config_sentence_transformers.json":
+            shutil.copy(item, folder / item.name)
+        else:
+            (folder / item.name).symlink_to(item)
+    chunks = chunk_documents(SMALL, tokenizer, 128, 16)
+    first = Index(tmp_path / "index", "small", str(folder), str(folder))
+    first.sync(chunks)
+    assert first.manifest["embedder_files"] == folder_fingerprint(str(folder))
+    (folder / "README.md").unlink()  # not the model: no rebuild
+    assert Index(tmp_path / "index", "small", str(folder), str(folder), create=False).count() == 3
+    config = folder / "config_sentence_transformers.json"
+    config.write_text(config.read_text() + "\n")  # "retrained": other bytes in a file of the model
+    with pytest.raises(IndexUnavailable, match=r"was built with other files of embedder '.*my-embedder' \(retrained"):
+        Index(tmp_path / "index", "small", str(folder), str(folder), create=False)
+    rebuilt = Index(tmp_path / "index", "small", str(folder), str(folder))
+    assert "was built with other files of embedder" in caplog.text and rebuilt.count() == 0
+    assert rebuilt.manifest["embedder_files"] == folder_fingerprint(str(folder))
+    assert folder_fingerprint("sentence-transformers/all-MiniLM-L6-v2") is None  # a hub id: the name alone
+
+
 def test_other_embedder_rebuilds_the_collection(tmp_path, embedder_path, tokenizer, caplog):
     chunks = chunk_documents(SMALL, tokenizer, 128, 16)
     Index(tmp_path, "small", EMBEDDER, embedder_path).sync(chunks)
 
     rebuilt = Index(tmp_path, "small", "some-other-embedder", embedder_path)
     assert f"was built with embedder '{EMBEDDER}'; rebuilding it for 'some-other-embedder'" in caplog.text
-    assert rebuilt.manifest == {"embedder": "some-other-embedder", "dimension": 384}
+    assert rebuilt.manifest == {"embedder": "some-other-embedder", "dimension": 384,
+                                "embedder_files": folder_fingerprint(embedder_path)}
     assert rebuilt.collection.count() == 0
     assert rebuilt.collection.metadata["embedder"] == "some-other-embedder"
     assert rebuilt.sync(chunks) == SyncCounts(added=3, deleted=0, unchanged=0)

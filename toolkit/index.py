@@ -117,6 +117,13 @@ class Index:
             self.client = chromadb.PersistentClient(path=str(self.path), settings=Settings(anonymized_telemetry=False))
             existing = next((c for c in self.client.list_collections() if c.name == collection), None)
         built_with = (existing.metadata or {}).get("embedder") if existing is not None else None
+        from toolkit.models import folder_fingerprint
+
+        files = folder_fingerprint(embedder_path)
+        built_files = (existing.metadata or {}).get("embedder_files") if existing is not None else None
+        # Same name, other weights (retrained in place): every stored vector is from the old model. An index made
+        # before fingerprints were kept has none to compare and is used as it is.
+        refit = built_with == embedder_name and None not in (files, built_files) and files != built_files
         if not create:
             if existing is None:
                 raise IndexUnavailable(f"no collection {collection!r} in the index at {self.path}")
@@ -124,22 +131,29 @@ class Index:
                 raise IndexUnavailable(
                     f"the index at {self.path} was built with embedder {built_with!r}, not {embedder_name!r}"
                 )
+            if refit:
+                raise IndexUnavailable(f"the index at {self.path} was built with other files of embedder "
+                                       f"{embedder_name!r} (retrained or replaced in place since)")
             with _readable(self.path):
                 empty = existing.count() == 0
             if empty:  # a first build that failed or was stopped before its first batch was stored
                 # The readers (search, chat) add the command that builds it, with their recipe and overrides.
                 raise IndexUnavailable(f"the index at {self.path} holds no chunks (its first build failed or was "
                                        "stopped)")
-        elif existing is not None and built_with != embedder_name:
+        elif existing is not None and (built_with != embedder_name or refit):
             self.embedder  # noqa: B018 -- load the new embedder first: if it fails, the old index stays
-            logger.warning(
-                "index %s (collection %s) was built with embedder %r; rebuilding it for %r",
-                self.path, collection, built_with, embedder_name,
-            )
+            if refit:
+                logger.warning("index %s (collection %s) was built with other files of embedder %r (retrained or "
+                               "replaced in place since); rebuilding it", self.path, collection, embedder_name)
+            else:
+                logger.warning("index %s (collection %s) was built with embedder %r; rebuilding it for %r",
+                               self.path, collection, built_with, embedder_name)
             self.client.delete_collection(collection)
             existing = None
         if existing is None:
             manifest = {"embedder": embedder_name, "dimension": self.embedder.get_embedding_dimension()}
+            if files is not None:
+                manifest["embedder_files"] = files
             existing = self.client.create_collection(
                 collection, configuration={"hnsw": {"space": "cosine"}}, embedding_function=None, metadata=manifest
             )

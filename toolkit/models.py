@@ -136,6 +136,31 @@ def resolve_embedder(name_or_path: str) -> str:
     return str(package.get_model_path())
 
 
+def folder_fingerprint(name_or_path: str) -> str | None:
+    """A short digest of a local model folder's files (each one's name, size, first and last MiB), or None for a hub
+    id. An embedder retrained or replaced in place under the same folder name changes it; the name does not. Only
+    the ends of each file are read: a few MB for any model, and a fine-tune rewrites the first tensors too."""
+    import hashlib
+
+    folder = Path(name_or_path).expanduser()
+    if not folder.is_dir():
+        return None
+    digest = hashlib.sha256()
+    for file in sorted(folder.rglob("*")):
+        parts = file.relative_to(folder).parts
+        if not file.is_file() or file.suffix in (".py", ".pyc", ".md") or any(
+                part.startswith(".") or part == "__pycache__" for part in parts):
+            continue  # a packaged model's Python files, caches and README are not the model
+        size = file.stat().st_size
+        digest.update(f"{'/'.join(parts)}\0{size}\0".encode())
+        with file.open("rb") as f:
+            digest.update(f.read(1 << 20))
+            if size > 2 << 20:
+                f.seek(-(1 << 20), os.SEEK_END)
+                digest.update(f.read())
+    return digest.hexdigest()[:16]
+
+
 def _convert_packaged(key: str, spec: PackagedModel, cache_dir: Path) -> Path:
     found = importlib.util.find_spec(spec.module)
     if found is None or found.origin is None:
