@@ -293,6 +293,20 @@ def test_eval_key_changes_when_a_custom_reward_file_is_edited(tmp_path):
     assert key == eval_key(recipe, "/m", rows, "hf")
     reward.write_text("def score(completions, **kwargs):\n    return [0.5] * len(completions)\n")
     assert key != eval_key(recipe, "/m", rows, "hf")
+    # The file the recipe names, whatever the function is: a callable object (getsourcefile refused it, and every
+    # run failed with a traceback), or a function decorated by a wrapper from another file (that file was hashed).
+    (tmp_path / "wrap.py").write_text("import functools\ndef keep(fn):\n    @functools.wraps(fn)\n"
+                                      "    def inner(*a, **k):\n        return fn(*a, **k)\n    return inner\n")
+    for name, text in (("obj", "class S:\n    def __call__(self, completions, **kwargs):\n        return [V] * "
+                                "len(completions)\nscore = S()\n"),
+                       ("deco", f"import sys\nsys.path.insert(0, {str(tmp_path)!r})\nfrom wrap import keep\n@keep\n"
+                                "def score(completions, **kwargs):\n    return [V] * len(completions)\n")):
+        file = tmp_path / f"{name}.py"
+        file.write_text(text.replace("V", "0.25"))
+        recipe = load_recipe(ROOT / "recipes" / "wine.yaml", [f"rewards.5={{name: '{file}:score'}}"])
+        key = eval_key(recipe, "/m", rows, "hf")
+        file.write_text(text.replace("V", "0.75"))
+        assert key != eval_key(recipe, "/m", rows, "hf"), name
 
 
 def test_base_results_reused_only_on_resume_with_the_same_key(tmp_path):

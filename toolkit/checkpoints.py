@@ -225,17 +225,25 @@ def eval_key(recipe, model_path: str, rows: list[dict], backend: str) -> str:
 
 def _reward_code(recipe) -> dict[str, str]:
     """sha256 of each custom reward's source file: a reward edited between two runs scores the base columns
-    otherwise, and reusing the old ones would credit the edit to training. (Not a reward model's or embedder's
-    weights replaced in place under the same folder name.)"""
-    import inspect
+    otherwise, and reusing the old ones would credit the edit to training. The file the recipe names (`x.py:fn`),
+    or the module's (`pkg.mod:fn`), whatever the function is (a callable object, a partial, a decorated function
+    whose wrapper lives elsewhere). Not a reward model's or embedder's weights replaced in place."""
+    import importlib.util
+    import os
 
-    from toolkit.rewards.custom import is_custom, load_custom
+    from toolkit.rewards.custom import is_custom
 
     code = {}
     for reward in recipe.rewards:
         if is_custom(reward.name):
-            source = inspect.getsourcefile(load_custom(reward.name))  # loaded (and cached) with the recipe
-            code[reward.name] = hashlib.sha256(Path(source).read_bytes()).hexdigest() if source else ""
+            target = reward.name.rpartition(":")[0]
+            if target.endswith(".py") or "/" in target:
+                source = os.path.expanduser(target)
+            else:
+                spec = importlib.util.find_spec(target)  # imported with the recipe already
+                source = spec.origin if spec is not None else None
+            file = Path(source) if source else None
+            code[reward.name] = hashlib.sha256(file.read_bytes()).hexdigest() if file and file.is_file() else ""
     return code
 
 
