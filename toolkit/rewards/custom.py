@@ -11,7 +11,6 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
-import io
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -89,30 +88,15 @@ def _import_errors(name: str, what: str) -> Iterator[None]:
     """Whatever importing the reward's module raises, as one line naming it; KeyboardInterrupt still stops the run.
 
     SystemExit included: a script's sys.exit() or module-level argparse raises it, and uncaught it ended the whole
-    run with the script's status (0: nothing done and no word why) and usage text. So what the module writes is
-    held back meanwhile: after such an exit its last line (argparse's reason) goes into the message instead of a
-    second error line; otherwise it is written out as it would have been."""
-    out, err = io.StringIO(), io.StringIO()
-    exited = False
+    run with the script's status (0: nothing done and no word why). What the module wrote (argparse's usage) stays
+    on the console above the error: stdout and stderr are left alone, as modules may reconfigure or keep them."""
     try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            yield
+        yield
     except SystemExit as exc:
-        exited = True
-        said = _last_line(err.getvalue()) or _last_line(out.getvalue())
-        raise ValueError(f"custom reward {name!r}: cannot import {what}: called sys.exit({exc.code!r})"
-                         + (f" after writing {said!r}" if said else "")
-                         + "; a reward file's script code belongs under `if __name__ == '__main__':`") from None
+        raise ValueError(f"custom reward {name!r}: cannot import {what}: called sys.exit({exc.code!r}); a reward "
+                         "file's script code belongs under `if __name__ == '__main__':`") from None
     except Exception as exc:  # a broken module may raise anything at import
         raise ValueError(f"custom reward {name!r}: cannot import {what}: {_one_line(exc)}") from None
-    finally:
-        if not exited:
-            sys.stdout.write(out.getvalue())
-            sys.stderr.write(err.getvalue())
-
-
-def _last_line(text: str) -> str:
-    return next((" ".join(line.split()) for line in reversed(text.splitlines()) if line.strip()), "")
 
 
 def _one_line(err: Exception) -> str:
