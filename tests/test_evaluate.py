@@ -242,7 +242,7 @@ def test_cli_refuses_outputs_in_the_way_and_a_dangling_out_link_before_evaluatin
     assert not (tmp_path / "run" / "index").exists()
 
 
-def test_cli_never_writes_over_a_training_runs_report_or_predictions(tmp_path, capsys):
+def test_cli_never_writes_over_a_training_runs_report_or_predictions(tmp_path, capsys, monkeypatch):
     # The default used to be <output_dir>/eval, where the run keeps the predictions its report.json points to, and
     # --out <run> replaced the run's report.json (training history and tuned column gone), both without a word.
     run = tmp_path / "run"
@@ -257,6 +257,13 @@ def test_cli_never_writes_over_a_training_runs_report_or_predictions(tmp_path, c
         assert f"argument --out: {message}, which this evaluation would replace" in " ".join(
             capsys.readouterr().err.split())
     assert evaluate.run_outputs(run / "evaluate") is None  # the default: a folder of its own
+    # Through a link, or `.` inside the run's eval/: the run found by the real path.
+    (tmp_path / "link").symlink_to(run / "eval")
+    assert evaluate.run_outputs(tmp_path / "link") == (
+        f"{tmp_path / 'link'} holds the predictions of the run in {run}, which this evaluation would replace; pass "
+        "another --out")
+    monkeypatch.chdir(run / "eval")
+    assert evaluate.run_outputs(Path(".")).startswith(f". holds the predictions of the run in {run}")
     (tmp_path / "mine" / "report.json").parent.mkdir()
     (tmp_path / "mine" / "report.json").write_text(json.dumps({"eval": {}}))  # an earlier evaluate's: replaced
     assert evaluate.run_outputs(tmp_path / "mine") is None

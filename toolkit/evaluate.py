@@ -189,8 +189,9 @@ def run_outputs(out: Path) -> str | None:
     """Why `out` must not take this command's report: it holds a training run's (report.json with a training
     section), or it is a run's eval/ folder, whose predictions.jsonl the run's report points to. Either would be
     replaced without a word, and the run's report would then describe answers it never gave."""
-    for report, what in ((out / "report.json", f"{out} holds a training run's report"),
-                         (out.parent / "report.json", f"{out} holds the predictions of the run in {out.parent}")):
+    real = out.resolve()  # a link to a run's eval/, or `--out .` inside it: its parent is the run
+    for report, what in ((real / "report.json", f"{out} holds a training run's report"),
+                         (real.parent / "report.json", f"{out} holds the predictions of the run in {real.parent}")):
         try:
             found = json.loads(report.read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -198,7 +199,8 @@ def run_outputs(out: Path) -> str | None:
         if not isinstance(found, dict) or "training" not in found:
             continue
         predictions = (found.get("eval") or {}).get("predictions", PREDICTIONS)
-        if report.parent == out or (isinstance(predictions, str) and (report.parent / predictions).parent == out):
+        if report.parent == real or (isinstance(predictions, str)
+                                     and (report.parent / predictions).resolve().parent == real):
             return f"{what}, which this evaluation would replace; pass another --out"
     return None
 
