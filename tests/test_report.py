@@ -145,6 +145,7 @@ def test_markdown_and_console_table():
     assert "10 held-out questions" in text
     table = comparison_table(report)
     assert table.row_count == 2
+    assert table.title.endswith("n.s.: interval spans 0, or fewer than 5 questions")  # metrics.MIN_QUESTIONS
 
 
 def finished_run(tmp_path, history):

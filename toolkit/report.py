@@ -184,10 +184,10 @@ def table_console(stderr: bool = False) -> Console:
 
 
 def comparison_table(report: dict) -> Table:
-    """The console table: each column's mean over its 95% interval, then the differences (n.s.: interval spans 0)."""
+    """The console table: each column's mean over its 95% interval, then the differences (n.s.: not significant)."""
     confidence = report.get("eval", {}).get("bootstrap", {}).get("confidence", 0.95)
     table = Table(title=f"{report['eval']['questions']} eval questions, greedy; mean over its {confidence:.0%} "
-                  "interval; n.s.: interval spans 0")
+                  "interval; n.s.: interval spans 0, or fewer than 5 questions")
     table.add_column("metric", no_wrap=True)
     for label in columns(report):
         table.add_column(COLUMN_TITLES[label], justify="right")
