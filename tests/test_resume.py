@@ -168,6 +168,15 @@ def test_resume_on_another_base_model_is_one_line_before_it_loads(tmp_path, caps
     check_same_base(path, str(other / ".." / "tiny-model"))  # the same folder
     (path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(tmp_path / "gone")}))
     check_same_base(path, str(other))  # a cleared cache: cannot tell, let through
+    # The same packaged conversion in another cache (XDG_CACHE_HOME): the same model, by its folder's name.
+    cached = tmp_path / "cache-a" / "smollm2-135m-instruct-0.1.2-r2"
+    cached.mkdir(parents=True)
+    (path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(cached)}))
+    elsewhere = tmp_path / "cache-b" / cached.name
+    elsewhere.mkdir(parents=True)
+    check_same_base(path, str(elsewhere), packaged=True)
+    with pytest.raises(CheckpointError):
+        check_same_base(path, str(elsewhere))  # a folder of the user's own: another copy is another model
     (path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "org/model-a"}))
     with pytest.raises(CheckpointError, match="trained on the base model org/model-a, the recipe's model is org/b"):
         check_same_base(path, "org/b")

@@ -123,11 +123,12 @@ def check_same_lora(checkpoint: Path, lora, linear: list[str] | None = None) -> 
             )
 
 
-def check_same_base(checkpoint: Path, model_path: str) -> None:
+def check_same_base(checkpoint: Path, model_path: str, packaged: bool = False) -> None:
     """CheckpointError when the checkpoint's adapter was trained on another base model than `model_path` (the
     recipe's, resolved): loading it fails in torch with a size mismatch per weight, hundreds of lines. Two local
     folders are compared as real paths and two hub ids as names; a saved folder that is gone (a cleared model
-    cache) cannot be compared and is let through."""
+    cache) cannot be compared and is let through. `packaged`: the recipe names a packaged model, whose conversion
+    folder's name (model, package version, conversion revision) is the model wherever the cache is."""
     try:
         saved = json.loads((checkpoint / "adapter_config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -136,6 +137,8 @@ def check_same_base(checkpoint: Path, model_path: str) -> None:
     if not isinstance(base, str) or not base or base == str(model_path):
         return
     here, there = Path(model_path).expanduser(), Path(base).expanduser()
+    if packaged and here.name == there.name:
+        return  # the same conversion in another cache (XDG_CACHE_HOME, model.cache_dir)
     if here.exists() and there.exists():
         differs = here.resolve() != there.resolve()
     else:

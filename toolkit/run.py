@@ -42,7 +42,7 @@ def run(recipe: Recipe, console: Console, resume: bool = False) -> dict:
     from toolkit.evaluate import compare, evaluate_columns
     from toolkit.memory import preflight
     from toolkit.metrics import retrieval_metrics
-    from toolkit.models import resolve_model
+    from toolkit.models import PACKAGED_PREFIX, resolve_model
     from toolkit.prompts import build_splits, prepare_replies, warn_over_context
     from toolkit.train import check_lora_targets, grpo_config, linear_layers, optimizer_settings, train
 
@@ -69,7 +69,7 @@ def run(recipe: Recipe, console: Console, resume: bool = False) -> dict:
     rewards = recipe.build_rewards(load=True)
     model_path = resolve_model(recipe.model.name_or_path, recipe.model.cache_dir)
     if checkpoint is not None:
-        check_same_base(checkpoint, model_path)  # before the load and the base evaluation
+        check_same_base(checkpoint, model_path, recipe.model.name_or_path.startswith(PACKAGED_PREFIX))
     preflight(recipe, model_path, train_rows + eval_rows, backend.name)  # CUDA only: refuse what cannot fit
     model, tokenizer = backend.load(recipe, model_path)
     check_lora_targets(recipe, model)  # before the base evaluation: peft would find a typo only after it
