@@ -474,6 +474,12 @@ def test_an_adapter_export_needs_no_base_model(tmp_path, monkeypatch):
     assert [entry["path"] for entry in manifest["files"]] == ["adapter/"]
     assert manifest["base_model"] == json.loads((run / "report.json").read_text())["model_path"]  # as recorded
     assert conversions == []
+    # An unfinished run (no report): the base the adapter names, not the recipe's model.
+    (run / "report.json").unlink()
+    config = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = "/trained/on/this"
+    (run / "adapter" / "adapter_config.json").write_text(json.dumps(config))
+    assert export_mod.export(load_recipe(RECIPE), run, ["adapter"])["base_model"] == "/trained/on/this"
 
 
 def test_a_packaged_base_whose_cache_is_gone_is_made_again(tmp_path, monkeypatch, caplog):
