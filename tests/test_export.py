@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -371,7 +372,8 @@ def test_a_broken_adapter_is_one_line_and_leaves_no_export(tmp_path, capsys, def
     assert not (run / "export").exists()  # not even an empty folder
 
 
-def test_an_export_folder_that_is_a_file_is_one_line(tmp_path, capsys):
+def _finished_run(tmp_path) -> Path:
+    """A run folder as toolkit.run leaves it, for export: a tiny llama's LoRA adapter and a report naming the base."""
     from test_models import broken_adapter
 
     model, _, base = _tiny_model(tmp_path, "llama")
@@ -379,6 +381,12 @@ def test_an_export_folder_that_is_a_file_is_one_line(tmp_path, capsys):
     run.mkdir()
     broken_adapter(run / "adapter", model, "none")
     (run / "report.json").write_text(json.dumps({"model_path": str(base)}))
+    return run
+
+
+def test_an_export_folder_that_is_a_file_is_one_line(tmp_path, capsys):
+
+    run = _finished_run(tmp_path)
     (run / "export").write_text("x")
     assert export_mod.main(["recipes/wine.yaml", "--run", str(run), "--formats", "adapter"]) == 2
     assert f"{run / 'export'} is a file, not a folder" in " ".join(capsys.readouterr().err.split())
@@ -392,13 +400,8 @@ def test_an_export_folder_that_is_a_file_is_one_line(tmp_path, capsys):
     ("merged", "link", "merged"),
 ])
 def test_an_output_in_the_way_is_one_line_before_any_work(tmp_path, capsys, blocker, kind, formats):
-    from test_models import broken_adapter
 
-    model, _, base = _tiny_model(tmp_path, "llama")
-    run = tmp_path / "run"
-    run.mkdir()
-    broken_adapter(run / "adapter", model, "none")
-    (run / "report.json").write_text(json.dumps({"model_path": str(base)}))
+    run = _finished_run(tmp_path)
     (run / "export").mkdir()
     if kind == "link":
         (run / "export" / blocker).symlink_to(tmp_path)
@@ -414,15 +417,11 @@ def test_an_output_in_the_way_is_one_line_before_any_work(tmp_path, capsys, bloc
 
 def test_files_left_by_an_earlier_export_are_named_not_described(tmp_path, caplog):
     # `--formats adapter` after a GGUF export: the old model-f16.gguf may hold another adapter's weights.
-    from test_models import broken_adapter
 
     from toolkit.recipe import load_recipe
 
-    model, _, base = _tiny_model(tmp_path, "llama")
-    run = tmp_path / "run"
+    run = _finished_run(tmp_path)
     (run / "export" / "merged").mkdir(parents=True)
-    broken_adapter(run / "adapter", model, "none")
-    (run / "report.json").write_text(json.dumps({"model_path": str(base)}))
     (run / "export" / "model-f16.gguf").write_text("old")
     manifest = export_mod.export(load_recipe("recipes/wine.yaml"), run, ["adapter"])
     assert [entry["path"] for entry in manifest["files"]] == ["adapter/"]
@@ -508,13 +507,8 @@ def test_a_gone_base_that_is_not_packaged_is_one_line_with_a_hint(tmp_path, monk
 def test_an_export_removes_what_a_killed_export_left(tmp_path, caplog):
     import subprocess
 
-    from test_models import broken_adapter
 
-    model, _, base = _tiny_model(tmp_path, "llama")
-    run = tmp_path / "run"
-    run.mkdir()
-    broken_adapter(run / "adapter", model, "none")
-    (run / "report.json").write_text(json.dumps({"model_path": str(base)}))
+    run = _finished_run(tmp_path)
     out = run / "export"
     dead = subprocess.Popen([sys.executable, "-c", ""])
     dead.wait()  # reaped: its pid names no process now
