@@ -231,21 +231,12 @@ def _reward_code(recipe) -> dict[str, str]:
     otherwise, and reusing the old ones would credit the edit to training. The file the recipe names (`x.py:fn`),
     or the module's (`pkg.mod:fn`), whatever the function is (a callable object, a partial, a decorated function
     whose wrapper lives elsewhere). Not a reward model's or embedder's weights replaced in place."""
-    import importlib.util
-    import os
-
-    from toolkit.rewards.custom import is_custom
+    from toolkit.rewards.custom import is_custom, source_file
 
     code = {}
     for reward in recipe.rewards:
         if is_custom(reward.name):
-            target = reward.name.rpartition(":")[0]
-            if target.endswith(".py") or "/" in target:
-                source = os.path.expanduser(target)
-            else:
-                spec = importlib.util.find_spec(target)  # imported with the recipe already
-                source = spec.origin if spec is not None else None
-            file = Path(source) if source else None
+            file = source_file(reward.name)  # imported with the recipe already
             code[reward.name] = hashlib.sha256(file.read_bytes()).hexdigest() if file and file.is_file() else ""
     return code
 

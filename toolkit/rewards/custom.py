@@ -33,7 +33,7 @@ def load_custom(name: str) -> Callable[..., Any]:
     target, _, attr = name.rpartition(":")
     if not target or not attr.isidentifier():
         raise ValueError(f"custom reward {name!r}: expected 'package.module:function' or 'path/to/file.py:function'")
-    module = _load_file(name, target) if target.endswith(".py") or "/" in target else _import(name, target)
+    module = _load_file(name, target) if _is_file(target) else _import(name, target)
     fn = getattr(module, attr, None)
     if fn is None:
         raise ValueError(f"custom reward {name!r}: {target} has no attribute {attr!r}")
@@ -52,6 +52,20 @@ def load_custom(name: str) -> Callable[..., Any]:
         raise ValueError(f"custom reward {name!r}: {attr}{inspect.signature(fn)} must accept `completions` and "
                          f"`**kwargs` (TRL passes every dataset column as a keyword argument)")
     return fn
+
+
+def source_file(name: str) -> Path | None:
+    """The file a custom reward's code is in: the one the name gives (`x.py:fn`), else its module's (`pkg.mod:fn`);
+    None when neither can be found. Whatever the function turns out to be (an object, a partial, decorated)."""
+    target = name.rpartition(":")[0]
+    if _is_file(target):
+        return Path(os.path.expanduser(target))
+    spec = importlib.util.find_spec(target)
+    return Path(spec.origin) if spec is not None and spec.origin else None
+
+
+def _is_file(target: str) -> bool:
+    return target.endswith(".py") or "/" in target
 
 
 def _import(name: str, module: str) -> ModuleType:
