@@ -107,8 +107,9 @@ def test_the_build_hint_names_this_interpreter(monkeypatch, tmp_path):
     assert index_command("r.yaml", []) == "/usr/bin/python3 -m toolkit.index r.yaml"
 
 
-def test_runs_as_a_module(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "toolkit.search", RECIPE, "Malbec", f"output_dir={tmp_path}"],
+def test_runs_as_a_module(tmp_path, overrides):
+    proc = subprocess.run([sys.executable, "-m", "toolkit.search", RECIPE, "Malbec", overrides[0],
+                           f"output_dir={tmp_path}"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert f"no index at {tmp_path}/index" in proc.stderr and "Traceback" not in proc.stderr
