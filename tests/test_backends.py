@@ -3,6 +3,7 @@ the unsloth backend's calls (with a stand-in Unsloth on a CPU), and on a CUDA ma
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ from toolkit import backends
 from toolkit.backends import BackendError, select_backend
 from toolkit.backends.hf import HFBackend
 from toolkit.backends.unsloth import ALL_LINEAR, UnslothBackend
-from toolkit.recipe import load_recipe
+from toolkit.recipe import RecipeError, load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 WINE = ROOT / "recipes" / "wine.yaml"
@@ -150,6 +151,29 @@ def test_trl_passthrough_reaches_grpo_config_last():
     config = grpo_config(recipe, Path("/tmp/x"), HFBackend())
     # A field the toolkit sets itself (gradient_checkpointing) may be overridden; the rest pass as they are.
     assert (config.max_grad_norm, config.gradient_checkpointing, config.weight_decay) == (0.3, True, 0.1)
+
+
+def test_a_combination_grpo_config_refuses_is_one_line_naming_the_section():
+    from toolkit.train import grpo_config
+
+    recipe = load_recipe(WINE, ["training.save_steps=2", "training.trl={load_best_model_at_end: true}"])
+    with pytest.raises(RecipeError) as err:
+        grpo_config(recipe, Path("/tmp/x"), HFBackend())
+    message = str(err.value)
+    assert message.startswith("training: trl.GRPOConfig refused these settings: --load_best_model_at_end requires")
+    assert "\n" not in message
+
+
+def test_an_optimizer_whose_package_is_missing_fails_before_training():
+    from toolkit.train import check_optimizer, grpo_config
+
+    check_optimizer(grpo_config(load_recipe(WINE), Path("/tmp/x")), torch.nn.Linear(2, 2))  # the default passes
+    if importlib.util.find_spec("bitsandbytes") is not None:
+        pytest.skip("bitsandbytes is installed: adamw_8bit resolves")
+    config = grpo_config(load_recipe(WINE, ["training.trl={optim: adamw_8bit}"]), Path("/tmp/x"))
+    with pytest.raises(RecipeError) as err:
+        check_optimizer(config, torch.nn.Linear(2, 2))
+    assert str(err.value).startswith("training.trl.optim: adamw_8bit: You need to install `bitsandbytes`")
 
 
 def test_grpo_config_states_epsilon_high_so_both_backends_clip_alike():

@@ -617,6 +617,19 @@ def test_trl_passthrough_refuses_typos_and_mapped_fields(trl, expected):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("trl, expected", [
+    ("{eval_strategy: steps}", "training.trl.eval_strategy: GRPOTrainer gets no eval_dataset here"),
+    ("{save_strategy: best}", "training.trl.save_strategy: 'best' needs an evaluation during training"),
+])
+def test_trl_values_the_run_cannot_honour_are_refused(trl, expected):
+    # transformers refuses them only when the trainer is built, after the base evaluation.
+    with pytest.raises(RecipeError) as err:
+        load_recipe(WINE, [f"training.trl={trl}"])
+    assert expected in str(err.value) and "\n" not in str(err.value)
+    assert load_recipe(WINE, ["training.trl={eval_strategy: 'no', save_strategy: epoch}"]).training.trl == {
+        "eval_strategy": "no", "save_strategy": "epoch"}
+
+
 def test_trl_passthrough_names_every_bad_key():
     with pytest.raises(RecipeError) as err:
         load_recipe(WINE, ["training.trl={optim: adamw_torch, max_grad_nrm: 1, seed: 3}"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -187,9 +188,14 @@ def test_export_that_does_not_reproduce_the_model_exits_non_zero(tmp_path, monke
      "training.lora.target_modules: no 'nope_proj' module in the model (its linear layers: down_proj, gate_proj, "),
     ("training.lora.layers_to_transform=[29, 30]",
      "training.lora.layers_to_transform: [30] not layers of the model (it has 30: 0-29)"),
+    pytest.param("training.trl={optim: adamw_8bit}",
+                 "training.trl.optim: adamw_8bit: You need to install `bitsandbytes`",
+                 marks=pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is not None,
+                                          reason="bitsandbytes is installed: adamw_8bit resolves")),
 ])
 def test_lora_targets_are_checked_before_the_base_evaluation(tmp_path, monkeypatch, capsys, override, message):
-    """peft would find these only when it wraps the model, after the base columns (a minute of a CPU run)."""
+    """peft would find these only when it wraps the model, after the base columns (a minute of a CPU run); and
+    transformers an optimizer whose package is missing only when training starts."""
     from toolkit import evaluate
     from toolkit import run as run_mod
 

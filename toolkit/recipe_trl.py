@@ -48,6 +48,12 @@ def grpo_config_types(backend: str = "auto") -> dict[str, Any]:
 
 
 SCALARS = {bool: "true or false", int: "a whole number", float: "a number"}
+# Values the trainer accepts but the run cannot honour: the toolkit passes GRPOTrainer no eval_dataset (the eval
+# split is evaluated after training, by the eval section), and transformers finds that only when training starts.
+NO_EVAL_DATASET = ("GRPOTrainer gets no eval_dataset here: the eval split is evaluated after training (the eval "
+                   "section)")
+REFUSED_VALUES = {"eval_strategy": ({"steps", "epoch"}, f"{NO_EVAL_DATASET}; leave it 'no'"),
+                  "save_strategy": ({"best"}, f"'best' needs an evaluation during training; {NO_EVAL_DATASET}")}
 # Counts GRPOConfig takes without checking them: 0 trains nothing (exit 0), a negative fails deep in torch's sampler.
 AT_LEAST_ONE = ("num_iterations", "steps_per_generation", "generation_batch_size")
 
@@ -80,6 +86,10 @@ def _enum_problem(value: Any, enum: type[Enum]) -> str | None:
     return f"not a valid {enum.__name__} ({hint})"
 
 
+def _plain(value: Any) -> Any:
+    return value.value if isinstance(value, Enum) else value
+
+
 def mapped_fields(known: set[str]) -> dict[str, str]:
     """GRPOConfig field → the recipe field that sets it. Training-section fields map onto GRPOConfig fields of the
     same name (see toolkit.train.grpo_config), so the table follows the schema as it grows."""
@@ -104,6 +114,8 @@ def check_trl_passthrough(recipe: Recipe) -> None:
             if reason is None and key in AT_LEAST_ONE and isinstance(recipe.training.trl[key], int) \
                     and recipe.training.trl[key] < 1:
                 reason = "must be at least 1"
+            if reason is None and key in REFUSED_VALUES and _plain(recipe.training.trl[key]) in REFUSED_VALUES[key][0]:
+                reason = REFUSED_VALUES[key][1]
             if reason is None:
                 continue
         elif key in mapped:

@@ -19,7 +19,7 @@ from transformers.trainer_callback import ExportableState, TrainerState
 
 from toolkit.checkpoints import RESTORED, STATE, check_same_optimizer, resumed_step
 from toolkit.live import LiveMetrics
-from toolkit.recipe import Recipe
+from toolkit.recipe import Recipe, RecipeError
 
 logger = logging.getLogger(__name__)
 
@@ -82,9 +82,25 @@ def grpo_config(recipe: Recipe, output_dir: Path, backend=None):
     )
     overrides = backend.grpo_overrides(recipe) if backend is not None else {}
     asked = mapped | overrides | t.trl
-    config = GRPOConfig(**asked)
+    try:
+        config = GRPOConfig(**asked)
+    except ValueError as err:  # a combination TrainingArguments refuses (load_best_model_at_end with save_steps)
+        raise RecipeError(f"training: trl.GRPOConfig refused these settings: {' '.join(str(err).split())}") from None
     warn_changed(asked, config, recipe)
     return config
+
+
+def check_optimizer(config, model) -> None:
+    """The optimizer `config.optim` names, resolved as the trainer will resolve it once training starts: an
+    optimizer whose package is missing (`adamw_8bit` without bitsandbytes) fails now, not after the base
+    evaluation. Nothing is built; transformers only picks the class and its arguments."""
+    from transformers import Trainer
+
+    try:
+        Trainer.get_optimizer_cls_and_kwargs(config, model)
+    except (ImportError, ValueError, TypeError, NotImplementedError) as err:
+        optim = _plain(config.optim)
+        raise RecipeError(f"training.trl.optim: {optim}: {' '.join(str(err).split())}") from None
 
 
 def warn_changed(asked: dict, config, recipe: Recipe) -> None:
