@@ -230,7 +230,8 @@ class TrainingSection(_Section):
     trl: dict[str, Any] = Field(
         default_factory=dict,
         description="Any other trl.GRPOConfig field, passed as is after the mapped ones (e.g. {optim: adamw_8bit, "
-        "report_to: wandb}); keys are checked against GRPOConfig when the recipe loads.",
+        "report_to: wandb}); keys are checked against GRPOConfig when the recipe loads. No evaluation runs during "
+        "training (eval_strategy stays 'no'): the eval split is scored after it.",
     )
 
     @model_validator(mode="after")
