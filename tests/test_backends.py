@@ -156,24 +156,50 @@ def test_trl_passthrough_reaches_grpo_config_last():
 def test_a_combination_grpo_config_refuses_is_one_line_naming_the_section():
     from toolkit.train import grpo_config
 
-    recipe = load_recipe(WINE, ["training.save_steps=2", "training.trl={load_best_model_at_end: true}"])
+    recipe = load_recipe(WINE, ["training.trl={torch_empty_cache_steps: 0}"])
     with pytest.raises(RecipeError) as err:
         grpo_config(recipe, Path("/tmp/x"), HFBackend())
     message = str(err.value)
-    assert message.startswith("training: trl.GRPOConfig refused these settings: --load_best_model_at_end requires")
+    assert message.startswith("training: trl.GRPOConfig refused these settings: `torch_empty_cache_steps` must be")
     assert "\n" not in message
 
 
-def test_an_optimizer_whose_package_is_missing_fails_before_training():
-    from toolkit.train import check_optimizer, grpo_config
+def _missing(package: str):
+    return pytest.mark.skipif(importlib.util.find_spec(package) is not None, reason=f"{package} is installed")
 
-    check_optimizer(grpo_config(load_recipe(WINE), Path("/tmp/x")), torch.nn.Linear(2, 2))  # the default passes
-    if importlib.util.find_spec("bitsandbytes") is not None:
-        pytest.skip("bitsandbytes is installed: adamw_8bit resolves")
-    config = grpo_config(load_recipe(WINE, ["training.trl={optim: adamw_8bit}"]), Path("/tmp/x"))
+
+@pytest.mark.parametrize("trl, message", [
+    pytest.param("{optim: adamw_8bit}", "training.trl.optim: adamw_8bit: You need to install `bitsandbytes`",
+                 marks=_missing("bitsandbytes")),
+    ("{optim: adafactor, optim_args: zzz}", "training.trl.optim_args: adafactor: not enough values to unpack"),
+    ("{lr_scheduler_kwargs: {num_cycles: 0.5, bogus: 1}}",
+     "training.trl.lr_scheduler_kwargs: for training.lr_scheduler_type cosine: get_cosine_schedule_with_warmup() "
+     "got an unexpected keyword argument 'bogus'"),
+    ("{lr_scheduler_kwargs: foo}", "training.trl.lr_scheduler_kwargs: for training.lr_scheduler_type cosine: "),
+    pytest.param("{report_to: wandb}", "training.trl.report_to: WandbCallback requires wandb to be installed",
+                 marks=_missing("wandb")),
+    pytest.param("{use_vllm: true}", "training.trl.use_vllm: vLLM is not installed", marks=_missing("vllm")),
+])
+def test_what_the_trainer_resolves_at_its_start_fails_before_training(trl, message):
+    """transformers resolves these when training starts, after the base evaluation (a minute of a CPU run)."""
+    from toolkit.train import check_trainer_settings, grpo_config
+
+    config = grpo_config(load_recipe(WINE, ["training.lr_scheduler_type=cosine", f"training.trl={trl}"]),
+                         Path("/tmp/x"))
     with pytest.raises(RecipeError) as err:
-        check_optimizer(config, torch.nn.Linear(2, 2))
-    assert str(err.value).startswith("training.trl.optim: adamw_8bit: You need to install `bitsandbytes`")
+        check_trainer_settings(config, torch.nn.Linear(2, 2))
+    assert str(err.value).startswith(f"training.trl.{trl[1:].split(':')[0]}") or "optim_args" in message
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_settings_the_trainer_resolves_pass_when_they_are_sound():
+    from toolkit.train import check_trainer_settings, grpo_config
+
+    cosine = ["training.lr_scheduler_type=cosine", "training.trl={lr_scheduler_kwargs: {num_cycles: 0.25}}"]
+    for overrides in ([], cosine,
+                      ["training.trl={optim: adafactor, report_to: none}"]):
+        check_trainer_settings(grpo_config(load_recipe(WINE, overrides), Path("/tmp/x")), torch.nn.Linear(2, 2))
 
 
 def test_grpo_config_states_epsilon_high_so_both_backends_clip_alike():

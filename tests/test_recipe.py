@@ -620,14 +620,22 @@ def test_trl_passthrough_refuses_typos_and_mapped_fields(trl, expected):
 @pytest.mark.parametrize("trl, expected", [
     ("{eval_strategy: steps}", "training.trl.eval_strategy: GRPOTrainer gets no eval_dataset here"),
     ("{save_strategy: best}", "training.trl.save_strategy: 'best' needs an evaluation during training"),
+    ("{do_eval: true}", "training.trl.do_eval: GRPOTrainer gets no eval_dataset here"),
+    # Without save_steps transformers accepts it and loads nothing; with them it refuses: refused either way.
+    ("{load_best_model_at_end: true}", "training.trl.load_best_model_at_end: there is no best model to load"),
+    # Checkpoints without optimizer, scheduler and RNG state: --resume went on with a fresh Adam, saying nothing.
+    ("{save_only_model: true}", "training.trl.save_only_model: its checkpoints would lack the optimizer"),
+    ("{resume_from_checkpoint: runs/wine/trainer/checkpoint-2}", "pass --resume to toolkit.run instead"),
+    ("{push_to_hub: true}", "training.trl.push_to_hub: the run saves its adapter in <output_dir>/adapter"),
 ])
 def test_trl_values_the_run_cannot_honour_are_refused(trl, expected):
     # transformers refuses them only when the trainer is built, after the base evaluation.
     with pytest.raises(RecipeError) as err:
         load_recipe(WINE, [f"training.trl={trl}"])
     assert expected in str(err.value) and "\n" not in str(err.value)
-    assert load_recipe(WINE, ["training.trl={eval_strategy: 'no', save_strategy: epoch}"]).training.trl == {
-        "eval_strategy": "no", "save_strategy": "epoch"}
+    kept = "training.trl={eval_strategy: 'no', save_strategy: epoch, save_only_model: false, do_eval: false}"
+    assert load_recipe(WINE, [kept]).training.trl == {"eval_strategy": "no", "save_strategy": "epoch",
+                                                      "save_only_model": False, "do_eval": False}
 
 
 def test_trl_passthrough_names_every_bad_key():

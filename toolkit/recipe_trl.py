@@ -48,12 +48,23 @@ def grpo_config_types(backend: str = "auto") -> dict[str, Any]:
 
 
 SCALARS = {bool: "true or false", int: "a whole number", float: "a number"}
-# Values the trainer accepts but the run cannot honour: the toolkit passes GRPOTrainer no eval_dataset (the eval
-# split is evaluated after training, by the eval section), and transformers finds that only when training starts.
+# Values GRPOConfig accepts but the run cannot honour, each refused with the reason: field → (refused?, reason).
+# The toolkit passes GRPOTrainer no eval_dataset (the eval split is evaluated after training, by the eval
+# section); transformers finds that only when training starts, and some of these it never reports at all.
 NO_EVAL_DATASET = ("GRPOTrainer gets no eval_dataset here: the eval split is evaluated after training (the eval "
                    "section)")
-REFUSED_VALUES = {"eval_strategy": ({"steps", "epoch"}, f"{NO_EVAL_DATASET}; leave it 'no'"),
-                  "save_strategy": ({"best"}, f"'best' needs an evaluation during training; {NO_EVAL_DATASET}")}
+REFUSED_VALUES = {
+    "eval_strategy": (lambda v: v in ("steps", "epoch"), f"{NO_EVAL_DATASET}; leave it 'no'"),
+    "do_eval": (lambda v: v is True, NO_EVAL_DATASET),
+    "save_strategy": (lambda v: v == "best", f"'best' needs an evaluation during training; {NO_EVAL_DATASET}"),
+    "load_best_model_at_end": (lambda v: v is True, f"there is no best model to load: {NO_EVAL_DATASET}"),
+    "save_only_model": (lambda v: v is True, "its checkpoints would lack the optimizer, scheduler and RNG state "
+                                             "that --resume restores"),
+    "resume_from_checkpoint": (lambda v: v is not None, "pass --resume to toolkit.run instead: it continues from the "
+                                                        "latest checkpoint in <output_dir>/trainer, checked first"),
+    "push_to_hub": (lambda v: v is True, "the run saves its adapter in <output_dir>/adapter; export it (python -m "
+                                         "toolkit.export) and upload that"),
+}
 # Counts GRPOConfig takes without checking them: 0 trains nothing (exit 0), a negative fails deep in torch's sampler.
 AT_LEAST_ONE = ("num_iterations", "steps_per_generation", "generation_batch_size")
 
@@ -114,7 +125,7 @@ def check_trl_passthrough(recipe: Recipe) -> None:
             if reason is None and key in AT_LEAST_ONE and isinstance(recipe.training.trl[key], int) \
                     and recipe.training.trl[key] < 1:
                 reason = "must be at least 1"
-            if reason is None and key in REFUSED_VALUES and _plain(recipe.training.trl[key]) in REFUSED_VALUES[key][0]:
+            if reason is None and key in REFUSED_VALUES and REFUSED_VALUES[key][0](_plain(recipe.training.trl[key])):
                 reason = REFUSED_VALUES[key][1]
             if reason is None:
                 continue

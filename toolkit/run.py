@@ -44,7 +44,14 @@ def run(recipe: Recipe, console: Console, resume: bool = False) -> dict:
     from toolkit.metrics import retrieval_metrics
     from toolkit.models import PACKAGED_PREFIX, resolve_model
     from toolkit.prompts import build_splits, prepare_replies, warn_over_context
-    from toolkit.train import check_lora_targets, check_optimizer, grpo_config, linear_layers, optimizer_settings, train
+    from toolkit.train import (
+        check_lora_targets,
+        check_trainer_settings,
+        grpo_config,
+        linear_layers,
+        optimizer_settings,
+        train,
+    )
 
     out = recipe.output_dir
     blocked = in_the_way(out, files=("report.json", "report.md", PREDICTIONS), folders=("plots", "trainer"),
@@ -73,7 +80,7 @@ def run(recipe: Recipe, console: Console, resume: bool = False) -> dict:
     preflight(recipe, model_path, train_rows + eval_rows, backend.name)  # CUDA only: refuse what cannot fit
     model, tokenizer = backend.load(recipe, model_path)
     check_lora_targets(recipe, model)  # before the base evaluation: peft would find a typo only after it
-    check_optimizer(config, model)  # and a missing optimizer package (adamw_8bit without bitsandbytes) too
+    check_trainer_settings(config, model)  # and a missing optimizer package (adamw_8bit without bitsandbytes)
     if checkpoint is not None and not isinstance(recipe.training.lora.target_modules, list):
         check_same_lora(checkpoint, recipe.training.lora, linear_layers(model))  # "all-linear", now resolvable
     share = backend.shares_prompt_prefill  # evaluation reads the prompts' common prefix once (toolkit.generation)

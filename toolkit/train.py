@@ -7,6 +7,7 @@ toolkit are set explicitly: bf16 and gradient checkpointing are on by default ev
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import time
 from dataclasses import dataclass, field
@@ -90,17 +91,37 @@ def grpo_config(recipe: Recipe, output_dir: Path, backend=None):
     return config
 
 
-def check_optimizer(config, model) -> None:
-    """The optimizer `config.optim` names, resolved as the trainer will resolve it once training starts: an
-    optimizer whose package is missing (`adamw_8bit` without bitsandbytes) fails now, not after the base
-    evaluation. Nothing is built; transformers only picks the class and its arguments."""
-    from transformers import Trainer
+def check_trainer_settings(config, model) -> None:
+    """What the trainer resolves only once training starts, after the base evaluation, resolved now as it will:
+    the optimizer (`adamw_8bit` without bitsandbytes), the scheduler's `lr_scheduler_kwargs`, the `report_to`
+    integrations and vLLM. Nothing is trained; the scheduler is built on a throwaway optimizer."""
+    from transformers import Trainer, get_scheduler
+    from transformers.integrations import get_reporting_integration_callbacks
 
+    def fail(field: str, err: Exception, what: str = "") -> None:
+        raise RecipeError(f"training.trl.{field}: {what}{' '.join(str(err).split())}") from None
+
+    checks = (ImportError, ValueError, TypeError, RuntimeError, NotImplementedError)
     try:
         Trainer.get_optimizer_cls_and_kwargs(config, model)
-    except (ImportError, ValueError, TypeError, NotImplementedError) as err:
-        optim = _plain(config.optim)
-        raise RecipeError(f"training.trl.optim: {optim}: {' '.join(str(err).split())}") from None
+    except checks as err:
+        fail("optim_args" if config.optim_args and isinstance(err, ValueError) else "optim", err,
+             f"{_plain(config.optim)}: ")
+    try:
+        throwaway = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=config.learning_rate)
+        get_scheduler(config.lr_scheduler_type, optimizer=throwaway, num_training_steps=max(config.max_steps, 1),
+                      num_warmup_steps=config.get_warmup_steps(max(config.max_steps, 1)),
+                      scheduler_specific_kwargs=config.lr_scheduler_kwargs)
+    except checks as err:
+        fail("lr_scheduler_kwargs", err, f"for training.lr_scheduler_type {_plain(config.lr_scheduler_type)}: ")
+    try:
+        for callback in get_reporting_integration_callbacks(config.report_to):
+            callback()  # each integration's callback checks that its package is installed
+    except checks as err:
+        fail("report_to", err)
+    if getattr(config, "use_vllm", False) and importlib.util.find_spec("vllm") is None:
+        raise RecipeError("training.trl.use_vllm: vLLM is not installed (pip install vllm, CUDA only); leave it "
+                          "false to generate with the backend's own generate")
 
 
 def warn_changed(asked: dict, config, recipe: Recipe) -> None:
