@@ -546,3 +546,68 @@ def test_a_run_with_an_export_section_checks_export_before_any_work(tmp_path, ca
                              "export.verify=false"]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert f"error: {where} is a {kind}" in err and "move it away" in err, err
+
+
+def test_an_export_that_stops_mid_way_leaves_no_manifest_of_the_earlier_one(tmp_path, monkeypatch):
+    # `--formats adapter`, then `--formats merged,gguf-f32` killed after merged/: the adapter export's manifest
+    # (ok: true) stayed beside the new merged/, describing an export/ that no longer was.
+    from toolkit import gguf_convert
+
+    run = _finished_run(tmp_path)
+    recipe = load_recipe(RECIPE, ["export.verify=false"])
+    out = run / "export"
+    assert export_mod.export(recipe, run, ["adapter"])["ok"]
+
+    def killed(merged_dir, target, ftype):
+        raise RuntimeError("killed")  # as far as export/ goes, a kill -9 here: nothing is written after it
+
+    monkeypatch.setattr(gguf_convert, "convert", killed)
+    with pytest.raises(RuntimeError, match="killed"):
+        export_mod.export(recipe, run, ["merged", "gguf-f32"])
+    assert (out / "merged" / "config.json").is_file()  # the new merged/ is there: the export had begun writing
+    assert not (out / "manifest.json").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["adapter", "merged"]
+
+
+def _complete_checkpoint(folder: Path, step: int) -> Path:
+    checkpoint = folder / f"checkpoint-{step}"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "adapter_config.json").write_text("{}")
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    return checkpoint
+
+
+@pytest.mark.parametrize("elsewhere", [False, True])
+def test_an_interrupted_run_is_resumed_or_its_checkpoint_used(tmp_path, capsys, elsewhere):
+    # A run killed after a checkpoint has trainer/checkpoint-N but no adapter/: "train first" sent the user to
+    # start over, when --resume finishes it and the checkpoint is a LoRA adapter already.
+    run = tmp_path / "run"
+    _complete_checkpoint(run / "trainer", 4)
+    latest = _complete_checkpoint(run / "trainer", 8)
+    (run / "trainer" / "checkpoint-10").mkdir()  # killed while saving it: no trainer_state.json
+    args = ["--run", str(run)] if elsewhere else [f"output_dir={run}"]
+    assert export_mod.main(["recipes/wine.yaml", *args, "--formats", "adapter"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    resume = f"python -m toolkit.run RECIPE output_dir={run} --resume" if elsewhere else \
+        "python -m toolkit.run RECIPE --resume"
+    assert f"no adapter in {run / 'adapter'}: the run stopped before its end: " in err, err
+    assert f"({resume})" in err, err
+    assert f"its latest checkpoint, itself a LoRA adapter: --adapter {latest} with toolkit.chat or toolkit.evaluate" \
+        in err, err
+    assert "train first" not in err
+    assert not (run / "export").exists()
+
+
+def test_the_readme_gives_the_markdown_ids_the_loader_makes(tmp_path):
+    # The README's table said `file#heading/subheading`; the ids are slugs, and a repeated heading gets -2.
+    from toolkit.data import load_documents
+
+    path = tmp_path / "grapes.md"
+    path.write_text("# Grapes\n\n## Nebbiolo\n\nBarolo.\n\n## Pinot Noir\n\nBurgundy.\n\n## Nebbiolo\n\nBarbaresco.\n")
+    ids = [doc.id for doc in load_documents([path])]
+    assert ids == ["grapes#grapes/nebbiolo", "grapes#grapes/pinot-noir", "grapes#grapes/nebbiolo-2"]
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Your own data"):]
+    section = section[:section.index("\n## ", 1)]
+    assert all(f"`{doc_id}`" in section for doc_id in ids), ids
+    assert "`file#heading/subheading`;" not in section

@@ -16,7 +16,9 @@ Writes `<run>/export/` (run: the recipe's output_dir unless --run):
   did not diverge. The same run merged in bfloat16: F16 matched on every prompt.) `older_files` names what an
   earlier export left in export/: not this export's, not verified.
 
-Every file and folder is written under a temporary name and renamed, so a crash never leaves half an export.
+Every file and folder is written under a temporary name and renamed, so a crash never leaves half a file. An export
+removes the earlier manifest.json before it writes anything and writes its own last: an export/ without manifest.json
+holds an export that failed or was killed, whose files are neither described nor verified.
 Those names hold the pid of the export writing them: what an export killed mid-way left (hundreds of MB) is removed
 by the next export, unless that process still runs.
 """
@@ -89,15 +91,14 @@ def export(recipe: Recipe, run_dir: str | Path | None = None, formats: list[str]
     """Export a finished run; returns the manifest (also written to `<run>/export/manifest.json`)."""
     from toolkit import gguf_convert
 
+    recipe_run = Path(recipe.output_dir)
     run_dir = Path(run_dir or recipe.output_dir)
     recipe = recipe.model_copy(update={"output_dir": run_dir})  # the index and adapter are read from the run
     dtype = merge_dtype(recipe)
     formats = [f for f in FORMATS if f in (formats or recipe.export.formats or default_formats(dtype))]
     adapter_dir = run_dir / "adapter"
     if not (adapter_dir / "adapter_config.json").is_file():
-        hint = (f"did you mean --run {run_dir.parent}?" if (run_dir / "adapter_config.json").is_file() else
-                "train first (python -m toolkit.run RECIPE) or pass --run DIR")
-        raise ExportError(f"no adapter in {adapter_dir}: {hint}")
+        raise ExportError(f"no adapter in {adapter_dir}: {_no_adapter_hint(run_dir, recipe_run)}")
     ggufs = [f for f in formats if f in GGUF_FILES]
     check_export_ready(formats, recipe.export.verify)  # before minutes of merging, not after
     # The adapter alone needs no base: it is only named in the manifest, as the run recorded it.
@@ -111,6 +112,8 @@ def export(recipe: Recipe, run_dir: str | Path | None = None, formats: list[str]
     created = not out.exists()
     if not created:
         remove_leftovers(out)
+        # The outputs are replaced one by one from here: the earlier manifest would describe (ok: true) a mix.
+        (out / "manifest.json").unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     try:
         manifest = _export(recipe, run_dir, formats, dtype, adapter_dir, base_path, out)
@@ -119,6 +122,22 @@ def export(recipe: Recipe, run_dir: str | Path | None = None, formats: list[str]
             shutil.rmtree(out, ignore_errors=True)
         raise
     return manifest
+
+
+def _no_adapter_hint(run_dir: Path, recipe_run: Path) -> str:
+    """What to do about a run folder without adapter/: a run interrupted after a checkpoint is finished with
+    --resume, and its latest checkpoint is a LoRA adapter already."""
+    from toolkit.checkpoints import latest_checkpoint
+
+    if (run_dir / "adapter_config.json").is_file():
+        return f"did you mean --run {run_dir.parent}?"
+    checkpoint = latest_checkpoint(run_dir / "trainer")
+    if checkpoint is None:
+        return "train first (python -m toolkit.run RECIPE) or pass --run DIR"
+    where = "" if run_dir.resolve() == recipe_run.resolve() else f" output_dir={run_dir}"  # --run DIR
+    return (f"the run stopped before its end: finish it with the recipe and overrides it ran with plus --resume "
+            f"(python -m toolkit.run RECIPE{where} --resume), or use its latest checkpoint, itself a LoRA adapter: "
+            f"--adapter {checkpoint} with toolkit.chat or toolkit.evaluate")
 
 
 def _export(recipe: Recipe, run_dir: Path, formats: list[str], dtype: str, adapter_dir: Path, base_path: str,
