@@ -596,18 +596,3 @@ def test_an_interrupted_run_is_resumed_or_its_checkpoint_used(tmp_path, capsys, 
         in err, err
     assert "train first" not in err
     assert not (run / "export").exists()
-
-
-def test_the_readme_gives_the_markdown_ids_the_loader_makes(tmp_path):
-    # The README's table said `file#heading/subheading`; the ids are slugs, and a repeated heading gets -2.
-    from toolkit.data import load_documents
-
-    path = tmp_path / "grapes.md"
-    path.write_text("# Grapes\n\n## Nebbiolo\n\nBarolo.\n\n## Pinot Noir\n\nBurgundy.\n\n## Nebbiolo\n\nBarbaresco.\n")
-    ids = [doc.id for doc in load_documents([path])]
-    assert ids == ["grapes#grapes/nebbiolo", "grapes#grapes/pinot-noir", "grapes#grapes/nebbiolo-2"]
-    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
-    section = readme[readme.index("## Your own data"):]
-    section = section[:section.index("\n## ", 1)]
-    assert all(f"`{doc_id}`" in section for doc_id in ids), ids
-    assert "`file#heading/subheading`;" not in section

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 from conftest import WINEMAG_COLUMNS, WINEMAG_ROWS
@@ -281,3 +282,18 @@ def test_jsonl_lone_surrogate_names_file_line_and_field(tmp_path, line, what):
     assert str(err.value).startswith(f"{path}:2: {what} holds a lone surrogate ")
     assert "not valid Unicode text" in str(err.value) and "\n" not in str(err.value)
     str(err.value).encode("utf-8")  # the message itself can be printed
+
+
+def test_the_readme_gives_the_markdown_ids_the_loader_makes(tmp_path):
+    # The README's table said `file#heading/subheading`; the ids are slugs, and a repeated heading gets -2.
+    from toolkit.data import load_documents
+
+    path = tmp_path / "grapes.md"
+    path.write_text("# Grapes\n\n## Nebbiolo\n\nBarolo.\n\n## Pinot Noir\n\nBurgundy.\n\n## Nebbiolo\n\nBarbaresco.\n")
+    ids = [doc.id for doc in load_documents([path])]
+    assert ids == ["grapes#grapes/nebbiolo", "grapes#grapes/pinot-noir", "grapes#grapes/nebbiolo-2"]
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Your own data"):]
+    section = section[:section.index("\n## ", 1)]
+    assert all(f"`{doc_id}`" in section for doc_id in ids), ids
+    assert "`file#heading/subheading`;" not in section
