@@ -1,7 +1,8 @@
 """Corpus file formats: the documents each file holds.
 
 - `.md`: one document per heading section (`# …` to `######`; headings inside code fences don't count), id
-  `file#heading/subheading`; text before the first heading is the document `file`.
+  `file#heading/subheading` of slugs (`grapes#grapes/pinot-noir`; a repeated one `-2`); text before the first
+  heading is the document `file`.
 - `.txt`: one document per file, id `file` (the chunker keeps its paragraphs together where they fit).
 - `.jsonl`: one document per line: `text`, optional `id` (default `file#line`), `title`, `metadata` (an object of
   strings, numbers and booleans).
