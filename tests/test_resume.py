@@ -289,6 +289,41 @@ def test_eval_key_changes_with_what_the_base_columns_depend_on():
     assert key != eval_key(recipe, "/m", [{**rows[0], "answer": "Ebro"}], "hf")
 
 
+def test_eval_key_changes_when_a_local_models_weights_are_replaced_in_place(tmp_path):
+    # Only the path counted: weights rewritten under the same folder (a layer in the middle of the file) reused the
+    # earlier run's base columns.
+    from toolkit.recipe import load_recipe
+
+    recipe = load_recipe(ROOT / "recipes" / "wine.yaml")
+    rows = [{"prompt": [{"role": "user", "content": "?"}], "answer": "Ebro River"}]
+    weights = tmp_path / "model" / "model.safetensors"
+    weights.parent.mkdir()
+    weights.write_bytes(bytes(5 << 20))
+    os.utime(weights, ns=(1_000_000_000, 1_000_000_000))
+    key = eval_key(recipe, str(weights.parent), rows, "hf")
+    assert key == eval_key(recipe, str(weights.parent), rows, "hf")
+    with weights.open("r+b") as f:
+        f.seek(5 << 19)
+        f.write(b"\x01")  # the first and last MiB unchanged
+    os.utime(weights, ns=(2_000_000_000, 2_000_000_000))
+    changed = eval_key(recipe, str(weights.parent), rows, "hf")
+    assert changed != key and {name for name in key if key[name] != changed[name]} == {"model"}
+
+
+def test_the_log_names_what_changed_since_the_earlier_run(tmp_path, caplog):
+    from toolkit.recipe import load_recipe
+
+    rows = [{"prompt": [{"role": "user", "content": "?"}], "answer": "Ebro River"}]
+    base_results(tmp_path, eval_key(load_recipe(ROOT / "recipes" / "wine.yaml"), "/m", rows, "hf"), False,
+                 lambda: {"base": []})
+    key = eval_key(load_recipe(ROOT / "recipes" / "wine.yaml", ["eval.max_new_tokens=64"]), "/other", rows, "hf")
+    with caplog.at_level("INFO", logger="toolkit.checkpoints"):
+        base_results(tmp_path, key, True, lambda: {"base": []})
+    line = next(r.getMessage() for r in caplog.records if "evaluating the base columns again: " in r.getMessage())
+    assert line.endswith("changed since the earlier run: the base model (its path or its files), the recipe's eval "
+                         "section")
+
+
 def test_eval_key_changes_when_a_custom_reward_file_is_edited(tmp_path):
     # Edited between a run and its --resume, the reward scores the base columns otherwise: reusing the saved ones
     # made the edit look like a significant gain from training.

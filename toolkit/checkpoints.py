@@ -217,13 +217,26 @@ def start_fresh(folder: Path) -> None:
                     len(old), folder)
 
 
-def eval_key(recipe, model_path: str, rows: list[dict], backend: str) -> str:
-    """A hash of everything the base columns depend on. `backend`: the one that runs, not the recipe's `auto`
-    (a CPU run resumed on a GPU box evaluates with Unsloth's 4-bit model, which answers differently)."""
+# What each part of the eval key stands for, as the log names a changed one.
+KEY_PARTS = {"model": "the base model (its path or its files)", "backend": "the backend",
+             "rows": "the eval questions or their retrieved context", "reward_code": "a custom reward's code",
+             **{f"recipe.{name}": f"the recipe's {name} section" for name in ("model", "prompt", "retrieval",
+                                                                             "rewards", "eval")}}
+
+
+def eval_key(recipe, model_path: str, rows: list[dict], backend: str) -> dict[str, str]:
+    """A hash of each thing the base columns depend on (KEY_PARTS), so that the log can say which one changed.
+    `backend`: the one that runs, not the recipe's `auto` (a CPU run resumed on a GPU box evaluates with Unsloth's
+    4-bit model, which answers differently). A local model's files count, not only its path: weights replaced in
+    place answer differently (their modification times count too, so a copy made without them evaluates again)."""
+    from toolkit.models import folder_fingerprint
+
     sections = recipe.model_dump(mode="json", include={"model", "prompt", "retrieval", "rewards", "eval"})
-    text = json.dumps({"model_path": str(model_path), "backend": backend, "recipe": sections, "rows": rows,
-                       "reward_code": _reward_code(recipe)}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    parts = {"model": [str(model_path), folder_fingerprint(str(model_path), with_times=True)], "backend": backend,
+             "rows": rows, "reward_code": _reward_code(recipe),
+             **{f"recipe.{name}": value for name, value in sections.items()}}
+    return {name: hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:16]
+            for name, value in sorted(parts.items())}
 
 
 def _reward_code(recipe) -> dict[str, str]:
@@ -241,7 +254,7 @@ def _reward_code(recipe) -> dict[str, str]:
     return code
 
 
-def base_results(folder: Path, key: str, resume: bool, evaluate: Callable[[], dict]) -> dict:
+def base_results(folder: Path, key: dict | str, resume: bool, evaluate: Callable[[], dict]) -> dict:
     """The base columns: on --resume the earlier run's when `key` matches, else `evaluate()` (then kept)."""
     path = folder / BASE_EVAL
     if resume:
@@ -255,6 +268,10 @@ def base_results(folder: Path, key: str, resume: bool, evaluate: Callable[[], di
         if isinstance(saved, dict) and saved.get("key") == key:
             logger.info("reusing the base evaluation of the earlier run (%s)", path)
             return saved["results"]
+        if isinstance(saved, dict) and isinstance(saved.get("key"), dict) and isinstance(key, dict):
+            changed = [KEY_PARTS.get(name, name) for name in sorted(set(key) | set(saved["key"]))
+                       if key.get(name) != saved["key"].get(name)]
+            why = f"changed since the earlier run: {', '.join(changed)}"
         if saved is not None and not isinstance(saved, dict):
             why = f"{path} is not a saved evaluation"
         logger.info("evaluating the base columns again: %s", why)

@@ -136,10 +136,12 @@ def resolve_embedder(name_or_path: str) -> str:
     return str(package.get_model_path())
 
 
-def folder_fingerprint(name_or_path: str) -> str | None:
+def folder_fingerprint(name_or_path: str, with_times: bool = False) -> str | None:
     """A short digest of a local model folder's files (each one's name, size, first and last MiB), or None for a hub
     id. An embedder retrained or replaced in place under the same folder name changes it; the name does not. Only
-    the ends of each file are read: a few MB for any model, and a fine-tune rewrites the first tensors too."""
+    the ends of each file are read: a few MB for any model, and a fine-tune rewrites the first tensors too.
+    `with_times`: each file's modification time too, which any rewrite changes (a change in the middle of a file
+    is seen), where a needless "changed" costs little: a copy made without its times counts as changed."""
     import hashlib
 
     folder = Path(name_or_path).expanduser()
@@ -153,6 +155,8 @@ def folder_fingerprint(name_or_path: str) -> str | None:
             continue  # a packaged model's Python files, caches and README are not the model
         size = file.stat().st_size
         digest.update(f"{'/'.join(parts)}\0{size}\0".encode())
+        if with_times:
+            digest.update(f"{file.stat().st_mtime_ns}\0".encode())
         with file.open("rb") as f:
             digest.update(f.read(1 << 20))
             if size > 2 << 20:
