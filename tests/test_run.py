@@ -207,6 +207,28 @@ def test_lora_targets_are_checked_before_the_base_evaluation(tmp_path, monkeypat
     assert message in capsys.readouterr().err
 
 
+def test_a_new_run_stopped_in_training_leaves_none_of_the_earlier_runs_outputs(tmp_path, monkeypatch, capsys):
+    # They stayed: chat, evaluate and export then took the earlier run's adapter for the new run's.
+    from toolkit import evaluate, train
+    from toolkit import run as run_mod
+
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "adapter_config.json").write_text("{}")
+    (tmp_path / "eval").mkdir()
+    for name in ("report.json", "report.md", "eval/predictions.jsonl"):
+        (tmp_path / name).write_text("{}")
+    (tmp_path / "export").mkdir()  # toolkit.export's: kept
+    monkeypatch.setattr(evaluate, "evaluate_columns", lambda *args, **kwargs: {})
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "train", stopped)
+    assert run_mod.main(["recipes/wine.yaml", f"output_dir={tmp_path}", "eval.limit=2"]) == 130
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval", "export", "index", "trainer"]
+    assert not (tmp_path / "eval" / "predictions.jsonl").exists()
+
+
 def test_a_reward_model_that_cannot_load_fails_before_the_policy_model(tmp_path, monkeypatch, capsys):
     # It loaded on its first call, after the policy model had loaded and answered the no-context column.
     from toolkit import models

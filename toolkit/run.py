@@ -5,8 +5,11 @@ One builder per stage, called in order; each stage lives in its own module.
 
 from __future__ import annotations
 
+import logging
+import shutil
 import sys
 import time
+from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
@@ -26,6 +29,30 @@ from toolkit.checkpoints import (
 from toolkit.cli import ERRORS, Parser, fail, setup_logging
 from toolkit.recipe import Recipe, RecipeError, load_recipe
 from toolkit.report import PREDICTIONS, comparison_table, in_the_way, save_dir_atomic, table_console, write_report
+
+logger = logging.getLogger(__name__)
+
+
+# A finished run's outputs under its output folder (export/ is toolkit.export's, the index is kept).
+RUN_OUTPUTS = ("adapter", "report.json", "report.md", PREDICTIONS, "plots")
+
+
+def remove_earlier_outputs(out: Path) -> None:
+    """A new run (not --resume) replaces the earlier run's outputs when it ends. Removed when its training starts,
+    so that a run stopped on the way leaves none of them behind: chat, evaluate and export would take the earlier
+    run's adapter for this one's."""
+    removed = []
+    for name in RUN_OUTPUTS:
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+        else:
+            continue
+        removed.append(name + ("/" if name in ("adapter", "plots") else ""))
+    if removed:
+        logger.info("removed the earlier run's %s from %s (this run replaces them)", ", ".join(removed), out)
 
 
 def run(recipe: Recipe, console: Console, resume: bool = False) -> dict:
@@ -95,6 +122,7 @@ def run(recipe: Recipe, console: Console, resume: bool = False) -> dict:
 
     if not resume:
         start_fresh(work)  # only now: bad data, a refused preflight or a failed load leaves the old checkpoints
+        remove_earlier_outputs(out)  # and the earlier run's adapter and report, which this run replaces
     trainer, trained = train(recipe, model, tokenizer, train_rows, work, resume_from=checkpoint, backend=backend,
                              rewards=rewards, config=config)
     tuned = backend.for_inference(trainer.model, tokenizer)
