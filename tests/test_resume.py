@@ -353,6 +353,26 @@ def test_eval_key_changes_when_a_custom_reward_file_is_edited(tmp_path):
         assert key != eval_key(recipe, "/m", rows, "hf"), name
 
 
+def test_eval_key_changes_when_a_helper_the_reward_imports_is_edited(tmp_path, monkeypatch):
+    # Only the reward's own file counted: editing `crhelp.py`, which it imports, kept the saved base columns.
+    import uuid
+
+    from toolkit.recipe import load_recipe
+
+    tag = uuid.uuid4().hex[:8]
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / f"crhelp_{tag}.py").write_text("V = 0.1\n")
+    reward = tmp_path / "cr.py"
+    reward.write_text(f"import crhelp_{tag}\ndef cr(completions, **kwargs):\n    return [crhelp_{tag}.V] * "
+                      "len(completions)\n")
+    recipe = load_recipe(ROOT / "recipes" / "wine.yaml", [f"rewards.5={{name: '{reward}:cr'}}"])
+    rows = [{"prompt": [{"role": "user", "content": "?"}], "answer": "Ebro River"}]
+    key = eval_key(recipe, "/m", rows, "hf")
+    (tmp_path / f"crhelp_{tag}.py").write_text("V = 0.7\n")
+    changed = eval_key(recipe, "/m", rows, "hf")
+    assert {name for name in key if key[name] != changed[name]} == {"reward_code"}
+
+
 def test_base_results_reused_only_on_resume_with_the_same_key(tmp_path):
     calls = []
 

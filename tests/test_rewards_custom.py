@@ -4,6 +4,7 @@ number of values stops the run with a RewardError naming the reward and the samp
 import re
 import textwrap
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -158,6 +159,13 @@ def test_a_file_is_loaded_once(rewards_file):
     ("{file}:typed", {"strict": True, "words": "yes"}, "param 'words' must be a list, got 'yes'"),
     ("{file}:typed", {"strict": True, "tags": "a"}, "param 'tags' must be a list, got 'a'"),
     ("{file}:typed", {"strict": True, "label": 3}, "param 'label' must be a string, got 3"),
+    # A dict param took a list, a float param nan or inf: both failed only once the reward was called.
+    ("{file}:typed", {"strict": True, "table": [1]}, "reward '{file}:typed': param 'table' must be a mapping, got [1]"),
+    ("{file}:typed", {"strict": True, "table": "a: 1"}, "param 'table' must be a mapping, got 'a: 1'"),
+    ("{file}:typed", {"strict": True, "thr": float("nan")}, "param 'thr' must be a finite number, got nan"),
+    ("{file}:top_typed", {"cap": float("inf")}, "param 'cap' must be a finite number, got inf"),
+    ("{file}:optional", {"k": 1, "y": -float("inf")}, "param 'y' must be a finite number, got -inf"),
+    ("{file}:scaled", {"scale": float("nan")}, "param 'scale' must be a finite number, got nan"),
     ("{file}:needs_threshold", {}, "reward '{file}:needs_threshold': missing param threshold"),
     ("{dir}/nope.py:f", {}, "file not found: {dir}/nope.py"),
     ("{file}:", {}, "expected 'package.module:function' or 'path/to/file.py:function'"),
@@ -291,6 +299,7 @@ def test_sys_exit_in_a_reward_is_a_reward_error(rewards_file):
     ([0.0, 0.0, 10**400], "returned inf for sample 2 of 3 (completion 'c'); rewards must be finite numbers or None"),
     ([0.0, 1.0], "reward 'returns' returned 2 values for 3 completions"),
     ([0.0] * 4, "returned 4 values for 3 completions"),
+    ([0.0], "reward 'returns' returned 1 value for 3 completions"),
 ])
 def test_bad_values_name_the_reward_and_the_sample(rewards_file, values, message):
     with pytest.raises(RewardError, match=re.escape(message)) as err:
@@ -301,8 +310,31 @@ def test_bad_values_name_the_reward_and_the_sample(rewards_file, values, message
 # 0-d tensors and arrays have a __len__ that raises TypeError: a scalar, not a list.
 @pytest.mark.parametrize("value", ["0.5", {"a": 1.0}, 0.5, None, torch.tensor(1.0), np.array(0.5)])
 def test_a_non_list_result_is_an_error(rewards_file, value):
-    with pytest.raises(RewardError, match=r"reward 'echo' returned a \w+, expected a list of 1 floats"):
+    with pytest.raises(RewardError, match=r"reward 'echo' returned a \w+, expected a list of 1 float$"):
         build_reward(f"{rewards_file}:echo")(["a"], value=value)
+
+
+@pytest.mark.parametrize(("values", "completions", "message"), [
+    ([], ["a"], "reward 'returns' returned 0 values for 1 completion$"),
+    ([0.0, 1.0], ["a"], "returned 2 values for 1 completion$"),
+    ([0.0], ["a", "b"], "returned 1 value for 2 completions$"),
+])
+def test_counts_in_messages_are_singular_for_one(rewards_file, values, completions, message):
+    with pytest.raises(RewardError, match=message):
+        build_reward(f"{rewards_file}:returns", {"values": values})(completions)
+    if len(completions) == 1:  # a raise no single sample reproduces, on a batch of one
+        calls = iter([RuntimeError("flaky"), [1.0]])
+
+        def flaky(completions, **kwargs):
+            result = next(calls)
+            if isinstance(result, Exception):
+                raise result
+            return result
+
+        reward = build_reward(f"{rewards_file}:returns")
+        reward.fn = flaky
+        with pytest.raises(RewardError, match=re.escape("raised RuntimeError: flaky on a batch of 1 completion (no")):
+            reward(completions)
 
 
 def test_none_and_other_numbers_pass(rewards_file):
@@ -319,6 +351,30 @@ def test_long_completions_are_cut_in_the_message(rewards_file):
                                                                               "content": "b" * 500}]])
 
 
+def test_a_number_param_takes_inf_when_that_is_its_default(tmp_path):
+    path = tmp_path / f"unbounded_{uuid.uuid4().hex[:6]}.py"
+    path.write_text("import math\ndef f(completions, *, cap: float = math.inf, top=float('inf'), **kwargs):\n"
+                    "    return [min(cap, top, 1.0)] * len(completions)\n")
+    assert build_reward(f"{path}:f", {"cap": float("inf"), "top": float("inf")})(["a"]) == [1.0]
+    with pytest.raises(ValueError, match=re.escape("param 'cap' must be a finite number, got nan")):
+        build_reward(f"{path}:f", {"cap": float("nan")})
+    with pytest.raises(ValueError, match=re.escape("param 'top' must be a finite number, got -inf")):
+        build_reward(f"{path}:f", {"top": -float("inf")})
+
+
+def test_a_recipe_with_a_bad_dict_or_float_param_fails_at_load(tmp_path):
+    path = tmp_path / f"params_{uuid.uuid4().hex[:6]}.py"
+    path.write_text("def f(completions, *, d: dict = None, x: float = 1.0, **kwargs):\n"
+                    "    return [float(x)] * len(completions)\n")
+    assert load_recipe(WINE, [f"rewards.5={{name: '{path}:f', params: {{d: {{a: 1}}, x: 2}}}}"]).rewards[5]
+    for params, message in (("{d: [1]}", "param 'd' must be a mapping, got [1]"),
+                            ("{x: .nan}", "param 'x' must be a finite number, got nan"),
+                            ("{x: .inf}", "param 'x' must be a finite number, got inf")):
+        with pytest.raises(RecipeError, match=re.escape(f"rewards.5: reward '{path}:f': {message}")) as err:
+            load_recipe(WINE, [f"rewards.5={{name: '{path}:f', params: {params}}}"])
+        assert "\n" not in str(err.value)
+
+
 def test_a_float_annotated_param_with_an_int_default_takes_any_number(rewards_file):
     assert build_reward(f"{rewards_file}:top_typed", {"cap": 1.5, "k": 3})(["a", "b", "c"]) == [1.0, 1.0, 0.0]
     assert build_reward(f"{rewards_file}:top", {"k": 1})(["a", "b"]) == [1.0, 0.0]
@@ -326,8 +382,8 @@ def test_a_float_annotated_param_with_an_int_default_takes_any_number(rewards_fi
 
 def test_annotated_params_take_their_kind_and_others_anything(rewards_file):
     reward = build_reward(f"{rewards_file}:typed", {"strict": False, "thr": 1, "words": ["a"], "tags": [],
-                                                    "label": "x", "free": "anything", "table": 5})
-    assert reward(["a", "bb"]) == [1.0, 2.0]  # an int is a fine float; `free` and `dict | None` are not checked
+                                                    "label": "x", "free": [float("nan")], "table": {"a": [1]}})
+    assert reward(["a", "bb"]) == [1.0, 2.0]  # an int is a fine float; `free` is not checked
     assert build_reward(f"{rewards_file}:typed", {"strict": True, "thr": None, "words": None})(["a"]) == [2.0]
 
 
@@ -354,3 +410,57 @@ def test_optional_params_take_null_and_their_kind(rewards_file):
 def test_a_reward_file_under_home_is_found(rewards_file, monkeypatch):
     monkeypatch.setenv("HOME", str(rewards_file.parent))
     assert build_reward(f"~/{rewards_file.name}:scaled", {"scale": 2.0})(["yes", "no"]) == [2.0, 0.0]
+
+
+# ------------------------------------------------------------------------------------------------- source code
+def test_a_local_helper_module_counts_as_the_rewards_code(tmp_path, monkeypatch):
+    # checkpoints.eval_key hashed the reward's own file only: on --resume, an edit to a helper it imports (cr.py's
+    # `import crhelp`, next to it) kept the saved base columns, and the edit was credited to training.
+    import json
+
+    from toolkit.rewards.custom import source_digest, source_files
+
+    tag = uuid.uuid4().hex[:8]
+    folder = tmp_path.resolve()
+    helper = folder / f"crhelp_{tag}.py"
+    helper.write_text("V = 0.5\n")
+    vendored = folder / "venv" / "lib" / f"vendored_{tag}.py"  # a virtual environment inside the folder
+    vendored.parent.mkdir(parents=True)
+    vendored.write_text("")
+    monkeypatch.syspath_prepend(str(vendored.parent))
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.setattr("sys.prefix", str(folder / "venv"))
+    reward = folder / f"cr_{tag}.py"
+    reward.write_text(f"import json\nimport numpy\nimport vendored_{tag}\nimport crhelp_{tag}\n"
+                      f"def f(completions, **kwargs):\n    return [crhelp_{tag}.V] * len(completions)\n")
+    (folder / f"unused_{tag}.py").write_text("")  # never imported: no part of it
+    name = f"{reward}:f"
+    assert build_reward(name)(["a"]) == [0.5]
+    assert source_files(name) == [reward, helper]  # not the standard library, numpy or the virtual environment
+    digest = source_digest(name)
+    assert len(digest) == 64 and source_digest(name) == digest
+    helper.write_text("V = 0.75\n")
+    assert source_digest(name) != digest
+    digest = source_digest(name)
+    reward.write_text(reward.read_text() + "# edited\n")
+    assert source_digest(name) != digest
+
+    # `package.module:function`: the modules loaded from its top-level package, not the folder beside it.
+    package = folder / f"pkg_{tag}"
+    (package / "sub").mkdir(parents=True)
+    for file in ("__init__.py", "sub/__init__.py"):
+        (package / file).write_text("")
+    (package / "sub" / "util.py").write_text("W = 1.0\n")
+    (package / "sub" / "mod.py").write_text(f"from pkg_{tag} import sub\nfrom pkg_{tag}.sub import util\n"
+                                            f"import crhelp_{tag}\n"
+                                            "def f(completions, **kwargs):\n    return [util.W] * len(completions)\n")
+    name = f"pkg_{tag}.sub.mod:f"
+    assert build_reward(name)(["a"]) == [1.0]
+    assert source_files(name) == [package / "__init__.py", package / "sub" / "__init__.py",
+                                  package / "sub" / "mod.py", package / "sub" / "util.py"]
+    digest = source_digest(name)
+    (package / "sub" / "util.py").write_text("W = 2.0\n")
+    assert source_digest(name) != digest
+    # An installed module (here the standard library's): its own file alone, whatever else of it is loaded.
+    assert source_files("json.decoder:JSONDecoder") == [Path(json.decoder.__file__).resolve()]
+    assert source_files("no_such_module_xyz:f") == [] and source_digest("no_such_module_xyz:f") == ""

@@ -240,18 +240,15 @@ def eval_key(recipe, model_path: str, rows: list[dict], backend: str) -> dict[st
 
 
 def _reward_code(recipe) -> dict[str, str]:
-    """sha256 of each custom reward's source file: a reward edited between two runs scores the base columns
-    otherwise, and reusing the old ones would credit the edit to training. The file the recipe names (`x.py:fn`),
-    or the module's (`pkg.mod:fn`), whatever the function is (a callable object, a partial, a decorated function
-    whose wrapper lives elsewhere). Not a reward model's or embedder's weights replaced in place."""
-    from toolkit.rewards.custom import is_custom, source_file
+    """A digest of each custom reward's code: a reward edited between two runs scores the base columns otherwise,
+    and reusing the old ones would credit the edit to training. The file the recipe names (`x.py:fn`) or the
+    module's (`pkg.mod:fn`), whatever the function is (a callable object, a partial, a decorated function whose
+    wrapper lives elsewhere), and the local modules it imports (`rewards.custom.source_files`). Not a reward
+    model's or embedder's weights replaced in place."""
+    from toolkit.rewards.custom import is_custom, source_digest
 
-    code = {}
-    for reward in recipe.rewards:
-        if is_custom(reward.name):
-            file = source_file(reward.name)  # imported with the recipe already
-            code[reward.name] = hashlib.sha256(file.read_bytes()).hexdigest() if file and file.is_file() else ""
-    return code
+    # Imported with the recipe already, so its helpers are loaded.
+    return {reward.name: source_digest(reward.name) for reward in recipe.rewards if is_custom(reward.name)}
 
 
 def base_results(folder: Path, key: dict | str, resume: bool, evaluate: Callable[[], dict]) -> dict:

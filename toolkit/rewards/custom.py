@@ -64,6 +64,83 @@ def source_file(name: str) -> Path | None:
     return Path(spec.origin) if spec is not None and spec.origin else None
 
 
+def source_files(name: str) -> list[Path]:
+    """Every file a custom reward's code may come from, sorted: its own (`source_file`) and each module loaded now
+    whose file lies under the reward's folder (`x.py:fn`: the file's folder; `pkg.mod:fn`: the top-level package's,
+    or a top-level module's folder), so that a helper the reward imports (`import crhelp` next to it) counts as its
+    code too. Not the standard library, installed packages (site-packages, the virtual environment) or the toolkit,
+    even when they lie under that folder; a reward that is itself one of those counts its own file alone. Empty
+    when the reward's file cannot be found."""
+    own = source_file(name)
+    if own is None:
+        return []
+    own_real = os.path.realpath(own)
+    files = {own_real} if os.path.isfile(own_real) else set()
+    outside = _not_local()
+    for root in _roots(name, own_real):
+        if any(_under(root, folder) for folder in outside):  # installed: modules loaded vary, and are not edited
+            continue
+        skip = [folder for folder in outside if folder != root and _under(folder, root)]
+        for key, module in list(sys.modules.items()):
+            file = getattr(module, "__file__", None)
+            if key == "__main__" or not isinstance(file, str):  # the script that runs is no helper
+                continue
+            real = os.path.realpath(file)
+            if _under(real, root) and not any(_under(real, folder) for folder in skip) and os.path.isfile(real):
+                files.add(real)
+    return [Path(file) for file in sorted(files)]
+
+
+def source_digest(name: str) -> str:
+    """sha256 over `source_files(name)`, each file's path and bytes: it changes when the reward's file or a local
+    module it imports is edited, added or removed. "" when there is none."""
+    files = source_files(name)
+    if not files:
+        return ""
+    digest = hashlib.sha256()
+    for file in files:
+        try:
+            data = file.read_bytes()
+        except OSError:  # gone or unreadable since it was imported: its path still counts
+            data = b""
+        digest.update(f"{file}\0{len(data)}\0".encode())
+        digest.update(data)
+    return digest.hexdigest()
+
+
+def _roots(name: str, own: str) -> list[str]:
+    """The folders whose loaded modules count as the reward's code (see source_files)."""
+    target = name.rpartition(":")[0]
+    if _is_file(target):
+        return [os.path.dirname(own)]
+    try:
+        spec = importlib.util.find_spec(target.partition(".")[0])
+    except (ImportError, ValueError):
+        spec = None
+    if spec is not None and spec.submodule_search_locations:  # a package: its folder (folders, for a namespace one)
+        return sorted({os.path.realpath(folder) for folder in spec.submodule_search_locations})
+    return [os.path.dirname(own)]
+
+
+def _not_local() -> set[str]:
+    """Folders whose modules are no reward's helpers: the standard library, site-packages, the interpreter's and
+    the virtual environment's prefixes, and the toolkit itself."""
+    import site
+    import sysconfig
+
+    paths = sysconfig.get_paths()
+    folders = [paths.get(key) for key in ("stdlib", "platstdlib", "purelib", "platlib")]
+    folders += [sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix]
+    with contextlib.suppress(AttributeError):  # virtualenv's old site.py lacks them
+        folders += [*site.getsitepackages(), site.getusersitepackages()]
+    folders.append(str(Path(__file__).parents[1]))  # toolkit/
+    return {os.path.realpath(folder) for folder in folders if folder}
+
+
+def _under(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
 def _is_file(target: str) -> bool:
     return target.endswith(".py") or "/" in target
 
