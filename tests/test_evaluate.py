@@ -260,13 +260,34 @@ def test_cli_never_writes_over_a_training_runs_report_or_predictions(tmp_path, c
     # Through a link, or `.` inside the run's eval/: the run found by the real path.
     (tmp_path / "link").symlink_to(run / "eval")
     assert evaluate.run_outputs(tmp_path / "link") == (
-        f"{tmp_path / 'link'} holds the predictions of the run in {run}, which this evaluation would replace; pass "
-        "another --out")
+        f"{tmp_path / 'link'} holds the predictions of the run in {run}, which this evaluation would replace")
     monkeypatch.chdir(run / "eval")
     assert evaluate.run_outputs(Path(".")).startswith(f". holds the predictions of the run in {run}")
     (tmp_path / "mine" / "report.json").parent.mkdir()
     (tmp_path / "mine" / "report.json").write_text(json.dumps({"eval": {}}))  # an earlier evaluate's: replaced
     assert evaluate.run_outputs(tmp_path / "mine") is None
+
+
+def test_a_default_out_that_is_a_link_to_a_run_gets_one_hint(tmp_path, capsys):
+    # <output_dir>/evaluate linked to a run: the reason carried --out's hint and the caller added its own, so the
+    # line read "...; pass another --out; move it away or pass --out DIR".
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "report.json").write_text(json.dumps({"training": {}, "eval": {"predictions": "eval/predictions.jsonl"}}))
+    (tmp_path / "y").mkdir()
+    (tmp_path / "y" / "evaluate").symlink_to(run)
+    assert evaluate.main(["recipes/wine.yaml", f"output_dir={tmp_path / 'y'}", "--limit", "1"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert (f"output_dir: {tmp_path / 'y' / 'evaluate'} holds a training run's report, which this evaluation would "
+            "replace; move it away or pass --out DIR") in err, err
+    assert err.count("--out") == 1, err
+    # --out names the same folder: its own hint, once.
+    with pytest.raises(SystemExit):
+        evaluate.main(["recipes/wine.yaml", f"output_dir={tmp_path / 'y'}", "--out", str(run), "--limit", "1"])
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"argument --out: {run} holds a training run's report, which this evaluation would replace; pass another " \
+           "--out" in err, err
+    assert err.count("pass") == 1, err
 
 
 def test_ctrl_c_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):

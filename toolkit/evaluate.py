@@ -188,7 +188,8 @@ def evaluate_recipe(recipe: Recipe, dataset, adapter: Path | None, out: Path) ->
 def run_outputs(out: Path) -> str | None:
     """Why `out` must not take this command's report: it holds a training run's (report.json with a training
     section), or it is a run's eval/ folder, whose predictions.jsonl the run's report points to. Either would be
-    replaced without a word, and the run's report would then describe answers it never gave."""
+    replaced without a word, and the run's report would then describe answers it never gave. No hint: each caller
+    adds the one that fits it."""
     real = out.resolve()  # a link to a run's eval/, or `--out .` inside it: its parent is the run
     for report, what in ((real / "report.json", f"{out} holds a training run's report"),
                          (real.parent / "report.json", f"{out} holds the predictions of the run in {real.parent}")):
@@ -201,7 +202,7 @@ def run_outputs(out: Path) -> str | None:
         predictions = (found.get("eval") or {}).get("predictions", PREDICTIONS)
         if report.parent == real or (isinstance(predictions, str)
                                      and (report.parent / predictions).resolve().parent == real):
-            return f"{what}, which this evaluation would replace; pass another --out"
+            return f"{what}, which this evaluation would replace"
     return None
 
 
@@ -212,7 +213,9 @@ def _out_folder(value: str) -> Path:
     path = folder_arg(value)
     if path.is_symlink() and not path.exists():
         raise argparse.ArgumentTypeError(f"{path} is a link to {os.readlink(path)}, which does not exist")
-    reason = cannot_write(path) or in_the_way(path, files=EVAL_FILES) or run_outputs(path)
+    reason = cannot_write(path) or in_the_way(path, files=EVAL_FILES)
+    if reason is None and (reason := run_outputs(path)) is not None:
+        reason += "; pass another --out"
     if reason is not None:
         raise argparse.ArgumentTypeError(reason)
     return path

@@ -97,6 +97,8 @@ _ANNOTATED_KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "str": (lambda v: isinstance(v, str), "a string"),
     "list": (lambda v: isinstance(v, list), "a list"),
     "List": (lambda v: isinstance(v, list), "a list"),
+    "dict": (lambda v: isinstance(v, dict), "a mapping"),
+    "Dict": (lambda v: isinstance(v, dict), "a mapping"),
 }
 
 
@@ -137,11 +139,12 @@ def _split_outside_brackets(text: str, sep: str) -> list[str]:
 
 def _check_kind(name: str, key: str, value: Any, param: inspect.Parameter, whole: bool) -> None:
     # The default's type is the param's kind; YAML makes "true" vs true easy to get wrong. `whole` (a custom
-    # reward): a param annotated int, float, bool, str or list (see _ANNOTATED_KINDS), or an int default without an
-    # annotation, refuses another kind of value here, at recipe load. Mid-training, "0.5" for a float threshold
-    # raises TypeError at the first comparison, "false" for a bool is true, 5 for a list fails wherever it is
-    # iterated, and 2.5 for a count or an index fails or, worse, rounds silently. Built-ins check their own ints,
-    # with their ranges.
+    # reward): a param annotated int, float, bool, str, list or dict (see _ANNOTATED_KINDS), or an int default
+    # without an annotation, refuses another kind of value here, at recipe load, and a number param (annotated
+    # float, or a number default) refuses .nan and .inf unless that is its default. Mid-training, "0.5" for a float
+    # threshold raises TypeError at the first comparison, "false" for a bool is true, 5 for a list or [1] for a
+    # dict fails wherever it is used, nan makes the reward return nan, and 2.5 for a count or an index fails or,
+    # worse, rounds silently. Built-ins check their own ints and numbers, with their ranges.
     default = param.default
     names = _annotation_names(param.annotation)
     if value is None and (default is None or names & {"None", "Optional", "Any"}):
@@ -162,8 +165,17 @@ def _check_kind(name: str, key: str, value: Any, param: inspect.Parameter, whole
         ok, kind = isinstance(value, (list, tuple)), "a list"
     else:
         ok, kind = isinstance(value, type(default)), type(default).__name__
+    if ok and whole and kind == "a number" and not _finite(value) and value != default:
+        ok, kind = False, "a finite number"
     if not ok:
         raise ValueError(f"reward {name!r}: param {key!r} must be {kind}, got {value!r}")
+
+
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int past float's range
+        return False
 
 
 def build_reward(name: str, params: dict[str, Any] | None = None, label: str | None = None) -> BoundReward:
@@ -247,9 +259,10 @@ class BoundReward:
             count = None
         if count is None:
             raise RewardError(f"reward {self.__name__!r} returned a {type(values).__name__}, "
-                              f"expected a list of {n} floats")
+                              f"expected a list of {_count(n, 'float')}")
         if count != n:
-            raise RewardError(f"reward {self.__name__!r} returned {count} values for {n} completions")
+            raise RewardError(f"reward {self.__name__!r} returned {_count(count, 'value')} for "
+                              f"{_count(n, 'completion')}")
         # Fast path, the common case: plain finite floats (x - x is 0.0 unless x is inf or nan).
         if type(values) is list and all(v is None or (type(v) is float and v - v == 0.0) for v in values):
             return values
@@ -286,11 +299,16 @@ class BoundReward:
                                        f"({_snippet(completions[i])})")
         except Exception:  # completions that cannot be measured or sliced: report without a sample
             n = "?"
-        return RewardError(f"reward {self.__name__!r} raised {what} on a batch of {n} completions "
+        return RewardError(f"reward {self.__name__!r} raised {what} on a batch of {_count(n, 'completion')} "
                            f"(no single sample reproduces it)")
 
     def __repr__(self) -> str:
         return f"BoundReward({self.__name__}: {getattr(self.fn, '__name__', self.fn)}(**{self.params}))"
+
+
+def _count(n: int | str, noun: str) -> str:
+    """`1 completion`, `3 completions` (and `? completions` for a count unknown)."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _snippet(completion: Any, limit: int = 60) -> str:
