@@ -309,3 +309,18 @@ def test_a_question_asked_twice_in_a_split_is_warned_about(tmp_path, caplog):
     assert "1 of 3 eval questions in the data repeat an earlier one (first: 'which river runs  through Rioja?'); " \
            "each copy counts in the eval means and intervals" in caplog.text
     assert "training questions in the data repeat" not in caplog.text  # the shipped training file has no repeats
+
+
+def test_a_source_named_by_its_headings_as_written_points_at_the_markdown_id(tmp_path, caplog):
+    # The README's table said `file#heading/subheading`: written so, the source matched no document, and the
+    # warning gave only a count (recall@1 0.000).
+    (tmp_path / "grapes.md").write_text("# Grapes\n\n## Pinot Noir\n\nBurgundy's red grape.\n")
+    train = write_jsonl(tmp_path / "train.jsonl", [{"question": "Where?", "answer": "Burgundy",
+                                                   "source": "grapes#grapes/pinot-noir"}])
+    held_out = write_jsonl(tmp_path / "eval.jsonl", [{"question": "Which?", "answer": "Burgundy",
+                                                      "source": "grapes#Grapes/Pinot Noir"},
+                                                     {"question": "What?", "answer": "red", "source": "nowhere"}])
+    with caplog.at_level("WARNING", logger="toolkit.data"):
+        load_dataset(data_section(corpus=[str(tmp_path / "grapes.md")], train=train, eval=held_out))
+    assert ("2 questions name a source that is no corpus document (the first: 'grapes#Grapes/Pinot Noir'; did you "
+            "mean 'grapes#grapes/pinot-noir'? Markdown ids are slugs)") in caplog.text

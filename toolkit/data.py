@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from toolkit.formats import load_file
+from toolkit.formats import heading_path, load_file
 from toolkit.loaders import DataError, Document, Row, expand, read_jsonl
 from toolkit.questions import QA, load_qa, question_columns, row_questions
 
@@ -45,14 +45,21 @@ def load_dataset(data: DataSection) -> Dataset:
         raise DataError(f"no {'training' if not train else 'eval'} questions: the question files and the "
                         "questions generated from CSV rows are all empty")
     ids = {doc.id for doc in documents}
-    unknown = sum(bool(qa.source) and qa.source not in ids for qa in train + held_out)
+    unknown = [qa.source for qa in train + held_out if qa.source and qa.source not in ids]
     if unknown:
-        logger.warning("%d questions name a source that is no corpus document; retrieval recall counts them as "
-                       "misses", unknown)
+        logger.warning("%d questions name a source that is no corpus document (the first: %r%s); retrieval recall "
+                       "counts them as misses", len(unknown), unknown[0], _id_hint(unknown[0], ids))
     _warn_if_not_held_out(train, held_out)
     _warn_if_repeated(train, "training", "each copy is trained on")
     _warn_if_repeated(held_out, "eval", "each copy counts in the eval means and intervals")
     return Dataset(documents, train, held_out)
+
+
+def _id_hint(source: str, ids: set[str]) -> str:
+    """A Markdown section named by its headings as written (`grapes#Grapes/Pinot Noir`) rather than by its id."""
+    file, sep, headings = source.partition("#")
+    slugged = f"{file}#{heading_path(headings.split('/'))}" if sep else None
+    return f"; did you mean {slugged!r}? Markdown ids are slugs" if slugged != source and slugged in ids else ""
 
 
 def _asked(qa: QA) -> str:

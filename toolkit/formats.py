@@ -157,7 +157,7 @@ def _markdown_sections(path: Path, file_id: str, text: str) -> list[tuple[Docume
         if not body.strip():
             continue  # a heading directly followed by another, or nothing before the first heading
         if titles:
-            slug = base = "/".join(_slug(t) for t in titles)
+            slug = base = heading_path(titles)
             n = 2
             while slug in used:
                 slug, n = f"{base}-{n}", n + 1
@@ -169,8 +169,9 @@ def _markdown_sections(path: Path, file_id: str, text: str) -> list[tuple[Docume
     return docs
 
 
-def _slug(title: str) -> str:
-    return re.sub(r"[^\w]+", "-", title.lower()).strip("-_") or "section"
+def heading_path(titles: list[str]) -> str:
+    """A Markdown section's id after `file#`: its heading and those above it, each a slug (`grapes/pinot-noir`)."""
+    return "/".join(re.sub(r"[^\w]+", "-", title.lower()).strip("-_") or "section" for title in titles)
 
 
 # ------------------------------------------------------------------------------------------- csv
