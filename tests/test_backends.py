@@ -179,6 +179,8 @@ def _missing(package: str):
     pytest.param("{report_to: wandb}", "training.trl.report_to: WandbCallback requires wandb to be installed",
                  marks=_missing("wandb")),
     pytest.param("{use_vllm: true}", "training.trl.use_vllm: vLLM is not installed", marks=_missing("vllm")),
+    pytest.param("{use_liger_kernel: true}", "training.trl.use_liger_kernel: the Liger kernels are not installed",
+                 marks=_missing("liger_kernel")),
 ])
 def test_what_the_trainer_resolves_at_its_start_fails_before_training(trl, message):
     """transformers resolves these when training starts, after the base evaluation (a minute of a CPU run)."""

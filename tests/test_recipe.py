@@ -621,6 +621,8 @@ def test_trl_passthrough_refuses_typos_and_mapped_fields(trl, expected):
     ("{eval_strategy: steps}", "training.trl.eval_strategy: GRPOTrainer gets no eval_dataset here"),
     ("{save_strategy: best}", "training.trl.save_strategy: 'best' needs an evaluation during training"),
     ("{do_eval: true}", "training.trl.do_eval: GRPOTrainer gets no eval_dataset here"),
+    ("{eval_on_start: true}", "training.trl.eval_on_start: GRPOTrainer gets no eval_dataset here"),
+    ("{fsdp: full_shard}", "training.trl.fsdp: FSDP needs distributed training"),
     # Without save_steps transformers accepts it and loads nothing; with them it refuses: refused either way.
     ("{load_best_model_at_end: true}", "training.trl.load_best_model_at_end: there is no best model to load"),
     # Checkpoints without optimizer, scheduler and RNG state: --resume went on with a fresh Adam, saying nothing.
@@ -703,8 +705,8 @@ def test_trl_values_are_checked_against_grpo_config_types():
     assert "(trl.GRPOConfig.max_grad_norm takes a number) (got 'abc')" in message
     assert "training.trl.save_total_limit: Input should be a valid integer" in message
     # Only numbers and booleans are converted: transformers' other hints are narrower than what it accepts.
-    recipe = load_recipe(WINE, ["training.trl={fsdp: true, top_k: null, gradient_checkpointing_kwargs: {}}"])
-    assert recipe.training.trl == {"fsdp": True, "top_k": None, "gradient_checkpointing_kwargs": {}}
+    recipe = load_recipe(WINE, ["training.trl={fsdp: false, top_k: null, gradient_checkpointing_kwargs: {}}"])
+    assert recipe.training.trl == {"fsdp": False, "top_k": None, "gradient_checkpointing_kwargs": {}}
 
 
 def test_cli_reports_a_trl_typo_in_one_line_before_loading_anything():

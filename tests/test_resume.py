@@ -310,6 +310,18 @@ def test_eval_key_changes_when_a_local_models_weights_are_replaced_in_place(tmp_
     assert changed != key and {name for name in key if key[name] != changed[name]} == {"model"}
 
 
+def test_a_base_evaluation_saved_by_an_older_version_says_so(tmp_path, caplog):
+    # Its key was one string; nothing of the recipe had changed, yet the log said "the recipe or eval data changed".
+    from toolkit.recipe import load_recipe
+
+    (tmp_path / "base_eval.json").write_text(json.dumps({"key": "0" * 64, "results": {"base": []}}))
+    key = eval_key(load_recipe(ROOT / "recipes" / "wine.yaml"), "/m", [], "hf")
+    with caplog.at_level("INFO", logger="toolkit.checkpoints"):
+        base_results(tmp_path, key, True, lambda: {"base": []})
+    assert "evaluating the base columns again: the earlier run's base evaluation was saved by an older version" \
+        in caplog.text
+
+
 def test_the_log_names_what_changed_since_the_earlier_run(tmp_path, caplog):
     from toolkit.recipe import load_recipe
 

@@ -353,12 +353,14 @@ def test_long_completions_are_cut_in_the_message(rewards_file):
 
 def test_a_number_param_takes_inf_when_that_is_its_default(tmp_path):
     path = tmp_path / f"unbounded_{uuid.uuid4().hex[:6]}.py"
-    path.write_text("import math\ndef f(completions, *, cap: float = math.inf, top=float('inf'), **kwargs):\n"
-                    "    return [min(cap, top, 1.0)] * len(completions)\n")
+    path.write_text("import math\ndef f(completions, *, cap: float = math.inf, top=float('inf'), thr=math.nan, "
+                    "**kwargs):\n    return [min(cap, top, 1.0)] * len(completions)\n")
     assert build_reward(f"{path}:f", {"cap": float("inf"), "top": float("inf")})(["a"]) == [1.0]
-    with pytest.raises(ValueError, match=re.escape("param 'cap' must be a finite number, got nan")):
+    assert build_reward(f"{path}:f", {"thr": float("nan")})(["a"]) == [1.0]  # nan != nan, yet it is the default
+    default = "must be a finite number or its default, inf, got"
+    with pytest.raises(ValueError, match=re.escape(f"param 'cap' {default} nan")):
         build_reward(f"{path}:f", {"cap": float("nan")})
-    with pytest.raises(ValueError, match=re.escape("param 'top' must be a finite number, got -inf")):
+    with pytest.raises(ValueError, match=re.escape(f"param 'top' {default} -inf")):
         build_reward(f"{path}:f", {"top": -float("inf")})
 
 

@@ -282,3 +282,43 @@ def test_a_diverged_run_fails_and_saves_no_adapter(tmp_path, capsys, rate, what)
     err = capsys.readouterr().err
     assert "training diverged: " in err and what in err and "NaN or infinite after step 1; nothing saved" in err
     assert not (tmp_path / "adapter").exists() and not (tmp_path / "report.json").exists()
+
+
+def test_earlier_outputs_go_whole_or_not_at_all_and_links_stay(tmp_path, monkeypatch, caplog):
+    # An adapter/ whose removal failed midway kept adapter_config.json without its weights (an adapter to chat,
+    # evaluate and export); a linked plots/ was unlinked, leaving the old PNGs where it pointed; the log line was
+    # logged as __main__'s under python -m, which the toolkit's logging never showed.
+    from pathlib import Path
+
+    from toolkit.recipe import RecipeError
+    from toolkit.run import logger, remove_earlier_outputs
+
+    assert logger.name == "toolkit.run"
+    run = tmp_path / "run"
+    (run / "adapter").mkdir(parents=True)
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        (run / "adapter" / name).write_text("{}")
+    plots = tmp_path / "plots-elsewhere"
+    plots.mkdir()
+    (plots / "reward.png").write_bytes(b"png")
+    (plots / "mine.txt").write_text("kept")
+    (run / "plots").symlink_to(plots)
+    real_rename = Path.rename
+
+    def refused(self, target):
+        if self.name == "adapter":
+            raise PermissionError(1, "Operation not permitted")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", refused)
+    with pytest.raises(RecipeError) as err:
+        remove_earlier_outputs(run)
+    assert str(err.value) == (f"output_dir: cannot remove the earlier run's {run / 'adapter'} (Operation not "
+                              "permitted); move it away or set another output_dir")
+    assert sorted(p.name for p in (run / "adapter").iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    monkeypatch.setattr(Path, "rename", real_rename)
+    with caplog.at_level("INFO", logger="toolkit.run"):
+        remove_earlier_outputs(run)
+    assert not (run / "adapter").exists() and not list(run.glob(".adapter*"))
+    assert (run / "plots").is_symlink() and sorted(p.name for p in plots.iterdir()) == ["mine.txt"]
+    assert f"removed the earlier run's adapter/, plots/ from {run}" in caplog.text

@@ -265,6 +265,8 @@ def base_results(folder: Path, key: dict | str, resume: bool, evaluate: Callable
         if isinstance(saved, dict) and saved.get("key") == key:
             logger.info("reusing the base evaluation of the earlier run (%s)", path)
             return saved["results"]
+        if isinstance(saved, dict) and isinstance(saved.get("key"), str) and isinstance(key, dict):
+            why = "the earlier run's base evaluation was saved by an older version of the toolkit"
         if isinstance(saved, dict) and isinstance(saved.get("key"), dict) and isinstance(key, dict):
             changed = [KEY_PARTS.get(name, name) for name in sorted(set(key) | set(saved["key"]))
                        if key.get(name) != saved["key"].get(name)]

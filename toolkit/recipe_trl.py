@@ -54,8 +54,11 @@ SCALARS = {bool: "true or false", int: "a whole number", float: "a number"}
 NO_EVAL_DATASET = ("GRPOTrainer gets no eval_dataset here: the eval split is evaluated after training (the eval "
                    "section)")
 REFUSED_VALUES = {
-    "eval_strategy": (lambda v: v in ("steps", "epoch"), f"{NO_EVAL_DATASET}; leave it 'no'"),
+    "eval_strategy": (lambda v: v in ("steps", "epoch"), f"{NO_EVAL_DATASET}; leave it out"),
     "do_eval": (lambda v: v is True, NO_EVAL_DATASET),
+    "eval_on_start": (lambda v: v is True, NO_EVAL_DATASET),
+    "fsdp": (lambda v: bool(v), "FSDP needs distributed training (torchrun over several devices); the toolkit "
+                                "trains on one device"),
     "save_strategy": (lambda v: v == "best", f"'best' needs an evaluation during training; {NO_EVAL_DATASET}"),
     "load_best_model_at_end": (lambda v: v is True, f"there is no best model to load: {NO_EVAL_DATASET}"),
     "save_only_model": (lambda v: v is True, "its checkpoints would lack the optimizer, scheduler and RNG state "
@@ -72,7 +75,7 @@ AT_LEAST_ONE = ("num_iterations", "steps_per_generation", "generation_batch_size
 def coerced(key: str, value: Any, kind: Any) -> tuple[Any, str | None]:
     """`value` converted for a number or boolean field (pydantic's lax rules, as for the recipe's own fields: YAML
     reads `1e-2` as a string, which GRPOConfig would keep as one until the optimizer fails on it), or the reason it
-    cannot be. Other fields are left alone: transformers' hints are narrower than what it accepts (`fsdp: true`
+    cannot be. Other fields are left alone: transformers' hints are narrower than what it accepts (`fsdp: false`
     for a `str | None` field)."""
     options = typing.get_args(kind) if typing.get_origin(kind) in (typing.Union, types.UnionType) else (kind,)
     enum = next((t for t in options if isinstance(t, type) and issubclass(t, Enum)), None)

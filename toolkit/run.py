@@ -6,6 +6,7 @@ One builder per stage, called in order; each stage lives in its own module.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sys
 import time
@@ -30,7 +31,7 @@ from toolkit.cli import ERRORS, Parser, fail, setup_logging
 from toolkit.recipe import Recipe, RecipeError, load_recipe
 from toolkit.report import PREDICTIONS, comparison_table, in_the_way, save_dir_atomic, table_console, write_report
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("toolkit.run")  # not __main__ under python -m: the toolkit logger shows
 
 
 # A finished run's outputs under its output folder (export/ is toolkit.export's, the index is kept).
@@ -40,16 +41,30 @@ RUN_OUTPUTS = ("adapter", "report.json", "report.md", PREDICTIONS, "plots")
 def remove_earlier_outputs(out: Path) -> None:
     """A new run (not --resume) replaces the earlier run's outputs when it ends. Removed when its training starts,
     so that a run stopped on the way leaves none of them behind: chat, evaluate and export would take the earlier
-    run's adapter for this one's."""
+    run's adapter for this one's. A folder is renamed away first, so one that cannot be removed whole is never
+    left half removed (an adapter_config.json without its weights); a linked folder keeps its link, and only the
+    files this run writes there go."""
     removed = []
     for name in RUN_OUTPUTS:
         path = out / name
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        elif path.exists() or path.is_symlink():
-            path.unlink()
-        else:
-            continue
+        try:
+            if name == "plots" and path.is_dir():
+                pngs = sorted(path.glob("*.png"))
+                for png in pngs:
+                    png.unlink()
+                if not pngs:
+                    continue
+            elif path.is_dir() and not path.is_symlink():
+                away = path.with_name(f".{name}.removing-{os.getpid()}")
+                path.rename(away)
+                shutil.rmtree(away)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+            else:
+                continue
+        except OSError as err:
+            raise RecipeError(f"output_dir: cannot remove the earlier run's {path} ({err.strerror or err}); move it "
+                              "away or set another output_dir") from None
         removed.append(name + ("/" if name in ("adapter", "plots") else ""))
     if removed:
         logger.info("removed the earlier run's %s from %s (this run replaces them)", ", ".join(removed), out)

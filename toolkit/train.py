@@ -119,6 +119,9 @@ def check_trainer_settings(config, model) -> None:
             callback()  # each integration's callback checks that its package is installed
     except checks as err:
         fail("report_to", err)
+    if getattr(config, "use_liger_kernel", False) and importlib.util.find_spec("liger_kernel") is None:
+        raise RecipeError("training.trl.use_liger_kernel: the Liger kernels are not installed (pip install "
+                          "liger-kernel); leave it false")
     if getattr(config, "use_vllm", False) and importlib.util.find_spec("vllm") is None:
         raise RecipeError("training.trl.use_vllm: vLLM is not installed (pip install vllm, CUDA only); leave it "
                           "false to generate with the backend's own generate")

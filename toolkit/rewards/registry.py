@@ -165,10 +165,19 @@ def _check_kind(name: str, key: str, value: Any, param: inspect.Parameter, whole
         ok, kind = isinstance(value, (list, tuple)), "a list"
     else:
         ok, kind = isinstance(value, type(default)), type(default).__name__
-    if ok and whole and kind == "a number" and not _finite(value) and value != default:
-        ok, kind = False, "a finite number"
+    if ok and whole and kind == "a number" and not _finite(value) and not _same_number(value, default):
+        ok, kind = False, "a finite number" + (f" or its default, {default!r}" if isinstance(default, float)
+                                                       and not _finite(default) else "")
     if not ok:
         raise ValueError(f"reward {name!r}: param {key!r} must be {kind}, got {value!r}")
+
+
+def _same_number(value: Any, default: Any) -> bool:
+    """value == default, where nan equals nan (a default of nan is taken back as such)."""
+    try:
+        return value == default or (math.isnan(value) and math.isnan(default))
+    except TypeError:
+        return False
 
 
 def _finite(value: float) -> bool:
