@@ -93,18 +93,24 @@ def resumed_step(checkpoint: Path) -> int:
     return int(json.loads((checkpoint / STATE).read_text(encoding="utf-8"))["global_step"])
 
 
+def adapter_config(folder: Path) -> dict | None:
+    """An adapter folder's (or checkpoint's) adapter_config.json as peft saved it; None when unreadable."""
+    try:
+        saved = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return saved if isinstance(saved, dict) else None
+
+
 def check_same_lora(checkpoint: Path, lora, linear: list[str] | None = None) -> None:
     """CheckpointError when the checkpoint's adapter was made with other LoRA settings than `lora` (the recipe's
     training.lora): loading it would fail deep in torch with a size mismatch or an optimizer-group error.
 
     Targets are compared by module name (`q_proj`): peft saves "all-linear" resolved to dotted names. A recipe's
     "all-linear" is compared only when `linear` gives the loaded model's linear layers it stands for."""
-    try:
-        saved = json.loads((checkpoint / "adapter_config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    saved = adapter_config(checkpoint)
+    if saved is None:
         return  # no readable config: the trainer reports what it lacks
-    if not isinstance(saved, dict):
-        return
     wanted = {"r": lora.r, "lora_alpha": lora.alpha, "layers_to_transform": lora.layers_to_transform}
     targets = lora.target_modules if isinstance(lora.target_modules, list) else linear
     if targets is not None and isinstance(saved.get("target_modules"), list):
@@ -129,11 +135,7 @@ def check_same_base(checkpoint: Path, model_path: str, packaged: bool = False) -
     folders are compared as real paths and two hub ids as names; a saved folder that is gone (a cleared model
     cache) cannot be compared and is let through. `packaged`: the recipe names a packaged model, whose conversion
     folder's name (model, package version, conversion revision) is the model wherever the cache is."""
-    try:
-        saved = json.loads((checkpoint / "adapter_config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return
-    base = saved.get("base_model_name_or_path") if isinstance(saved, dict) else None
+    base = (adapter_config(checkpoint) or {}).get("base_model_name_or_path")
     if not isinstance(base, str) or not base or base == str(model_path):
         return
     here, there = Path(model_path).expanduser(), Path(base).expanduser()
@@ -265,12 +267,13 @@ def base_results(folder: Path, key: dict | str, resume: bool, evaluate: Callable
         if isinstance(saved, dict) and saved.get("key") == key:
             logger.info("reusing the base evaluation of the earlier run (%s)", path)
             return saved["results"]
-        if isinstance(saved, dict) and isinstance(saved.get("key"), str) and isinstance(key, dict):
-            why = "the earlier run's base evaluation was saved by an older version of the toolkit"
-        if isinstance(saved, dict) and isinstance(saved.get("key"), dict) and isinstance(key, dict):
-            changed = [KEY_PARTS.get(name, name) for name in sorted(set(key) | set(saved["key"]))
-                       if key.get(name) != saved["key"].get(name)]
-            why = f"changed since the earlier run: {', '.join(changed)}"
+        if isinstance(saved, dict) and isinstance(key, dict):
+            if isinstance(saved.get("key"), str):
+                why = "the earlier run's base evaluation was saved by an older version of the toolkit"
+            elif isinstance(saved.get("key"), dict):
+                changed = [KEY_PARTS.get(name, name) for name in sorted(set(key) | set(saved["key"]))
+                           if key.get(name) != saved["key"].get(name)]
+                why = f"changed since the earlier run: {', '.join(changed)}"
         if saved is not None and not isinstance(saved, dict):
             why = f"{path} is not a saved evaluation"
         logger.info("evaluating the base columns again: %s", why)

@@ -235,11 +235,9 @@ def base_model_path(recipe: Recipe, run_dir: Path, resolve: bool = True) -> str:
                     raise ExportError(f"{report}: model_path: {err}") from None
                 return _gone_base_again(recipe, report, found, path, err)
     if not resolve:  # an unfinished run: the adapter says what it was trained on, the recipe may not
-        try:
-            saved = json.loads((run_dir / "adapter" / "adapter_config.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            saved = None
-        named = saved.get("base_model_name_or_path") if isinstance(saved, dict) else None
+        from toolkit.checkpoints import adapter_config
+
+        named = (adapter_config(run_dir / "adapter") or {}).get("base_model_name_or_path")
         return named if isinstance(named, str) and named.strip() else recipe.model.name_or_path
     return resolve_model(recipe.model.name_or_path, recipe.model.cache_dir)
 

@@ -100,7 +100,8 @@ def _enum_problem(value: Any, enum: type[Enum]) -> str | None:
     return f"not a valid {enum.__name__} ({hint})"
 
 
-def _plain(value: Any) -> Any:
+def plain_value(value: Any) -> Any:
+    """An enum member's value (`IntervalStrategy.NO` → "no"); anything else as it is."""
     return value.value if isinstance(value, Enum) else value
 
 
@@ -128,8 +129,9 @@ def check_trl_passthrough(recipe: Recipe) -> None:
             if reason is None and key in AT_LEAST_ONE and isinstance(recipe.training.trl[key], int) \
                     and recipe.training.trl[key] < 1:
                 reason = "must be at least 1"
-            if reason is None and key in REFUSED_VALUES and REFUSED_VALUES[key][0](_plain(recipe.training.trl[key])):
-                reason = REFUSED_VALUES[key][1]
+            refused = REFUSED_VALUES.get(key)
+            if reason is None and refused is not None and refused[0](plain_value(recipe.training.trl[key])):
+                reason = refused[1]
             if reason is None:
                 continue
         elif key in mapped:

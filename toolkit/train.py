@@ -11,7 +11,6 @@ import importlib.util
 import logging
 import time
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 
 import torch
@@ -21,6 +20,7 @@ from transformers.trainer_callback import ExportableState, TrainerState
 from toolkit.checkpoints import RESTORED, STATE, check_same_optimizer, resumed_step
 from toolkit.live import LiveMetrics
 from toolkit.recipe import Recipe, RecipeError
+from toolkit.recipe_trl import plain_value
 
 logger = logging.getLogger(__name__)
 
@@ -106,14 +106,14 @@ def check_trainer_settings(config, model) -> None:
         Trainer.get_optimizer_cls_and_kwargs(config, model)
     except checks as err:
         fail("optim_args" if config.optim_args and isinstance(err, ValueError) else "optim", err,
-             f"{_plain(config.optim)}: ")
+             f"{plain_value(config.optim)}: ")
     try:
         throwaway = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=config.learning_rate)
         get_scheduler(config.lr_scheduler_type, optimizer=throwaway, num_training_steps=max(config.max_steps, 1),
                       num_warmup_steps=config.get_warmup_steps(max(config.max_steps, 1)),
                       scheduler_specific_kwargs=config.lr_scheduler_kwargs)
     except checks as err:
-        fail("lr_scheduler_kwargs", err, f"for training.lr_scheduler_type {_plain(config.lr_scheduler_type)}: ")
+        fail("lr_scheduler_kwargs", err, f"for training.lr_scheduler_type {plain_value(config.lr_scheduler_type)}: ")
     try:
         for callback in get_reporting_integration_callbacks(config.report_to):
             callback()  # each integration's callback checks that its package is installed
@@ -133,7 +133,7 @@ def warn_changed(asked: dict, config, recipe: Recipe) -> None:
     loss_type dr_grpo, the batch size to num_generations) and only prints a line saying so."""
     for key, value in asked.items():
         now = getattr(config, key, value)
-        if key == "report_to" or _plain(now) == _plain(value):  # TrainingArguments turns "none" into []
+        if key == "report_to" or plain_value(now) == plain_value(value):  # TrainingArguments turns "none" into []
             continue
         if key in recipe.training.trl:
             name = f"training.trl.{key}"
@@ -143,11 +143,7 @@ def warn_changed(asked: dict, config, recipe: Recipe) -> None:
             name = f"training.{key}" if key in type(recipe.training).model_fields else f"GRPOConfig.{key}"
         # The class is named GRPOConfig either way; its module says whose it is (trl, or Unsloth's compiled cache).
         source = f"{type(config).__name__} from {type(config).__module__.split('.')[0]}"
-        logger.warning("%s: %s changed %r to %r; the recipe's value is not used", name, source, value, _plain(now))
-
-
-def _plain(value):
-    return value.value if isinstance(value, Enum) else value
+        logger.warning("%s: %s changed %r to %r; the recipe's value is not used", name, source, value, plain_value(now))
 
 
 def lora_config(recipe: Recipe):
@@ -215,7 +211,7 @@ def check_finite(model, tokenizer, step: int, learning_rate: float) -> None:
 
 def optimizer_settings(config) -> dict:
     """What a checkpoint's optimizer and scheduler state fix (`checkpoints.RESTORED`), from a GRPOConfig."""
-    return {key: _plain(getattr(config, key)) for key in RESTORED}
+    return {key: plain_value(getattr(config, key)) for key in RESTORED}
 
 
 class OptimizerRecord(TrainerCallback, ExportableState):

@@ -78,16 +78,17 @@ def source_files(name: str) -> list[Path]:
     files = {own_real} if os.path.isfile(own_real) else set()
     outside = _not_local()
     for root in _roots(name, own_real):
-        if any(_under(root, folder) for folder in outside):  # installed: modules loaded vary, and are not edited
+        if any(Path(root).is_relative_to(folder) for folder in outside):  # installed: modules vary, never edited
             continue
-        skip = [folder for folder in outside if folder != root and _under(folder, root)]
+        skip = [folder for folder in outside if folder != root and Path(folder).is_relative_to(root)]
         for key, module in list(sys.modules.items()):
             file = getattr(module, "__file__", None)
             if key == "__main__" or not isinstance(file, str):  # the script that runs is no helper
                 continue
-            real = os.path.realpath(file)
-            if _under(real, root) and not any(_under(real, folder) for folder in skip) and os.path.isfile(real):
-                files.add(real)
+            real = Path(os.path.realpath(file))
+            if real.is_relative_to(root) and not any(real.is_relative_to(folder) for folder in skip) \
+                    and real.is_file():
+                files.add(str(real))
     return [Path(file) for file in sorted(files)]
 
 
@@ -135,10 +136,6 @@ def _not_local() -> set[str]:
         folders += [*site.getsitepackages(), site.getusersitepackages()]
     folders.append(str(Path(__file__).parents[1]))  # toolkit/
     return {os.path.realpath(folder) for folder in folders if folder}
-
-
-def _under(path: str, folder: str) -> bool:
-    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def _is_file(target: str) -> bool:
