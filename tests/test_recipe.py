@@ -629,6 +629,13 @@ def test_trl_passthrough_refuses_typos_and_mapped_fields(trl, expected):
     ("{save_only_model: true}", "training.trl.save_only_model: its checkpoints would lack the optimizer"),
     ("{resume_from_checkpoint: runs/wine/trainer/checkpoint-2}", "pass --resume to toolkit.run instead"),
     ("{push_to_hub: true}", "training.trl.push_to_hub: the run saves its adapter in <output_dir>/adapter"),
+    # Accepted by transformers and then unused: they would silently do nothing.
+    ("{eval_steps: 5}", "training.trl.eval_steps: GRPOTrainer gets no eval_dataset here"),
+    ("{metric_for_best_model: reward}", "training.trl.metric_for_best_model: there is no evaluation during training"),
+    ("{greater_is_better: true}", "training.trl.greater_is_better: there is no evaluation during training"),
+    # wine.yaml's schedule is constant, which transformers builds without these kwargs.
+    ("{lr_scheduler_kwargs: {num_cycles: 0.5}}",
+     "training.trl.lr_scheduler_kwargs: training.lr_scheduler_type constant takes no settings"),
 ])
 def test_trl_values_the_run_cannot_honour_are_refused(trl, expected):
     # transformers refuses them only when the trainer is built, after the base evaluation.
@@ -638,6 +645,10 @@ def test_trl_values_the_run_cannot_honour_are_refused(trl, expected):
     kept = "training.trl={eval_strategy: 'no', save_strategy: epoch, save_only_model: false, do_eval: false}"
     assert load_recipe(WINE, [kept]).training.trl == {"eval_strategy": "no", "save_strategy": "epoch",
                                                       "save_only_model": False, "do_eval": False}
+    cosine = load_recipe(WINE, ["training.lr_scheduler_type=cosine",
+                                "training.trl={lr_scheduler_kwargs: {num_cycles: 0.25}}"])
+    assert cosine.training.trl == {"lr_scheduler_kwargs": {"num_cycles": 0.25}}
+    assert load_recipe(WINE, ["training.trl={lr_scheduler_kwargs: {}, eval_steps: null}"]).training.trl
 
 
 def test_trl_passthrough_names_every_bad_key():

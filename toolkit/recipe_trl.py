@@ -57,6 +57,12 @@ REFUSED_VALUES = {
     "eval_strategy": (lambda v: v in ("steps", "epoch"), f"{NO_EVAL_DATASET}; leave it out"),
     "do_eval": (lambda v: v is True, NO_EVAL_DATASET),
     "eval_on_start": (lambda v: v is True, NO_EVAL_DATASET),
+    # Accepted by transformers without an evaluation and then unused: a setting that silently does nothing.
+    "eval_steps": (lambda v: v is not None, f"{NO_EVAL_DATASET}; leave it out"),
+    "metric_for_best_model": (lambda v: v is not None, f"there is no evaluation during training to pick a best "
+                                                       f"checkpoint by: {NO_EVAL_DATASET}"),
+    "greater_is_better": (lambda v: v is not None, f"there is no evaluation during training to pick a best "
+                                                   f"checkpoint by: {NO_EVAL_DATASET}"),
     "fsdp": (lambda v: bool(v), "FSDP needs distributed training (torchrun over several devices); the toolkit "
                                 "trains on one device"),
     "save_strategy": (lambda v: v == "best", f"'best' needs an evaluation during training; {NO_EVAL_DATASET}"),
@@ -68,6 +74,8 @@ REFUSED_VALUES = {
     "push_to_hub": (lambda v: v is True, "the run saves its adapter in <output_dir>/adapter; export it (python -m "
                                          "toolkit.export) and upload that"),
 }
+# Schedules transformers builds without `lr_scheduler_kwargs`, dropping them without a word.
+NO_SCHEDULER_KWARGS = ("constant", "constant_with_warmup")
 # Counts GRPOConfig takes without checking them: 0 trains nothing (exit 0), a negative fails deep in torch's sampler.
 AT_LEAST_ONE = ("num_iterations", "steps_per_generation", "generation_batch_size")
 
@@ -132,6 +140,10 @@ def check_trl_passthrough(recipe: Recipe) -> None:
             refused = REFUSED_VALUES.get(key)
             if reason is None and refused is not None and refused[0](plain_value(recipe.training.trl[key])):
                 reason = refused[1]
+            if reason is None and key == "lr_scheduler_kwargs" and value \
+                    and recipe.training.lr_scheduler_type in NO_SCHEDULER_KWARGS:
+                reason = (f"training.lr_scheduler_type {recipe.training.lr_scheduler_type} takes no settings, so "
+                          f"these would be ignored; leave it out or pick a schedule that takes them")
             if reason is None:
                 continue
         elif key in mapped:
