@@ -15,8 +15,10 @@ from toolkit.rewards import RewardError, accepted_params, build_reward
 
 WINE = "recipes/wine.yaml"
 MODULE = """
+import collections.abc
 import math
-from typing import List, Optional
+import typing
+from typing import List, Mapping, Optional
 
 def scaled(completions, *, scale=1.0, answer=None, **kwargs):
     return [scale * float(c == "yes") for c in completions]
@@ -83,6 +85,13 @@ class Scorer:
         pass
 
 NOT_CALLABLE = 3
+
+def items(completions, *, words: list[str] | None = None, counts: List[int] = (1,),
+          scores: list[float] = (0.0, math.inf), flags: Optional[list[bool]] = None,
+          objs: list[Scorer] | None = None, mixed: list[int | str] | None = None,
+          pair: tuple[str, ...] = ("a",), weights: Mapping[str, float] | None = None,
+          abc_map: collections.abc.Mapping | None = None, plain_map: typing.Mapping = None, **kwargs):
+    return [0.0] * len(completions)
 """
 
 
@@ -403,6 +412,58 @@ def test_annotations_are_checked_as_text_too(tmp_path):
             build_reward(f"{path}:f", params)
 
 
+@pytest.mark.parametrize(("params", "message"), [
+    # Only "a list" was checked: ['a', 3] for list[str] failed mid-run, wherever the reward used the 3.
+    ({"words": ["a", 3]}, "reward '{file}:items': param 'words' must be a list of strings, got ['a', 3] (item 2: 3)"),
+    ({"counts": [1, True]}, "param 'counts' must be a list of integers, got [1, True] (item 2: True)"),
+    ({"counts": [1, 2.0]}, "param 'counts' must be a list of integers, got [1, 2.0] (item 2: 2.0)"),
+    ({"scores": [0.5, "1"]}, "param 'scores' must be a list of numbers, got [0.5, '1'] (item 2: '1')"),
+    ({"scores": [True]}, "param 'scores' must be a list of numbers, got [True] (item 1: True)"),
+    ({"scores": [float("nan")]}, "param 'scores' must be a list of finite numbers, got [nan] (item 1: nan)"),
+    ({"scores": [-float("inf")]}, "param 'scores' must be a list of finite numbers, got [-inf] (item 1: -inf)"),
+    ({"flags": [True, "yes"]}, "param 'flags' must be a list of bools, got [True, 'yes'] (item 2: 'yes')"),
+    ({"pair": ["a", 1]}, "param 'pair' must be a list of strings, got ['a', 1] (item 2: 1)"),  # a tuple default
+    ({"objs": 5}, "param 'objs' must be a list, got 5"),
+    # Mapping was no kind at all: a list or a string went through.
+    ({"weights": [1]}, "reward '{file}:items': param 'weights' must be a mapping, got [1]"),
+    ({"weights": {"a": 1, "b": "x"}}, "param 'weights' must be a mapping to numbers, got {'a': 1, 'b': 'x'} "
+                                      "(key 'b': 'x')"),
+    ({"weights": {"a": float("nan")}}, "param 'weights' must be a mapping to finite numbers, got {'a': nan} "
+                                       "(key 'a': nan)"),
+    ({"abc_map": "a: 1"}, "param 'abc_map' must be a mapping, got 'a: 1'"),
+    ({"plain_map": 3}, "param 'plain_map' must be a mapping, got 3"),
+])
+def test_list_items_and_mappings_are_checked(rewards_file, params, message):
+    with pytest.raises(ValueError, match=re.escape(message.replace("{file}", str(rewards_file)))) as err:
+        build_reward(f"{rewards_file}:items", params)
+    assert "\n" not in str(err.value)
+
+
+def test_good_list_items_and_unreadable_item_kinds_pass(rewards_file):
+    params = {"words": ["a"], "counts": [1, 2], "scores": [1, 0.5, float("inf")], "flags": [False], "pair": ["a", "b"],
+              "objs": [1, "x"], "mixed": [1, "a", 2.5], "weights": {"a": 1, "b": 0.5}, "abc_map": {"a": "x"},
+              "plain_map": {}}
+    reward = build_reward(f"{rewards_file}:items", params)  # inf is among the default's scores: taken back
+    assert reward.params["pair"] == ("a", "b") and reward.params["counts"] == (1, 2)  # tuple defaults still convert
+    assert reward(["a"]) == [0.0]
+    assert build_reward(f"{rewards_file}:items", {"words": None, "weights": None, "scores": []}).params["scores"] == ()
+
+
+def test_list_items_and_mappings_are_checked_as_text_too(tmp_path):
+    path = tmp_path / f"postponed_items_{uuid.uuid4().hex[:6]}.py"
+    path.write_text("from __future__ import annotations\nimport collections.abc\nimport typing\n\n"
+                    "def f(completions, *, words: typing.Optional[typing.List[str]] = None, "
+                    "m: collections.abc.Mapping[str, float] | None = None, t: typing.Mapping[str, int] = None, "
+                    "**kwargs):\n    return [0.0] * len(completions)\n")
+    assert build_reward(f"{path}:f", {"words": ["a"], "m": {"x": 0.5}, "t": {"y": 2}}).params["m"] == {"x": 0.5}
+    for params, message in [({"words": ["a", 1]}, "param 'words' must be a list of strings, got ['a', 1] (item 2: 1)"),
+                            ({"m": [1]}, "param 'm' must be a mapping, got [1]"),
+                            ({"m": {"x": "0.5"}}, "param 'm' must be a mapping to numbers, got {'x': '0.5'} (key 'x'"),
+                            ({"t": {"y": 2.5}}, "param 't' must be a mapping to integers, got {'y': 2.5} (key 'y'")]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            build_reward(f"{path}:f", params)
+
+
 def test_optional_params_take_null_and_their_kind(rewards_file):
     reward = build_reward(f"{rewards_file}:optional", {"k": 1, "u": None, "y": None, "o": 2})
     assert reward(["a"]) == [3.0]
@@ -466,3 +527,33 @@ def test_a_local_helper_module_counts_as_the_rewards_code(tmp_path, monkeypatch)
     # An installed module (here the standard library's): its own file alone, whatever else of it is loaded.
     assert source_files("json.decoder:JSONDecoder") == [Path(json.decoder.__file__).resolve()]
     assert source_files("no_such_module_xyz:f") == [] and source_digest("no_such_module_xyz:f") == ""
+
+
+@pytest.mark.parametrize("form", ["file", "module"])
+def test_the_digest_survives_moving_the_folder(tmp_path, monkeypatch, form):
+    # The paths hashed were absolute: a project folder moved between a run and its --resume changed every custom
+    # reward's digest, and the evaluation was redone for nothing.
+    import sys
+
+    from toolkit.rewards.custom import source_digest
+
+    tag = uuid.uuid4().hex[:8]
+    helper, package = f"movehelp_{tag}", f"movepkg_{tag}"
+    digests = []
+    for place in ("before", "after/moved"):
+        folder = (tmp_path / place).resolve()
+        (folder / package).mkdir(parents=True)
+        (folder / f"{helper}.py").write_text("V = 0.5\n")
+        (folder / package / "__init__.py").write_text("")
+        code = f"import {helper}\ndef f(completions, **kwargs):\n    return [{helper}.V] * len(completions)\n"
+        (folder / "reward.py").write_text(code)
+        (folder / package / "mod.py").write_text(code.replace(f"import {helper}", f"from {package} import {helper}"))
+        (folder / package / f"{helper}.py").write_text("V = 0.5\n")
+        # Another process after the move: nothing of the first folder's is imported any more.
+        for module in [m for m in sys.modules if helper in m or package in m]:
+            monkeypatch.delitem(sys.modules, module)
+        monkeypatch.syspath_prepend(str(folder))
+        name = f"{folder / 'reward.py'}:f" if form == "file" else f"{package}.mod:f"
+        assert build_reward(name)(["a"]) == [0.5]
+        digests.append(source_digest(name))
+    assert len(digests[0]) == 64 and digests[0] == digests[1]

@@ -94,19 +94,29 @@ def source_files(name: str) -> list[Path]:
 
 def source_digest(name: str) -> str:
     """sha256 over `source_files(name)`, each file's path and bytes: it changes when the reward's file or a local
-    module it imports is edited, added or removed. "" when there is none."""
-    files = source_files(name)
-    if not files:
+    module it imports is edited, added or removed. "" when there is none. The paths are taken relative to the
+    reward's folder (see `_roots`), so that moving the project between a run and its --resume keeps the digest."""
+    files, own = source_files(name), source_file(name)
+    if not files or own is None:
         return ""
+    roots = [Path(root) for root in _roots(name, os.path.realpath(own))]
     digest = hashlib.sha256()
     for file in files:
         try:
             data = file.read_bytes()
         except OSError:  # gone or unreadable since it was imported: its path still counts
             data = b""
-        digest.update(f"{file}\0{len(data)}\0".encode())
+        digest.update(f"{_relative(file, roots)}\0{len(data)}\0".encode())
         digest.update(data)
     return digest.hexdigest()
+
+
+def _relative(file: Path, roots: list[Path]) -> str:
+    """`file` from the first root it lies under (as posix text); absolute, as a last resort, when under none."""
+    for root in roots:
+        if file.is_relative_to(root):
+            return file.relative_to(root).as_posix()
+    return file.as_posix()
 
 
 def _roots(name: str, own: str) -> list[str]:

@@ -9,7 +9,7 @@ import inspect
 import logging
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from toolkit.models import ModelError
@@ -99,19 +99,48 @@ _ANNOTATED_KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "List": (lambda v: isinstance(v, list), "a list"),
     "dict": (lambda v: isinstance(v, dict), "a mapping"),
     "Dict": (lambda v: isinstance(v, dict), "a mapping"),
+    "Mapping": (lambda v: isinstance(v, Mapping), "a mapping"),
 }
+# The item kinds read inside a list, a `tuple[X, ...]` or a mapping's values, and their plural for the message.
+_ITEM_KINDS = {"int": "integers", "float": "numbers", "bool": "bools", "str": "strings"}
+# What may stand before a kind's name: `typing.List`, `collections.abc.Mapping` (`abc.Mapping` once imported so).
+_QUALIFIER = r"(?:typing\.|(?:collections\.)?abc\.)?"
 
 
 def _annotated_kind(annotation: Any) -> str | None:
     """The `_ANNOTATED_KINDS` key a param is annotated with, `None` and Optional aside: "float" for `float | None`,
     "list" for `list[str]`, "List" for `typing.List[str]`; None for no annotation, a union of kinds (`int | str`)
     or any other type. Read from the text, as `from __future__ import annotations` leaves it: no user code runs."""
-    if annotation is inspect.Parameter.empty:
+    head = re.fullmatch(_QUALIFIER + r"([A-Za-z_]\w*)(?:\[.*\])?", _sole_member(annotation), re.S)
+    return head[1] if head and head[1] in _ANNOTATED_KINDS else None
+
+
+def _item_kind(annotation: Any) -> str | None:
+    """The `_ITEM_KINDS` key of a container param's items, `None` and Optional aside: "str" for `list[str]`,
+    `List[str] | None` or `tuple[str, ...]`, "float" for `dict[str, float]` or `Mapping[str, float]` (the values);
+    None for a bare container or items of any other or mixed type (`list[MyType]`, `list[int | str]`)."""
+    generic = re.fullmatch(_QUALIFIER + r"(\w+)\[(.*)\]", _sole_member(annotation), re.S)
+    if not generic:
         return None
+    args = [arg.strip() for arg in _split_outside_brackets(generic[2], ",")]
+    if generic[1] in ("list", "List") and len(args) == 1:
+        item = args[0]
+    elif generic[1] in ("tuple", "Tuple") and len(args) == 2 and args[1] == "...":  # not a fixed-length tuple
+        item = args[0]
+    elif generic[1] in ("dict", "Dict", "Mapping") and len(args) == 2:
+        item = args[1]
+    else:
+        return None
+    return item if item in _ITEM_KINDS else None
+
+
+def _sole_member(annotation: Any) -> str:
+    """An annotation's text, `None` and Optional aside; "" for no annotation or a union of several kinds."""
+    if annotation is inspect.Parameter.empty:
+        return ""
     text = annotation if isinstance(annotation, str) else inspect.formatannotation(annotation)
     members = [m for m in _union_members(text) if m != "None"]
-    head = re.fullmatch(r"(?:typing\.)?([A-Za-z_]\w*)(?:\[.*\])?", members[0], re.S) if len(members) == 1 else None
-    return head[1] if head and head[1] in _ANNOTATED_KINDS else None
+    return members[0] if len(members) == 1 else ""
 
 
 def _union_members(text: str) -> list[str]:
@@ -139,9 +168,10 @@ def _split_outside_brackets(text: str, sep: str) -> list[str]:
 
 def _check_kind(name: str, key: str, value: Any, param: inspect.Parameter, whole: bool) -> None:
     # The default's type is the param's kind; YAML makes "true" vs true easy to get wrong. `whole` (a custom
-    # reward): a param annotated int, float, bool, str, list or dict (see _ANNOTATED_KINDS), or an int default
-    # without an annotation, refuses another kind of value here, at recipe load, and a number param (annotated
-    # float, or a number default) refuses .nan and .inf unless that is its default. Mid-training, "0.5" for a float
+    # reward): a param annotated int, float, bool, str, list, dict or Mapping (see _ANNOTATED_KINDS), or an int
+    # default without an annotation, refuses another kind of value here, at recipe load, and a number param
+    # (annotated float, or a number default) refuses .nan and .inf unless that is its default; so do the items of
+    # a list[str], tuple[float, ...] or Mapping[str, int] (see _check_items). Mid-training, "0.5" for a float
     # threshold raises TypeError at the first comparison, "false" for a bool is true, 5 for a list or [1] for a
     # dict fails wherever it is used, nan makes the reward return nan, and 2.5 for a count or an index fails or,
     # worse, rounds silently. Built-ins check their own ints and numbers, with their ranges.
@@ -170,6 +200,34 @@ def _check_kind(name: str, key: str, value: Any, param: inspect.Parameter, whole
                                                        and not _finite(default) else "")
     if not ok:
         raise ValueError(f"reward {name!r}: param {key!r} must be {kind}, got {value!r}")
+    if whole and kind in ("a list", "a mapping"):
+        _check_items(name, key, value, param, kind)
+
+
+def _check_items(name: str, key: str, value: Any, param: inspect.Parameter, kind: str) -> None:
+    # A list[str] given ['a', 3] failed only where the reward used the 3, mid-run: each item is held to the
+    # scalar rules (no bool for a number, no .nan/.inf unless the default holds that same number).
+    item_kind = _item_kind(param.annotation)
+    if item_kind is None:
+        return
+    accepts = _ANNOTATED_KINDS[item_kind][0]
+    taken_back = list(_items(param.default).values()) if isinstance(param.default, (list, tuple, Mapping)) else []
+    for where, item in _items(value).items():
+        if not accepts(item):
+            items = _ITEM_KINDS[item_kind]
+        elif item_kind == "float" and not _finite(item) and not any(_same_number(item, d) for d in taken_back):
+            items = "finite " + _ITEM_KINDS[item_kind]
+        else:
+            continue
+        what = f"{kind} {'of' if kind == 'a list' else 'to'} {items}"
+        raise ValueError(f"reward {name!r}: param {key!r} must be {what}, got {value!r} ({where}: {item!r})")
+
+
+def _items(value: Any) -> dict[str, Any]:
+    """A container's items by where the message places them: "key 'a'" in a mapping, "item 1" (from 1) in a list."""
+    if isinstance(value, Mapping):
+        return {f"key {k!r}": v for k, v in value.items()}
+    return {f"item {i}": v for i, v in enumerate(value, 1)}
 
 
 def _same_number(value: Any, default: Any) -> bool:
