@@ -206,8 +206,31 @@ def test_csv_quote_left_open_is_an_error_not_a_merged_row(winemag_csv):
     lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
     lines[2] = lines[2].replace(",", ',"Unclosed quote ', 1)  # row 2's second cell opens a quote never closed
     path.write_text("".join(lines), encoding="utf-8")
-    with pytest.raises(DataError, match=rf"^{re.escape(str(path))}:\d+: invalid CSV: "):
+    with pytest.raises(DataError) as err:
         load_file(path, "reviews", template=WINEMAG_TEMPLATE)
+    # The line of the row with the open quote, not the later line where the reader noticed it (the next quote
+    # in the file closes it, and strict mode refuses the text after that).
+    assert str(err.value).startswith(f"{path}:3: invalid CSV in the row that starts on this line: ")
+
+
+def test_a_quote_never_closed_names_the_line_it_opens_on(tmp_path):
+    path = tmp_path / "wines.csv"
+    rows = ['1,Tokaji,"Sweet'] + [f"{i},Wine {i},Dry" for i in range(2, 500)]
+    path.write_text("id,name,style\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    with pytest.raises(DataError) as err:
+        load_file(path, "wines", template="{name}: {style}")
+    assert str(err.value) == (f"{path}:2: a quoted cell in the row that starts on this line is never closed "
+                              "(invalid CSV: the quote runs to the end of the file)")
+
+
+def test_a_stray_quote_names_the_line_of_its_row(winemag_csv):
+    path = winemag_csv()
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    lines[2] = lines[2].replace(",", ',"quoted" then more,', 1)  # text after a closing quote: strict refuses it
+    path.write_text("".join(lines), encoding="utf-8")
+    with pytest.raises(DataError) as err:
+        load_file(path, "reviews", template=WINEMAG_TEMPLATE)
+    assert str(err.value).startswith(f"{path}:3: invalid CSV in the row that starts on this line: ")
 
 
 @pytest.mark.parametrize(

@@ -193,6 +193,7 @@ def _read_csv(
 ) -> Loaded:
     # strict: a quote left open runs to the end of the file and is an error, not one row swallowing the rest.
     reader = csv.reader(io.StringIO(read_text(path), newline=""), strict=True)
+    start = 1
     try:
         header = next(reader, None)
         if header is None:
@@ -246,7 +247,12 @@ def _read_csv(
             if row_columns:
                 loaded.rows.append(Row(doc_id, values, line))
     except csv.Error as err:
-        raise DataError(f"{path}:{reader.line_num}: invalid CSV: {err}") from None
+        # The reader stops where it noticed the error: for a quote left open, the end of the file. The line the
+        # row starts on is where to look.
+        if str(err) == "unexpected end of data":
+            raise DataError(f"{path}:{start}: a quoted cell in the row that starts on this line is never closed "
+                            f"(invalid CSV: the quote runs to the end of the file)") from None
+        raise DataError(f"{path}:{start}: invalid CSV in the row that starts on this line: {err}") from None
     return loaded
 
 
