@@ -58,8 +58,10 @@ def test_adapter_is_the_default_and_k_widens_the_context(run_dir, capsys):
 
 
 @pytest.mark.slow
-def test_interactive_loop_until_empty_line(run_dir, monkeypatch, capsys):
-    monkeypatch.setattr("sys.stdin", io.StringIO(f"{QUESTION}\nWhat is Rioja mainly made from?\n\nnever asked\n"))
+def test_interactive_loop_skips_blank_lines_until_exit(run_dir, monkeypatch, capsys):
+    # A piped file of questions with blank lines between them is asked whole (it used to stop at the first one).
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"{QUESTION}\n\n  \nWhat is Rioja mainly made from?\nexit\nnever "
+                                                 "asked\n"))
     gguf = run_dir / "export" / "model-q8_0.gguf"
     assert chat.main(["recipes/wine.yaml", "--run", str(run_dir), "--gguf", str(gguf), "--max-new-tokens", "8"]) == 0
     out = capsys.readouterr().out
@@ -217,6 +219,30 @@ def test_interactive_bad_bytes_are_reported_and_the_session_goes_on(monkeypatch)
                            Console(file=err, width=200))
     assert err.getvalue().count("the question is not valid UTF-8 text") == 1, err.getvalue()
     assert out.getvalue().count("answer: Nebbiolo") == 1, out.getvalue()
+
+
+def test_blank_lines_are_skipped_and_exit_ends_the_session(monkeypatch):
+    recipe = load_recipe(RECIPE)
+
+    class Index:
+        def search(self, queries, k):
+            return [[Hit("region-barolo:0:ab", "Barolo is made from Nebbiolo.", "region-barolo", 0.8)]]
+
+    class Model:
+        asked = 0
+
+        def complete(self, messages):
+            self.asked += 1
+            return "<think>The context says so.</think><answer>Nebbiolo</answer>"
+
+    from rich.console import Console
+
+    model = Model()
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"{QUESTION}\n\n   \n{QUESTION}\nquit\nnever asked\n"))
+    out = io.StringIO()
+    chat._answer_questions(recipe, Index(), model, None, None, Console(file=out, width=200),
+                           Console(file=io.StringIO()))
+    assert model.asked == 2 and out.getvalue().count("answer: Nebbiolo") == 2
 
 
 def test_an_unloadable_gguf_is_one_model_error(tmp_path):

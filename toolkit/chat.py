@@ -3,7 +3,8 @@
 Each question is answered the way the model was trained and evaluated: the recipe's index retrieves `top_k`
 chunks, `toolkit.prompts.build_messages` lays out the same system prompt, worked examples and context, and the
 model answers greedily. The answer is printed with the sources of the chunks it was given. Without `--question`
-the command reads questions until an empty line or end of input.
+the command reads questions, one a line, until `exit`, `quit` or the end of input (Ctrl-D); blank lines are
+skipped, so a file of questions with blank lines between them can be piped in whole.
 
 Models: `--gguf FILE` runs an exported GGUF in llama.cpp (its own chat template, as any llama.cpp program would);
 `--adapter DIR` runs the base model plus that LoRA in transformers; with neither, the run's `adapter/`.
@@ -126,8 +127,8 @@ def check_question(question: str) -> None:
 
 
 def _answer_questions(recipe: Recipe, index, model, question: str | None, k: int | None, out, console) -> None:
-    """One question, or questions read from stdin until an empty line, end of input or `exit`; a question that
-    cannot be asked is reported on `console` and the session goes on."""
+    """One question, or questions read from stdin until `exit`, `quit` or end of input, blank lines skipped; a
+    question that cannot be asked is reported on `console` and the session goes on."""
     if question is not None:
         out.print(render(ask(recipe, index, model, question, k)), markup=False)
         return
@@ -140,7 +141,9 @@ def _answer_questions(recipe: Recipe, index, model, question: str | None, k: int
             question = input("question> ").strip()
         except (EOFError, KeyboardInterrupt):
             return
-        if not question or question in ("exit", "quit"):
+        if not question:
+            continue
+        if question in ("exit", "quit"):
             return
         try:
             check_question(question)
@@ -165,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     model_args.add_argument("--gguf", type=path_arg,
                             help="an exported GGUF file (needs the export extra: llama-cpp-python)")
     model_args.add_argument("--adapter", type=folder_arg, help="a LoRA adapter folder (default: <run>/adapter)")
-    parser.add_argument("--question", help="ask this one question and exit (default: read questions interactively)")
+    parser.add_argument("--question", help="ask this one question and exit (default: read questions from stdin, "
+                                           "one a line, until exit, quit or end of input)")
     parser.add_argument("--run", type=run_folder,
                         help="the run folder with index/ and adapter/ (default: the recipe's output_dir)")
     parser.add_argument("-k", type=int, default=None, help="chunks retrieved (default: retrieval.top_k)")
