@@ -15,7 +15,6 @@ OMP_NUM_THREADS torch follows, else every core): transformers fp32 (the merged m
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -23,6 +22,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from rich.console import Console
+
+from toolkit.cli import ERRORS, Parser, fail, run_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 NEW_TOKENS = 64
@@ -67,29 +70,58 @@ def llama_speed(path: Path, ids: list[int]) -> float:
     return speed
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", help="a finished run folder (default: train a 1-step run first)")
-    parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args()
+class ChildFailed(Exception):
+    """A child process (the 1-step training run) failed; the message is its own one-line error."""
+
+
+def run_child(command: list[str], what: str) -> None:
+    """Run `command` quietly; on failure raise ChildFailed with the child's `error:` line (a toolkit command's
+    one-line error), else its exit status and last line, rather than a CalledProcessError and its command line."""
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode == 0:
+        return
+    lines = done.stderr.strip().splitlines()
+    said = next((line.removeprefix("error:").strip() for line in reversed(lines) if line.startswith("error:")), None)
+    if said is not None:
+        raise ChildFailed(f"{what}: {said}")
+    raise ChildFailed(f"{what} failed (exit {done.returncode}): {lines[-1] if lines else 'nothing on stderr'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = Parser(f"python benchmarks/{Path(__file__).name}", __doc__)
+    parser.add_argument("--run", type=run_folder, help="a finished run folder (default: train a 1-step run first)")
+    parser.add_overrides("recipe overrides for recipes/wine.yaml, e.g. training.max_completion_length=8")
+    args = parser.parse_intermixed_args(argv)
     args.run = args.run and str(Path(args.run).resolve())  # the caller's path, before the chdir below
     os.chdir(ROOT)  # the recipe's data paths are relative to the project root
+    console = Console(stderr=True)
+    tmp = None if args.run else tempfile.TemporaryDirectory(prefix="bench-export-")
+    try:
+        result = measure(args, Path(args.run) if args.run else Path(tmp.name) / "run")
+    except (*ERRORS, ChildFailed) as err:  # a mistyped override, a run without an adapter: one line, exit 2
+        return fail(console, err)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    print(json.dumps(result))
+    return 0
+
+
+def measure(args, run_dir: Path) -> dict:
     from toolkit.export import export
     from toolkit.recipe import load_recipe
     from toolkit.verify import cpu_threads, verification_messages
 
-    tmp = None
+    # Both recipes checked first: a mistyped override is refused here, not after the training run (or by it).
+    recipe = load_recipe("recipes/wine.yaml", [f"output_dir={run_dir}", *args.overrides])
     setup = 0.0
-    run_dir = Path(args.run) if args.run else None
-    if run_dir is None:
-        tmp = tempfile.TemporaryDirectory(prefix="bench-export-")
-        run_dir = Path(tmp.name) / "run"
+    if not args.run:
+        load_recipe("recipes/wine.yaml", [f"output_dir={run_dir}", *TINY, *args.overrides])
         start = time.perf_counter()
         # The user's overrides too (after TINY, so theirs win): the model trained must be the model exported.
-        subprocess.run([sys.executable, "-m", "toolkit.run", "recipes/wine.yaml", f"output_dir={run_dir}", *TINY,
-                        *args.overrides], check=True, capture_output=True)
+        run_child([sys.executable, "-m", "toolkit.run", "recipes/wine.yaml", f"output_dir={run_dir}", *TINY,
+                   *args.overrides], "toolkit.run (the 1-step run to export)")
         setup = time.perf_counter() - start
-    recipe = load_recipe("recipes/wine.yaml", [f"output_dir={run_dir}", *args.overrides])
     start = time.perf_counter()
     manifest = export(recipe, run_dir, FORMATS)
     total = time.perf_counter() - start
@@ -104,7 +136,7 @@ def main() -> None:
     ids = tokenizer.apply_chat_template(prompts[0], add_generation_prompt=True, tokenize=True, return_dict=False)
     hf = transformers_speed(out / "merged", ids, threads)
     speeds = {fmt: llama_speed(out / entry["path"], ids) for fmt, entry in entries.items() if fmt.startswith("gguf")}
-    result = {
+    return {
         "benchmark": "export",
         "model": manifest["base_model"],
         "threads": threads,
@@ -120,10 +152,7 @@ def main() -> None:
                          **{f"llama_cpp_{fmt.removeprefix('gguf-')}": round(s, 1) for fmt, s in speeds.items()}},
         "speedup_vs_transformers": {fmt.removeprefix("gguf-"): round(s / hf, 2) for fmt, s in speeds.items()},
     }
-    print(json.dumps(result))
-    if tmp is not None:
-        tmp.cleanup()
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -21,17 +21,20 @@ tokens; sampled groups draw the same random numbers, so they should match too, b
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
 from pathlib import Path
 
+from rich.console import Console
+
+from toolkit.cli import ERRORS, Parser, fail
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(f"python benchmarks/{Path(__file__).name}", __doc__)
     parser.add_argument("--recipe", default=str(ROOT / "recipes" / "wine.yaml"))
     parser.add_argument("--questions", type=int, default=32)
     parser.add_argument("--groups", type=int, default=6)
@@ -39,7 +42,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.recipe = str(Path(args.recipe).resolve())  # the caller's path; then the project root, as recipe data
     os.chdir(ROOT)  # paths are relative to it
+    try:
+        line = measure(args)
+    except ERRORS as err:  # a missing recipe, a mistyped key, absent data or model: one line, as the toolkit says
+        return fail(Console(stderr=True), err)
+    print(json.dumps(line), flush=True)
+    return 0
 
+
+def measure(args) -> dict:
     import tempfile
 
     import torch
@@ -98,8 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     completions = outputs["plain"]  # the last workload's: the sampled groups
 
     line["loss"] = time_loss_pass(recipe, model, tokenizer, groups, completions, args.rounds)
-    print(json.dumps(line), flush=True)
-    return 0
+    return line
 
 
 def time_loss_pass(recipe, model, tokenizer, groups, sampled, rounds) -> dict:

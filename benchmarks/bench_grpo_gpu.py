@@ -44,6 +44,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from toolkit.cli import Parser
+
 ROOT = Path(__file__).resolve().parent.parent
 GIB = 1024**3
 TARGETS = {"step_seconds": 0.55, "peak_vram_gib": 0.5}
@@ -202,7 +204,8 @@ def versions() -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    # Parser: the description is the docstring's first paragraph whole (its first line stops mid-sentence).
+    parser = Parser(f"python benchmarks/{Path(__file__).name}", __doc__)
     parser.add_argument("--recipe", default="recipes/wine.yaml", help="recipe whose prompts, rewards, LoRA and "
                         "optimizer settings are used (relative to the project root)")
     parser.add_argument("--backends", default="unsloth,hf", help="comma-separated: unsloth, hf")

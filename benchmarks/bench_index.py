@@ -19,30 +19,45 @@ embedded twice (raw, then by the toolkit).
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+from rich.console import Console
+
+from toolkit.chunking import chunk_documents
+from toolkit.cli import ERRORS, Parser, fail, path_arg
 from toolkit.data import load_dataset
-from toolkit.index import _load_embedder, chunk_documents, open_index, retrieval_metrics
+from toolkit.index import _load_embedder, open_index
+from toolkit.metrics import retrieval_metrics
 from toolkit.models import resolve_embedder
 from toolkit.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--csv", type=Path, default=ROOT.parent / "shared" / "data" / "winemag-reviews.csv")
-    parser.add_argument("--queries", type=int, default=200)
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> int:
+    parser = Parser(f"python benchmarks/{Path(__file__).name}", __doc__)
+    parser.add_argument("--csv", type=path_arg, default=str(ROOT.parent / "shared" / "data" / "winemag-reviews.csv"))
+    parser.add_argument("--queries", type=int, default=200, help="eval questions timed as queries (at least 2)")
+    args = parser.parse_args(argv)
+    if args.queries < 2:  # the p95 needs two timings
+        parser.error(f"--queries must be at least 2, got {args.queries}")
+    try:
+        line = measure(args)
+    except ERRORS as err:  # a --csv that is not there or not the winemag columns: one line, as the toolkit says it
+        return fail(Console(stderr=True), err)
+    print(json.dumps(line))
+    return 0
 
+
+def measure(args) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-index-") as tmp:
         recipe = load_recipe(ROOT / "recipes" / "winemag.yaml",
-                             [f"data.corpus.0.path={args.csv.resolve()}", f"output_dir={tmp}"])
+                             [f"data.corpus.0.path={Path(args.csv).resolve()}", f"output_dir={tmp}"])
         cfg = recipe.retrieval
         model = _load_embedder(resolve_embedder(cfg.embedder))
         dataset = load_dataset(recipe.data)
@@ -92,7 +107,7 @@ def main() -> None:
             encode_ms.append((time.perf_counter() - start) * 1000)
         metrics = retrieval_metrics(index, questions, top_k=5)
 
-    print(json.dumps({
+    return {
         "bench": "index",
         "chunks": len(texts),
         "encode_ratio": round(raw_s / first_s, 3),
@@ -111,8 +126,8 @@ def main() -> None:
                      "toolkit": [round(first_a, 1), round(first_b, 1)]},
         "reindex_s": round(second_s, 2),
         "batch_size": cfg.embed_batch_size,
-    }))
+    }
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -23,7 +23,6 @@ work; `same_rewards` checks that from the logged rewards.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import gc
 import json
@@ -35,16 +34,19 @@ import tempfile
 import time
 from pathlib import Path
 
-from transformers import TrainerCallback
+from rich.console import Console
 
+from toolkit.cli import ERRORS, Parser, fail
 from toolkit.recipe import load_recipe
 from toolkit.rewards import REWARDS
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-class StepClock(TrainerCallback):
-    """Wall and CPU time at the end of each step (after the optimizer step; logging of a step lands in the next)."""
+class StepClock:
+    """Wall and CPU time at the end of each step (after the optimizer step; logging of a step lands in the next).
+    Made by `step_clock`, a TrainerCallback: transformers is imported when a run starts, not for `--help` or a
+    mistyped override."""
 
     def __init__(self):
         self.wall, self.cpu = [], []
@@ -63,6 +65,12 @@ class StepClock(TrainerCallback):
         return deltas(self.wall), deltas(self.cpu)
 
 
+def step_clock() -> StepClock:
+    from transformers import TrainerCallback
+
+    return type("StepClock", (StepClock, TrainerCallback), {})()
+
+
 def prepare(recipe):
     """Training rows (prompts with retrieved context) and the model path, built once for both sides."""
     from toolkit.models import resolve_model
@@ -77,7 +85,7 @@ def run_toolkit(recipe, backend, rows, model_path, work: Path) -> tuple[StepCloc
 
     from toolkit.train import train
 
-    clock = StepClock()
+    clock = step_clock()
     model, tokenizer = backend.load(recipe, model_path)
     set_seed(recipe.training.seed)
     trainer, result = train(recipe, model, tokenizer, rows, work, backend=backend, callbacks=[clock])
@@ -121,7 +129,7 @@ def run_bare(recipe, rows, model_path, work: Path) -> tuple[StepClock, list[dict
         layers_to_transform=lora.layers_to_transform, task_type="CAUSAL_LM",
     )
     rewards = [bare_reward(REWARDS[spec.name], spec.params, spec.key) for spec in recipe.rewards]
-    clock = StepClock()
+    clock = step_clock()
     set_seed(t.seed)
     trainer = GRPOTrainer(
         model=model, reward_funcs=rewards, args=config, train_dataset=Dataset.from_list(rows),
@@ -133,19 +141,28 @@ def run_bare(recipe, rows, model_path, work: Path) -> tuple[StepClock, list[dict
     return clock, history
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = Parser(f"python benchmarks/{Path(__file__).name}", __doc__)
     parser.add_argument("--steps", type=int, default=4, help="GRPO steps per run; step 1 is dropped as warm-up")
     parser.add_argument("--rounds", type=int, default=2,
                         help="runs per side, in the order toolkit, bare, bare, toolkit, ... (load drift cancels)")
     parser.add_argument("--recipe", default=str(ROOT / "recipes/wine.yaml"))
-    parser.add_argument("overrides", nargs="*", help="recipe overrides, e.g. training.max_completion_length=16")
-    args = parser.parse_args()
+    parser.add_overrides("recipe overrides, e.g. training.max_completion_length=16")
+    args = parser.parse_intermixed_args(argv)
     args.recipe = str(Path(args.recipe).resolve())  # the caller's path; then the project root, as recipe data
     os.chdir(ROOT)  # paths are relative to it
     if args.steps < 2 or args.rounds < 1:
         parser.error("--steps must be at least 2 (step 1 is warm-up) and --rounds at least 1")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        line = measure(parser, args)
+    except ERRORS as err:  # a mistyped override, absent data or model: one line, as the toolkit says it
+        return fail(Console(stderr=True), err)
+    print(json.dumps(line))
+    return 0
+
+
+def measure(parser, args) -> dict:
     load_before = os.getloadavg()
     times = {"toolkit": ([], []), "bare": ([], [])}  # side -> (wall, cpu) seconds of every timed step
     rewards = {"toolkit": [], "bare": []}  # side -> the logged total reward per step, per run
@@ -180,7 +197,7 @@ def main() -> None:
 
     (toolkit_wall, toolkit_cpu), (bare_wall, bare_cpu) = times["toolkit"], times["bare"]
     runs = rewards["toolkit"] + rewards["bare"]
-    print(json.dumps({
+    return {
         "bench": "overhead",
         "steps": args.steps,
         "rounds": args.rounds,
@@ -198,8 +215,8 @@ def main() -> None:
         "torch_threads": torch.get_num_threads(),
         "load_avg_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "overrides": args.overrides,
-    }))
+    }
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 import time
 from pathlib import Path
 
+from toolkit.cli import Parser
 from toolkit.rewards import build_reward, builtin, completion_text, text
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,7 +107,8 @@ def _seconds(fn, batches: list[tuple[list, dict]]) -> float:
     return time.process_time() - start
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
+    Parser(f"python benchmarks/{Path(__file__).name}", __doc__).parse_args(argv)  # no options: --help, and a typo
     rows = make_rows(random.Random(0))
     prompt = [{"role": "user", "content": "..."}]
     batches = []
@@ -138,7 +141,8 @@ def main() -> None:
         "min_completions_per_s": slowest, "baseline_len_per_s": round(baseline_rate),
         "min_vs_baseline": round(slowest / baseline_rate, 3),
     }))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

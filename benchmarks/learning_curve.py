@@ -20,10 +20,8 @@ Target (issue 9): format_after ≥ 0.8 and answer_match_gain ≥ 0.30 within 10 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
-import logging
 import os
 import sys
 import tempfile
@@ -31,8 +29,8 @@ import time
 from pathlib import Path
 
 from rich.console import Console
-from rich.logging import RichHandler
 
+from toolkit.cli import ERRORS, Parser, fail, setup_logging
 from toolkit.recipe import load_recipe
 from toolkit.report import table_console
 from toolkit.run import run
@@ -41,42 +39,67 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("overrides", nargs="*", help="recipe overrides, e.g. training.max_steps=5")
+    parser = Parser(f"python benchmarks/{Path(__file__).name}", __doc__)
+    parser.add_overrides("recipe overrides, e.g. training.max_steps=5")
     parser.add_argument("--recipe", default=str(ROOT / "recipes" / "wine.yaml"))
     parser.add_argument("--output-dir", type=Path, help="default: a new folder under runs/bench/")
     parser.add_argument("--from-report", type=Path, metavar="REPORT_JSON",
                         help="print the line for a finished run (e.g. runs/wine/report.json from `make run`) "
                         "instead of training again")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     if args.from_report is not None:
         try:
             report = json.loads(args.from_report.read_text(encoding="utf-8"))
         except (OSError, ValueError) as err:
             parser.error(f"--from-report {args.from_report}: {getattr(err, 'strerror', None) or err}")
+        refused = not_a_training_report(report)
+        if refused:
+            return fail(Console(stderr=True), ValueError(f"{args.from_report}: {refused}"))
         print(json.dumps(summary(report, None, args.from_report.parent)), flush=True)
         return 0
-    stderr = Console(stderr=True)
-    logging.basicConfig(level=logging.WARNING, handlers=[RichHandler(console=stderr, show_path=False)],
-                        format="%(message)s")
-    logging.getLogger("toolkit").setLevel(logging.INFO)
+    stderr = setup_logging()
 
     args.recipe = str(Path(args.recipe).resolve())  # the caller's path, before the chdir below
     if args.output_dir is not None:
         args.output_dir = args.output_dir.resolve()
     os.chdir(ROOT)  # recipe paths are relative to the project root
+    made = None
     if args.output_dir is None:
         (ROOT / "runs" / "bench").mkdir(parents=True, exist_ok=True)
-        args.output_dir = Path(tempfile.mkdtemp(prefix="learning-", dir=ROOT / "runs" / "bench"))
-    recipe = load_recipe(args.recipe, [*args.overrides, f"output_dir={args.output_dir}"])
+        args.output_dir = made = Path(tempfile.mkdtemp(prefix="learning-", dir=ROOT / "runs" / "bench"))
+    try:
+        recipe = load_recipe(args.recipe, [*args.overrides, f"output_dir={args.output_dir}"])
+    except ERRORS as err:
+        if made is not None:  # a mistyped override leaves no empty folder behind
+            made.rmdir()
+        return fail(stderr, err)
     start = time.perf_counter()
     # Everything the run prints (rich progress, library chatter) goes to stderr: stdout is the one JSON line.
-    with contextlib.redirect_stdout(sys.stderr):
-        report = run(recipe, table_console(stderr=True))
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            report = run(recipe, table_console(stderr=True))
+    except ERRORS as err:
+        return fail(stderr, err)
     seconds = time.perf_counter() - start
 
     print(json.dumps(summary(report, round(seconds, 1), args.output_dir)), flush=True)
     return 0
+
+
+# What `summary` reads; toolkit.evaluate's report has the evaluation columns but no training section.
+SECTIONS = ("training", "base", "tuned", "no_context", "differences", "eval")
+
+
+def not_a_training_report(report) -> str | None:
+    """Why `report` cannot give the line (a report of `python -m toolkit.evaluate`, say), or None."""
+    if not isinstance(report, dict):
+        return f"not a run report (a JSON object), got {type(report).__name__}"
+    missing = next((key for key in SECTIONS if not isinstance(report.get(key), dict)), None)
+    if missing is None:
+        return None
+    hint = ("; python -m toolkit.evaluate writes such reports: pass the report.json of a training run "
+            "(python -m toolkit.run, make run)" if missing == "training" else "")
+    return f"not a training run's report (no {missing} section){hint}"
 
 
 def summary(report: dict, seconds: float | None, output_dir: Path) -> dict:

@@ -48,24 +48,47 @@ import tempfile
 import time
 from pathlib import Path
 
+from rich.console import Console
+
+from toolkit.cli import ERRORS, Parser, fail
+
 ROOT = Path(__file__).resolve().parent.parent
 METRICS = ("answer_match", "format", "truncated")
 # Two-sided 95 % quantiles of Student's t for 1..10 degrees of freedom (more seeds than 11 use the normal 1.96).
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
 
+OVERRIDES_FIRST = "overrides for every arm go before --seeds and --variant, which take every value after them"
+
+
+def seed_value(value: str) -> int:
+    """argparse `type=` for --seeds: a whole number; an override there (`--seeds 1 training.max_steps=2`) is told
+    where it goes, rather than "invalid int value"."""
+    try:
+        return int(value)
+    except ValueError:
+        if "=" in value:
+            raise argparse.ArgumentTypeError(f"{value} is a recipe override, not a seed: {OVERRIDES_FIRST}") from None
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("overrides", nargs="*", help="recipe overrides for every arm, e.g. training.max_steps=5")
+    parser = Parser(f"python benchmarks/{Path(__file__).name}", __doc__)
+    parser.add_overrides("recipe overrides for every arm, e.g. training.max_steps=5; they go before --seeds and "
+                         "--variant, which take every value after them")
     parser.add_argument("--recipe", default=str(ROOT / "recipes" / "wine.yaml"))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2])
+    parser.add_argument("--seeds", type=seed_value, nargs="+", default=[42, 1, 2], metavar="SEED",
+                        help="training.seed of each run of every arm (default: 42 1 2)")
     parser.add_argument("--variant", nargs="+", action="append", default=[], metavar="KEY=VALUE",
-                        help="overrides of one more arm, trained on the same seeds (repeat for several arms)")
+                        help="overrides of one more arm, trained on the same seeds (repeat for several arms); "
+                        "every value up to the next option is this arm's")
     parser.add_argument("--parallel", type=int, default=1, help="workers at a time (CPU: 1 per 2 cores)")
     parser.add_argument("--rows", type=Path, help="a folder with the rows-<arm>.json of an earlier sweep")
     parser.add_argument("--output-dir", type=Path, help="default: a new folder under runs/bench/")
     parser.add_argument("--worker", nargs=3, metavar=("ROWS", "LABEL", "OUT_JSON"), help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
+    if args.parallel < 1:
+        parser.error(f"--parallel must be at least 1, got {args.parallel}")
     if not args.worker:  # paths given on the command line are the caller's; the recipe's own are the project's
         args.recipe = str(Path(args.recipe).resolve())
         args.rows = args.rows and args.rows.resolve()
@@ -76,6 +99,11 @@ def main(argv: list[str] | None = None) -> int:
 
     variants = variant_arms(args.variant)
     arms = {"recipe": args.overrides} | {arm: [*args.overrides, *over] for arm, over in variants.items()}
+    console = Console(stderr=True)
+    try:  # every arm's recipe, as each of its workers will load it, before anything is built or written
+        check_arms(args.recipe, arms, args.seeds, args.output_dir or ROOT / "runs" / "bench" / "seeds")
+    except ERRORS as err:
+        return fail(console, err)
     missing = [f"rows-{arm}.json" for arm in arms if args.rows and not (args.rows / f"rows-{arm}.json").is_file()]
     if missing:
         parser.error(f"--rows {args.rows}: no {', '.join(missing)} there (an earlier sweep's --output-dir holds them)")
@@ -89,10 +117,13 @@ def main(argv: list[str] | None = None) -> int:
         args.output_dir = Path(tempfile.mkdtemp(prefix="seeds-", dir=ROOT / "runs" / "bench"))
     out = args.output_dir
     out.mkdir(parents=True, exist_ok=True)
-    convert_model_once(args.recipe, args.overrides, out)
-    # Per arm: a variant may change retrieval or the prompt, and then its prompts (and its base score) differ.
-    rows = {arm: (args.rows / f"rows-{arm}.json") if args.rows else build_rows(args.recipe, over, out, arm)
-            for arm, over in arms.items()}
+    try:
+        convert_model_once(args.recipe, args.overrides, out)
+        # Per arm: a variant may change retrieval or the prompt, and then its prompts (and its base score) differ.
+        rows = {arm: (args.rows / f"rows-{arm}.json") if args.rows else build_rows(args.recipe, over, out, arm)
+                for arm, over in arms.items()}
+    except ERRORS as err:  # data or the embedder missing: one line (what has been built stays in `out`)
+        return fail(console, err)
     jobs = [(arm, f"base-{arm}", over) for arm, over in arms.items()
             if arm == "recipe" or not shares_base(variants[arm], rows, arm)]
     jobs += [(arm, f"tuned-{arm}-s{seed}", [*over, f"training.seed={seed}"])
@@ -101,6 +132,22 @@ def main(argv: list[str] | None = None) -> int:
     results = run_jobs(args.recipe, rows, jobs, args.parallel, out)
     print(json.dumps(summary(results, args, time.perf_counter() - start, out)), flush=True)
     return 0
+
+
+def worker_overrides(overrides: list[str], out: Path) -> list[str]:
+    """What a worker adds to its arm's overrides (and its seed's): on CUDA also training.trl.bf16=false."""
+    return [*overrides, f"output_dir={out}", "model.backend=hf"]
+
+
+def check_arms(recipe_path: str, arms: dict[str, list[str]], seeds: list[int], out: Path) -> None:
+    """RecipeError (or another of toolkit.cli's ERRORS) for the first arm or seed whose recipe does not load as its
+    workers will load it: a mistyped override in the last variant (or an --output-dir that is a file) is refused
+    before the first arm's index and prompts are built."""
+    from toolkit.recipe import load_recipe
+
+    for arm, over in arms.items():
+        for value in seeds:
+            load_recipe(recipe_path, worker_overrides([*over, f"training.seed={value}"], out / f"tuned-{arm}-s{value}"))
 
 
 def variant_arms(variants: list[list[str]]) -> dict[str, list[str]]:
@@ -227,7 +274,7 @@ def worker(recipe_path: str, rows_path: str, label: str, result: str, overrides:
     # toolkit.train turns bf16 autocast on wherever the GPU has it; off (GRPOConfig's bf16, through the recipe's
     # training.trl), the GPU runs the CPU recipe's fp32.
     fp32 = ["training.trl.bf16=false"] if torch.cuda.is_available() else []
-    recipe = load_recipe(recipe_path, [*overrides, *fp32, f"output_dir={out}", "model.backend=hf"])
+    recipe = load_recipe(recipe_path, worker_overrides([*overrides, *fp32], out))
     model, tokenizer = load_model(resolve_model(recipe.model.name_or_path, recipe.model.cache_dir), "float32")
     if torch.cuda.is_available():
         model = model.to("cuda")

@@ -35,6 +35,30 @@ def test_missing_rows_file_is_one_line_error_before_anything_is_written(tmp_path
     assert not out.exists()
 
 
+def test_every_arms_recipe_is_checked_before_anything_is_built(tmp_path):
+    # The recipe arm and the first variant are fine, the second is not: nothing is built for the first arms either
+    # (it built the recipe arm's index and prompts, then failed with a RecipeError traceback).
+    out = tmp_path / "sweep"
+    done = subprocess.run([sys.executable, str(SCRIPT), "--seeds", "1", "--output-dir", str(out),
+                           "--variant", "training.beta=0.1", "--variant", "training.lerning_rate=1"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "training.lerning_rate: unknown field" in last
+    assert not out.exists()
+
+
+def test_an_override_after_seeds_is_told_where_it_goes(tmp_path):
+    # --seeds takes every value after it: an override there is not a seed ("invalid int value" said only that).
+    done = subprocess.run([sys.executable, str(SCRIPT), "--seeds", "1", "training.max_steps=2"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert "training.max_steps=2 is a recipe override, not a seed" in last and "go before --seeds" in last
+    usage = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, timeout=120)
+    assert "they go before --seeds and --variant" in " ".join(usage.stdout.split())
+
+
 def _result(arm, seed, answer_match, fmt=1.0):
     label = f"tuned-{arm}-s{seed}" if seed is not None else f"base-{arm}"
     record = {"arm": arm, "label": label, "answer_match": answer_match, "format": fmt, "truncated": 0.0,
