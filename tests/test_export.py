@@ -425,6 +425,8 @@ def test_files_left_by_an_earlier_export_are_named_not_described(tmp_path, caplo
     (run / "export" / "model-f16.gguf").write_text("old")
     manifest = export_mod.export(load_recipe("recipes/wine.yaml"), run, ["adapter"])
     assert [entry["path"] for entry in manifest["files"]] == ["adapter/"]
+    # Nothing merged or converted: no merge precision, no GGUF to reproduce it (both were the defaults' once).
+    assert manifest["merge_dtype"] is None and manifest["exact_format"] is None
     assert manifest["older_files"] == ["merged/", "model-f16.gguf"]
     assert json.loads((run / "export" / "manifest.json").read_text())["older_files"] == ["merged/", "model-f16.gguf"]
     assert f"{run / 'export' / 'model-f16.gguf'} is left from an earlier export, not made by this one" in caplog.text
@@ -489,6 +491,7 @@ def test_a_packaged_base_whose_cache_is_gone_is_made_again(tmp_path, monkeypatch
     assert conversions == [tmp_path / "cache" / "toolkit"]  # the current cache, not the one the run used
     again = str(tmp_path / "cache" / "toolkit" / os.path.basename(gone))
     assert manifest["base_model"] == again and (run / "export" / "merged" / "config.json").is_file()
+    assert manifest["merge_dtype"] == "float32" and manifest["exact_format"] is None  # merged, no GGUF made
     assert f"base model {gone} is gone" in caplog.text and f"made again from its package: {again}" in caplog.text
     assert "may not fit" not in caplog.text  # the same package version and conversion
 

@@ -148,6 +148,25 @@ def test_markdown_and_console_table():
     assert table.title.endswith("n.s.: interval spans 0, or fewer than 5 questions")  # metrics.MIN_QUESTIONS
 
 
+@pytest.mark.parametrize("training, header", [
+    ({"steps": 6, "wall_seconds": 61.2}, "6 GRPO steps in 61 s"),
+    ({"steps": 1, "wall_seconds": 9.0}, "1 GRPO step in 9 s"),  # said "1 GRPO steps"
+    ({"steps": 6, "wall_seconds": 61.2, "resumed_from_step": None}, "6 GRPO steps in 61 s"),
+    # A resumed run's wall_seconds timed only the steps past its checkpoint: it said "6 GRPO steps in 15 s".
+    ({"steps": 6, "wall_seconds": 15.2, "resumed_from_step": 4},
+     "6 GRPO steps (steps 5-6 trained in 15 s, resumed from step 4)"),
+    ({"steps": 5, "wall_seconds": 7.6, "resumed_from_step": 4}, "5 GRPO steps (step 5 trained in 8 s, resumed from "
+                                                                  "step 4)"),
+    # A checkpoint already at max_steps trains nothing: it said "4 GRPO steps in 0 s".
+    ({"steps": 4, "wall_seconds": 0.1, "resumed_from_step": 4},
+     "4 GRPO steps, all from the checkpoint at step 4 (resumed; none trained again)"),
+])
+def test_the_header_says_which_steps_the_training_time_covers(training, header):
+    report = {"recipe": {"output_dir": "runs/x", "model": {"name_or_path": "m"}}, "base": {"answer_match": 0.1},
+              "tuned": {"answer_match": 0.5}, "eval": {"questions": 10}, "training": training}
+    assert render_markdown(report).splitlines()[2].startswith(f"Model `m`, {header}; evaluated on 10 held-out ")
+
+
 def finished_run(tmp_path, history):
     """What toolkit.run writes for a finished 6-step run on 8 eval questions, built from hand-made results."""
     answers = {

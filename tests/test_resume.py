@@ -409,6 +409,22 @@ def test_base_results_say_why_they_are_evaluated_again(tmp_path, caplog, text, w
     assert why in line
 
 
+@pytest.mark.parametrize("steps, seconds, resumed_from, line", [
+    (4, 135.4, None, "trained 4 steps in 135 s"),
+    (1, 9.0, None, "trained 1 step in 9 s"),
+    # seconds time only what this process trained: it said "trained 6 steps in 15 s" for steps 5 and 6.
+    (6, 15.2, 4, "trained steps 5-6 (2 steps; resumed from step 4) in 15 s"),
+    (5, 7.6, 4, "trained step 5 (1 step; resumed from step 4) in 8 s"),
+    (4, 0.1, 4, "no steps trained: the checkpoint was already at step 4"),  # said "trained 4 steps in 0 s"
+])
+def test_the_training_log_line_says_which_steps_were_trained(steps, seconds, resumed_from, line):
+    from toolkit.train import TrainResult
+
+    result = TrainResult(steps, seconds, resumed_from=resumed_from)
+    assert result.summary() == line
+    assert result.trained_steps == steps - (resumed_from or 0)
+
+
 # Tiny on purpose (CI has 2 cores): 4 steps of one question × 4 completions of 8 tokens, 2 eval questions.
 TINY = [
     "training.max_steps=4",
@@ -460,11 +476,15 @@ def test_killed_run_resumes_to_max_steps(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     logged = " ".join(resumed.stderr.split())  # rich wraps log lines at the console width
     assert "resuming from" in logged and "reusing the base evaluation" in logged, resumed.stderr[-3000:]
+    # The time is that of steps 3-4 alone; the line said "trained 4 steps in N s".
+    assert "trained steps 3-4 (2 steps; resumed from step 2) in " in logged, resumed.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     history = report["training"]["log_history"]
     assert _steps(history) == [1, 2, 3, 4]  # every step exactly once, continuing from the checkpoint
     assert history[:2] == saved["log_history"]  # steps 1–2 come from the checkpoint, not from training them again
     assert report["training"]["steps"] == 4 and report["training"]["curves"]["step"] == [1, 2, 3, 4]
+    assert report["training"]["resumed_from_step"] == 2
+    assert "4 GRPO steps (steps 3-4 trained in " in (out / "report.md").read_text()
     assert (out / "adapter" / "adapter_model.safetensors").exists()
     assert {"no_context", "base", "tuned"} <= report.keys()
     assert (out / "trainer" / "checkpoint-4").is_dir()
@@ -473,10 +493,15 @@ def test_killed_run_resumes_to_max_steps(tmp_path):
     # fifth step) and evaluates that checkpoint's adapter again.
     again = subprocess.run([*command, "--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "nothing left to train" in " ".join(again.stderr.split()), again.stderr[-3000:]
+    logged = " ".join(again.stderr.split())
+    assert "nothing left to train" in logged, again.stderr[-3000:]
+    assert "no steps trained: the checkpoint was already at step 4" in logged, again.stderr[-3000:]
     assert not (out / "trainer" / "checkpoint-5").exists()
     rerun = json.loads((out / "report.json").read_text())
     assert _steps(rerun["training"]["log_history"]) == [1, 2, 3, 4] and rerun["tuned"] == report["tuned"]
+    assert rerun["training"]["resumed_from_step"] == 4
+    assert "4 GRPO steps, all from the checkpoint at step 4 (resumed; none trained again)" in (
+        out / "report.md").read_text()
     assert _tensors(out / "adapter") == _tensors(out / "trainer" / "checkpoint-4")
 
     fewer = subprocess.run([*command, "training.max_steps=3", "--resume"], cwd=ROOT, env=env, capture_output=True,

@@ -13,8 +13,10 @@ Writes `<run>/export/` (run: the recipe's output_dir unless --run):
   must match exactly: F32 for a float32 merge (the CPU path, tiny models), F16 for a 16-bit one; the others report
   where they first diverge. (Measured on SmolLM2-135M: F32 matched on every prompt, F16 diverged at token 19 of
   one, because llama.cpp rounds activations to f16 for F16 weights; transformers on the same f16-rounded weights
-  did not diverge. The same run merged in bfloat16: F16 matched on every prompt.) `older_files` names what an
-  earlier export left in export/: not this export's, not verified.
+  did not diverge. The same run merged in bfloat16: F16 matched on every prompt.) `merge_dtype` and
+  `exact_format` name that precision and that GGUF; each is null when the export merged nothing (`--formats
+  adapter`) or made no GGUF file. `older_files` names what an earlier export left in export/: not this export's,
+  not verified.
 
 Every file and folder is written under a temporary name and renamed, so a crash never leaves half a file. An export
 removes the earlier manifest.json before it writes anything and writes its own last: an export/ without manifest.json
@@ -197,8 +199,9 @@ def _export(recipe: Recipe, run_dir: Path, formats: list[str], dtype: str, adapt
         "base_model": base_path,
         "adapter": str(adapter_dir),
         "formats": formats,
-        "merge_dtype": dtype,
-        "exact_format": exact,  # the GGUF that must reproduce the merged model's greedy tokens
+        # Null when nothing was merged (an adapter-only export) / no GGUF was made: neither applies then.
+        "merge_dtype": dtype if "merged" in formats or ggufs else None,
+        "exact_format": exact if ggufs else None,  # the GGUF that must reproduce the merged model's greedy tokens
         "verify_prompts": prompts,
         "files": entries,
         "older_files": older,  # in export/, from an earlier export: not described or verified here

@@ -218,12 +218,29 @@ def markdown_table(report: dict) -> list[str]:
     return lines
 
 
+def plural(count: int, noun: str) -> str:
+    """"1 step", "2 steps"."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def training_header(training: dict) -> str:
+    """The report's words for the training: "28 GRPO steps in 245 s"; for a resumed run (report.json's
+    `training.resumed_from_step`) which steps `wall_seconds` timed, since the others came from the checkpoint."""
+    steps, seconds, resumed = training["steps"], training["wall_seconds"], training.get("resumed_from_step")
+    if resumed is None:
+        return f"{plural(steps, 'GRPO step')} in {seconds:.0f} s"
+    if steps <= resumed:
+        return f"{plural(steps, 'GRPO step')}, all from the checkpoint at step {resumed} (resumed; none trained again)"
+    trained = f"step {steps}" if steps == resumed + 1 else f"steps {resumed + 1}-{steps}"
+    return f"{plural(steps, 'GRPO step')} ({trained} trained in {seconds:.0f} s, resumed from step {resumed})"
+
+
 def render_markdown(report: dict) -> str:
     evaluation, training = report["eval"], report.get("training")
     bootstrap = evaluation.get("bootstrap", {})
     model = f"Model `{report['recipe']['model']['name_or_path']}`"
     if training:
-        model += f", {training['steps']} GRPO steps in {training['wall_seconds']:.0f} s"
+        model += f", {training_header(training)}"
     if report.get("adapter"):
         model += f", adapter `{report['adapter']}`"
     lines = [

@@ -159,6 +159,7 @@ def run(recipe: Recipe, console: Console, resume: bool = False) -> dict:
         "training": {
             "steps": trained.steps,
             "wall_seconds": trained.seconds,
+            "resumed_from_step": trained.resumed_from,  # the checkpoint's step on --resume: wall_seconds timed the rest
             "train_questions": len(train_rows),
             "final_log": trained.final_log,
             "log_history": trained.log_history,

@@ -21,15 +21,38 @@ from toolkit.checkpoints import RESTORED, STATE, check_same_optimizer, resumed_s
 from toolkit.live import LiveMetrics
 from toolkit.recipe import Recipe, RecipeError
 from toolkit.recipe_trl import plain_value
+from toolkit.report import plural
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class TrainResult:
+    """`steps`: the run's last step, counting those a resumed run took from its checkpoint; `seconds`: the time
+    this process trained, the resumed part only; `resumed_from`: the checkpoint's step on --resume, else None."""
+
     steps: int
     seconds: float
     log_history: list[dict] = field(default_factory=list)
+    resumed_from: int | None = None
+
+    @property
+    def trained_steps(self) -> int:
+        """The steps this process trained (`seconds` is their time): after a resume, those past the checkpoint."""
+        return self.steps - (self.resumed_from or 0)
+
+    def summary(self) -> str:
+        """The log line: "trained 4 steps in 135 s"; resumed, "trained steps 5-6 (2 steps; resumed from step 4)
+        in 15 s", or "no steps trained: ..." when the checkpoint already held every step."""
+        seconds = f"in {self.seconds:.0f} s"
+        if self.resumed_from is None:
+            return f"trained {plural(self.steps, 'step')} {seconds}"
+        if self.trained_steps <= 0:
+            return f"no steps trained: the checkpoint was already at step {self.resumed_from}"
+        first = self.resumed_from + 1
+        which = f"step {first}" if first == self.steps else f"steps {first}-{self.steps}"
+        count = plural(self.trained_steps, "step")
+        return f"trained {which} ({count}; resumed from step {self.resumed_from}) {seconds}"
 
     @property
     def final_log(self) -> dict:
@@ -279,6 +302,7 @@ def train(recipe: Recipe, model, tokenizer, rows: list[dict], work_dir: Path, re
             live.close()  # an exception skips on_train_end, and a progress bar left running hides the cursor
     seconds = time.perf_counter() - start
     check_finite(trainer.model, tokenizer, trainer.state.global_step, recipe.training.learning_rate)
-    result = TrainResult(trainer.state.global_step, round(seconds, 1), list(trainer.state.log_history))
-    logger.info("trained %d steps in %.0f s", result.steps, seconds)
+    result = TrainResult(trainer.state.global_step, round(seconds, 1), list(trainer.state.log_history),
+                         resumed_from=resumed_step(resume_from) if resume_from is not None else None)
+    logger.info("%s", result.summary())
     return trainer, result
