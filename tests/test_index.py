@@ -425,6 +425,17 @@ def test_index_command_eval(built, capsys):
     assert all(0 <= float(v) <= 1 for v in found.groups()[1:])
 
 
+def test_index_command_eval_without_gold_sources_says_so(tmp_path, capsys):
+    # It printed "retrieval on 0 eval questions: " and nothing after it.
+    questions = tmp_path / "eval.jsonl"
+    questions.write_text(json.dumps({"question": "Which grape is Barolo made from?", "answer": "Nebbiolo"}) + "\n")
+    code, out, _ = run_index(capsys, ROOT / "recipes" / "wine.yaml", f"output_dir={tmp_path / 'out'}",
+                             f"data.eval={questions}", "--eval")
+    assert code == 0
+    assert "retrieval not scored: no eval question names its gold source document (the `source` field; 1 eval " \
+           "question read)" in out, out
+
+
 @pytest.mark.parametrize(
     "case, expected",
     [

@@ -436,6 +436,15 @@ def test_bad_corpus_entries(overrides, expected, winemag_csv):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("field", ["train", "eval"])
+def test_a_folder_for_a_question_file_is_refused_at_load(field):
+    # It used to pass and then fail after the backend was picked, with "data/wine: cannot read: Is a directory".
+    with pytest.raises(RecipeError) as err:
+        load_recipe(WINE, [f"data.{field}=data/wine"])
+    assert f"data.{field}: data/wine is a folder; give a question file (.jsonl)" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
 def test_corpus_path_expands_the_home_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     (tmp_path / "reviews.csv").write_text("id,title\n1,x\n")

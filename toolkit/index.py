@@ -30,7 +30,7 @@ from pathlib import Path
 
 from toolkit.chunking import CHUNKER_VERSION, Chunk, chunk_documents, document_hash
 from toolkit.data import DataError, Document
-from toolkit.report import file_in_the_way, write_atomic
+from toolkit.report import file_in_the_way, plural, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -407,7 +407,9 @@ def main(argv: list[str] | None = None) -> int:
             questions = dataset.eval[: recipe.eval.limit]
             metrics = retrieval_metrics(index, questions, cfg.top_k)
             scores = "  ".join(f"{name} {value:.3f}" for name, value in metrics.items() if name != "questions")
-            out.print(f"retrieval on {metrics['questions']} eval questions: {scores}", soft_wrap=True)
+            out.print(f"retrieval on {metrics['questions']} eval questions: {scores}" if metrics["questions"] else
+                      "retrieval not scored: no eval question names its gold source document (the `source` "
+                      f"field; {plural(len(questions), 'eval question')} read)", soft_wrap=True)
     except ERRORS as err:
         return fail(console, err)
     except KeyboardInterrupt:

@@ -80,6 +80,8 @@ def _must_exist(path: Path) -> Path:
     path = expand_home(path)
     if not path.exists():
         raise ValueError(f"file not found: {path}")
+    if path.is_dir():  # else the run picks a backend first and then fails on "Is a directory", naming no field
+        raise ValueError(f"{path} is a folder; give a question file (.jsonl)")
     return path
 
 
