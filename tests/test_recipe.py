@@ -642,6 +642,10 @@ def test_trl_passthrough_refuses_typos_and_mapped_fields(trl, expected):
     ("{eval_steps: 5}", "training.trl.eval_steps: GRPOTrainer gets no eval_dataset here"),
     ("{metric_for_best_model: reward}", "training.trl.metric_for_best_model: there is no evaluation during training"),
     ("{greater_is_better: true}", "training.trl.greater_is_better: there is no evaluation during training"),
+    ("{eval_delay: 5}", "training.trl.eval_delay: GRPOTrainer gets no eval_dataset here"),
+    ("{eval_accumulation_steps: 4}", "training.trl.eval_accumulation_steps: GRPOTrainer gets no eval_dataset here"),
+    ("{prediction_loss_only: true}", "training.trl.prediction_loss_only: GRPOTrainer gets no eval_dataset here"),
+    ("{per_device_eval_batch_size: 4}", "in batches of eval.batch_size: set that"),
     # wine.yaml's schedule is constant, which transformers builds without these kwargs.
     ("{lr_scheduler_kwargs: {num_cycles: 0.5}}",
      "training.trl.lr_scheduler_kwargs: training.lr_scheduler_type constant takes no settings"),
@@ -658,6 +662,20 @@ def test_trl_values_the_run_cannot_honour_are_refused(trl, expected):
                                 "training.trl={lr_scheduler_kwargs: {num_cycles: 0.25}}"])
     assert cosine.training.trl == {"lr_scheduler_kwargs": {"num_cycles": 0.25}}
     assert load_recipe(WINE, ["training.trl={lr_scheduler_kwargs: {}, eval_steps: null}"]).training.trl
+
+
+def test_an_unquoted_no_for_a_strategy_is_taken_as_no():
+    # YAML reads `save_strategy: no` as false; the refusal listed "no" among the valid values.
+    recipe = load_recipe(WINE, ["training.trl={save_strategy: no, logging_strategy: no}"])
+    assert recipe.training.trl == {"save_strategy": "no", "logging_strategy": "no"}
+
+
+def test_warmup_under_a_constant_schedule_is_refused():
+    # transformers' constant schedule never reads num_warmup_steps: the warmup would be ignored without a word.
+    with pytest.raises(RecipeError) as err:
+        load_recipe(WINE, ["training.warmup_steps=10"])
+    assert "warmup_steps 10 does nothing under lr_scheduler_type constant; use constant_with_warmup" in str(err.value)
+    assert load_recipe(WINE, ["training.warmup_steps=10", "training.lr_scheduler_type=constant_with_warmup"])
 
 
 def test_trl_passthrough_names_every_bad_key():

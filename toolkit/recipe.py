@@ -235,6 +235,14 @@ class TrainingSection(_Section):
     )
 
     @model_validator(mode="after")
+    def _warmup_needs_a_schedule_with_one(self) -> TrainingSection:
+        # transformers builds the constant schedule without reading the warmup: it would be ignored without a word.
+        if self.lr_scheduler_type == "constant" and self.warmup_steps:
+            raise ValueError(f"warmup_steps {self.warmup_steps} does nothing under lr_scheduler_type constant; use "
+                             "constant_with_warmup (or leave warmup_steps at 0)")
+        return self
+
+    @model_validator(mode="after")
     def _generation_batch_divides(self) -> TrainingSection:
         problem = recipe_trl.generation_batch_problem(self)
         if problem:

@@ -59,6 +59,10 @@ REFUSED_VALUES = {
     "eval_on_start": (lambda v: v is True, NO_EVAL_DATASET),
     # Accepted by transformers without an evaluation and then unused: a setting that silently does nothing.
     "eval_steps": (lambda v: v is not None, f"{NO_EVAL_DATASET}; leave it out"),
+    "eval_delay": (lambda v: bool(v), f"{NO_EVAL_DATASET}; leave it out"),
+    "eval_accumulation_steps": (lambda v: v is not None, f"{NO_EVAL_DATASET}; leave it out"),
+    "prediction_loss_only": (lambda v: v is True, f"{NO_EVAL_DATASET}; leave it out"),
+    "per_device_eval_batch_size": (lambda v: True, f"{NO_EVAL_DATASET}, in batches of eval.batch_size: set that"),
     "metric_for_best_model": (lambda v: v is not None, f"there is no evaluation during training to pick a best "
                                                        f"checkpoint by: {NO_EVAL_DATASET}"),
     "greater_is_better": (lambda v: v is not None, f"there is no evaluation during training to pick a best "
@@ -88,6 +92,8 @@ def coerced(key: str, value: Any, kind: Any) -> tuple[Any, str | None]:
     options = typing.get_args(kind) if typing.get_origin(kind) in (typing.Union, types.UnionType) else (kind,)
     enum = next((t for t in options if isinstance(t, type) and issubclass(t, Enum)), None)
     if enum is not None:  # `optim: OptimizerNames | str`: TrainingArguments converts it only when training starts
+        if value is False and "no" in [str(member.value) for member in enum]:
+            return "no", None  # YAML 1.1 reads an unquoted `no` as false: `save_strategy: no` means "no"
         return value, _enum_problem(value, enum)
     scalar = [t for t in options if t is not type(None)]
     if value is None or len(scalar) != 1 or scalar[0] not in SCALARS or type(value) is scalar[0]:
