@@ -92,6 +92,9 @@ def items(completions, *, words: list[str] | None = None, counts: List[int] = (1
           pair: tuple[str, ...] = ("a",), weights: Mapping[str, float] | None = None,
           abc_map: collections.abc.Mapping | None = None, plain_map: typing.Mapping = None, **kwargs):
     return [0.0] * len(completions)
+
+def tuples(completions, words: tuple[str, ...], *, weights: tuple[float, ...] | None = None, **kwargs):
+    return [float(isinstance(words, tuple))] * len(completions)
 """
 
 
@@ -447,6 +450,19 @@ def test_good_list_items_and_unreadable_item_kinds_pass(rewards_file):
     assert reward.params["pair"] == ("a", "b") and reward.params["counts"] == (1, 2)  # tuple defaults still convert
     assert reward(["a"]) == [0.0]
     assert build_reward(f"{rewards_file}:items", {"words": None, "weights": None, "scores": []}).params["scores"] == ()
+
+
+def test_a_tuple_annotated_param_is_checked_without_a_tuple_default(rewards_file):
+    # Only a tuple default made a param a list: `words: tuple[str, ...]` (required) or `| None = None` took 5.
+    name = f"{rewards_file}:tuples"
+    for params, message in [({"words": 5}, "param 'words' must be a list, got 5"),
+                            ({"words": [1]}, "param 'words' must be a list of strings, got [1] (item 1: 1)"),
+                            ({"words": ["a"], "weights": ["a"]}, "param 'weights' must be a list of numbers"),
+                            ({"words": ["a"], "weights": 5}, "param 'weights' must be a list, got 5")]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            build_reward(name, params)
+    reward = build_reward(name, {"words": ["a", "b"], "weights": [0.5]})
+    assert reward.params == {"words": ("a", "b"), "weights": (0.5,)} and reward(["x"]) == [1.0]  # YAML list → tuple
 
 
 def test_list_items_and_mappings_are_checked_as_text_too(tmp_path):

@@ -100,6 +100,9 @@ _ANNOTATED_KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "dict": (lambda v: isinstance(v, dict), "a mapping"),
     "Dict": (lambda v: isinstance(v, dict), "a mapping"),
     "Mapping": (lambda v: isinstance(v, Mapping), "a mapping"),
+    # YAML has no tuples: a list stands for one (build_reward converts it).
+    "tuple": (lambda v: isinstance(v, (list, tuple)), "a list"),
+    "Tuple": (lambda v: isinstance(v, (list, tuple)), "a list"),
 }
 # The item kinds read inside a list, a `tuple[X, ...]` or a mapping's values, and their plural for the message.
 _ITEM_KINDS = {"int": "integers", "float": "numbers", "bool": "bools", "str": "strings"}
@@ -230,6 +233,11 @@ def _items(value: Any) -> dict[str, Any]:
     return {f"item {i}": v for i, v in enumerate(value, 1)}
 
 
+def _wants_tuple(param: inspect.Parameter, custom_fn: bool) -> bool:
+    """A param whose default is a tuple, or (a custom reward's) annotated `tuple[...]`: a YAML list becomes one."""
+    return isinstance(param.default, tuple) or (custom_fn and _annotated_kind(param.annotation) in ("tuple", "Tuple"))
+
+
 def _same_number(value: Any, default: Any) -> bool:
     """value == default, where nan equals nan (a default of nan is taken back as such)."""
     try:
@@ -264,7 +272,8 @@ def build_reward(name: str, params: dict[str, Any] | None = None, label: str | N
             raise ValueError(f"reward {name!r}: unknown param {key!r} "
                              f"(accepted: {', '.join(sorted(defaults)) or 'none'})")
         _check_kind(name, key, value, settable[key], whole=custom.is_custom(name))
-    params = {k: tuple(v) if isinstance(defaults[k], tuple) else v for k, v in params.items()}
+    params = {k: tuple(v) if isinstance(v, list) and _wants_tuple(settable[k], custom.is_custom(name)) else v
+              for k, v in params.items()}
     missing = sorted(k for k, v in defaults.items() if v is inspect.Parameter.empty and k not in params)
     if missing:
         raise ValueError(f"reward {name!r}: missing param{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
