@@ -238,7 +238,7 @@ def test_blank_lines_are_skipped_and_exit_ends_the_session(monkeypatch):
     from rich.console import Console
 
     model = Model()
-    monkeypatch.setattr("sys.stdin", io.StringIO(f"{QUESTION}\n\n   \n{QUESTION}\nquit\nnever asked\n"))
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"{QUESTION}\n\n   \n{QUESTION}\nQuit\nnever asked\n"))
     out = io.StringIO()
     chat._answer_questions(recipe, Index(), model, None, None, Console(file=out, width=200),
                            Console(file=io.StringIO()))

@@ -324,3 +324,9 @@ def test_a_source_named_by_its_headings_as_written_points_at_the_markdown_id(tmp
         load_dataset(data_section(corpus=[str(tmp_path / "grapes.md")], train=train, eval=held_out))
     assert ("2 questions name a source that is no corpus document (the first: 'grapes#Grapes/Pinot Noir'; did you "
             "mean 'grapes#grapes/pinot-noir'? Markdown ids are slugs)") in caplog.text
+    caplog.clear()
+    one = write_jsonl(tmp_path / "one.jsonl", [{"question": "What?", "answer": "red", "source": "nowhere"}])
+    with caplog.at_level("WARNING", logger="toolkit.data"):
+        load_dataset(data_section(corpus=[str(tmp_path / "grapes.md")], train=train, eval=one))
+    assert ("1 question names a source that is no corpus document (the first: 'nowhere'); retrieval recall counts it "
+            "as a miss") in caplog.text

@@ -434,6 +434,14 @@ def test_index_command_eval_without_gold_sources_says_so(tmp_path, capsys):
     assert code == 0
     assert "retrieval not scored: no eval question names its gold source document (the `source` field; 1 eval " \
            "question read)" in out, out
+    # One document, one chunk, one question: no "1 documents".
+    doc = tmp_path / "barolo.txt"
+    doc.write_text("Barolo is made from Nebbiolo.\n")
+    questions.write_text(json.dumps({"question": "Which grape is Barolo made from?", "answer": "Nebbiolo",
+                                     "source": "barolo"}) + "\n")
+    code, out, _ = run_index(capsys, ROOT / "recipes" / "wine.yaml", f"output_dir={tmp_path / 'one'}",
+                             f"data.corpus=[{doc}]", f"data.eval={questions}", "--eval")
+    assert code == 0 and ": 1 document, 1 chunk" in out and "retrieval on 1 eval question: recall@1 1.000" in out, out
 
 
 @pytest.mark.parametrize(

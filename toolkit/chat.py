@@ -143,7 +143,7 @@ def _answer_questions(recipe: Recipe, index, model, question: str | None, k: int
             return
         if not question:
             continue
-        if question in ("exit", "quit"):
+        if question.lower() in ("exit", "quit"):
             return
         try:
             check_question(question)

@@ -47,8 +47,9 @@ def load_dataset(data: DataSection) -> Dataset:
     ids = {doc.id for doc in documents}
     unknown = [qa.source for qa in train + held_out if qa.source and qa.source not in ids]
     if unknown:
-        logger.warning("%d questions name a source that is no corpus document (the first: %r%s); retrieval recall "
-                       "counts them as misses", len(unknown), unknown[0], _id_hint(unknown[0], ids))
+        logger.warning("%s a source that is no corpus document (the first: %r%s); retrieval recall counts %s as "
+                       "a miss", "1 question names" if len(unknown) == 1 else f"{len(unknown)} questions name",
+                       unknown[0], _id_hint(unknown[0], ids), "it" if len(unknown) == 1 else "each")
     _warn_if_not_held_out(train, held_out)
     _warn_if_repeated(train, "training", "each copy is trained on")
     _warn_if_repeated(held_out, "eval", "each copy counts in the eval means and intervals")

@@ -398,8 +398,8 @@ def main(argv: list[str] | None = None) -> int:
         with EmbeddingProgress(console) as progress:
             counts = index.update(dataset.documents, cfg.chunk_size, cfg.chunk_overlap, progress)
         out.print(
-            f"index {index.path} (collection {index.name}, {cfg.embedder}): {len(dataset.documents)} documents, "
-            f"{index.count()} chunks",
+            f"index {index.path} (collection {index.name}, {cfg.embedder}): "
+            f"{plural(len(dataset.documents), 'document')}, {plural(index.count(), 'chunk')}",
             soft_wrap=True, markup=False,  # a folder name may hold "[...]", which rich would read as markup
         )
         out.print("  ".join(f"{name} {value}" for name, value in vars(counts).items()))
@@ -407,7 +407,8 @@ def main(argv: list[str] | None = None) -> int:
             questions = dataset.eval[: recipe.eval.limit]
             metrics = retrieval_metrics(index, questions, cfg.top_k)
             scores = "  ".join(f"{name} {value:.3f}" for name, value in metrics.items() if name != "questions")
-            out.print(f"retrieval on {metrics['questions']} eval questions: {scores}" if metrics["questions"] else
+            scored = metrics["questions"]
+            out.print(f"retrieval on {plural(scored, 'eval question')}: {scores}" if scored else
                       "retrieval not scored: no eval question names its gold source document (the `source` "
                       f"field; {plural(len(questions), 'eval question')} read)", soft_wrap=True)
     except ERRORS as err:

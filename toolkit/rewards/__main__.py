@@ -60,7 +60,8 @@ def score_completion(recipe, completion: str, question_index: int, split: str, t
         questions = data.eval[: recipe.eval.limit]
     if not 0 <= question_index < len(questions):
         raise ValueError(f"--question-index {question_index} is out of range: the {split} split has "
-                         f"{len(questions)} questions (0–{len(questions) - 1})")
+                         + (f"{len(questions)} questions (0–{len(questions) - 1})" if len(questions) != 1 else
+                            "1 question (0)"))
     index, _ = build_index(recipe, data.documents)
     row = build_rows([questions[question_index]], index, recipe.prompt, recipe.retrieval.top_k)[0]
     columns = {key: [value] for key, value in row.items() if key != "prompt"}
