@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--groups", type=int, default=6)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args(argv)
+    for name in ("questions", "groups", "rounds"):  # checked before the model loads: 0 rounds failed after it
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
     args.recipe = str(Path(args.recipe).resolve())  # the caller's path; then the project root, as recipe data
     os.chdir(ROOT)  # paths are relative to it
     try:

@@ -55,7 +55,12 @@ def main(argv: list[str] | None = None) -> int:
         refused = not_a_training_report(report)
         if refused:
             return fail(Console(stderr=True), ValueError(f"{args.from_report}: {refused}"))
-        print(json.dumps(summary(report, None, args.from_report.parent)), flush=True)
+        try:
+            line = summary(report, None, args.from_report.parent)
+        except (KeyError, TypeError, ValueError) as err:  # a section there, but not what a run writes in it
+            return fail(Console(stderr=True), ValueError(f"{args.from_report}: not a complete training run's report "
+                                                         f"({type(err).__name__}: {err})"))
+        print(json.dumps(line), flush=True)
         return 0
     stderr = setup_logging()
 

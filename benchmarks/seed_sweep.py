@@ -89,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_intermixed_args(argv)
     if args.parallel < 1:
         parser.error(f"--parallel must be at least 1, got {args.parallel}")
+    repeated = next((seed for i, seed in enumerate(args.seeds) if seed in args.seeds[:i]), None)
+    if repeated is not None:  # both runs would share one folder and one per-seed entry, and count twice in the t
+        parser.error(f"--seeds: seed {repeated} given twice")
     if not args.worker:  # paths given on the command line are the caller's; the recipe's own are the project's
         args.recipe = str(Path(args.recipe).resolve())
         args.rows = args.rows and args.rows.resolve()

@@ -58,6 +58,11 @@ def test_help_prints_usage_and_the_whole_first_paragraph(script, tmp_path):
     ("bench_generation.py", ["--recipe", "/nonexist.yaml"], "/nonexist.yaml: recipe file not found"),
     ("bench_export.py", ["--run", "/nonexist"], "/nonexist: no such folder"),
     ("seed_sweep.py", ["--seeds", "1", "--variant", "training.lerning_rate=1"], "training.lerning_rate: unknown field"),
+    # Both runs of seed 1 would share one folder and one per-seed entry.
+    ("seed_sweep.py", ["--seeds", "1", "1"], "--seeds: seed 1 given twice"),
+    # Refused before the model loads (0 rounds failed after it with KeyError: 'plain').
+    ("bench_generation.py", ["--rounds", "0"], "--rounds must be at least 1, got 0"),
+    ("bench_generation.py", ["--groups", "-1"], "--groups must be at least 1, got -1"),
 ])
 def test_a_users_mistake_is_one_line_and_exit_2(script, args, expected, tmp_path):
     out = tmp_path / "out"
@@ -82,6 +87,13 @@ def test_learning_curve_refuses_an_evaluate_report_in_one_line(drop, tmp_path):
     report.write_text(json.dumps({k: v for k, v in EVALUATE_REPORT.items() if k not in drop}))
     last = one_line_error(run_script("learning_curve.py", "--from-report", str(report), cwd=tmp_path))
     assert f"{report}: not a training run's report (no training section)" in last
+
+
+def test_learning_curve_refuses_a_report_with_empty_sections(tmp_path):
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({k: {} for k in ("training", "base", "tuned", "no_context", "differences", "eval")}))
+    last = one_line_error(run_script("learning_curve.py", "--from-report", str(report), cwd=tmp_path))
+    assert f"{report}: not a complete training run's report (KeyError: " in last
 
 
 def test_learning_curve_refuses_a_report_that_is_not_an_object(tmp_path):
