@@ -218,9 +218,14 @@ def markdown_table(report: dict) -> list[str]:
     return lines
 
 
-def plural(count: int, noun: str) -> str:
-    """"1 step", "2 steps"."""
+def plural(count: int | str, noun: str) -> str:
+    """"1 step", "2 steps" (and "? steps" for a count unknown)."""
     return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def step_span(first: int, last: int) -> str:
+    """"step 5", "steps 5-6": the steps a resumed run trained itself."""
+    return f"step {last}" if first == last else f"steps {first}-{last}"
 
 
 def training_header(training: dict) -> str:
@@ -231,8 +236,8 @@ def training_header(training: dict) -> str:
         return f"{plural(steps, 'GRPO step')} in {seconds:.0f} s"
     if steps <= resumed:
         return f"{plural(steps, 'GRPO step')}, all from the checkpoint at step {resumed} (resumed; none trained again)"
-    trained = f"step {steps}" if steps == resumed + 1 else f"steps {resumed + 1}-{steps}"
-    return f"{plural(steps, 'GRPO step')} ({trained} trained in {seconds:.0f} s, resumed from step {resumed})"
+    return f"{plural(steps, 'GRPO step')} ({step_span(resumed + 1, steps)} trained in {seconds:.0f} s, resumed from " \
+           f"step {resumed})"
 
 
 def render_markdown(report: dict) -> str:

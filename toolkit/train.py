@@ -21,7 +21,7 @@ from toolkit.checkpoints import RESTORED, STATE, check_same_optimizer, resumed_s
 from toolkit.live import LiveMetrics
 from toolkit.recipe import Recipe, RecipeError
 from toolkit.recipe_trl import plain_value
-from toolkit.report import plural
+from toolkit.report import plural, step_span
 
 logger = logging.getLogger(__name__)
 
@@ -49,9 +49,7 @@ class TrainResult:
             return f"trained {plural(self.steps, 'step')} {seconds}"
         if self.trained_steps <= 0:
             return f"no steps trained: the checkpoint was already at step {self.resumed_from}"
-        first = self.resumed_from + 1
-        which = f"step {first}" if first == self.steps else f"steps {first}-{self.steps}"
-        count = plural(self.trained_steps, "step")
+        which, count = step_span(self.resumed_from + 1, self.steps), plural(self.trained_steps, "step")
         return f"trained {which} ({count}; resumed from step {self.resumed_from}) {seconds}"
 
     @property

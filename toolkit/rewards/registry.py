@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from toolkit.models import ModelError
+from toolkit.report import plural
 from toolkit.rewards import builtin, custom, model_based
 from toolkit.rewards.text import completion_text, with_prefix
 
@@ -335,10 +336,10 @@ class BoundReward:
             count = None
         if count is None:
             raise RewardError(f"reward {self.__name__!r} returned a {type(values).__name__}, "
-                              f"expected a list of {_count(n, 'float')}")
+                              f"expected a list of {plural(n, 'float')}")
         if count != n:
-            raise RewardError(f"reward {self.__name__!r} returned {_count(count, 'value')} for "
-                              f"{_count(n, 'completion')}")
+            raise RewardError(f"reward {self.__name__!r} returned {plural(count, 'value')} for "
+                              f"{plural(n, 'completion')}")
         # Fast path, the common case: plain finite floats (x - x is 0.0 unless x is inf or nan).
         if type(values) is list and all(v is None or (type(v) is float and v - v == 0.0) for v in values):
             return values
@@ -375,16 +376,11 @@ class BoundReward:
                                        f"({_snippet(completions[i])})")
         except Exception:  # completions that cannot be measured or sliced: report without a sample
             n = "?"
-        return RewardError(f"reward {self.__name__!r} raised {what} on a batch of {_count(n, 'completion')} "
+        return RewardError(f"reward {self.__name__!r} raised {what} on a batch of {plural(n, 'completion')} "
                            f"(no single sample reproduces it)")
 
     def __repr__(self) -> str:
         return f"BoundReward({self.__name__}: {getattr(self.fn, '__name__', self.fn)}(**{self.params}))"
-
-
-def _count(n: int | str, noun: str) -> str:
-    """`1 completion`, `3 completions` (and `? completions` for a count unknown)."""
-    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _snippet(completion: Any, limit: int = 60) -> str:
