@@ -245,6 +245,28 @@ def test_blank_lines_are_skipped_and_exit_ends_the_session(monkeypatch):
     assert model.asked == 2 and out.getvalue().count("answer: Nebbiolo") == 2
 
 
+@pytest.mark.parametrize("tty", [False, True])
+def test_the_prompt_is_shown_only_to_a_terminal(monkeypatch, capsys, tty):
+    from rich.console import Console
+
+    class Stdin(io.StringIO):
+        def isatty(self):
+            return tty
+
+    class Model:
+        def complete(self, messages):
+            return "<think>The context says so.</think><answer>Nebbiolo</answer>"
+
+    class Index:
+        def search(self, queries, k):
+            return [[Hit("region-barolo:0:ab", "Barolo is made from Nebbiolo.", "region-barolo", 0.8)]]
+
+    monkeypatch.setattr("sys.stdin", Stdin(f"{QUESTION}\n{QUESTION}\n"))
+    chat._answer_questions(load_recipe(RECIPE), Index(), Model(), None, None, Console(file=io.StringIO()),
+                           Console(file=io.StringIO()))
+    assert capsys.readouterr().out.count("question> ") == (3 if tty else 0)
+
+
 def test_an_unloadable_gguf_is_one_model_error(tmp_path):
     pytest.importorskip("llama_cpp")
     from toolkit.models import ModelError

@@ -136,9 +136,11 @@ def _answer_questions(recipe: Recipe, index, model, question: str | None, k: int
     # reports them, where a strict stdin would end the session with a UnicodeDecodeError.
     if hasattr(sys.stdin, "reconfigure"):
         sys.stdin.reconfigure(errors="surrogateescape")
+    # The prompt is for a person typing: with questions piped in, it would pile up on stdout between the answers.
+    prompt = "question> " if sys.stdin.isatty() else ""
     while True:
         try:
-            question = input("question> ").strip()
+            question = input(prompt).strip()
         except (EOFError, KeyboardInterrupt):
             return
         if not question:
