@@ -115,6 +115,25 @@ def test_a_cache_implementation_goes_to_plain_generate(model_and_prompts):
     assert torch.equal(out, plain)
 
 
+@pytest.mark.parametrize("setting", [{"no_repeat_ngram_size": 2}, {"bad_words_ids": [[9, 10]]},
+                                     {"sequence_bias": {(9, 10): -5.0}}])
+def test_a_filter_on_token_sequences_goes_to_plain_generate(model_and_prompts, setting):
+    # n-gram bans read the whole row, pads included: moving the pads after the shared prefix would make n-grams
+    # (and banned-sequence tails) the plain batch does not have, and so other completions.
+    model, tokenizer, batch = model_and_prompts
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    settings = dict(max_new_tokens=8, do_sample=False, temperature=None, top_p=None, top_k=None,
+                    pad_token_id=tokenizer.pad_token_id, **setting)
+    plain = model.generate(input_ids=ids, attention_mask=mask, **settings)
+    sizes = PrefillSizes(model)
+    try:
+        out = generate_sharing_prefix(model, ids, mask, **settings)
+    finally:
+        sizes.handle.remove()
+    assert torch.equal(out, plain)
+    assert sizes.seen == [tuple(ids.shape)]  # one prefill of the whole batch, as plain generate does
+
+
 def test_a_wrapped_model_samples_a_group_as_before(model_and_prompts):
     """What TRL does each step: num_generations copies of one prompt, sampled; same seed, same tokens."""
     from peft import LoraConfig, get_peft_model

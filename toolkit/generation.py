@@ -48,11 +48,15 @@ def _leading_run(same) -> int:
     return int(differs[0]) if len(differs) else len(same)
 
 
+SEQUENCE_FILTERS = ("no_repeat_ngram_size", "bad_words_ids", "sequence_bias", "stop_strings")
+
+
 def generate_sharing_prefix(model, input_ids, attention_mask, *, generate=None, **generate_kwargs):
     """`model.generate(input_ids=..., attention_mask=..., **generate_kwargs)` for a left-padded batch, with the
     prompt prefix all rows share computed once. Returns what `generate` returns: the prompts as given, then the
-    completions. Batches with one row, a short shared prefix, beams, several sequences per prompt or a cache of
-    their own go to plain `generate`. `generate`: the generate function to call (default `model.generate`)."""
+    completions. Batches with one row, a short shared prefix, beams, several sequences per prompt, a cache of
+    their own or a filter on token sequences (`SEQUENCE_FILTERS`) go to plain `generate`. `generate`: the
+    generate function to call (default `model.generate`)."""
     import torch
     from transformers import DynamicCache
 
@@ -65,6 +69,9 @@ def generate_sharing_prefix(model, input_ids, attention_mask, *, generate=None, 
         or generate_kwargs.get("cache_implementation") or config.cache_implementation  # e.g. TRL's "static"
         or (generate_kwargs.get("num_beams") or config.num_beams or 1) > 1
         or (generate_kwargs.get("num_return_sequences") or config.num_return_sequences or 1) > 1
+        # Filters that read token sequences, not single tokens: the pads moved between prefix and own tokens
+        # would make n-grams (and a banned sequence's tail) that the plain batch does not have.
+        or any(generate_kwargs.get(key) or getattr(config, key, None) for key in SEQUENCE_FILTERS)
     )
     shared = 0 if plain else shared_prefix_length(input_ids, attention_mask)
     if shared < MIN_SHARED_TOKENS:
