@@ -62,6 +62,11 @@ def chat(text):
     ("Nebbiolo~", "nebbiolo"),
     ("$ + < = > ^ | x", "x"),
     ("€25 £3", "€25 £3"),
+    # A number keeps its sign (as the typeset minus) and loses its thousands separators; a range's hyphen goes.
+    ("-3", "\u22123"), ("−3 °C", "\u22123 °c"), ("1,000 metres", "1000 metres"), ("1990-1995", "1990 1995"),
+    ("1,2", "1 2"),
+    # Letters that are capitals only once decomposed (mathematical bold, letterlike symbols) are lowercased too.
+    ("𝐁𝐚𝐫𝐨𝐥𝐨", "barolo"), ("ℌ", "h"),
 ])
 def test_normalize(text, expected):
     assert normalize(text) == expected
@@ -107,6 +112,8 @@ def test_completion_text(completion, expected):
     ("A.", "A", 1.0),  # punctuation around a multiple-choice letter still matches it
     ("(A)", "A", 1.0),
     ("", "", 1.0),
+    ("-3", "3", 0.0),  # the sign is part of the token
+    ("1,500", "1,000", 0.0),  # no shared "1" once the separators go
 ])
 def test_token_f1(pred, gold, expected):
     assert token_f1(pred, gold) == pytest.approx(expected)
@@ -306,6 +313,14 @@ def test_no_example_copy_does_not_count_words_of_the_row():
     assert no_example_copy([EXAMPLE], examples=[[EXAMPLE]], context=context) == [1.0]
     assert no_example_copy([EXAMPLE], examples=[[EXAMPLE]], question=["Must it contain 80% Sangiovese?"]) == [
         pytest.approx(0.8)]  # only "least" is copied
+
+
+def test_an_example_without_a_think_block_does_not_count_its_tag_names():
+    # "answer" is a tag name in "<answer>Sangiovese</answer>", not a word the example would teach.
+    reply = "<think>The answer is Merlot</think><answer>Merlot</answer>"
+    scores = no_example_copy([reply], examples=[["<answer>Sangiovese</answer>"]],
+                             context=[["Pomerol is mostly Merlot."]], question=["Which grape dominates Pomerol?"])
+    assert scores == [1.0]
 
 
 @pytest.mark.parametrize("examples", [None, [None], [[]], [[None]]])

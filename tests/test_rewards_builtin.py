@@ -19,7 +19,7 @@ from toolkit.rewards import (
     length,
     repetition,
 )
-from toolkit.rewards.text import normalize, words_number
+from toolkit.rewards.text import normalize, number_marks, words_number
 
 CONTEXT = ["Barolo is made from Nebbiolo grapes.", "Barbaresco lies north-east of Alba."]
 GOLD = "Nebbiolo"
@@ -28,14 +28,15 @@ GOLD = "Nebbiolo"
 # --------------------------------------------------------------------------------------------- normalization
 def reference_normalize(text):
     """The plain per-character definition that normalize()'s translate tables must reproduce exactly."""
-    text = unicodedata.normalize("NFKD", text.lower())
+    text = number_marks(unicodedata.normalize("NFKD", text)).lower()
     text = "".join(" " if unicodedata.category(ch).startswith("P") or ch in string.punctuation else ch
                    for ch in text if not unicodedata.combining(ch))
     return " ".join(tok for tok in text.split() if tok not in {"a", "an", "the"})
 
 
 @settings(max_examples=500)
-@given(text=st.one_of(st.text(), st.text(st.characters(codec="utf-8")), st.text("aé\u0301.-—«»'’ Ａ🍷\ud800`~$＄€")))
+@given(text=st.one_of(st.text(), st.text(st.characters(codec="utf-8")),
+                      st.text("aé\u0301.-—«»'’ Ａ🍷\ud800`~$＄€1０,−")))
 def test_normalize_fast_paths_match_the_definition(text):
     assert normalize(text) == reference_normalize(text)
 
@@ -56,6 +57,9 @@ def test_extract_answer_ignores_the_think_block(text, expected):
     ("ninety two", 92), ("ninety two points", 92), ("about ninety", 90), ("one hundred and five", 105),
     ("two thousand", 2000), ("hundred", 100), ("three million two hundred thousand", 3_200_000),
     ("twelve", 12), ("zero", 0), ("nebbiolo", None), ("", None), ("and", None),
+    # Years read in pairs; words that cannot continue a number end it.
+    ("nineteen ninety two", 1992), ("twenty twenty one", 2021), ("two thousand nineteen", 2019),
+    ("one two three", 1), ("ten five", 10), ("twenty two", 22), ("one hundred two", 102),
 ])
 def test_words_number(tokens, expected):
     assert words_number(tokens.split()) == expected
@@ -80,6 +84,28 @@ def test_words_number(tokens, expected):
     ("<answer>90</answer><answer>94</answer>", "92", {"tolerance": 5}, 0.0),  # hedging still forfeits
     ("<answer>$25.10</answer>", "$25", {"tolerance": 0.25}, 1.0),
     ("<answer>" + "9" * 400 + "</answer>", "9" * 400, {"rel_tolerance": 0.5}, 1.0),  # equal text, no number
+    # A numeric gold is matched by value, never by token overlap: no partial credit for a wrong number.
+    ("<answer>-3</answer>", "3", {"partial": True}, 0.0),
+    ("<answer>1,500</answer>", "1,000", {"partial": True}, 0.0),
+    ("<answer>the 1,350 metres</answer>", "1,350 metres", {"partial": True}, 1.0),
+    ("<answer>1,200 metres</answer>", "1,350 metres", {"partial": True}, 0.5),  # a text gold keeps its F1
+    # The sign before a currency symbol, the typeset minus and full-width digits are read as a number's.
+    ("<answer>5</answer>", "-$5", {}, 0.0),
+    ("<answer>$5</answer>", "-$5", {}, 0.0),
+    ("<answer>-5 dollars</answer>", "-$5", {}, 1.0),
+    ("<answer>-$25</answer>", "25", {}, 0.0),
+    ("<answer>−5</answer>", "-5", {}, 1.0),
+    ("<answer>-5</answer>", "−5", {}, 1.0),
+    ("<answer>１９９２</answer>", "1992", {}, 1.0),
+    ("<answer>40 °C</answer>", "-40 °C", {}, 0.0),  # a text gold keeps its sign too
+    ("<answer>-40 °C</answer>", "-40 °C", {}, 1.0),
+    # A scale word after digits scales them, in the answer and in the gold.
+    ("<answer>3 million</answer>", "3,000,000", {}, 1.0),
+    ("<answer>1.5 million bottles</answer>", "1,500,000", {}, 1.0),
+    ("<answer>3,000,000</answer>", "3 million", {}, 1.0),
+    ("<answer>3 thousandth</answer>", "3000", {}, 0.0),
+    ("<answer>nineteen ninety-two</answer>", "1992", {}, 1.0),
+    ("<answer>one two three</answer>", "6", {}, 0.0),
 ])
 def test_answer_match_numbers(text, gold, params, expected):
     assert answer_match([text], answer=[gold], **params) == [expected]
@@ -196,6 +222,12 @@ def test_adversarial_cases(variant, expected):
     scores = build_reward(name, dict(params))(texts, answer=[GOLD] * n, aliases=[[]] * n, context=[CONTEXT] * n)
     assert dict(zip(CASES, scores, strict=True)) == {k: pytest.approx(v) for k, v in zip(CASES, expected,
                                                                                          strict=True)}
+
+
+def test_a_number_grounds_with_or_without_its_separators():
+    context = [["The estate covers 1,000 hectares."]] * 2
+    assert context_grounding(["<answer>1000</answer>", "<answer>1,000</answer>"], context=context,
+                             answer=["1,000"] * 2) == [1.0, 1.0]
 
 
 def test_context_grounding_several_answer_tags_score_zero():

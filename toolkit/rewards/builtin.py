@@ -16,6 +16,7 @@ from toolkit.rewards.text import (
     completion_text,
     content_tokens,
     extract_answer,
+    gold_forms,
     golds,
     matches,
     normalize,
@@ -34,8 +35,9 @@ def answer_match(completions: Sequence[Any], *, partial: bool = False, tolerance
                  rel_tolerance: float = 0.0, answer: Sequence[str | None] | None = None,
                  aliases: Sequence[Sequence[str] | None] | None = None, **kwargs: Any) -> list[float | None]:
     """1.0 when the extracted answer matches the gold or an alias (``is_exact_match``; numbers within
-    ``tolerance`` absolute or ``rel_tolerance`` relative), else max token F1 over gold+aliases if ``partial``,
-    else 0.0; 0.0 whenever the text has more than one ``<answer>`` tag; None without gold."""
+    ``tolerance`` absolute or ``rel_tolerance`` relative), else max token F1 over the gold and aliases that are
+    not numbers if ``partial``, else 0.0; 0.0 whenever the text has more than one ``<answer>`` tag; None without
+    gold."""
     check_answer_match(tolerance=tolerance, rel_tolerance=rel_tolerance)
 
     def score(text: str, gold_list: list[str]) -> float:
@@ -46,7 +48,11 @@ def answer_match(completions: Sequence[Any], *, partial: bool = False, tolerance
             return 0.0
         if matches(pred, gold_list, tolerance, rel_tolerance):
             return 1.0
-        return max(token_f1(pred, g) for g in gold_list) if partial else 0.0
+        if not partial:
+            return 0.0
+        # A numeric gold is matched by value or not at all: token overlap would pay "1,500" for "1,000" (the
+        # "1") or a wrong unit for the right one. Text golds get their F1.
+        return max((token_f1(pred, g) for g in gold_list if gold_forms(g)[1] is None), default=0.0)
 
     return _score_golds(completions, answer, aliases, score)
 
@@ -127,7 +133,9 @@ def _text_tuple(value: Any) -> tuple[str, ...]:
 
 def _reply_parts(reply: str) -> str:
     # An example reply scored like a completion: think and answer, not the tag names.
-    return f"{think_text(reply)} {extract_answer(reply) or ''}" if "<think>" in reply else reply
+    # Any tag will do: an example that answers without a think block still has tag names to leave out.
+    tagged = any(tag in reply for tag in _TAGS)
+    return f"{think_text(reply)} {extract_answer(reply) or ''}" if tagged else reply
 
 
 @functools.lru_cache(maxsize=1024)

@@ -22,7 +22,12 @@ STOPWORDS = frozenset({
     "it", "its", "this", "that", "these", "those", "which", "who", "what", "there", "their",
     "they", "he", "she", "his", "her", "has", "have", "had", "do", "does", "did", "so", "than"})
 _NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?", re.ASCII)
+# A number with its scale word ("3 million", "1.5 billion"): group 1 the number, group 2 the scale.
+_SCALED_NUMBER = re.compile(rf"({_NUMBER.pattern})(?:\s*(thousand|million|billion)s?\b)?", re.ASCII | re.IGNORECASE)
 _CURRENCY = "$€£%"
+# A sign before a currency symbol ("-$5", "- €5") belongs to the number: "-$5" is -5, not 5.
+_SIGNED_CURRENCY = re.compile(r"-\s*[$€£]\s*(?=\d)")
+MINUS = "\u2212"  # the minus sign of typeset text ("−5 °C"), not the ASCII hyphen-minus
 
 # Number words, for golds or answers written out ("ninety-two"). English only, up to the billions: enough for
 # scores, years and prices, and cheap because it only runs when a gold is numeric and the answer has no digits.
@@ -101,11 +106,29 @@ def _fold_run(match: re.Match[str]) -> str:
     return "".join([_FOLD[ch] for ch in match.group()])
 
 
+# A number's own marks, kept through the fold: thousands separators go ("1,000" is "1000", as in the number
+# match), and a leading minus stays, as MINUS (a symbol, which the fold keeps): "-3" must not equal "3".
+_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
+_SIGN = re.compile(r"(?<![\w.,\-\u2212])[-\u2212](?=\d)")
+
+
+def number_marks(text: str) -> str:
+    """``text`` with thousands separators removed and each leading minus of a number written as MINUS."""
+    if "," in text:
+        text = _THOUSANDS.sub("", text)
+    if "-" in text or MINUS in text:
+        text = _SIGN.sub(MINUS, text)
+    return text
+
+
 def _fold(text: str) -> str:
-    """Lowercase, accents dropped, punctuation as spaces."""
+    """Lowercase, accents dropped, punctuation as spaces, numbers as ``number_marks`` writes them."""
+    if not text.isascii():
+        # Decomposed before lowercasing: a letter such as "𝐁" is an uppercase "B" only after NFKD.
+        text = unicodedata.normalize("NFKD", text)
+    text = number_marks(text).lower()
     if text.isascii():
-        return text.lower().translate(_ASCII_FOLD)
-    text = unicodedata.normalize("NFKD", text.lower())
+        return text.translate(_ASCII_FOLD)
     # str.translate takes a slow path on any non-ASCII string (measured 2x slower than all of this): fold the
     # ASCII bulk as UTF-8 bytes, whose multi-byte sequences (>= 0x80) pass unchanged, then only the non-ASCII
     # runs character by character. surrogatepass: model text may hold lone surrogates, which must not raise.
@@ -157,13 +180,23 @@ def _finite(value: float) -> float | None:
 
 
 def words_number(tokens: Sequence[str]) -> float | None:
-    """Value of the first run of English number words in normalized tokens ("ninety two points" → 92)."""
+    """Value of the first run of English number words in normalized tokens ("ninety two points" → 92, "nineteen
+    ninety two" → 1992). Words that cannot continue the number end it ("one two three" → 1)."""
     total = current = 0
-    seen = False
+    seen = after_small = False
     for tok in tokens:
         if tok in _SMALL:
-            current += _SMALL[tok]
-        elif tok == "hundred":
+            value = _SMALL[tok]
+            if not after_small or (value < 10 and current % 100 >= 20 and current % 10 == 0):
+                current += value  # "twenty" then "two"
+            elif value >= 10 and current % 100 >= 10:
+                current = current * 100 + value  # a year read in pairs: "nineteen" then "ninety"
+            else:
+                break
+            seen = after_small = True
+            continue
+        after_small = False
+        if tok == "hundred":
             current = max(current, 1) * 100
         elif tok in _SCALES:
             total, current = total + max(current, 1) * _SCALES[tok], 0
@@ -177,20 +210,34 @@ def words_number(tokens: Sequence[str]) -> float | None:
     return float(total + current) if seen else None
 
 
+def _number_text(text: str) -> str:
+    # Digits and signs as _NUMBER reads them: full-width digits and the typeset minus become ASCII, and a sign
+    # before a currency symbol moves onto the number.
+    if not text.isascii():
+        text = unicodedata.normalize("NFKC", text).replace(MINUS, "-")
+    return _SIGNED_CURRENCY.sub("-", text) if "-" in text else text
+
+
+def _scaled(match: re.Match[str]) -> float | None:
+    value = float(match.group(1).replace(",", ""))
+    return _finite(value * _SCALES[match.group(2).lower()] if match.group(2) else value)
+
+
 def answer_number(pred: str) -> float | None:
-    """First number in an answer: digits ("about 1,000 metres" → 1000), else number words."""
-    match = _NUMBER.search(pred)
+    """First number in an answer: digits ("about 1,000 metres" → 1000, "3 million" → 3000000), else number
+    words."""
+    match = _SCALED_NUMBER.search(_number_text(pred))
     if match:
-        return _finite(float(match.group().replace(",", "")))
+        return _scaled(match)
     return words_number(normalize(pred).split())
 
 
 @functools.lru_cache(maxsize=4096)
 def gold_forms(gold: str) -> tuple[str, float | None]:
     """(match key, number or None) of a gold answer; cached because a GRPO group shares its gold."""
-    bare = gold.strip().strip(_CURRENCY).strip()
-    match = _NUMBER.fullmatch(bare)
-    number = _finite(float(match.group().replace(",", ""))) if match else None
+    bare = _number_text(gold.strip()).strip(_CURRENCY).strip()
+    match = _SCALED_NUMBER.fullmatch(bare)
+    number = _scaled(match) if match else None
     if number is None:
         # A gold counts as numeric when it is only number words ("ninety-two").
         tokens = normalize(bare).split()
