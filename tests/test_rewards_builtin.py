@@ -106,6 +106,8 @@ def test_words_number(tokens, expected):
     ("<answer>3 thousandth</answer>", "3000", {}, 0.0),
     ("<answer>nineteen ninety-two</answer>", "1992", {}, 1.0),
     ("<answer>one two three</answer>", "6", {}, 0.0),
+    ("<answer>.5</answer>", "0.5", {}, 1.0), ("<answer>0.5</answer>", ".5", {}, 1.0),
+    ("<answer>.5</answer>", "5", {}, 0.0), ("<answer>-.5 %</answer>", "-0.5%", {}, 1.0),
 ])
 def test_answer_match_numbers(text, gold, params, expected):
     assert answer_match([text], answer=[gold], **params) == [expected]

@@ -21,7 +21,7 @@ STOPWORDS = frozenset({
     "with", "from", "as", "into", "about", "is", "are", "was", "were", "be", "been", "being",
     "it", "its", "this", "that", "these", "those", "which", "who", "what", "there", "their",
     "they", "he", "she", "his", "her", "has", "have", "had", "do", "does", "did", "so", "than"})
-_NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?", re.ASCII)
+_NUMBER = re.compile(r"-?(?:\d+(?:,\d{3})*(?:\.\d+)?|\.\d+)", re.ASCII)  # ".5" too: 0.5, not 5
 # A number with its scale word ("3 million", "1.5 billion"): group 1 the number, group 2 the scale.
 _SCALED_NUMBER = re.compile(rf"({_NUMBER.pattern})(?:\s*(thousand|million|billion)s?\b)?", re.ASCII | re.IGNORECASE)
 _CURRENCY = "$€£%"
