@@ -78,20 +78,22 @@ def test_duplicate_id_across_files(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "row, key",
+    "row, key, got",
     [
-        ({"id": "a"}, "text"),
-        ({"id": "a", "text": "  "}, "text"),
-        ({"id": "a", "text": 3}, "text"),
-        ({"id": "", "text": "empty id"}, "id"),
-        ({"id": "a", "text": "x", "title": 7}, "title"),
+        ({"id": "a"}, "text", "none (the key is missing)"),
+        ({"id": "a", "text": "  "}, "text", "a blank string"),
+        ({"id": "a", "text": 3}, "text", 'the number 3 (quote it: "3")'),
+        ({"id": "", "text": "empty id"}, "id", "a blank string"),
+        ({"id": "a", "text": "x", "title": 7}, "title", 'the number 7 (quote it: "7")'),
+        ({"id": "a", "text": ["x"]}, "text", "a list"),
+        ({"id": "a", "text": None}, "text", "null"),
     ],
 )
-def test_bad_document_field_names_file_line_and_key(tmp_path, row, key):
+def test_bad_document_field_names_file_line_and_key(tmp_path, row, key, got):
     path = write_jsonl(tmp_path / "docs.jsonl", [{"id": "ok", "text": "fine"}, row])
     with pytest.raises(DataError) as err:
         load_documents([path])
-    assert str(err.value) == f"{path}:2: '{key}' must be a non-empty string"
+    assert str(err.value) == f"{path}:2: '{key}' must be a non-empty string, got {got}"
 
 
 def test_invalid_json_names_the_line(tmp_path):
@@ -138,20 +140,23 @@ def test_load_qa(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "row, key",
+    "row, key, got",
     [
-        ({"answer": "Nebbiolo"}, "question"),
-        ({"question": "Which grape?"}, "answer"),
-        ({"question": "Which grape?", "answer": " "}, "answer"),
-        ({"question": "Which grape?", "answer": 1997}, "answer"),
-        ({"question": "Which grape?", "answer": "x", "source": 3}, "source"),
+        ({"answer": "Nebbiolo"}, "question", "none (the key is missing)"),
+        ({"question": "Which grape?"}, "answer", "none (the key is missing)"),
+        ({"question": "Which grape?", "answer": " "}, "answer", "a blank string"),
+        # pandas' to_json writes a year as a number: the message says so, not that it is empty.
+        ({"question": "Which grape?", "answer": 1997}, "answer", 'the number 1997 (quote it: "1997")'),
+        ({"question": "Which grape?", "answer": True}, "answer", "true"),
+        ({"question": "Which grape?", "answer": "x", "source": 3}, "source", 'the number 3 (quote it: "3")'),
+        ({"question": "Which grape?", "answer": "x", "source": {"id": "a"}}, "source", "an object"),
     ],
 )
-def test_qa_requires_question_and_answer(tmp_path, row, key):
+def test_qa_requires_question_and_answer(tmp_path, row, key, got):
     path = write_jsonl(tmp_path / "qa.jsonl", [{"question": "q", "answer": "a"}, row])
     with pytest.raises(DataError) as err:
         load_qa(path)
-    assert str(err.value) == f"{path}:2: '{key}' must be a non-empty string"
+    assert str(err.value) == f"{path}:2: '{key}' must be a non-empty string, got {got}"
 
 
 @pytest.mark.parametrize("aliases", ["Spanna", ["Spanna", 3], {"a": "b"}, ""])

@@ -237,8 +237,22 @@ def string_field(obj: dict, key: str, where: str, required: bool = True) -> str:
     if value is None and not required:
         return ""
     if not isinstance(value, str) or (required and not value.strip()):
-        raise DataError(f"{where}: '{key}' must be a non-empty string")
+        raise DataError(f"{where}: '{key}' must be a non-empty string, got {_what(obj, key)}")
     return check_text(value, f"'{key}'", where)
+
+
+def _what(obj: dict, key: str) -> str:
+    # What the field holds, in JSON's words: a number is the commonest mistake (pandas writes a year as 1997).
+    value = obj.get(key)
+    if key not in obj:
+        return "none (the key is missing)"
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, (int, float)):
+        return f"the number {json.dumps(value)} (quote it: \"{json.dumps(value)}\")"
+    if isinstance(value, str):
+        return "a blank string"
+    return "a list" if isinstance(value, list) else "an object"
 
 
 def check_text(value: str, what: str, where: str) -> str:
