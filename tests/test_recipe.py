@@ -185,7 +185,8 @@ def test_an_override_fills_in_a_section_left_empty(tmp_path):
     assert load_recipe(WINE_R1, ["training.trl=null", "training.trl.optim=sgd"]).training.trl == {"optim": "sgd"}
     assert load_recipe(WINE, ["rewards.0.params=null", "rewards.0.params.partial=false"]).rewards[0].params == {
         "partial": False}
-    with pytest.raises(RecipeError, match=re.escape("override eval.limit.x: eval.limit is not a section")):
+    with pytest.raises(RecipeError, match=re.escape("override eval.limit.x: eval.limit is not a section but 5; set "
+                                                    "it whole (eval.limit=...)")):
         load_recipe(recipe, ["eval.limit=5", "eval.limit.x=1"])  # a value in the way is still an error
 
 
@@ -244,7 +245,10 @@ def test_override_values_are_parsed_as_yaml():
         (["rewards.².weight=2"], "rewards.² is not an index of a 6-item list"),
         (["rewards.٠.weight=2"], "rewards.٠ is not an index of a 6-item list"),
         ([f"rewards.{'9' * 5000}.weight=2"], " is not an index of a 6-item list"),
-        (["model.dtype.bits=4"], "model.dtype is not a section"),
+        (["model.dtype.bits=4"], "model.dtype is not a section but \"float32\"; set it whole (model.dtype=...)"),
+        # wine.yaml's corpus entries are plain paths (winemag.yaml's are sections with a path).
+        (["data.corpus.0.path=my.csv"], "data.corpus.0 is not a section but \"data/wine/docs.jsonl\"; set it whole "
+                                        "(data.corpus.0=...)"),
         (["=3"], "must look like section.field=value"),
         (["data=null"], "data: required, and empty (null) here"),
         (["rewards.0.name=null"], "rewards.0.name: required, and empty (null) here"),

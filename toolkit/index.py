@@ -386,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = Parser("python -m toolkit.index", "Build or update a recipe's retrieval index.")
     parser.add_argument("recipe", help="path to a recipe YAML, e.g. recipes/wine.yaml")
-    parser.add_overrides("dotted overrides: data.corpus.0.path=my.csv output_dir=/tmp/x")
+    parser.add_overrides("dotted overrides: 'data.corpus=[my.csv]' output_dir=/tmp/x")
     parser.add_argument("--eval", action="store_true", help="also print recall@k and MRR on the eval questions")
     args = parser.parse_intermixed_args(argv)
     console = setup_logging()

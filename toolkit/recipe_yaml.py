@@ -6,6 +6,7 @@ the line, for invalid YAML), as the schema's do.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -112,6 +113,11 @@ def deep_merge(base: dict, child: dict, origins: dict, child_path: Path, prefix:
         origins[here] = child_path
 
 
+def _shown(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= 60 else f"{text[:57]}..."
+
+
 def apply_override(raw: dict, override: str, path: Path, origins: dict) -> None:
     """Set `section.field=value` (value parsed as YAML; list items by index) in the raw recipe, in place.
     `origins` (key path, list indices as ints → the file that set it) then names `path` for what was set.
@@ -137,7 +143,10 @@ def apply_override(raw: dict, override: str, path: Path, origins: dict) -> None:
                 raise RecipeError(f"{path}: override {key}: {where} is not an index of a {len(node)}-item list")
             part = int(part)
         elif not isinstance(node, dict):
-            raise RecipeError(f"{path}: override {key}: {'.'.join(parts[:depth])} is not a section")
+            parent = ".".join(parts[:depth])
+            # A corpus entry may be a plain path in one recipe and a section in another: say what is there.
+            raise RecipeError(f"{path}: override {key}: {parent} is not a section but {_shown(node)}; set it whole "
+                              f"({parent}=...)")
         located.append(part)
         if last:
             try:
