@@ -20,6 +20,7 @@ from toolkit.report import (
     in_the_way,
     render_markdown,
     save_dir_atomic,
+    verdicts,
     write_atomic,
     write_report,
 )
@@ -128,6 +129,19 @@ def test_atomic_writes_get_the_modes_of_plain_writes(tmp_path):
         os.umask(previous)
     assert stat.S_IMODE((tmp_path / "report.json").stat().st_mode) == 0o640
     assert stat.S_IMODE((tmp_path / "adapter").stat().st_mode) == 0o750
+
+
+def test_one_question_is_singular():
+    found = {"mean": 1.0, "low": 1.0, "high": 1.0, "significant": False, "questions": 1}
+    report = {
+        "recipe": {"output_dir": "runs/x", "model": {"name_or_path": "m"}},
+        "base": {"answer_match": 0.0}, "tuned": {"answer_match": 1.0}, "eval": {"questions": 1},
+        "differences": {"tuned - base": {"answer_match": found}},
+    }
+    assert "evaluated on 1 held-out question (" in render_markdown(report)
+    assert comparison_table(report).title.startswith("1 eval question, greedy;")
+    assert verdicts(report)[0].endswith("over 1 question: not significant (too few questions: see "
+                                        "toolkit.metrics.MIN_QUESTIONS)")
 
 
 def test_markdown_and_console_table():

@@ -35,6 +35,7 @@ from toolkit.report import (
     cannot_write,
     comparison_table,
     in_the_way,
+    plural,
     table_console,
     write_report,
 )
@@ -92,7 +93,7 @@ def evaluate_column(recipe: Recipe, model, tokenizer, rows: list[dict], label: s
     if label not in COLUMNS:
         raise ValueError(f"unknown eval column {label!r}; known: {', '.join(COLUMNS)}")
     with_context = label != "no_context"
-    logger.info("evaluating %s on %d questions", label, len(rows))
+    logger.info("evaluating %s on %s", label, plural(len(rows), "question"))
     prompts = [row["prompt"] if with_context else no_context_prompt(recipe, row) for row in rows]
     texts, lengths, truncated = generate(model, tokenizer, prompts, recipe.eval.max_new_tokens, recipe.eval.batch_size,
                                          share_prefix)

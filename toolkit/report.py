@@ -171,7 +171,7 @@ def verdicts(report: dict, name: str = "answer_match") -> list[str]:
                        "not significant (too few questions: see toolkit.metrics.MIN_QUESTIONS)")
             lines.append(
                 f"{VERDICTS[key]} ({DIFFERENCE_TITLES[key]}), {name}: {_fmt(found['mean'], True)} "
-                f"{_interval(found, True)} over {found['questions']} questions: {verdict}"
+                f"{_interval(found, True)} over {plural(found['questions'], 'question')}: {verdict}"
             )
     return lines
 
@@ -186,8 +186,8 @@ def table_console(stderr: bool = False) -> Console:
 def comparison_table(report: dict) -> Table:
     """The console table: each column's mean over its 95% interval, then the differences (n.s.: not significant)."""
     confidence = report.get("eval", {}).get("bootstrap", {}).get("confidence", 0.95)
-    table = Table(title=f"{report['eval']['questions']} eval questions, greedy; mean over its {confidence:.0%} "
-                  "interval; n.s.: interval spans 0, or fewer than 5 questions")
+    table = Table(title=f"{plural(report['eval']['questions'], 'eval question')}, greedy; mean over its "
+                  f"{confidence:.0%} interval; n.s.: interval spans 0, or fewer than 5 questions")
     table.add_column("metric", no_wrap=True)
     for label in columns(report):
         table.add_column(COLUMN_TITLES[label], justify="right")
@@ -251,7 +251,8 @@ def render_markdown(report: dict) -> str:
     lines = [
         f"# Run report: {report['recipe']['output_dir']}",
         "",
-        f"{model}; evaluated on {evaluation['questions']} held-out questions (greedy decoding, the same prompts for "
+        f"{model}; evaluated on {plural(evaluation['questions'], 'held-out question')} (greedy decoding, the same "
+        "prompts for "
         f"every column; retrieval top_k = {evaluation.get('top_k', '?')}).",
         "",
     ]
