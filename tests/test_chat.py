@@ -243,6 +243,11 @@ def test_blank_lines_are_skipped_and_exit_ends_the_session(monkeypatch):
     chat._answer_questions(recipe, Index(), model, None, None, Console(file=out, width=200),
                            Console(file=io.StringIO()))
     assert model.asked == 2 and out.getvalue().count("answer: Nebbiolo") == 2
+    # A BOM before the first line (a file saved by Notepad) does not hide an exit.
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"\ufeffquit\n{QUESTION}\n"))
+    chat._answer_questions(recipe, Index(), model, None, None, Console(file=out, width=200),
+                           Console(file=io.StringIO()))
+    assert model.asked == 2
 
 
 @pytest.mark.parametrize("tty", [False, True])

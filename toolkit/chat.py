@@ -140,7 +140,8 @@ def _answer_questions(recipe: Recipe, index, model, question: str | None, k: int
     prompt = "question> " if sys.stdin.isatty() else ""
     while True:
         try:
-            question = input(prompt).strip()
+            # A file saved with a BOM starts with U+FEFF, which strip() keeps: "quit" would be asked, not obeyed.
+            question = input(prompt).lstrip("\ufeff").strip()
         except (EOFError, KeyboardInterrupt):
             return
         if not question:
