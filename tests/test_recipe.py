@@ -682,6 +682,18 @@ def test_warmup_under_a_constant_schedule_is_refused():
     assert load_recipe(WINE, ["training.warmup_steps=10", "training.lr_scheduler_type=constant_with_warmup"])
 
 
+def test_an_overlong_limit_above_the_generation_limit_is_refused():
+    # wine.yaml generates at most 48 tokens: a completion cut there under L = 64, B = 16 would keep its full reward.
+    with pytest.raises(RecipeError) as err:
+        load_recipe(WINE, ["rewards.4.params={max_completion_length: 64, overlong_buffer: 16}"])
+    assert str(err.value).endswith(
+        "rewards.4.params.max_completion_length: above training.max_completion_length (48), so a completion cut "
+        "there would keep part of its reward; set it to 48 (got 64)")
+    assert load_recipe(WINE, ["rewards.4.params={max_completion_length: 48, overlong_buffer: 16}"])
+    assert load_recipe(WINE, ["rewards.4.params={max_completion_length: 64, overlong_buffer: 16}",
+                              "training.max_completion_length=64"])
+
+
 def test_trl_passthrough_names_every_bad_key():
     with pytest.raises(RecipeError) as err:
         load_recipe(WINE, ["training.trl={optim: adamw_torch, max_grad_nrm: 1, seed: 3}"])

@@ -442,6 +442,7 @@ def test_accepted_params(name, expected):
     ("length", {"max_completion_length": 64, "overlong_buffer": 65}, "overlong_buffer must be in [1"),
     ("length", {"max_completion_length": 6.5, "overlong_buffer": 1}, "max_completion_length must be an integer"),
     ("length", {"overlong_buffer": -1}, "overlong_buffer must be an integer >= 0"),
+    ("length", {"overlong_buffer": 16}, "overlong_buffer 16 does nothing without max_completion_length"),
     ("repetition", {"ngram_size": 0}, "reward 'repetition': ngram_size must be an integer >= 1, got 0"),
     ("repetition", {"ngram_size": 2.5}, "ngram_size must be an integer >= 1"),
     ("repetition", {"max_penalty": 0}, "reward 'repetition': max_penalty must be in (0, 1], got 0"),

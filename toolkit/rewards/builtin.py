@@ -349,6 +349,10 @@ def check_length(*, min_words: Any, max_words: Any, falloff: Any, unit: Any = "w
     for key, value in (("max_completion_length", max_completion_length), ("overlong_buffer", overlong_buffer)):
         if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
             raise ValueError(f"reward 'length': {key} must be an integer >= 0, got {value!r}")
+    if overlong_buffer and not max_completion_length:
+        raise ValueError(f"reward 'length': overlong_buffer {overlong_buffer} does nothing without "
+                         "max_completion_length (the overlong penalty is off at 0); set that to the recipe's "
+                         "training.max_completion_length")
     if max_completion_length and not 0 < overlong_buffer <= max_completion_length:
         raise ValueError(f"reward 'length': overlong_buffer must be in [1, max_completion_length "
                          f"({max_completion_length})], got {overlong_buffer!r}")
