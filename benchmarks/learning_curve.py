@@ -16,6 +16,7 @@ greedy), both measured in the same run; `answer_match_ratio` is after / before (
 `seconds` is the whole run's wall time (index, three evaluations, training); `train_seconds` the GRPO part.
 Target (issue 9): format_after ≥ 0.8 and answer_match_gain ≥ 0.30 within 10 minutes.
 `--from-report runs/wine/report.json` prints the same line for a finished `make run` without training again.
+The script runs in the project root: relative paths in the recipe and in overrides are read from there.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def main(argv: list[str] | None = None) -> int:
     parser = Parser(f"python benchmarks/{Path(__file__).name}", __doc__)
-    parser.add_overrides("recipe overrides, e.g. training.max_steps=5")
+    parser.add_overrides("recipe overrides, e.g. training.max_steps=5 (paths in them are read from the project "
+                         "root, where the script runs)")
     parser.add_argument("--recipe", default=str(ROOT / "recipes" / "wine.yaml"))
     parser.add_argument("--output-dir", type=Path, help="default: a new folder under runs/bench/")
     parser.add_argument("--from-report", type=Path, metavar="REPORT_JSON",
@@ -48,6 +50,11 @@ def main(argv: list[str] | None = None) -> int:
                         "instead of training again")
     args = parser.parse_intermixed_args(argv)
     if args.from_report is not None:
+        # It reads a finished run: anything that would shape a new one is a mistake, not a no-op to accept.
+        ignored = [*(["--recipe"] if args.recipe != parser.get_default("recipe") else []),
+                   *(["--output-dir"] if args.output_dir is not None else []), *args.overrides]
+        if ignored:
+            parser.error(f"--from-report reads a finished run; {', '.join(ignored)} would do nothing with it")
         try:
             report = json.loads(args.from_report.read_text(encoding="utf-8"))
         except (OSError, ValueError) as err:

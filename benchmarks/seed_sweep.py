@@ -75,7 +75,8 @@ def seed_value(value: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = Parser(f"python benchmarks/{Path(__file__).name}", __doc__)
     parser.add_overrides("recipe overrides for every arm, e.g. training.max_steps=5; they go before --seeds and "
-                         "--variant, which take every value after them")
+                         "--variant, which take every value after them (paths in them are read from the project "
+                         "root, where the script runs)")
     parser.add_argument("--recipe", default=str(ROOT / "recipes" / "wine.yaml"))
     parser.add_argument("--seeds", type=seed_value, nargs="+", default=[42, 1, 2], metavar="SEED",
                         help="training.seed of each run of every arm (default: 42 1 2)")

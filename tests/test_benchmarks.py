@@ -63,6 +63,9 @@ def test_help_prints_usage_and_the_whole_first_paragraph(script, tmp_path):
     # Refused before the model loads (0 rounds failed after it with KeyError: 'plain').
     ("bench_generation.py", ["--rounds", "0"], "--rounds must be at least 1, got 0"),
     ("bench_generation.py", ["--groups", "-1"], "--groups must be at least 1, got -1"),
+    # --from-report reads a finished run: what would shape a new one was accepted and did nothing.
+    ("learning_curve.py", ["--from-report", "report.json", "--recipe", "r.yaml", "training.max_steps=1"],
+     "--from-report reads a finished run; --recipe, --output-dir, training.max_steps=1 would do nothing with it"),
 ])
 def test_a_users_mistake_is_one_line_and_exit_2(script, args, expected, tmp_path):
     out = tmp_path / "out"
