@@ -325,3 +325,20 @@ def test_a_packaged_base_whose_cache_is_gone_is_made_again(tmp_path, monkeypatch
     model = chat.AdapterChat(load_recipe(RECIPE, [f"output_dir={run}"]), run / "adapter", 8)
     assert conversions == [tmp_path / "cache" / "toolkit"]
     assert model.model.peft_config and model.tokenizer.chat_template
+
+
+def test_an_adapter_asked_with_another_prompt_than_the_run_is_warned_about(tmp_path, caplog):
+    # The run trained with prompt.open_think; chat with the recipe alone would prompt without <think>: said, and
+    # the chat goes on (another prompt may be the point). The same prompt says nothing.
+    from test_export import _finished_run, record_prompt
+
+    run = _finished_run(tmp_path)
+    record_prompt(run, open_think=True)
+    model = chat.AdapterChat(load_recipe(RECIPE, [f"output_dir={run}"]), run / "adapter", 8)
+    assert ("asking the model unlike its training: prompt.open_think is true in the run (report.json) but false "
+            "here: chat with the overrides the run trained with (prompt.open_think=true)") in caplog.text
+    assert model.prefix == ""  # asked as this recipe says
+    caplog.clear()
+    model = chat.AdapterChat(load_recipe(RECIPE, [f"output_dir={run}", "prompt.open_think=true"]), run / "adapter", 8)
+    assert "unlike its training" not in caplog.text
+    assert model.prefix == "<think>"

@@ -370,3 +370,25 @@ def test_the_base_columns_run_without_the_adapter_loaded_before_them(tmp_path, m
     assert torch.equal(calls[0][1], plain)  # the base columns: the base model's own logits, exactly
     assert not torch.allclose(calls[1][1], plain)  # the tuned column: the adapter's
     assert report["adapter"] == str(tmp_path / "adapter") and (tmp_path / "eval" / "report.json").is_file()
+
+
+def test_an_adapter_evaluated_with_another_prompt_than_its_run_is_warned_about(tmp_path, monkeypatch, caplog):
+    # The adapter's run trained with prompt.open_think; the recipe alone would score it asked otherwise.
+    from test_export import _finished_run, record_prompt
+
+    from toolkit.models import ModelError
+
+    run = _finished_run(tmp_path)
+    record_prompt(run, open_think=True)
+
+    def stop(*args, **kwargs):
+        raise ModelError("stopped before the columns")
+
+    monkeypatch.setattr(evaluate, "evaluate_recipe", stop)
+    assert evaluate.main(["recipes/wine.yaml", "--adapter", str(run / "adapter"), "--out", str(tmp_path / "e")]) == 2
+    assert ("asking the model unlike its training: prompt.open_think is true in the run (report.json) but false "
+            "here: evaluate with the overrides the run trained with (prompt.open_think=true)") in caplog.text
+    caplog.clear()
+    assert evaluate.main(["recipes/wine.yaml", "--adapter", str(run / "adapter"), "--out", str(tmp_path / "e"),
+                          "prompt.open_think=true"]) == 2
+    assert "unlike its training" not in caplog.text

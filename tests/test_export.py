@@ -17,6 +17,7 @@ import torch
 from export_run import FORMATS, RECIPE, exported_run
 
 from toolkit import export as export_mod
+from toolkit import run_record
 from toolkit.export_folder import sha256_file
 from toolkit.gguf_convert import ConvertError, check_architecture, convert
 from toolkit.recipe import load_recipe
@@ -430,6 +431,61 @@ def test_files_left_by_an_earlier_export_are_named_not_described(tmp_path, caplo
     assert manifest["older_files"] == ["merged/", "model-f16.gguf"]
     assert json.loads((run / "export" / "manifest.json").read_text())["older_files"] == ["merged/", "model-f16.gguf"]
     assert f"{run / 'export' / 'model-f16.gguf'} is left from an earlier export, not made by this one" in caplog.text
+
+
+# ------------------------------------------------------------------------- the prompt the run trained with
+
+
+def record_prompt(run: Path, **changes) -> None:
+    """Record in the run's report.json, as toolkit.run does, wine.yaml's recipe with its prompt changed so."""
+    report = json.loads((run / "report.json").read_text())
+    report["recipe"] = load_recipe(RECIPE).model_dump(mode="json")
+    report["recipe"]["prompt"] |= changes
+    (run / "report.json").write_text(json.dumps(report))
+
+
+def test_an_export_with_another_prompt_than_the_run_is_refused(tmp_path, capsys):
+    # Trained with prompt.open_think, exported with the recipe alone: the merged template would lose its <think>.
+    run = _finished_run(tmp_path)
+    record_prompt(run, open_think=True)
+    assert export_mod.main(["recipes/wine.yaml", "--run", str(run), "--formats", "merged"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert ("error: prompt.open_think is true in the run (report.json) but false here: export with the overrides "
+            "the run trained with (prompt.open_think=true)") in err, err
+    assert not (run / "export").exists()
+    # With the run's overrides it exports, and the template opens replies as in training.
+    assert export_mod.main(["recipes/wine.yaml", "--run", str(run), "--formats", "merged", "prompt.open_think=true"]) \
+        == 0
+    assert "<think>" in (run / "export" / "merged" / "chat_template.jinja").read_text()
+
+
+def test_prompt_differences_compare_with_the_prompt_report_json_records(tmp_path):
+    run = _finished_run(tmp_path)
+    recipe = load_recipe(RECIPE)
+    assert run_record.prompt_differences(recipe, run) == []  # a report without a recipe: nothing to compare
+    record_prompt(run)
+    assert run_record.prompt_differences(recipe, run) == []  # the same prompt
+    record_prompt(run, open_think=True, system="Answer.")
+    differences = run_record.prompt_differences(recipe, run)
+    assert differences == [("prompt.system", "Answer.", recipe.prompt.system), ("prompt.open_think", True, False)]
+    assert run_record.prompt_mismatch(differences, "export") == (
+        f'prompt.system is "Answer." in the run (report.json) but {json.dumps(recipe.prompt.system)[:57]}... here '
+        '(and prompt.open_think): export with the overrides the run trained with (prompt.system="Answer.", '
+        'prompt.open_think=true)')
+    # A report from before open_think existed: that run trained without it.
+    report = json.loads((run / "report.json").read_text())
+    del report["recipe"]["prompt"]["open_think"], report["recipe"]["prompt"]["system"]
+    (run / "report.json").write_text(json.dumps(report))
+    assert run_record.prompt_differences(load_recipe(RECIPE, ["prompt.open_think=true"]), run) == [
+        ("prompt.open_think", False, True)]
+    # A long value is not repeated as an override: report.json holds it.
+    record_prompt(run, system="x" * 100)
+    assert run_record.prompt_mismatch(run_record.prompt_differences(recipe, run), "chat").endswith(
+        "chat with the overrides the run trained with (prompt.system as report.json's recipe)")
+    # An interrupted run has no report, and an adapter-only export ships no template: neither is checked.
+    assert export_mod.export(recipe, run, ["adapter"])["ok"]
+    (run / "report.json").unlink()
+    assert run_record.prompt_differences(recipe, run) == []
 
 
 # ----------------------------------------------------------------- a cleared model cache, a killed export

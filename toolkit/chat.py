@@ -80,13 +80,16 @@ class AdapterChat:
     """The run's base model plus a LoRA adapter in transformers, generating as `toolkit.evaluate` does."""
 
     def __init__(self, recipe: Recipe, adapter: Path, max_new_tokens: int):
-        from toolkit.export import base_model_path
         from toolkit.models import check_adapter, load_adapter, load_model, run_adapter_hint
+        from toolkit.run_record import base_model_path, warn_if_asked_otherwise
 
         if not (adapter / "adapter_config.json").is_file():
             hint = run_adapter_hint(adapter) or "train first, or pass --adapter DIR or --gguf FILE"
             raise ModelError(f"no LoRA adapter in {adapter}: {hint}")
         check_adapter(adapter)  # a broken adapter fails before the base model is loaded
+        # The model is asked with this recipe's prompt: said when the run trained with another one (a recipe
+        # loaded without the run's overrides), not refused, since trying another prompt can be the point.
+        warn_if_asked_otherwise(recipe, adapter, "chat")
         model, self.tokenizer = load_model(base_model_path(recipe, recipe.output_dir), recipe.model.dtype)
         self.prefix = prepare_replies(self.tokenizer, [], recipe.prompt)  # the reply opening, shown as trained
         self.model = load_adapter(model, adapter)

@@ -225,6 +225,7 @@ def _out_folder(value: str) -> Path:
 def main(argv: list[str] | None = None) -> int:
     from toolkit.cli import ERRORS, Parser, fail, folder_arg, load_with_overrides, setup_logging
     from toolkit.models import check_adapter, run_adapter_hint
+    from toolkit.run_record import warn_if_asked_otherwise
 
     parser = Parser("python -m toolkit.evaluate", __doc__)
     parser.add_argument("recipe", help="path to a recipe YAML, e.g. recipes/wine.yaml")
@@ -245,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ModelError(f"{args.adapter}: not a LoRA adapter folder (no adapter_config.json)"
                                  + (f"; {hint}" if hint else ""))
             check_adapter(args.adapter)  # a broken one fails now, not after the base model's columns
+            warn_if_asked_otherwise(recipe, args.adapter, "evaluate")
         # Not the run's eval/: that holds the predictions its report points to.
         out = args.out or recipe.output_dir / "evaluate"
         blocked = None if args.out else in_the_way(out, files=EVAL_FILES) or run_outputs(out)

@@ -5,7 +5,8 @@ Writes `<run>/export/` (run: the recipe's output_dir unless --run):
 - `adapter/`: the peft LoRA adapter of the run.
 - `merged/`: base + LoRA merged into plain weights (safetensors, config, tokenizer, chat template). The base is
   reloaded unquantized first (export.dtype; auto: the recipe's dtype, bfloat16 after 4-bit training): a LoRA is
-  never merged into quantized weights.
+  never merged into quantized weights. Its chat template is the recipe's `prompt` (`prompt.open_think`): an export
+  whose `prompt` differs from the one the run's report.json records is refused before anything is written.
 - `model-f32.gguf`, `model-f16.gguf`: merged/ converted by `toolkit.gguf_convert`, offline.
 - `model-q8_0.gguf`, `model-q4_k_m.gguf`: made from the F32 (else F16) file by llama.cpp's own quantizer.
 - `manifest.json`: every file with its size and sha256, the quant types, and per GGUF file the comparison of its
@@ -40,10 +41,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from toolkit.export_folder import GGUF_FILES, check_outputs, dir_entry, file_entry, remove_leftovers
-from toolkit.models import PACKAGED_PREFIX, ModelError, check_adapter, load_adapter, loading
+from toolkit.models import check_adapter, load_adapter, loading
 from toolkit.prompts import prepare_replies
 from toolkit.recipe import ExportFormat, PromptSection, Recipe
 from toolkit.report import save_dir_atomic, write_atomic
+from toolkit.run_record import base_model_path, prompt_differences, prompt_mismatch
 from toolkit.verify import ExportError, Reference, cpu_threads, require_llama_cpp, verify_gguf
 
 logger = logging.getLogger("toolkit.export")  # not __name__: "__main__" under python -m
@@ -102,6 +104,12 @@ def export(recipe: Recipe, run_dir: str | Path | None = None, formats: list[str]
     if not (adapter_dir / "adapter_config.json").is_file():
         raise ExportError(f"no adapter in {adapter_dir}: {_no_adapter_hint(run_dir, recipe_run)}")
     ggufs = [f for f in formats if f in GGUF_FILES]
+    # The merged model and the GGUF files keep the chat template this recipe's prompt makes (prompt.open_think)
+    # and are verified on its prompts: another prompt than the run's would ship a model asked unlike its training.
+    # The adapter alone holds no template.
+    differences = prompt_differences(recipe, run_dir) if "merged" in formats or ggufs else []
+    if differences:
+        raise ExportError(prompt_mismatch(differences, "export"))
     check_export_ready(formats, recipe.export.verify)  # before minutes of merging, not after
     # The adapter alone needs no base: it is only named in the manifest, as the run recorded it.
     base_path = base_model_path(recipe, run_dir, resolve="merged" in formats or bool(ggufs))
@@ -209,66 +217,6 @@ def _export(recipe: Recipe, run_dir: Path, formats: list[str], dtype: str, adapt
     }
     write_atomic(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
     return manifest
-
-
-def base_model_path(recipe: Recipe, run_dir: Path, resolve: bool = True) -> str:
-    """The base the run trained: report.json's `model_path` when the run finished, else the recipe's model. With
-    `resolve` false, that name as recorded, neither checked nor converted (an export that never loads the base)."""
-    from toolkit.models import resolve_model
-
-    report = run_dir / "report.json"
-    if report.is_file():
-        try:
-            found = json.loads(report.read_text(encoding="utf-8"))
-        except (ValueError, OSError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-            raise ExportError(f"{report}: unreadable run report ({err})") from err
-        if not isinstance(found, dict):
-            raise ExportError(f"{report}: not a run report (a JSON object), got {type(found).__name__}")
-        path = found.get("model_path")
-        if path is not None:
-            # A hand-edited or foreign report must not send a number or a list to the hub as a repo id.
-            if not isinstance(path, str) or not path.strip():
-                raise ExportError(f"{report}: model_path must be a model folder or hub id, got {path!r}")
-            if not resolve:
-                return path
-            try:
-                return resolve_model(path)
-            except ModelError as err:
-                if os.path.lexists(path):  # there but broken: nothing to make again
-                    raise ExportError(f"{report}: model_path: {err}") from None
-                return _gone_base_again(recipe, report, found, path, err)
-    if not resolve:  # an unfinished run: the adapter says what it was trained on, the recipe may not
-        from toolkit.checkpoints import adapter_config
-
-        named = (adapter_config(run_dir / "adapter") or {}).get("base_model_name_or_path")
-        return named if isinstance(named, str) and named.strip() else recipe.model.name_or_path
-    return resolve_model(recipe.model.name_or_path, recipe.model.cache_dir)
-
-
-def _gone_base_again(recipe: Recipe, report: Path, found: dict, path: str, err: ModelError) -> str:
-    """A run's base folder that is gone: a packaged model's conversion lives in a cache (model_path), and a cleared
-    cache or another XDG_CACHE_HOME must not strand the run. The report's recipe names the packaged model, which
-    converts again into the current cache; any other base is the user's to put back."""
-    from toolkit.models import resolve_model
-
-    recorded = found.get("recipe")
-    model = recorded.get("model") if isinstance(recorded, dict) else None
-    name = model.get("name_or_path") if isinstance(model, dict) else None
-    if not isinstance(name, str) or not name.startswith(PACKAGED_PREFIX):
-        raise ExportError(f"{report}: model_path: {err}; the run trained that base model, and it is gone (a model "
-                          "cache cleared or moved?): put it back, or set model_path to where it is now") from None
-    try:
-        again = resolve_model(name, recipe.model.cache_dir)
-    except ModelError as again_err:
-        raise ExportError(f"{report}: model_path: {err}, and the run's {name} cannot be made again: {again_err}") \
-            from None
-    logger.info("%s: the run's base model %s is gone (a model cache cleared or moved?); using %s made again from "
-                "its package: %s", report, path, name, again)
-    # The cache folder's name holds the package version and conversion revision: another one may hold other weights.
-    if Path(again).name != Path(path).name:
-        logger.warning("%s: the run trained %s as %s, but it is now %s (another package version or conversion): "
-                       "the adapter may not fit it", report, name, Path(path).name, Path(again).name)
-    return again
 
 
 def _config_dict(model_path: str) -> dict:
