@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import itertools
+import random
 import re
 from pathlib import Path
 
 import pytest
 from transformers import AutoTokenizer
 
-from toolkit.chunking import Chunk, chunk_documents
+from toolkit.chunking import Chunk, _windows, chunk_documents
 from toolkit.data import Document, load_documents
 from toolkit.models import resolve_embedder
 
@@ -91,8 +94,8 @@ def test_single_token_words_stay_within_size(tokenizer):
 def test_a_long_word_after_the_overlap_does_not_repeat_the_last_window(tokenizer):
     # Before "zq-zq-...", too long to share a window with the overlap, the next window starts at the long word
     # itself; stepping back would give windows that hold only words already chunked ("w8 w9", "w9").
-    long_word = "-".join(["zq"] * 20)
-    assert n_tokens(tokenizer, long_word) > 16 - 4
+    long_word = "-".join(["zq"] * 5 + ["z"])
+    assert n_tokens(tokenizer, long_word) == 16  # it fits a window, but not beside the 4 tokens of overlap
     doc = Document("d", " ".join(f"w{i}" for i in range(10)) + " " + long_word)
     chunks = chunk_documents([doc], tokenizer, 16, 4)
     covered = [spans(doc, chunks)[0]]
@@ -182,3 +185,73 @@ def test_document_hash_of_a_lone_surrogate_is_a_data_error():
 
     with pytest.raises(DataError, match=r"^document 'bad': .* lone surrogate"):
         document_hash(Document("bad", "caf\ud800"), 128, 16, "e")
+
+
+# ------------------------------------------------------------------------------------------- words longer than a chunk
+
+
+def doc_tokens(tokenizer, doc: Document, start: int, end: int) -> int:
+    """How many of the document's own embedder tokens lie in text[start:end]."""
+    offsets = tokenizer(doc.text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    return sum(start <= s and e <= end for s, e in offsets if e > s)
+
+
+def test_text_without_spaces_is_cut_into_windows_of_at_most_size_tokens(tokenizer):
+    # Chinese has no spaces: the whole document is one "word", and it was one chunk of 1140 tokens, of which the
+    # embedder (MiniLM reads 256) never saw most. Each Chinese character is one MiniLM token.
+    # (The characters are shuffled, so that each chunk's text is found only where it was cut.)
+    doc = Document("zh", "".join(random.Random(0).choices("葡萄酒是一种由发酵葡萄制成的酒精饮料。", k=1140)))
+    assert n_tokens(tokenizer, doc.text) == len(doc.text) == 1140
+    chunks = chunk_documents([doc], tokenizer, 128, 16)
+    where = spans(doc, chunks)
+    assert [start for start, _ in where] == [112 * i for i in range(11)]  # each window shares 16 tokens with the last
+    assert [end - start for start, end in where] == [128] * 10 + [1140 - 10 * 112]
+    assert all(c.text == doc.text[start:end] for c, (start, end) in zip(chunks, where, strict=True))
+    assert [c.tokens for c in chunks] == [n_tokens(tokenizer, c.text) for c in chunks]
+
+
+def test_a_long_word_among_words_is_cut_on_its_token_boundaries(tokenizer):
+    # A 5000-character base64 blob (or a long URL) in ordinary text: windows of at most `size` of the document's
+    # tokens, cut where one of its tokens starts, overlapping, together covering the whole text.
+    blob = "".join(random.Random(0).choices("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/", k=5000))
+    doc = Document("d", "## Attachment\n\nThe file below is the label, base64 encoded: " + blob + " End of file.")
+    chunks = chunk_documents([doc], tokenizer, 128, 16)
+    where = spans(doc, chunks)
+    assert len(chunks) > 5000 // 4 // 128
+    assert where[0][0] == 0 and where[-1][1] == len(doc.text)
+    assert chunks[0].text.startswith("## Attachment\n\nThe file below")  # the heading stays with what follows it
+    assert chunks[-1].text.endswith(" End of file.")
+    offsets = tokenizer(doc.text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    cuts = {s for s, e in offsets if e > s} | {e for s, e in offsets if e > s}
+    for chunk, (start, end) in zip(chunks, where, strict=True):
+        assert start in cuts and end in cuts
+        assert chunk.tokens == doc_tokens(tokenizer, doc, start, end) <= 128
+    for (start_a, end_a), (start_b, end_b) in itertools.pairwise(where):
+        assert start_a < start_b < end_a < end_b
+        assert doc_tokens(tokenizer, doc, start_b, end_a) in range(8, 17)  # about `overlap` tokens shared
+
+
+def test_a_long_word_is_never_cut_inside_a_character():
+    # Offsets as other tokenizers give them: a token per code point, so one may start on a combining accent or
+    # either side of a zero-width joiner; and a byte-level BPE's two tokens of one emoji, both on that character.
+    text = ("Cafe\u0301" + "\U0001F468\u200d\U0001F469" + "\U0001F600") * 40
+    offsets = [(i, i + 1) for i in range(len(text))]
+    offsets = [span for span in offsets for _ in range(2 if text[span[0]] == "\U0001F600" else 1)]
+    windows = _windows(text, len(offsets), lambda: offsets, 16, 4)
+    assert len(windows) > 1 and windows[0][0] == 0 and windows[-1][1] == len(text)
+    for start, end, tokens in windows:
+        assert tokens <= 16
+        for cut in (start, end):
+            assert cut in (0, len(text)) or not (text[cut] in "\u0301\u200d" or text[cut - 1] == "\u200d"), cut
+    assert all(tokens == sum(start <= s < end for s, _ in offsets) for start, end, tokens in windows)
+
+
+def test_the_wine_corpus_chunks_as_it_always_has(tokenizer):
+    # The fix for long words changes no chunk of ordinary text: these are the ids of data/wine's chunks before it
+    # (its longest word is 8 tokens), so the chunk ids (content hashes) of an existing index stay valid.
+    docs = load_documents([WINE / "docs.jsonl"])
+    expected = {(128, 16): (52, "6457e286e0e00b18"), (64, 16): (104, "e1c91e15cb4b6006"),
+                (32, 8): (203, "7d2a5dc89f3bb6a5"), (16, 4): (401, "a15df45b91e962a7")}
+    for (size, overlap), (count, digest) in expected.items():
+        ids = [chunk.id for chunk in chunk_documents(docs, tokenizer, size, overlap)]
+        assert (len(ids), hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]) == (count, digest), size

@@ -71,6 +71,28 @@ def test_markdown_errors_name_the_heading_line(tmp_path):
         load_documents([path, other])
 
 
+def test_markdown_lines_end_only_at_line_breaks(tmp_path):
+    # A form feed (between the pages of text taken from a PDF), U+2028 and the other characters str.splitlines also
+    # splits on end no Markdown line: "\x0c# 2 Results" is no heading, and each stays in the text as it was.
+    path = tmp_path / "notes.md"
+    page_one = "# Report\nPage one ends here.\x0c# 2 Results\nPage two.\u2028# 3 No\x85# 4 No\x0b\x1c\x1d\x1e\u2029"
+    path.write_bytes((page_one + "\r\n\r# Fino\r\nBody.\n").encode())
+    docs = docs_of(path)
+    assert [(d.id, d.text) for d in docs] == [("notes#report", page_one), ("notes#fino", "# Fino\nBody.")]
+
+
+def test_markdown_line_numbers_count_only_line_breaks(tmp_path):
+    from toolkit.data import load_documents
+
+    path = tmp_path / "notes.md"
+    path.write_bytes("# Report\nPage one.\x0cPage two.\u2028\x85\x0b\r\n\r# Fino\r\nBody.\n".encode())
+    # "# Fino" is on line 4: neither the form feed nor U+2028, U+0085 or \v ends a line.
+    other = tmp_path / "other.jsonl"
+    other.write_text(json.dumps({"id": "notes#fino", "text": "clash"}) + "\n")
+    with pytest.raises(DataError, match=r"other.jsonl:1: duplicate document id 'notes#fino' \(first in .*notes.md:4\)"):
+        load_documents([path, other])
+
+
 @pytest.mark.parametrize(
     "name, message", [("empty.md", "empty document"), ("empty.jsonl", r"empty document \(no JSON lines\)")]
 )

@@ -115,6 +115,14 @@ def test_non_utf8_text_names_the_line(tmp_path):
     assert str(err.value) == f"{path}:1: not UTF-8 text (byte 0xe9 at offset 3); save it as UTF-8"
 
 
+def test_non_utf8_text_counts_lines_as_the_readers_do(tmp_path):
+    # \r alone ends a line (as in Markdown, JSON lines and CSV files); \r\n once; a form feed never.
+    path = tmp_path / "latin1.md"
+    path.write_bytes(b"# Ros\xc3\xa9\rPage one.\x0cPage two.\r\nfrom Provence, c\xf4te\n")
+    with pytest.raises(DataError, match=rf"^{re.escape(str(path))}:3: not UTF-8 text \(byte 0xf4 at offset 45\)"):
+        read_text(path)
+
+
 def test_byte_order_mark_is_dropped(tmp_path):
     path = tmp_path / "bom.txt"
     path.write_bytes(b"\xef\xbb\xbfFino")

@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import itertools
 import json
 import re
+import unicodedata
 from dataclasses import dataclass, field
 
 from toolkit.loaders import DataError, Document
 from toolkit.models import ModelError
 
 # Part of every document hash: bump it when chunk_documents changes, so memoized chunk ids are not reused.
-CHUNKER_VERSION = 3
+# 4: a word longer than a chunk is cut between its tokens. Ordinary text chunks as in 3, so its chunk ids (and the
+# stored embeddings) stay; but without the bump an index would keep a long-word document's one over-long chunk.
+CHUNKER_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -34,7 +38,9 @@ def chunk_documents(docs: list[Document], tokenizer, size: int, overlap: int) ->
 
     Paragraphs (separated by a blank line) are packed into a chunk while they fit; a paragraph longer than `size`
     is cut into windows that share about `overlap` tokens, the first of which also takes the short paragraphs
-    before it (a heading is never left alone). A word longer than `size` tokens stands alone.
+    before it (a heading is never left alone). A word longer than `size` tokens (a run of text with no space: a
+    URL, base64, Chinese or Japanese) is cut between its tokens, as if each were a word; the cuts never fall inside
+    a character, and the chunks are still slices of the document's text.
     """
     chunks = []
     encode = _encoder(tokenizer)
@@ -98,8 +104,11 @@ def _windows(text: str, count: int, offsets, size: int, overlap: int) -> list[tu
     # Tokens per word: each token belongs to the word its first character is in.
     counts = [0] * len(words)
     word_starts = [start for start, _ in words]
-    for tok_start, _ in real:
-        counts[max(bisect.bisect_right(word_starts, tok_start) - 1, 0)] += 1
+    owners = [max(bisect.bisect_right(word_starts, tok_start) - 1, 0) for tok_start, _ in real]
+    for owner in owners:
+        counts[owner] += 1
+    if max(counts) > size:
+        words, counts = _split_long_words(text, words, counts, [s for s, _ in real], owners, size)
     # Paragraphs: runs of words with no blank line between them.
     breaks = [i for i in range(1, len(words)) if text.count("\n", words[i - 1][1], words[i][0]) >= 2]
     paragraphs = list(zip([0, *breaks], [*breaks, len(words)], strict=True))
@@ -120,6 +129,39 @@ def _windows(text: str, count: int, offsets, size: int, overlap: int) -> list[tu
     if group:
         windows.append(group)
     return [(words[first][0], words[end - 1][1], tokens) for first, end, tokens in windows]
+
+
+def _split_long_words(
+    text: str, words: list[tuple[int, int]], counts: list[int], starts: list[int], owners: list[int], size: int
+) -> tuple[list[tuple[int, int]], list[int]]:
+    """`words` and their token counts, each word of more than `size` tokens cut into pieces of one token.
+
+    `starts` are the tokens' first characters and `owners` the words they belong to. A piece starts where a token
+    does, but never before a combining mark or inside a sequence joined by U+200D (ZWJ), and tokens that start on
+    the same character (a byte-level BPE's pieces of one character) stay together.
+    """
+    cuts: dict[int, list[int]] = {}
+    for start, owner in zip(starts, owners, strict=True):
+        if counts[owner] > size:
+            cuts.setdefault(owner, []).append(start)
+    pieces, piece_counts = [], []
+    for i, (begin, end) in enumerate(words):
+        if i not in cuts:
+            pieces.append((begin, end))
+            piece_counts.append(counts[i])
+            continue
+        bounds = [begin, *sorted({s for s in cuts[i] if begin < s < end and _may_cut(text, s)}), end]
+        tokens = [0] * (len(bounds) - 1)
+        for start in cuts[i]:  # a token that starts past the word's end (in the space after it) joins its last piece
+            tokens[min(max(bisect.bisect_right(bounds, start) - 1, 0), len(tokens) - 1)] += 1
+        pieces += itertools.pairwise(bounds)
+        piece_counts += tokens
+    return pieces, piece_counts
+
+
+def _may_cut(text: str, at: int) -> bool:
+    """Whether `text` may be cut before `at` without splitting a character as a reader sees it."""
+    return not unicodedata.category(text[at]).startswith("M") and "\u200d" not in text[at - 1 : at + 1]
 
 
 def _word_windows(counts: list[int], first: int, stop: int, size: int, overlap: int) -> list[tuple[int, int, int]]:

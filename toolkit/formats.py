@@ -32,6 +32,7 @@ from toolkit.loaders import (
     read_jsonl,
     read_text,
     render,
+    split_lines,
     string_field,
     template_fields,
 )
@@ -133,7 +134,7 @@ def _markdown_sections(path: Path, file_id: str, text: str) -> list[tuple[Docume
     current: tuple[int, list[str], list[str]] = (0, [], [])
     stack: list[tuple[int, str]] = []  # (level, title) of the enclosing headings
     fence = ""  # the open code fence; as in CommonMark, only the same character, at least as many, closes it
-    for lineno, line in enumerate(text.splitlines(), 1):
+    for lineno, line in enumerate(split_lines(text), 1):  # a form feed or U+2028 in a line stays in it
         marks = _FENCE.match(line)
         if marks and not fence and not ("`" in marks.group(1) and "`" in marks.group(2)):
             fence, heading = marks.group(1), None

@@ -152,7 +152,7 @@ def read_text(path: Path) -> str:
     try:
         return raw.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as err:
-        line = raw.count(b"\n", 0, err.start) + 1
+        line = len(_LINE_BREAK_BYTES.findall(raw, 0, err.start)) + 1
         raise DataError(
             f"{path}:{line}: not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start}); save it as UTF-8"
         ) from None
@@ -192,12 +192,25 @@ def render(template: str, values: dict[str, str]) -> str:
 # ------------------------------------------------------------------------------------------- shared by the readers
 
 
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+_LINE_BREAK_BYTES = re.compile(rb"\r\n|\r|\n")
+
+
+def split_lines(text: str) -> list[str]:
+    """The lines of `text`, split only on \\r\\n, \\r and \\n (as CommonMark does); a final break gives a last "".
+
+    Not str.splitlines: it also splits on form feeds (which text extracted from PDFs holds between pages), \\v,
+    \\x1c-\\x1e, U+0085, U+2028 and U+2029, none of which ends a line in a Markdown, JSON lines or CSV file.
+    """
+    return _LINE_BREAK.split(text)
+
+
 def read_jsonl(path: Path) -> list[tuple[int, dict]]:
     """(line number, object) for each non-blank line."""
     rows = []
-    # Not str.splitlines: it also splits on U+2028, U+0085 and others, which JSON allows raw inside strings (and
-    # json.dumps(..., ensure_ascii=False) writes so). A raw \r or \n never is.
-    for lineno, line in enumerate(re.split(r"\r\n|\r|\n", read_text(path)), 1):
+    # JSON allows U+2028, U+0085 and the others raw inside strings (json.dumps(..., ensure_ascii=False) writes so);
+    # a raw \r or \n never is.
+    for lineno, line in enumerate(split_lines(read_text(path)), 1):
         if not line.strip():
             continue
         try:
