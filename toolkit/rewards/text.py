@@ -262,7 +262,7 @@ def golds(answer: Any, aliases: Any) -> list[str]:
 
 def matches(pred: str, gold_list: Sequence[str], tolerance: float = 0.0, rel_tolerance: float = 0.0) -> bool:
     """Normalized ``pred`` equals a gold; for a numeric gold, ``pred``'s first number equals it (within the
-    tolerances) instead: normalization drops signs and separators, so "-3" would otherwise match "3"."""
+    tolerances) instead, so that "92 points" matches "92" and "-$3" does not match "3"."""
     key = number = None
     for gold in gold_list:
         gold_key, gold_number = gold_forms(gold)
