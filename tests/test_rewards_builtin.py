@@ -108,6 +108,18 @@ def test_words_number(tokens, expected):
     ("<answer>one two three</answer>", "6", {}, 0.0),
     ("<answer>.5</answer>", "0.5", {}, 1.0), ("<answer>0.5</answer>", ".5", {}, 1.0),
     ("<answer>.5</answer>", "5", {}, 0.0), ("<answer>-.5 %</answer>", "-0.5%", {}, 1.0),
+    # Only full-width digits and minus signs become ASCII: a footnote mark or a fraction adds no digits.
+    ("<answer>1992¹</answer>", "1992", {}, 1.0), ("<answer>10³</answer>", "103", {}, 0.0),
+    ("<answer>2½</answer>", "21", {}, 0.0),
+    # A minus glued to a word is a hyphen; "minus" and "negative" are signs.
+    ("<answer>mid-2019</answer>", "2019", {}, 1.0), ("<answer>COVID-19</answer>", "19", {}, 1.0),
+    ("<answer>x-5</answer>", "-5", {}, 0.0), ("<answer>minus 5</answer>", "5", {}, 0.0),
+    ("<answer>minus five</answer>", "5", {}, 0.0), ("<answer>negative 3</answer>", "3", {}, 0.0),
+    ("<answer>minus five</answer>", "-5", {}, 1.0), ("<answer>minus 5 °C</answer>", "minus five", {}, 1.0),
+    # Digit groups are exactly three: "1,0000" is not 1000.
+    ("<answer>1,0000</answer>", "1000", {}, 0.0), ("<answer>1,2345</answer>", "1234", {}, 0.0),
+    # A gold's closing period or plus sign keeps it numeric.
+    ("<answer>in 1992</answer>", "1992.", {}, 1.0), ("<answer>5 points</answer>", "+5", {}, 1.0),
 ])
 def test_answer_match_numbers(text, gold, params, expected):
     assert answer_match([text], answer=[gold], **params) == [expected]
@@ -224,6 +236,21 @@ def test_adversarial_cases(variant, expected):
     scores = build_reward(name, dict(params))(texts, answer=[GOLD] * n, aliases=[[]] * n, context=[CONTEXT] * n)
     assert dict(zip(CASES, scores, strict=True)) == {k: pytest.approx(v) for k, v in zip(CASES, expected,
                                                                                          strict=True)}
+
+
+@pytest.mark.parametrize("words", ["twenty", "nineteen", "hundred", "thousand"])
+def test_a_loop_of_number_words_scores_without_raising(words):
+    # 160 repeated number words read as one number overflowed float() (the answer side and the gold side).
+    loop = f"{words} " * 160
+    assert answer_match([f"<answer>{loop}</answer>"], answer=["5"]) == [0.0]
+    assert answer_match(["<answer>5</answer>"], answer=[loop]) == [0.0]
+
+
+def test_the_sign_before_a_currency_or_a_bare_decimal_is_kept_by_normalize():
+    assert normalize("-$5") == normalize("−$5") == "\u22125" and normalize("-.5") == "\u22120 5"
+    assert normalize(".5") == normalize("0.5") == "0 5"
+    assert context_grounding(["<answer>-$5</answer>", "<answer>−$5</answer>"], context=[["a fee of $5"]] * 2) == [
+        0.0, 0.0]
 
 
 def test_a_number_grounds_with_or_without_its_separators():

@@ -21,13 +21,21 @@ STOPWORDS = frozenset({
     "with", "from", "as", "into", "about", "is", "are", "was", "were", "be", "been", "being",
     "it", "its", "this", "that", "these", "those", "which", "who", "what", "there", "their",
     "they", "he", "she", "his", "her", "has", "have", "had", "do", "does", "did", "so", "than"})
-_NUMBER = re.compile(r"-?(?:\d+(?:,\d{3})*(?:\.\d+)?|\.\d+)", re.ASCII)  # ".5" too: 0.5, not 5
+# A minus glued to a word is a hyphen ("mid-2019", "COVID-19"); digit groups are exactly three ("1,0000" is no
+# 1000); ".5" is 0.5, not 5.
+_NUMBER = re.compile(r"(?:(?<![\w.,])-)?(?:\d+(?:,\d{3}(?!\d))*(?:\.\d+)?|\.\d+)", re.ASCII)
 # A number with its scale word ("3 million", "1.5 billion"): group 1 the number, group 2 the scale.
 _SCALED_NUMBER = re.compile(rf"({_NUMBER.pattern})(?:\s*(thousand|million|billion)s?\b)?", re.ASCII | re.IGNORECASE)
 _CURRENCY = "$€£%"
 # A sign before a currency symbol ("-$5", "- €5") belongs to the number: "-$5" is -5, not 5.
-_SIGNED_CURRENCY = re.compile(r"-\s*[$€£]\s*(?=\d)")
+_SIGNED_CURRENCY = re.compile(r"-\s*[$€£]\s*(?=\.?\d)")
 MINUS = "\u2212"  # the minus sign of typeset text ("−5 °C"), not the ASCII hyphen-minus
+# Only these become ASCII for the number match: NFKC would also turn "1992¹" into 19921 and "2½" into 21.
+_NUMBER_CHARS = str.maketrans({**{chr(0xFF10 + d): str(d) for d in range(10)}, MINUS: "-", "\uff0d": "-",
+                               "\uff0e": ".", "\uff0c": ","})
+_NEGATED = re.compile(r"\b(?:minus|negative)\s*$", re.IGNORECASE)
+_WORD_SIGNS = ("minus", "negative")
+_LARGEST = 10**15  # number words past this are a loop, not an answer (and their float would overflow)
 
 # Number words, for golds or answers written out ("ninety-two"). English only, up to the billions: enough for
 # scores, years and prices, and cheap because it only runs when a gold is numeric and the answer has no digits.
@@ -109,15 +117,20 @@ def _fold_run(match: re.Match[str]) -> str:
 # A number's own marks, kept through the fold: thousands separators go ("1,000" is "1000", as in the number
 # match), and a leading minus stays, as MINUS (a symbol, which the fold keeps): "-3" must not equal "3".
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
+_BARE_DECIMAL = re.compile(r"(?<![\w.,])\.(?=\d)")  # ".5" is "0.5"
+_SIGN_BEFORE_CURRENCY = re.compile(r"(?<![\w.,\-\u2212])[-\u2212]\s*([$€£])\s*(?=\d)")  # "-$5" is "$-5"
 _SIGN = re.compile(r"(?<![\w.,\-\u2212])[-\u2212](?=\d)")
 
 
 def number_marks(text: str) -> str:
-    """``text`` with thousands separators removed and each leading minus of a number written as MINUS."""
+    """``text`` with thousands separators removed, bare decimals given their 0 (".5" → "0.5") and each leading
+    minus of a number (also before its currency symbol: "-$5" → "$−5") written as MINUS."""
     if "," in text:
         text = _THOUSANDS.sub("", text)
+    if "." in text:
+        text = _BARE_DECIMAL.sub("0.", text)
     if "-" in text or MINUS in text:
-        text = _SIGN.sub(MINUS, text)
+        text = _SIGN.sub(MINUS, _SIGN_BEFORE_CURRENCY.sub(r"\1-", text))
     return text
 
 
@@ -183,8 +196,13 @@ def words_number(tokens: Sequence[str]) -> float | None:
     """Value of the first run of English number words in normalized tokens ("ninety two points" → 92, "nineteen
     ninety two" → 1992). Words that cannot continue the number end it ("one two three" → 1)."""
     total = current = 0
-    seen = after_small = False
+    seen = after_small = negative = False
     for tok in tokens:
+        if total + current > _LARGEST:
+            return None
+        if tok in _WORD_SIGNS and not seen:
+            negative = True  # "minus five"; dropped again unless a number word follows at once
+            continue
         if tok in _SMALL:
             value = _SMALL[tok]
             if not after_small or (value < 10 and current % 100 >= 20 and current % 10 == 0):
@@ -205,16 +223,19 @@ def words_number(tokens: Sequence[str]) -> float | None:
         elif seen:
             break
         else:
+            negative = False
             continue
         seen = True
-    return float(total + current) if seen else None
+    if not seen or total + current > _LARGEST:
+        return None
+    return -float(total + current) if negative else float(total + current)
 
 
 def _number_text(text: str) -> str:
     # Digits and signs as _NUMBER reads them: full-width digits and the typeset minus become ASCII, and a sign
     # before a currency symbol moves onto the number.
     if not text.isascii():
-        text = unicodedata.normalize("NFKC", text).replace(MINUS, "-")
+        text = text.translate(_NUMBER_CHARS)
     return _SIGNED_CURRENCY.sub("-", text) if "-" in text else text
 
 
@@ -226,22 +247,28 @@ def _scaled(match: re.Match[str]) -> float | None:
 def answer_number(pred: str) -> float | None:
     """First number in an answer: digits ("about 1,000 metres" → 1000, "3 million" → 3000000), else number
     words."""
-    match = _SCALED_NUMBER.search(_number_text(pred))
+    text = _number_text(pred)
+    match = _SCALED_NUMBER.search(text)
     if match:
-        return _scaled(match)
+        value = _scaled(match)
+        # "minus 5", "negative 3": the sign in words. (A "-" before them would make "minus -5": left as -5.)
+        negated = value is not None and value > 0 and _NEGATED.search(text, 0, match.start())
+        return -value if negated else value
     return words_number(normalize(pred).split())
 
 
 @functools.lru_cache(maxsize=4096)
 def gold_forms(gold: str) -> tuple[str, float | None]:
     """(match key, number or None) of a gold answer; cached because a GRPO group shares its gold."""
-    bare = _number_text(gold.strip()).strip(_CURRENCY).strip()
+    # A closing period ("1992.") and a plus sign ("+5") do not make a number text.
+    bare = _number_text(gold.strip()).rstrip(".").strip(_CURRENCY).strip().removeprefix("+")
     match = _SCALED_NUMBER.fullmatch(bare)
     number = _scaled(match) if match else None
     if number is None:
         # A gold counts as numeric when it is only number words ("ninety-two").
         tokens = normalize(bare).split()
-        if tokens and all(t in _SMALL or t in _SCALES or t in ("hundred", "and") for t in tokens):
+        if tokens and all(t in _SMALL or t in _SCALES or t in ("hundred", "and") for t in tokens[tokens[0] in
+                                                                                             _WORD_SIGNS:]):
             number = words_number(tokens)
     return answer_key(gold), number
 
