@@ -392,3 +392,20 @@ def test_an_adapter_evaluated_with_another_prompt_than_its_run_is_warned_about(t
     assert evaluate.main(["recipes/wine.yaml", "--adapter", str(run / "adapter"), "--out", str(tmp_path / "e"),
                           "prompt.open_think=true"]) == 2
     assert "unlike its training" not in caplog.text
+
+
+@pytest.mark.parametrize("where", ["export/adapter", "trainer/checkpoint-3"])
+def test_an_exported_adapter_or_a_checkpoint_is_checked_against_its_run(tmp_path, monkeypatch, caplog, where):
+    # export/adapter (what users ship) and a checkpoint live one folder deeper than adapter/: same run, same check.
+    import shutil
+
+    from test_export import _finished_run, record_prompt
+
+    from toolkit.models import ModelError
+
+    run = _finished_run(tmp_path)
+    record_prompt(run, open_think=True)
+    shutil.copytree(run / "adapter", run / where)
+    monkeypatch.setattr(evaluate, "evaluate_recipe", lambda *a, **k: (_ for _ in ()).throw(ModelError("stop")))
+    assert evaluate.main(["recipes/wine.yaml", "--adapter", str(run / where), "--out", str(tmp_path / "e")]) == 2
+    assert "asking the model unlike its training: prompt.open_think is true in the run" in caplog.text

@@ -133,8 +133,10 @@ def _gone_base_again(recipe: Recipe, report: Path, found: dict, path: str, err: 
 
 
 def warn_if_asked_otherwise(recipe: Recipe, adapter: Path, command: str) -> None:
-    """Log a warning when `recipe`'s prompt is not the one the adapter's run (the folder holding it) trained with.
-    A warning, not an error: asking a trained adapter another way can be the point (chat, evaluate)."""
-    differences = prompt_differences(recipe, adapter.parent)
+    """Log a warning when `recipe`'s prompt is not the one the adapter's run trained with: the run holding it as
+    adapter/, as export/adapter or as trainer/checkpoint-N. A warning, not an error: asking a trained adapter another
+    way can be the point (chat, evaluate)."""
+    run = adapter.parent.parent if adapter.parent.name in ("export", "trainer") else adapter.parent
+    differences = prompt_differences(recipe, run)
     if differences:
         logger.warning("asking the model unlike its training: %s", prompt_mismatch(differences, command))
