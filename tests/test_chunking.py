@@ -246,6 +246,18 @@ def test_a_long_word_is_never_cut_inside_a_character():
     assert all(tokens == sum(start <= s < end for s, _ in offsets) for start, end, tokens in windows)
 
 
+def test_a_long_word_is_never_cut_inside_a_hangul_syllable_or_before_a_skin_tone():
+    # A syllable spelled in conjoining jamo (lead, vowel, final) and a hand with its skin tone are one character to
+    # a reader: a token per code point must not cut them.
+    text = ("\u1112\u1161\u11ab" + "\U0001F44B\U0001F3FD") * 40
+    offsets = [(i, i + 1) for i in range(len(text))]
+    windows = _windows(text, len(offsets), lambda: offsets, 16, 4)
+    assert len(windows) > 1
+    for start, end, _ in windows:
+        for cut in (start, end):
+            assert cut in (0, len(text)) or text[cut] in "\u1112\U0001F44B", (cut, hex(ord(text[cut])))
+
+
 def test_the_wine_corpus_chunks_as_it_always_has(tokenizer):
     # The fix for long words changes no chunk of ordinary text: these are the ids of data/wine's chunks before it
     # (its longest word is 8 tokens), so the chunk ids (content hashes) of an existing index stay valid.

@@ -160,8 +160,13 @@ def _split_long_words(
 
 
 def _may_cut(text: str, at: int) -> bool:
-    """Whether `text` may be cut before `at` without splitting a character as a reader sees it."""
-    return not unicodedata.category(text[at]).startswith("M") and "\u200d" not in text[at - 1 : at + 1]
+    """Whether `text` may be cut before `at` without splitting a character as a reader sees it: not before a
+    combining mark, a Hangul vowel or final jamo (a syllable spelled in conjoining jamo) or a skin-tone modifier,
+    nor next to a zero-width joiner."""
+    char = text[at]
+    return not (unicodedata.category(char).startswith("M") or "\u1160" <= char <= "\u11ff"
+                or "\ud7b0" <= char <= "\ud7ff" or "\U0001f3fb" <= char <= "\U0001f3ff"
+                or "\u200d" in text[at - 1 : at + 1])
 
 
 def _word_windows(counts: list[int], first: int, stop: int, size: int, overlap: int) -> list[tuple[int, int, int]]:
