@@ -60,6 +60,7 @@ def test_extract_answer_ignores_the_think_block(text, expected):
     # Years read in pairs; words that cannot continue a number end it.
     ("nineteen ninety two", 1992), ("twenty twenty one", 2021), ("two thousand nineteen", 2019),
     ("one two three", 1), ("ten five", 10), ("twenty two", 22), ("one hundred two", 102),
+    ("five and ten", 5), ("minus five", -5), ("negative review five", 5), ("twenty " * 160, None),
 ])
 def test_words_number(tokens, expected):
     assert words_number(tokens.split()) == expected
@@ -120,6 +121,17 @@ def test_words_number(tokens, expected):
     ("<answer>1,0000</answer>", "1000", {}, 0.0), ("<answer>1,2345</answer>", "1234", {}, 0.0),
     # A gold's closing period or plus sign keeps it numeric.
     ("<answer>in 1992</answer>", "1992.", {}, 1.0), ("<answer>5 points</answer>", "+5", {}, 1.0),
+    # A sign word before a currency symbol; a decimal point glued to a word; "and" between two numbers; a sign
+    # word in another clause; a list bullet; a doubled hyphen; the small and the superscript minus.
+    ("<answer>minus $3</answer>", "3", {}, 0.0), ("<answer>minus $3</answer>", "-3", {}, 1.0),
+    ("<answer>Chanel No.5</answer>", "5", {}, 1.0), ("<answer>between five and ten</answer>", "15", {}, 0.0),
+    ("<answer>two thousand and nineteen</answer>", "2019", {}, 1.0),
+    ("<answer>The test was negative. Five cases.</answer>", "5", {}, 1.0),
+    ("<answer>- $5</answer>", "$5", {}, 1.0), ("<answer>--7</answer>", "7", {}, 1.0),
+    ("<answer>﹣3</answer>", "3", {}, 0.0), ("<answer>⁻3</answer>", "-3", {}, 1.0),
+    # Several numbers in words are not one numeric gold: "four-four-two" is text, not 4.
+    ("<answer>4</answer>", "four-four-two", {}, 0.0), ("<answer>four-four-two</answer>", "four-four-two", {}, 1.0),
+    ("<answer>14</answer>", "Seven and Seven", {}, 0.0), ("<answer>one</answer>", "One, Two, Three", {}, 0.0),
 ])
 def test_answer_match_numbers(text, gold, params, expected):
     assert answer_match([text], answer=[gold], **params) == [expected]
@@ -249,6 +261,7 @@ def test_a_loop_of_number_words_scores_without_raising(words):
 def test_the_sign_before_a_currency_or_a_bare_decimal_is_kept_by_normalize():
     assert normalize("-$5") == normalize("−$5") == "\u22125" and normalize("-.5") == "\u22120 5"
     assert normalize(".5") == normalize("0.5") == "0 5"
+    assert normalize("1990−1995") == normalize("1990-1995") == "1990 1995" and normalize("--7") == "7"
     assert context_grounding(["<answer>-$5</answer>", "<answer>−$5</answer>"], context=[["a fee of $5"]] * 2) == [
         0.0, 0.0]
 

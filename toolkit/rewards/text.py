@@ -21,20 +21,23 @@ STOPWORDS = frozenset({
     "with", "from", "as", "into", "about", "is", "are", "was", "were", "be", "been", "being",
     "it", "its", "this", "that", "these", "those", "which", "who", "what", "there", "their",
     "they", "he", "she", "his", "her", "has", "have", "had", "do", "does", "did", "so", "than"})
-# A minus glued to a word is a hyphen ("mid-2019", "COVID-19"); digit groups are exactly three ("1,0000" is no
-# 1000); ".5" is 0.5, not 5.
-_NUMBER = re.compile(r"(?:(?<![\w.,])-)?(?:\d+(?:,\d{3}(?!\d))*(?:\.\d+)?|\.\d+)", re.ASCII)
+# A minus glued to a word is a hyphen ("mid-2019", "COVID-19"), and so is a second one ("--7"); digit groups are
+# exactly three ("1,0000" is no 1000); ".5" is 0.5, but "No.5" is 5.
+_NUMBER = re.compile(r"(?:(?<![\w.,\-])-)?(?:[0-9]+(?:,[0-9]{3}(?![0-9]))*(?:\.[0-9]+)?|(?<![\w.,])\.[0-9]+)")
 # A number with its scale word ("3 million", "1.5 billion"): group 1 the number, group 2 the scale.
-_SCALED_NUMBER = re.compile(rf"({_NUMBER.pattern})(?:\s*(thousand|million|billion)s?\b)?", re.ASCII | re.IGNORECASE)
+_SCALED_NUMBER = re.compile(rf"({_NUMBER.pattern})(?:\s*(thousand|million|billion)s?\b)?", re.IGNORECASE)
 _CURRENCY = "$€£%"
-# A sign before a currency symbol ("-$5", "- €5") belongs to the number: "-$5" is -5, not 5.
-_SIGNED_CURRENCY = re.compile(r"-\s*[$€£]\s*(?=\.?\d)")
+# A sign right before a currency symbol belongs to the number: "-$5" is -5, not 5. Not "- $5": a list's bullet.
+_SIGNED_CURRENCY = re.compile(r"(?<![\w.,\-])-[$€£](?=\.?[0-9])")
 MINUS = "\u2212"  # the minus sign of typeset text ("−5 °C"), not the ASCII hyphen-minus
 # Only these become ASCII for the number match: NFKC would also turn "1992¹" into 19921 and "2½" into 21.
 _NUMBER_CHARS = str.maketrans({**{chr(0xFF10 + d): str(d) for d in range(10)}, MINUS: "-", "\uff0d": "-",
-                               "\uff0e": ".", "\uff0c": ","})
-_NEGATED = re.compile(r"\b(?:minus|negative)\s*$", re.IGNORECASE)
+                               "\ufe63": "-", "\u207b": "-", "\uff0e": ".", "\uff0c": ","})
+_NEGATED = re.compile(r"\b(?:minus|negative)\s*[$€£]?$", re.IGNORECASE)  # "minus 5", "minus $5"
 _WORD_SIGNS = ("minus", "negative")
+# A number in words does not run on past the end of a clause: "The test was negative. Five cases." is 5.
+_CLAUSE_END = re.compile(r"[.;:!?](?:\s|$)")
+_BREAK = "."  # a token normalize never makes: it ends a run of number words
 _LARGEST = 10**15  # number words past this are a loop, not an answer (and their float would overflow)
 
 # Number words, for golds or answers written out ("ninety-two"). English only, up to the billions: enough for
@@ -118,7 +121,7 @@ def _fold_run(match: re.Match[str]) -> str:
 # match), and a leading minus stays, as MINUS (a symbol, which the fold keeps): "-3" must not equal "3".
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 _BARE_DECIMAL = re.compile(r"(?<![\w.,])\.(?=\d)")  # ".5" is "0.5"
-_SIGN_BEFORE_CURRENCY = re.compile(r"(?<![\w.,\-\u2212])[-\u2212]\s*([$€£])\s*(?=\d)")  # "-$5" is "$-5"
+_SIGN_BEFORE_CURRENCY = re.compile(r"(?<![\w.,\-\u2212])-([$€£])(?=\d)")  # "-$5" is "$-5"
 _SIGN = re.compile(r"(?<![\w.,\-\u2212])[-\u2212](?=\d)")
 
 
@@ -129,7 +132,9 @@ def number_marks(text: str) -> str:
         text = _THOUSANDS.sub("", text)
     if "." in text:
         text = _BARE_DECIMAL.sub("0.", text)
-    if "-" in text or MINUS in text:
+    if MINUS in text:
+        text = text.replace(MINUS, "-")  # a minus that is no sign ("1990−1995") is a hyphen, as "-" is
+    if "-" in text:
         text = _SIGN.sub(MINUS, _SIGN_BEFORE_CURRENCY.sub(r"\1-", text))
     return text
 
@@ -194,41 +199,50 @@ def _finite(value: float) -> float | None:
 
 def words_number(tokens: Sequence[str]) -> float | None:
     """Value of the first run of English number words in normalized tokens ("ninety two points" → 92, "nineteen
-    ninety two" → 1992). Words that cannot continue the number end it ("one two three" → 1)."""
+    ninety two" → 1992, "minus five" → -5). Words that cannot continue the number end it ("one two three" → 1,
+    "five and ten" → 5: "and" only follows hundred or a scale, "one hundred and five")."""
+    return _words_run(tokens)[0]
+
+
+def _words_run(tokens: Sequence[str]) -> tuple[float | None, int, int]:
+    """(value, first, stop) of the first run of number words, tokens[first:stop], its sign word included; value
+    None when there is none, or when it passes 10^15 (a loop of words, not an answer, whose float would
+    overflow)."""
     total = current = 0
-    seen = after_small = negative = False
-    for tok in tokens:
-        if total + current > _LARGEST:
-            return None
-        if tok in _WORD_SIGNS and not seen:
-            negative = True  # "minus five"; dropped again unless a number word follows at once
-            continue
+    first = sign_at = None
+    stop = 0
+    previous_kind = ""  # of the last word read: "small", "scale" (hundred, thousand, ...) or "and"
+    for i, tok in enumerate(tokens):
         if tok in _SMALL:
             value = _SMALL[tok]
-            if not after_small or (value < 10 and current % 100 >= 20 and current % 10 == 0):
+            if previous_kind != "small" or (value < 10 and current % 100 >= 20 and current % 10 == 0):
                 current += value  # "twenty" then "two"
             elif value >= 10 and current % 100 >= 10:
                 current = current * 100 + value  # a year read in pairs: "nineteen" then "ninety"
             else:
                 break
-            seen = after_small = True
-            continue
-        after_small = False
-        if tok == "hundred":
-            current = max(current, 1) * 100
+            kind = "small"
+        elif tok == "hundred":
+            current, kind = max(current, 1) * 100, "scale"
         elif tok in _SCALES:
-            total, current = total + max(current, 1) * _SCALES[tok], 0
-        elif tok == "and" and seen:
+            total, current, kind = total + max(current, 1) * _SCALES[tok], 0, "scale"
+        elif tok == "and" and previous_kind == "scale":
+            previous_kind = "and"
             continue
-        elif seen:
-            break
+        elif first is None:
+            sign_at = i if tok in _WORD_SIGNS else None
+            continue
         else:
-            negative = False
-            continue
-        seen = True
-    if not seen or total + current > _LARGEST:
-        return None
-    return -float(total + current) if negative else float(total + current)
+            break
+        if first is None:
+            first = sign_at if sign_at == i - 1 else i
+        previous_kind, stop = kind, i + 1
+        if total + current > _LARGEST:
+            return None, first, stop
+    if first is None:
+        return None, len(tokens), len(tokens)
+    value = float(total + current)
+    return (-value if first == sign_at else value), first, stop
 
 
 def _number_text(text: str) -> str:
@@ -254,7 +268,8 @@ def answer_number(pred: str) -> float | None:
         # "minus 5", "negative 3": the sign in words. (A "-" before them would make "minus -5": left as -5.)
         negated = value is not None and value > 0 and _NEGATED.search(text, 0, match.start())
         return -value if negated else value
-    return words_number(normalize(pred).split())
+    tokens = [tok for clause in _CLAUSE_END.split(pred) for tok in (*normalize(clause).split(), _BREAK)]
+    return words_number(tokens)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -265,11 +280,11 @@ def gold_forms(gold: str) -> tuple[str, float | None]:
     match = _SCALED_NUMBER.fullmatch(bare)
     number = _scaled(match) if match else None
     if number is None:
-        # A gold counts as numeric when it is only number words ("ninety-two").
+        # A gold counts as numeric when it is one number in words ("ninety-two", "minus five"), not several
+        # ("four-four-two", "seven and seven").
         tokens = normalize(bare).split()
-        if tokens and all(t in _SMALL or t in _SCALES or t in ("hundred", "and") for t in tokens[tokens[0] in
-                                                                                             _WORD_SIGNS:]):
-            number = words_number(tokens)
+        value, first, stop = _words_run(tokens)
+        number = value if (first, stop) == (0, len(tokens)) else None
     return answer_key(gold), number
 
 
