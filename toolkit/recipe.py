@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
-from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from toolkit import recipe_trl
 from toolkit import rewards as rewards_lib
@@ -309,20 +308,7 @@ class Recipe(_Section):
 
     @model_validator(mode="after")
     def _overlong_limit_is_reachable(self) -> Recipe:
-        # Above the generation limit, a completion cut at that limit keeps most of its length reward: the overlong
-        # penalty would never reach 0, against its definition (docs/rewards.md).
-        limit = self.training.max_completion_length
-        problems = []
-        for i, spec in enumerate(self.rewards):
-            value = spec.params.get("max_completion_length") if spec.name == "length" else None
-            if isinstance(value, int) and not isinstance(value, bool) and value > limit:
-                reason = (f"above training.max_completion_length ({limit}), so a completion cut there "
-                          f"would keep part of its reward; set it to {limit}")
-                error = PydanticCustomError("overlong_limit", "{reason}", {"reason": reason})
-                problems.append(InitErrorDetails(type=error, loc=("rewards", i, "params", "max_completion_length"),
-                                                 input=value))
-        if problems:
-            raise ValidationError.from_exception_data("Recipe", problems)
+        recipe_trl.check_overlong_limits(self)
         return self
 
     @model_validator(mode="after")

@@ -1,4 +1,5 @@
-"""Recipe checks about TRL's `GRPOConfig`: the `training.trl` passthrough and the generation batch.
+"""Recipe checks about TRL's `GRPOConfig`: the `training.trl` passthrough, the generation batch and the length
+reward's overlong limit against the generation limit.
 
 `training.trl` carries any GRPOConfig field the recipe does not map itself (`optim`, `max_grad_norm`,
 `report_to`, ...). Its keys are checked against the real dataclass fields when the recipe loads, so a typo fails
@@ -168,6 +169,24 @@ def check_trl_passthrough(recipe: Recipe) -> None:
         problems.append(InitErrorDetails(type=error, loc=("training", "trl", key), input=value))
     if problems:
         # Raised as a ValidationError, not a ValueError, so each problem keeps its own `training.trl.<key>` path.
+        raise ValidationError.from_exception_data("Recipe", problems)
+
+
+def check_overlong_limits(recipe: Recipe) -> None:
+    """Raise a ValidationError at `rewards.<i>.params.max_completion_length` for a length reward whose overlong
+    limit is above training.max_completion_length: a completion cut at the generation limit would keep part of its
+    reward, and the penalty would never reach 0, against its definition (docs/rewards.md)."""
+    limit = recipe.training.max_completion_length
+    problems = []
+    for i, spec in enumerate(recipe.rewards):
+        value = spec.params.get("max_completion_length") if spec.name == "length" else None
+        if isinstance(value, int) and not isinstance(value, bool) and value > limit:
+            reason = (f"above training.max_completion_length ({limit}), so a completion cut there would keep part "
+                      f"of its reward; set it to {limit}")
+            error = PydanticCustomError("overlong_limit", "{reason}", {"reason": reason})
+            problems.append(InitErrorDetails(type=error, loc=("rewards", i, "params", "max_completion_length"),
+                                             input=value))
+    if problems:
         raise ValidationError.from_exception_data("Recipe", problems)
 
 
