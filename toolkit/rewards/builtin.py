@@ -50,8 +50,8 @@ def answer_match(completions: Sequence[Any], *, partial: bool = False, tolerance
             return 1.0
         if not partial:
             return 0.0
-        # A numeric gold is matched by value or not at all: token overlap would pay "1,500" for "1,000" (the
-        # "1") or a wrong unit for the right one. Text golds get their F1.
+        # A numeric gold is matched by value or not at all: a wrong number is no near miss, whatever words it
+        # shares with the gold ("-3" shared the "3" once signs were dropped). Text golds get their F1.
         return max((token_f1(pred, g) for g in gold_list if gold_forms(g)[1] is None), default=0.0)
 
     return _score_golds(completions, answer, aliases, score)
