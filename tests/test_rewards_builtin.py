@@ -132,6 +132,15 @@ def test_words_number(tokens, expected):
     # Several numbers in words are not one numeric gold: "four-four-two" is text, not 4.
     ("<answer>4</answer>", "four-four-two", {}, 0.0), ("<answer>four-four-two</answer>", "four-four-two", {}, 1.0),
     ("<answer>14</answer>", "Seven and Seven", {}, 0.0), ("<answer>one</answer>", "One, Two, Three", {}, 0.0),
+    # Digits with a scale word answer in both readings: "how many million bottles?" 300.
+    ("<answer>300 million</answer>", "300", {}, 1.0), ("<answer>€3 billion</answer>", "3", {}, 1.0),
+    ("<answer>minus 3 million</answer>", "3", {}, 0.0),
+    # The en dash of typeset text is a minus before a number (not in a range); digit groups split by a space.
+    ("<answer>-11°C</answer>", "–11°C", {}, 1.0), ("<answer>–11°C</answer>", "-11°C", {}, 1.0),
+    ("<answer>-11</answer>", "–11", {}, 1.0), ("<answer>11</answer>", "–11", {}, 0.0),
+    ("<answer>1990–1995</answer>", "1990", {}, 1.0),
+    ("<answer>4,800 bottles</answer>", "4 800 bottles", {}, 1.0), ("<answer>1,000</answer>", "1 000", {}, 1.0),
+    ("<answer>in 1998 200 bottles</answer>", "1998200", {}, 0.0),
 ])
 def test_answer_match_numbers(text, gold, params, expected):
     assert answer_match([text], answer=[gold], **params) == [expected]

@@ -31,8 +31,9 @@ _CURRENCY = "$€£%"
 _SIGNED_CURRENCY = re.compile(r"(?<![\w.,\-])-[$€£](?=\.?[0-9])")
 MINUS = "\u2212"  # the minus sign of typeset text ("−5 °C"), not the ASCII hyphen-minus
 # Only these become ASCII for the number match: NFKC would also turn "1992¹" into 19921 and "2½" into 21.
-_NUMBER_CHARS = str.maketrans({**{chr(0xFF10 + d): str(d) for d in range(10)}, MINUS: "-", "\uff0d": "-",
-                               "\ufe63": "-", "\u207b": "-", "\uff0e": ".", "\uff0c": ","})
+# The en dash too: typeset text writes "–11 °C" with it (a range's en dash is no sign: "1990–1995" is 1990).
+_NUMBER_CHARS = str.maketrans({**{chr(0xFF10 + d): str(d) for d in range(10)}, MINUS: "-", "\u2013": "-",
+                               "\uff0d": "-", "\ufe63": "-", "\u207b": "-", "\uff0e": ".", "\uff0c": ","})
 _NEGATED = re.compile(r"\b(?:minus|negative)\s*[$€£]?$", re.IGNORECASE)  # "minus 5", "minus $5"
 _WORD_SIGNS = ("minus", "negative")
 # A number in words does not run on past the end of a clause: "The test was negative. Five cases." is 5.
@@ -120,20 +121,32 @@ def _fold_run(match: re.Match[str]) -> str:
 # A number's own marks, kept through the fold: thousands separators go ("1,000" is "1000", as in the number
 # match), and a leading minus stays, as MINUS (a symbol, which the fold keeps): "-3" must not equal "3".
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
+# Digit groups split by a space ("4 800", "10 000"; NFKD makes a no-break or thin space a space) are one number,
+# when the first group has at most three digits: "in 1998 200 bottles" stays two.
+_SPACED_GROUPS = re.compile(r"(?<![\d,.])\d{1,3}(?: \d{3}(?!\d))+")
+# Where any of the marks below can apply: a digit after a comma, space, point, minus or signed currency symbol.
+# Most text has none, and skips the substitutions (the rewards normalize every completion).
+_MARKED = re.compile(r"\d[ ,]\d|[.\-]\d|-[$€£]\d")
 _BARE_DECIMAL = re.compile(r"(?<![\w.,])\.(?=\d)")  # ".5" is "0.5"
 _SIGN_BEFORE_CURRENCY = re.compile(r"(?<![\w.,\-\u2212])-([$€£])(?=\d)")  # "-$5" is "$-5"
 _SIGN = re.compile(r"(?<![\w.,\-\u2212])[-\u2212](?=\d)")
 
 
 def number_marks(text: str) -> str:
-    """``text`` with thousands separators removed, bare decimals given their 0 (".5" → "0.5") and each leading
-    minus of a number (also before its currency symbol: "-$5" → "$−5") written as MINUS."""
+    """``text`` with thousands separators (commas, or spaces between digit groups) removed, bare decimals given
+    their 0 (".5" → "0.5") and each leading minus of a number (also before its currency symbol: "-$5" → "$−5")
+    written as MINUS."""
+    if MINUS in text or "\u2013" in text:
+        # A minus or en dash that is no sign ("1990−1995") is a hyphen, as "-" is; one that is, is MINUS below.
+        text = text.replace(MINUS, "-").replace("\u2013", "-")
+    if not _MARKED.search(text):
+        return text
     if "," in text:
         text = _THOUSANDS.sub("", text)
+    if " " in text:
+        text = _SPACED_GROUPS.sub(lambda m: m.group().replace(" ", ""), text)
     if "." in text:
         text = _BARE_DECIMAL.sub("0.", text)
-    if MINUS in text:
-        text = text.replace(MINUS, "-")  # a minus that is no sign ("1990−1995") is a hyphen, as "-" is
     if "-" in text:
         text = _SIGN.sub(MINUS, _SIGN_BEFORE_CURRENCY.sub(r"\1-", text))
     return text
@@ -261,15 +274,23 @@ def _scaled(match: re.Match[str]) -> float | None:
 def answer_number(pred: str) -> float | None:
     """First number in an answer: digits ("about 1,000 metres" → 1000, "3 million" → 3000000), else number
     words."""
+    return answer_numbers(pred)[0]
+
+
+def answer_numbers(pred: str) -> tuple[float | None, ...]:
+    """``answer_number``, then, for digits with a scale word, the digits alone: "300 million" answers both "how
+    many bottles" (300000000) and "how many million bottles" (300)."""
     text = _number_text(pred)
     match = _SCALED_NUMBER.search(text)
     if match:
-        value = _scaled(match)
+        values = (_scaled(match), _finite(float(match.group(1).replace(",", "")))) if match.group(2) else \
+            (_scaled(match),)
         # "minus 5", "negative 3": the sign in words. (A "-" before them would make "minus -5": left as -5.)
-        negated = value is not None and value > 0 and _NEGATED.search(text, 0, match.start())
-        return -value if negated else value
+        if _NEGATED.search(text, 0, match.start()):
+            values = tuple(-v if v is not None and v > 0 else v for v in values)
+        return values
     tokens = [tok for clause in _CLAUSE_END.split(pred) for tok in (*normalize(clause).split(), _BREAK)]
-    return words_number(tokens)
+    return (words_number(tokens),)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -305,7 +326,7 @@ def golds(answer: Any, aliases: Any) -> list[str]:
 def matches(pred: str, gold_list: Sequence[str], tolerance: float = 0.0, rel_tolerance: float = 0.0) -> bool:
     """Normalized ``pred`` equals a gold; for a numeric gold, ``pred``'s first number equals it (within the
     tolerances) instead, so that "92 points" matches "92" and "-$3" does not match "3"."""
-    key = number = None
+    key = numbers = None
     for gold in gold_list:
         gold_key, gold_number = gold_forms(gold)
         if gold_number is None:
@@ -314,11 +335,10 @@ def matches(pred: str, gold_list: Sequence[str], tolerance: float = 0.0, rel_tol
             if gold_key == key:
                 return True
             continue
-        if number is None:
-            number = answer_number(pred)
-            if number is None:
-                number = math.nan  # looked once, found nothing: nan is close to nothing
-        if math.isclose(number, gold_number, rel_tol=rel_tolerance, abs_tol=tolerance):
+        if numbers is None:
+            # nan where nothing was found: looked once, and nan is close to nothing
+            numbers = [math.nan if v is None else v for v in answer_numbers(pred)]
+        if any(math.isclose(v, gold_number, rel_tol=rel_tolerance, abs_tol=tolerance) for v in numbers):
             return True
     return False
 
