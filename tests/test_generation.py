@@ -83,22 +83,27 @@ class PrefillSizes:
             self.seen.append(tuple(shape))
 
 
-def test_greedy_completions_equal_plain_generate(model_and_prompts):
-    model, tokenizer, batch = model_and_prompts
-    ids, mask = batch["input_ids"], batch["attention_mask"]
-    shared = shared_prefix_length(ids, mask)
-    assert shared >= MIN_SHARED_TOKENS  # the system message and the worked example
-    settings = dict(max_new_tokens=12, do_sample=False, temperature=None, top_p=None, top_k=None,
-                    pad_token_id=tokenizer.pad_token_id)
+def plain_and_shared(model, ids, mask, **settings):
+    """Plain `generate`'s output, `generate_sharing_prefix`'s, and the prefills the latter ran."""
     plain = model.generate(input_ids=ids, attention_mask=mask, **settings)
     sizes = PrefillSizes(model)
     try:
         out = generate_sharing_prefix(model, ids, mask, **settings)
     finally:
         sizes.handle.remove()
+    return plain, out, sizes.seen
+
+
+def test_greedy_completions_equal_plain_generate(model_and_prompts):
+    model, tokenizer, batch = model_and_prompts
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    shared = shared_prefix_length(ids, mask)
+    assert shared >= MIN_SHARED_TOKENS  # the system message and the worked example
+    plain, out, seen = plain_and_shared(model, ids, mask, max_new_tokens=12, do_sample=False, temperature=None,
+                                        top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id)
     assert torch.equal(out, plain)
     # The prefix once at batch size 1, then every row's own tokens, none of the prefix again.
-    assert sizes.seen == [(1, shared), (3, ids.shape[1] - shared)]
+    assert seen == [(1, shared), (3, ids.shape[1] - shared)]
 
 
 def test_a_cache_implementation_goes_to_plain_generate(model_and_prompts):
@@ -122,16 +127,10 @@ def test_a_filter_on_token_sequences_goes_to_plain_generate(model_and_prompts, s
     # (and banned-sequence tails) the plain batch does not have, and so other completions.
     model, tokenizer, batch = model_and_prompts
     ids, mask = batch["input_ids"], batch["attention_mask"]
-    settings = dict(max_new_tokens=8, do_sample=False, temperature=None, top_p=None, top_k=None,
-                    pad_token_id=tokenizer.pad_token_id, **setting)
-    plain = model.generate(input_ids=ids, attention_mask=mask, **settings)
-    sizes = PrefillSizes(model)
-    try:
-        out = generate_sharing_prefix(model, ids, mask, **settings)
-    finally:
-        sizes.handle.remove()
+    plain, out, seen = plain_and_shared(model, ids, mask, max_new_tokens=8, do_sample=False, temperature=None,
+                                        top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id, **setting)
     assert torch.equal(out, plain)
-    assert sizes.seen == [tuple(ids.shape)]  # one prefill of the whole batch, as plain generate does
+    assert seen == [tuple(ids.shape)]  # one prefill of the whole batch, as plain generate does
 
 
 def test_a_wrapped_model_samples_a_group_as_before(model_and_prompts):

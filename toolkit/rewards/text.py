@@ -28,14 +28,14 @@ _NUMBER = re.compile(r"(?:(?<![\w.,\-])-)?(?:[0-9]+(?:,[0-9]{3}(?![0-9]))*(?:\.[
 _SCALED_NUMBER = re.compile(rf"({_NUMBER.pattern})(?:\s*(thousand|million|billion)s?\b)?", re.IGNORECASE)
 _CURRENCY = "$€£%"
 # A sign right before a currency symbol belongs to the number: "-$5" is -5, not 5. Not "- $5": a list's bullet.
-_SIGNED_CURRENCY = re.compile(r"(?<![\w.,\-])-[$€£](?=\.?[0-9])")
+_SIGNED_CURRENCY = re.compile(r"(?<![\w.,\-])-([$€£])(?=\.?\d)")
 MINUS = "\u2212"  # the minus sign of typeset text ("−5 °C"), not the ASCII hyphen-minus
 # Only these become ASCII for the number match: NFKC would also turn "1992¹" into 19921 and "2½" into 21.
 # The en dash too: typeset text writes "–11 °C" with it (a range's en dash is no sign: "1990–1995" is 1990).
 _NUMBER_CHARS = str.maketrans({**{chr(0xFF10 + d): str(d) for d in range(10)}, MINUS: "-", "\u2013": "-",
                                "\uff0d": "-", "\ufe63": "-", "\u207b": "-", "\uff0e": ".", "\uff0c": ","})
-_NEGATED = re.compile(r"\b(?:minus|negative)\s*[$€£]?$", re.IGNORECASE)  # "minus 5", "minus $5"
 _WORD_SIGNS = ("minus", "negative")
+_NEGATED = re.compile(rf"\b(?:{'|'.join(_WORD_SIGNS)})\s*[$€£]?$", re.IGNORECASE)  # "minus 5", "minus $5"
 # A number in words does not run on past the end of a clause: "The test was negative. Five cases." is 5.
 _CLAUSE_END = re.compile(r"[.;:!?](?:\s|$)")
 _BREAK = "."  # a token normalize never makes: it ends a run of number words
@@ -128,8 +128,7 @@ _SPACED_GROUPS = re.compile(r"(?<![\d,.])\d{1,3}(?: \d{3}(?!\d))+")
 # Most text has none, and skips the substitutions (the rewards normalize every completion).
 _MARKED = re.compile(r"\d[ ,]\d|[.\-]\d|-[$€£]\d")
 _BARE_DECIMAL = re.compile(r"(?<![\w.,])\.(?=\d)")  # ".5" is "0.5"
-_SIGN_BEFORE_CURRENCY = re.compile(r"(?<![\w.,\-\u2212])-([$€£])(?=\d)")  # "-$5" is "$-5"
-_SIGN = re.compile(r"(?<![\w.,\-\u2212])[-\u2212](?=\d)")
+_SIGN = re.compile(r"(?<![\w.,\-])-(?=\d)")  # MINUS is "-" by then
 
 
 def number_marks(text: str) -> str:
@@ -148,7 +147,7 @@ def number_marks(text: str) -> str:
     if "." in text:
         text = _BARE_DECIMAL.sub("0.", text)
     if "-" in text:
-        text = _SIGN.sub(MINUS, _SIGN_BEFORE_CURRENCY.sub(r"\1-", text))
+        text = _SIGN.sub(MINUS, _SIGNED_CURRENCY.sub(r"\1-", text))  # "-$5" is "$-5", then "$−5"
     return text
 
 
@@ -263,28 +262,24 @@ def _number_text(text: str) -> str:
     # before a currency symbol moves onto the number.
     if not text.isascii():
         text = text.translate(_NUMBER_CHARS)
-    return _SIGNED_CURRENCY.sub("-", text) if "-" in text else text
+    return _SIGNED_CURRENCY.sub("-", text) if "-" in text else text  # "-$5" is "-5"
 
 
-def _scaled(match: re.Match[str]) -> float | None:
+def _readings(match: re.Match[str]) -> tuple[float | None, ...]:
+    # A _SCALED_NUMBER match's value, then, with a scale word, the digits alone.
     value = float(match.group(1).replace(",", ""))
-    return _finite(value * _SCALES[match.group(2).lower()] if match.group(2) else value)
-
-
-def answer_number(pred: str) -> float | None:
-    """First number in an answer: digits ("about 1,000 metres" → 1000, "3 million" → 3000000), else number
-    words."""
-    return answer_numbers(pred)[0]
+    return (_finite(value * _SCALES[match.group(2).lower()]), _finite(value)) if match.group(2) else \
+        (_finite(value),)
 
 
 def answer_numbers(pred: str) -> tuple[float | None, ...]:
-    """``answer_number``, then, for digits with a scale word, the digits alone: "300 million" answers both "how
-    many bottles" (300000000) and "how many million bottles" (300)."""
+    """First number in an answer: digits ("about 1,000 metres" → 1000), else number words. Digits with a scale
+    word give two readings, scaled first: "300 million" answers both "how many bottles" (300000000) and "how many
+    million bottles" (300)."""
     text = _number_text(pred)
     match = _SCALED_NUMBER.search(text)
     if match:
-        values = (_scaled(match), _finite(float(match.group(1).replace(",", "")))) if match.group(2) else \
-            (_scaled(match),)
+        values = _readings(match)
         # "minus 5", "negative 3": the sign in words. (A "-" before them would make "minus -5": left as -5.)
         if _NEGATED.search(text, 0, match.start()):
             values = tuple(-v if v is not None and v > 0 else v for v in values)
@@ -299,7 +294,7 @@ def gold_forms(gold: str) -> tuple[str, float | None]:
     # A closing period ("1992.") and a plus sign ("+5") do not make a number text.
     bare = _number_text(gold.strip()).rstrip(".").strip(_CURRENCY).strip().removeprefix("+")
     match = _SCALED_NUMBER.fullmatch(bare)
-    number = _scaled(match) if match else None
+    number = _readings(match)[0] if match else None
     if number is None:
         # A gold counts as numeric when it is one number in words ("ninety-two", "minus five"), not several
         # ("four-four-two", "seven and seven").
