@@ -74,3 +74,19 @@ def test_always_truncated_warns(log_history):
     (warning,) = training_warnings(training_curves(log_history(clipped=[1.0, 1.0, 0.96, 1.0, 0.5, 1.0])))
     assert "truncated" in warning and "5 of 6 steps" in warning
     assert training_warnings(training_curves(log_history(clipped=[1.0, 1.0, 0.5, 0.5, 0.5, 0.5]))) == []
+
+
+def test_a_reward_label_starting_with_an_underscore_is_in_the_legend(log_history, monkeypatch):
+    from matplotlib.figure import Figure
+
+    legends, savefig = {}, Figure.savefig
+
+    def record(figure, *args, **kwargs):
+        ax = figure.axes[0]
+        legends[ax.get_title()] = [t.get_text() for t in ax.get_legend().get_texts()] if ax.get_legend() else []
+        return savefig(figure, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", record)
+    render_plots(training_curves(log_history(rewards=("_short", "answer_match"))))
+    # matplotlib drops "_"-prefixed labels from a legend it collects itself: the line was drawn, unnamed
+    assert legends["Reward (total and each reward's mean)"] == ["total", "_short", "answer_match"]

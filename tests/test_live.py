@@ -122,3 +122,10 @@ def test_progress_bar_on_a_terminal(log_history):
     _run(callback, log_history(steps=2))
     assert not callback.progress.live.is_started  # stopped at the end of training
     callback.close()  # and closing twice (after an exception, say) is harmless
+
+
+def test_a_reward_label_is_not_markup():
+    callback, out = _callback()  # "[/exact]" raised MarkupError at the first log, "[v2]" vanished as a tag
+    _run(callback, [{"step": 1, "reward": 0.1, "rewards/match[/exact]/mean": 0.5, "rewards/[v2]/mean": 0.25}])
+    header = out.getvalue().splitlines()[0]
+    assert "match[/exact]" in header and "[v2]" in header

@@ -252,3 +252,35 @@ def test_broken_training_is_flagged_in_the_report(tmp_path, log_history):
     text = (tmp_path / "report.md").read_text()
     assert "## Warnings" in text and text.count("**Training looked broken:**") == 2
     assert len(json.loads((tmp_path / "report.json").read_text())["warnings"]) == 2
+
+
+def test_nan_and_inf_in_the_trainer_log_are_written_as_null(tmp_path, log_history):
+    # TRL logs a NaN mean for a reward that returned None for a whole batch, and a diverging KL can be inf:
+    # report.json got NaN and Infinity, which are not JSON (jq and JavaScript refuse the file).
+    history = log_history(steps=3, kl=[0.01, float("inf"), 0.02])
+    history[0]["rewards/answer_match/mean"] = float("nan")
+    report = finished_run(tmp_path, history)
+    assert "KL to the reference model exploded: inf at step 2" in report["warnings"][0]
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    saved = json.loads((tmp_path / "report.json").read_text(), parse_constant=refuse)
+    assert saved["training"]["curves"]["series"]["kl"] == [0.01, None, 0.02]
+    assert saved["training"]["curves"]["series"]["rewards/answer_match/mean"][:2] == [None, 0.1]
+    assert "exploded: inf at step 2" in (tmp_path / "report.md").read_text()
+
+
+def test_reward_labels_with_markup_or_pipes_stay_one_cell():
+    names = ["reward/match[/exact]", "reward/[v2]", "reward/a|b"]
+    report = {
+        "recipe": {"output_dir": "runs/x", "model": {"name_or_path": "m"}}, "eval": {"questions": 10},
+        "base": {name: 0.25 for name in names}, "tuned": {name: 0.5 for name in names},
+    }
+    rows = render_markdown(report).splitlines()
+    assert "| reward/a\\|b | 0.250 | 0.500 |" in rows
+    assert "| reward/[v2] | 0.250 | 0.500 |" in rows
+    console = Console(width=200, record=True, file=io.StringIO())
+    console.print(comparison_table(report))  # raised MarkupError on "[/exact]"
+    shown = console.export_text()
+    assert "reward/match[/exact]" in shown and "reward/[v2]" in shown  # "[v2]" vanished as a markup tag

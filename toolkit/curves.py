@@ -113,18 +113,20 @@ def _png(steps: list, lines: dict[str, list], title: str, ylabel: str) -> bytes:
     FigureCanvasAgg(figure)
     ax = figure.add_subplot()
     marker = "o" if len(steps) <= 20 else None
+    drawn, labels = [], []
     for i, (key, values) in enumerate(lines.items()):
         ys = [math.nan if v is None else v for v in values]
         label = key.removeprefix("rewards/").removesuffix("/mean") if key.startswith("rewards/") else key
         label = label.replace("$", r"\$")  # a label with two "$" would be parsed as mathtext and crash the plot
-        ax.plot(steps, ys, marker=marker, markersize=3, linewidth=2.2 if i == 0 and len(lines) > 1 else 1.4,
-                label="total" if key == "reward" and len(lines) > 1 else label)
+        labels.append("total" if key == "reward" and len(lines) > 1 else label)
+        drawn += ax.plot(steps, ys, marker=marker, markersize=3, linewidth=2.2 if i == 0 and len(lines) > 1 else 1.4)
     ax.set_title(title)
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     if len(lines) > 1:
-        ax.legend(fontsize="small", loc="best")
+        # Labels passed explicitly: matplotlib leaves a line labelled "_len" (a reward label) out of its own legend.
+        ax.legend(drawn, labels, fontsize="small", loc="best")
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return buffer.getvalue()

@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 from transformers import TrainerCallback
@@ -137,7 +138,8 @@ class LiveMetrics(TrainerCallback):
         # final the moment it is printed (nothing to redraw in a log file).
         table = Table(box=box.SIMPLE_HEAD, show_header=header, show_edge=False, pad_edge=False, header_style="bold")
         for title, _, width in self.columns:
-            table.add_column(title, justify="right", width=width, no_wrap=True, overflow="ellipsis")
+            # A reward label is no markup: "len[/short]" would raise in the first log, "[x]" would vanish.
+            table.add_column(escape(title), justify="right", width=width, no_wrap=True, overflow="ellipsis")
         table.add_row(*(self._cell(key, row.get(key)) for _, key, _ in self.columns))
         self.console.print(table, highlight=False)
 

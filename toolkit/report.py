@@ -10,6 +10,7 @@ interval spans zero.
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import shutil
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 
@@ -199,7 +201,7 @@ def comparison_table(report: dict) -> Table:
             mean, interval, sig = difference_cell(report, key, name)
             mark = "" if sig is None else (" [bold green]*[/]" if sig else " [dim]n.s.[/]")
             cells.append("\n".join(filter(None, [mean + mark, interval])))
-        table.add_row(name, *cells)
+        table.add_row(escape(name), *cells)  # a reward label such as "len[/short]" is no markup
     return table
 
 
@@ -214,8 +216,13 @@ def markdown_table(report: dict) -> list[str]:
             if sig is not None:
                 mean = f"**{mean}**" if sig else f"{mean} (n.s.)"
             cells.append(" ".join(filter(None, [mean, interval])))
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {_md_cell(name)} | " + " | ".join(cells) + " |")
     return lines
+
+
+def _md_cell(text: str) -> str:
+    """`text` as one Markdown table cell: a "|" in a reward label would split it, a newline end the row."""
+    return " ".join(text.split()).replace("|", r"\|")
 
 
 def plural(count: int | str, noun: str) -> str:
@@ -294,9 +301,23 @@ def render_markdown(report: dict) -> str:
 def write_report(output_dir: Path, report: dict, predictions: list[dict], images: dict[str, bytes] | None = None):
     """Predictions (at `report["eval"]["predictions"]`), images (relative path → PNG bytes), then report.json and
     report.md: the report comes last, so every file it names already exists."""
+    # NaN and inf (a reward that returned None for a whole batch logs a NaN mean; a diverging KL, inf) are not JSON:
+    # json.dumps would write NaN and Infinity, which strict readers (jq, JavaScript) refuse. They become null.
+    predictions, report = _finite(predictions), _finite(report)
     predictions_path = output_dir / report["eval"].get("predictions", "eval/predictions.jsonl")
     write_atomic(predictions_path, "".join(json.dumps(p) + "\n" for p in predictions))
     for path, data in (images or {}).items():
         write_atomic(output_dir / path, data)
     write_atomic(output_dir / "report.json", json.dumps(report, indent=2) + "\n")
     write_atomic(output_dir / "report.md", render_markdown(report))
+
+
+def _finite(value):
+    """`value` with every NaN or infinite float, however deeply nested, replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
