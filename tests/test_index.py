@@ -258,6 +258,35 @@ def test_update_without_the_memo_rechunks_but_embeds_nothing(tmp_path, embedder_
     assert "ignoring the unreadable chunk memo" in caplog.text  # a corrupt one is said, not swallowed
 
 
+@pytest.mark.parametrize("documents", [[], {"x": 5}, {"x": "note-0:0:abc"}, {"x": [1]}])
+def test_a_memo_of_another_shape_is_ignored_and_said(tmp_path, embedder_path, caplog, documents):
+    # Valid JSON whose documents were not a mapping of hashes to id lists failed with a traceback (a list: 'list'
+    # object has no attribute 'get'), or matched a string's characters against the stored ids.
+    index = Index(tmp_path, "notes", EMBEDDER, embedder_path)
+    index.update(NOTES, 128, 16)
+    memo = json.loads((tmp_path / "notes.chunks.json").read_text())
+    if isinstance(documents, dict):  # the bad value under a hash that a document has
+        documents = {next(iter(memo["documents"])): next(iter(documents.values()))}
+    (tmp_path / "notes.chunks.json").write_text(json.dumps({**memo, "documents": documents}))
+    assert Index(tmp_path, "notes", EMBEDDER, embedder_path).update(NOTES, 128, 16) == SyncCounts(unchanged=5)
+    assert "ignoring the unreadable chunk memo" in caplog.text
+    assert json.loads((tmp_path / "notes.chunks.json").read_text()) == memo  # rewritten whole
+
+
+@pytest.mark.parametrize("key", ["#tags", "$price", "", "chroma:document"])
+def test_metadata_chroma_refuses_is_one_line_and_leaves_the_index(tmp_path, embedder_path, key):
+    # Chroma refused the batch with its own error (a traceback from the index command) after the stale chunks of
+    # the same sync were already deleted.
+    index = Index(tmp_path, "notes", EMBEDDER, embedder_path)
+    index.update(NOTES, 128, 16)
+    before = sorted(index.collection.get()["ids"])
+    docs = [*NOTES[1:], Document("note-9", "Note 9: a Grenache from Priorat.", "", {key: "x"})]
+    with pytest.raises(DataError, match=re.escape(f"document 'note-9': metadata key {key!r} cannot be stored in the "
+                                                  "index")):
+        Index(tmp_path, "notes", EMBEDDER, embedder_path).update(docs, 128, 16)
+    assert sorted(Index(tmp_path, "notes", EMBEDDER, embedder_path).collection.get()["ids"]) == before
+
+
 def test_new_chunk_settings_rechunk_every_document(tmp_path, embedder_path, long_doc):
     index = Index(tmp_path, "notes", EMBEDDER, embedder_path)
     index.update([long_doc, *NOTES], 128, 16)

@@ -573,3 +573,38 @@ def test_the_digest_survives_moving_the_folder(tmp_path, monkeypatch, form):
         assert build_reward(name)(["a"]) == [0.5]
         digests.append(source_digest(name))
     assert len(digests[0]) == 64 and digests[0] == digests[1]
+
+
+@pytest.mark.parametrize(("source", "message"), [
+    # TRL fills it in training, but the base evaluation (before training) and `python -m toolkit.rewards` do not:
+    # the reward failed there with a TypeError, after the policy model loaded and generated.
+    ("def f(completions, completion_ids, **kwargs):\n    return [float(len(i)) for i in completion_ids]\n",
+     "parameter 'completion_ids' needs a default (None): only TRL's training passes it"),
+    ("def f(completions, trainer_state, **kwargs):\n    return [0.0] * len(completions)\n",
+     "parameter 'trainer_state' needs a default (None)"),
+    # Every argument goes by keyword: a positional-only one is never filled.
+    ("def f(scale, /, completions, **kwargs):\n    return [scale] * len(completions)\n",
+     "parameter 'scale' is positional-only and has no default"),
+])
+def test_a_parameter_nothing_fills_is_refused_at_load(tmp_path, source, message):
+    file = tmp_path / f"unfilled_{uuid.uuid4().hex[:8]}.py"
+    file.write_text(source)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        build_reward(f"{file}:f")
+
+
+def test_training_only_columns_with_a_default_and_positional_only_with_one_pass(tmp_path):
+    file = tmp_path / f"filled_{uuid.uuid4().hex[:8]}.py"
+    file.write_text("def f(scale=0.5, /, completions=None, completion_ids=None, trainer_state=None, **kwargs):\n"
+                    "    return [scale if completion_ids is None else 1.0] * len(completions)\n")
+    assert build_reward(f"{file}:f")(["a", "b"]) == [0.5, 0.5]
+    assert build_reward(f"{file}:f")(["a"], completion_ids=[[1, 2]]) == [1.0]
+
+
+def test_a_set_result_is_an_error_not_values_in_hash_order(tmp_path):
+    # `{...}` for `[...]`: a set of distinct scores has the right length, and its values went to the samples in
+    # hash order ([1.0, 2.0, 3.0] for completions of length 3, 1 and 2).
+    file = tmp_path / f"sets_{uuid.uuid4().hex[:8]}.py"
+    file.write_text("def f(completions, **kwargs):\n    return {float(len(c)) for c in completions}\n")
+    with pytest.raises(RewardError, match=r"^reward 'f' returned a set, expected a list of 3 floats$"):
+        build_reward(f"{file}:f")(["aaa", "b", "cc"])

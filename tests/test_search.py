@@ -62,6 +62,14 @@ def test_k_defaults_to_the_recipe_top_k(overrides, capsys):
     assert "reviews#14" in out
 
 
+@pytest.mark.parametrize("k", ["100", str(2**40)])
+def test_a_k_past_the_chunks_gives_them_all(overrides, capsys, k):
+    # A k past 2**32 made Chroma raise OverflowError: a traceback.
+    code, out, err = search(capsys, RECIPE, "Malbec", "-k", k, *overrides)
+    assert code == 0 and "Traceback" not in err
+    assert len(re.findall(r"^\d+\. ", out, flags=re.MULTILINE)) == 10  # the index's 10 chunks
+
+
 @pytest.mark.parametrize(
     "argv, expected",
     [

@@ -247,6 +247,8 @@ class Index:
         wanted = kept | want.keys()
         stale = sorted(have - wanted)
         new = [chunk for chunk in chunks if chunk.id not in have]
+        for chunk in new:  # before anything is deleted or written: Chroma would refuse its batch mid-sync
+            _check_metadata(chunk)
         have_keys, want_keys = {_key(i) for i in have}, {_key(i) for i in wanted}
         updated = sum(_key(chunk.id) in have_keys for chunk in new)
         counts = SyncCounts(
@@ -284,7 +286,14 @@ class Index:
             return {}
         try:
             memo = json.loads(path.read_text())
-            return memo["documents"] if memo.get("chunker") == CHUNKER_VERSION else {}
+            if memo.get("chunker") != CHUNKER_VERSION:
+                return {}
+            documents = memo["documents"]
+            # Valid JSON of another shape (edited, or written by something else) failed later, with a traceback.
+            if not isinstance(documents, dict) or not all(
+                    isinstance(ids, list) and all(isinstance(i, str) for i in ids) for ids in documents.values()):
+                raise ValueError("not a mapping of document hashes to chunk ids")
+            return documents
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
             # Chunking everything again is slower, never wrong; said, since it is not what a rerun should do.
             logger.warning("index: ignoring the unreadable chunk memo %s (%s); chunking every document again",
@@ -310,6 +319,9 @@ class Index:
     def query(self, embeddings, k: int) -> list[list[Hit]]:
         """`search` with precomputed (normalized) query embeddings."""
         with _readable(self.path):
+            # Never more than the collection holds (what Chroma returns anyway): a k past 2**32 (`search -k`) made it
+            # raise OverflowError.
+            k = max(1, min(k, self.collection.count()))
             result = self.collection.query(
                 query_embeddings=embeddings, n_results=k, include=["documents", "metadatas", "distances"]
             )
@@ -321,6 +333,15 @@ class Index:
             ]
             for per_query in zip(*columns, strict=True)
         ]
+
+
+def _check_metadata(chunk: Chunk) -> None:
+    """DataError naming the document when Chroma would refuse its metadata: a key that is empty, starts with "#" or
+    "$" (Chroma's own keys and operators) or is its reserved "chroma:document"."""
+    for key in chunk.metadata:
+        if not key or key[0] in "#$" or key == "chroma:document":
+            raise DataError(f"document {chunk.source!r}: metadata key {key!r} cannot be stored in the index (Chroma "
+                            "refuses a key that is empty, starts with '#' or '$', or is 'chroma:document'); rename it")
 
 
 @contextlib.contextmanager

@@ -18,6 +18,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+# Keyword arguments only TRL's trainer passes: the evaluation and `python -m toolkit.rewards` score without them.
+TRAINING_ONLY = frozenset({"completion_ids", "trainer_state", "log_extra", "log_metric", "environments"})
+
 
 def is_custom(name: str) -> bool:
     return ":" in name
@@ -51,6 +54,17 @@ def load_custom(name: str) -> Callable[..., Any]:
     if not (takes_completions and takes_kwargs):
         raise ValueError(f"custom reward {name!r}: {attr}{inspect.signature(fn)} must accept `completions` and "
                          f"`**kwargs` (TRL passes every dataset column as a keyword argument)")
+    for param in params.values():
+        if param.default is not inspect.Parameter.empty:
+            continue
+        # Both failed only at the reward's first call, after the policy model loaded and generated.
+        if param.kind is inspect.Parameter.POSITIONAL_ONLY:
+            raise ValueError(f"custom reward {name!r}: {attr}{inspect.signature(fn)}: parameter {param.name!r} is "
+                             "positional-only and has no default, but every argument is passed by keyword")
+        if param.name in TRAINING_ONLY:
+            raise ValueError(f"custom reward {name!r}: {attr}{inspect.signature(fn)}: parameter {param.name!r} "
+                             "needs a default (None): only TRL's training passes it, the evaluation and `python -m "
+                             "toolkit.rewards` call rewards without it")
     return fn
 
 

@@ -10,6 +10,7 @@ import logging
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from toolkit.models import ModelError
@@ -331,7 +332,9 @@ class BoundReward:
     def _checked(self, values: Any, completions: Sequence[Any]) -> list[float | None]:
         n = len(completions)
         try:  # a 0-d tensor or array has __len__ but raises TypeError from it: a scalar, not a list
-            count = None if isinstance(values, (str, bytes, dict)) else len(values)
+            # A set (`{score(c) for c in completions}`, a list comprehension mistyped) has no order: its values were
+            # handed to the samples in hash order.
+            count = None if isinstance(values, (str, bytes, dict, AbstractSet)) else len(values)
         except TypeError:
             count = None
         if count is None:
