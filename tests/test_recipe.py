@@ -419,6 +419,7 @@ def test_winemag_recipe_takes_the_csv_path_as_an_override(tmp_path):
         (["data.corpus.0.path=nope/*.jsonl"], "data.corpus.0.path: no file matches nope/*.jsonl"),
         (["data.corpus.0.path=nope.csv"], "data.corpus.0.path: file not found: nope.csv"),
         (["data.corpus.0.metadata_columns=[source]"], "metadata column 'source' is reserved"),
+        (["data.corpus.0.metadata_columns=[$price]"], "metadata column '$price' cannot be stored in the index"),
         (["data.corpus.0.template='{title:>10}'"], "only plain {column} placeholders"),
         (["data.corpus.0.template='no placeholders'"], "has no {column} placeholder"),
         (["data.corpus.0.questions.templates.0.question=Which grape?"], "has no {column} placeholder"),

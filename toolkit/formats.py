@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from toolkit.loaders import (
-    RESERVED_METADATA,
     DataError,
     Document,
     Row,
     check_text,
+    metadata_key_problem,
     read_jsonl,
     read_text,
     render,
@@ -107,8 +107,8 @@ def _json_metadata(value, where: str) -> dict:
     metadata = {}
     for key, item in value.items():
         check_text(key, "a 'metadata' key", where)
-        if key in RESERVED_METADATA:
-            raise DataError(f"{where}: metadata key {key!r} is reserved for the index; rename it")
+        if problem := metadata_key_problem(key):
+            raise DataError(f"{where}: metadata key {key!r} {problem}; rename it")
         if item is None or item == "":
             continue  # Chroma metadata cannot hold None; an empty value is no value
         if not isinstance(item, (str, int, float, bool)):

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from toolkit.chunking import CHUNKER_VERSION, Chunk, chunk_documents, document_hash
 from toolkit.data import DataError, Document
+from toolkit.loaders import metadata_key_problem
 from toolkit.report import file_in_the_way, plural, write_atomic
 
 logger = logging.getLogger(__name__)
@@ -336,12 +337,11 @@ class Index:
 
 
 def _check_metadata(chunk: Chunk) -> None:
-    """DataError naming the document when Chroma would refuse its metadata: a key that is empty, starts with "#" or
-    "$" (Chroma's own keys and operators) or is its reserved "chroma:document"."""
+    """DataError naming the document when the index cannot store its metadata. The loaders refuse such keys with
+    the file and line; this guards documents made in code."""
     for key in chunk.metadata:
-        if not key or key[0] in "#$" or key == "chroma:document":
-            raise DataError(f"document {chunk.source!r}: metadata key {key!r} cannot be stored in the index (Chroma "
-                            "refuses a key that is empty, starts with '#' or '$', or is 'chroma:document'); rename it")
+        if problem := metadata_key_problem(key):
+            raise DataError(f"document {chunk.source!r}: metadata key {key!r} {problem}; rename it")
 
 
 @contextlib.contextmanager

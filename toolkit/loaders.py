@@ -21,6 +21,17 @@ from pathlib import Path
 SUFFIXES = (".md", ".txt", ".jsonl", ".csv")
 # Chunk metadata the index writes itself; a document's own metadata may not use these names.
 RESERVED_METADATA = ("source", "position")
+
+
+def metadata_key_problem(key: str) -> str | None:
+    """Why the index cannot store a metadata key, or None: the toolkit's own names, and the keys Chroma refuses (its
+    batch fails mid-sync otherwise)."""
+    if key in RESERVED_METADATA:
+        return "is reserved for the index"
+    if not key or key[0] in "#$" or key == "chroma:document":
+        return "cannot be stored in the index (Chroma refuses a key that is empty, starts with '#' or '$', or is " \
+               "'chroma:document')"
+    return None
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
 logger = logging.getLogger(__name__)

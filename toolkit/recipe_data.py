@@ -172,6 +172,8 @@ class CorpusSource(_Section):
         for name in columns:
             if name in loaders.RESERVED_METADATA:
                 raise ValueError(f"metadata column {name!r} is reserved for the index (it stores {name} itself)")
+            if problem := loaders.metadata_key_problem(name):
+                raise ValueError(f"metadata column {name!r} {problem}; rename the column")
         return columns
 
     @model_validator(mode="after")
