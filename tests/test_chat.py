@@ -342,3 +342,33 @@ def test_an_adapter_asked_with_another_prompt_than_the_run_is_warned_about(tmp_p
     model = chat.AdapterChat(load_recipe(RECIPE, [f"output_dir={run}", "prompt.open_think=true"]), run / "adapter", 8)
     assert "unlike its training" not in caplog.text
     assert model.prefix == "<think>"
+
+
+def test_a_question_too_long_for_the_gguf_is_one_line_and_the_session_goes_on(tmp_path, monkeypatch):
+    # llama-cpp-python refuses a prompt longer than the context with a bare ValueError: it was a traceback, and
+    # in a session it ended the session.
+    pytest.importorskip("llama_cpp")
+    from rich.console import Console
+    from test_export import _tiny_model
+
+    from toolkit.gguf_convert import convert
+    from toolkit.models import ModelError
+
+    _, _, folder = _tiny_model(tmp_path, "llama")
+    model = chat.GGUFChat(convert(folder, tmp_path / "tiny.gguf", "f32"), 2)
+    try:
+        with pytest.raises(ModelError, match="^the prompt is too long for the GGUF model"):
+            model.complete([{"role": "user", "content": "Which grape " * 3000}])
+
+        class Index:
+            def search(self, queries, k):
+                return [[Hit("region-barolo:0:ab", "Barolo is made from Nebbiolo.", "region-barolo", 0.8)]]
+
+        monkeypatch.setattr("sys.stdin", io.StringIO(f"{'Which grape ' * 3000}\n{QUESTION}\n"))
+        out, err = io.StringIO(), io.StringIO()
+        chat._answer_questions(load_recipe(RECIPE), Index(), model, None, None, Console(file=out, width=200),
+                               Console(file=err, width=200))
+    finally:
+        model.close()
+    assert err.getvalue().count("the prompt is too long for the GGUF model") == 1, err.getvalue()
+    assert out.getvalue().count("sources:") == 1, out.getvalue()

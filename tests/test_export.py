@@ -655,3 +655,70 @@ def test_an_interrupted_run_is_resumed_or_its_checkpoint_used(tmp_path, capsys, 
         in err, err
     assert "train first" not in err
     assert not (run / "export").exists()
+
+
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export_mod, "export", interrupted)  # Ctrl-C while merging or converting
+    try:
+        code = export_mod.main(["recipes/wine.yaml", "--run", str(tmp_path)])
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C escaped main() as a traceback")
+    captured = capsys.readouterr()
+    assert code == 130 and not captured.out
+    assert captured.err.strip() == "interrupted"
+
+
+@pytest.mark.parametrize("finished", [False, True])
+def test_a_checkpoint_given_as_run_names_its_run(tmp_path, capsys, finished):
+    # --run <run>/trainer/checkpoint-N said "did you mean --run <run>/trainer?", which is no run either.
+    run = tmp_path / "run"
+    checkpoint = _complete_checkpoint(run / "trainer", 4)
+    if finished:
+        (run / "report.json").write_text("{}")
+        with pytest.raises(SystemExit) as exit_:
+            export_mod.main(["recipes/wine.yaml", "--run", str(checkpoint), "--formats", "adapter"])
+        assert exit_.value.code == 2
+    else:
+        assert export_mod.main(["recipes/wine.yaml", "--run", str(checkpoint), "--formats", "adapter"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"--run {run}" in err and f"--run {run / 'trainer'}" not in err, err
+    assert not (checkpoint / "export").exists()
+
+
+def test_a_read_only_run_folder_is_one_line_before_any_work(tmp_path, capsys, monkeypatch):
+    import errno
+
+    run = _finished_run(tmp_path)
+    real_mkdir = os.mkdir
+
+    def read_only(path, *args, **kwargs):  # the run folder on a read-only disk (chmod does not stop root)
+        if str(path).startswith(str(run)):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", read_only)
+    assert export_mod.main(["recipes/wine.yaml", "--run", str(run), "--formats", "adapter"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert f"{run / 'export'}: cannot make a folder in {run} (Read-only file system)" in " ".join(err.split())
+
+
+def test_a_full_disk_mid_way_is_one_line_and_leaves_no_export(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from toolkit import gguf_convert
+
+    run = _finished_run(tmp_path)
+
+    def full(merged_dir, target, ftype):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target))
+
+    monkeypatch.setattr(gguf_convert, "convert", full)
+    assert export_mod.main(["recipes/wine.yaml", "--run", str(run), "--formats", "merged,gguf-f32",
+                            "export.verify=false"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"the export to {run / 'export'} failed: No space left on device" in err, err
+    assert not (run / "export").exists()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from toolkit.index import Hit, IndexUnavailable, open_index
 from toolkit.metrics import extracted
-from toolkit.models import ModelError
+from toolkit.models import ModelError, first_line
 from toolkit.prompts import build_messages, opened_reply, prepare_replies
 from toolkit.recipe import Recipe
 
@@ -52,9 +52,15 @@ class GGUFChat:
 
     def complete(self, messages: list[dict]) -> str:
         # temperature 0 is llama.cpp's greedy sampler; no repeat penalty, as in the transformers evaluation.
-        out = self.llm.create_chat_completion(
-            messages=messages, temperature=0.0, repeat_penalty=1.0, max_tokens=self.max_new_tokens
-        )
+        try:
+            out = self.llm.create_chat_completion(
+                messages=messages, temperature=0.0, repeat_penalty=1.0, max_tokens=self.max_new_tokens
+            )
+        except ValueError as err:  # llama-cpp-python's "Requested tokens (N) exceed context window of 4096"
+            if "context window" not in str(err):
+                raise
+            raise ModelError(f"the prompt is too long for the GGUF model ({first_line(err)}); ask a shorter "
+                             "question or retrieve fewer chunks (-k)") from None
         return self.prefix + (out["choices"][0]["message"]["content"] or "")
 
     def close(self) -> None:
@@ -153,12 +159,13 @@ def _answer_questions(recipe: Recipe, index, model, question: str | None, k: int
             return
         try:
             check_question(question)
-        except ModelError as err:
+            reply = ask(recipe, index, model, question, k)
+        except ModelError as err:  # a question that is not text, or too long for the model: the session goes on
             from rich.markup import escape
 
             console.print(f"[red]error:[/] {escape(str(err))}; ask again", highlight=False, soft_wrap=True)
             continue
-        out.print(render(ask(recipe, index, model, question, k)), markup=False)
+        out.print(render(reply), markup=False)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -104,8 +104,11 @@ def run_folder(value: str) -> str:
         raise argparse.ArgumentTypeError(f"{path}: no such folder")
     if not path.is_dir():
         raise argparse.ArgumentTypeError(f"{path} is a file; it takes a run folder (the output_dir of toolkit.run)")
-    if not (path / "report.json").exists() and (path.parent / "report.json").is_file():
-        raise argparse.ArgumentTypeError(f"{path} is inside a run; did you mean --run {path.parent}?")
+    # Two levels down too: a checkpoint (trainer/checkpoint-N) or export/merged.
+    inside = (path.parent, path.parent.parent) if path.parent.name in ("trainer", "export") else (path.parent,)
+    run = next((p for p in inside if (p / "report.json").is_file()), None)
+    if not (path / "report.json").exists() and run is not None:
+        raise argparse.ArgumentTypeError(f"{path} is inside a run; did you mean --run {run}?")
     return str(path)
 
 

@@ -8,7 +8,8 @@ Writes `<run>/export/` (run: the recipe's output_dir unless --run):
   never merged into quantized weights. Its chat template is the recipe's `prompt` (`prompt.open_think`): an export
   whose `prompt` differs from the one the run's report.json records is refused before anything is written.
 - `model-f32.gguf`, `model-f16.gguf`: merged/ converted by `toolkit.gguf_convert`, offline.
-- `model-q8_0.gguf`, `model-q4_k_m.gguf`: made from the F32 (else F16) file by llama.cpp's own quantizer.
+- `model-q8_0.gguf`, `model-q4_k_m.gguf`: made by llama.cpp's own quantizer from the F32 (else F16) GGUF the same
+  export writes, or, when it writes neither, from one at the merge's own precision converted aside.
 - `manifest.json`: every file with its size and sha256, the quant types, and per GGUF file the comparison of its
   first greedy tokens on fixed prompts with the merged transformers model. The GGUF at the merge's own precision
   must match exactly: F32 for a float32 merge (the CPU path, tiny models), F16 for a 16-bit one; the others report
@@ -41,7 +42,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from toolkit.export_folder import GGUF_FILES, check_outputs, dir_entry, file_entry, remove_leftovers
-from toolkit.models import check_adapter, load_adapter, loading
+from toolkit.models import check_adapter, first_line, load_adapter, loading
 from toolkit.prompts import prepare_replies
 from toolkit.recipe import ExportFormat, PromptSection, Recipe
 from toolkit.report import save_dir_atomic, write_atomic
@@ -127,9 +128,12 @@ def export(recipe: Recipe, run_dir: str | Path | None = None, formats: list[str]
     out.mkdir(parents=True, exist_ok=True)
     try:
         manifest = _export(recipe, run_dir, formats, dtype, adapter_dir, base_path, out)
-    except BaseException:
+    except BaseException as err:
         if created:  # everything in it is this failed export's: no export/ without a manifest
             shutil.rmtree(out, ignore_errors=True)
+        if isinstance(err, OSError):  # a full disk while writing hundreds of MB, a file gone: one line, not a traceback
+            raise ExportError(f"the export to {out} failed: {err.strerror or first_line(err)}"
+                              + (f" ({err.filename})" if err.filename else "")) from None
         raise
     return manifest
 
@@ -140,6 +144,10 @@ def _no_adapter_hint(run_dir: Path, recipe_run: Path) -> str:
     from toolkit.checkpoints import latest_checkpoint
 
     if (run_dir / "adapter_config.json").is_file():
+        if run_dir.parent.name == "trainer":  # a checkpoint: its parent is no run
+            return (f"{run_dir} is a checkpoint of the run {run_dir.parent.parent}, not a run: export the run "
+                    f"(--run {run_dir.parent.parent}) once it has finished, or use the checkpoint, itself a LoRA "
+                    f"adapter: --adapter {run_dir} with toolkit.chat or toolkit.evaluate")
         return f"did you mean --run {run_dir.parent}?"
     checkpoint = latest_checkpoint(run_dir / "trainer")
     if checkpoint is None:
@@ -322,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
         manifest = export(recipe, args.run, parse_formats(args.formats) if args.formats is not None else None)
     except ERRORS as err:
         return fail(console, err)
+    except KeyboardInterrupt:  # Ctrl-C while merging, converting or verifying: the usual exit status, no traceback
+        console.print("interrupted")
+        return 130
     table = Table("format", "path", "MB", "quant", "seconds", "greedy tokens vs transformers")
     for entry in manifest["files"]:
         check = entry.get("verify")

@@ -11,7 +11,7 @@ import re
 import shutil
 from pathlib import Path
 
-from toolkit.report import in_the_way
+from toolkit.report import cannot_write, in_the_way
 from toolkit.verify import ExportError
 
 logger = logging.getLogger("toolkit.export")
@@ -35,6 +35,9 @@ def check_outputs(out: Path, formats: list[str]) -> None:
     """ExportError when something in `out` (a run's export/) is in the way of what `formats` write there."""
     if out.exists() and not out.is_dir():
         raise ExportError(f"{out} is a file, not a folder: move it away to export there")
+    reason = cannot_write(out)  # a read-only run folder: one line now, not an OSError traceback
+    if reason:
+        raise ExportError(f"{out}: {reason}; copy the run somewhere writable and pass --run DIR")
     blocked = in_the_way(out, files=("manifest.json", *(GGUF_FILES[f][0] for f in formats if f in GGUF_FILES)),
                          whole=tuple(f for f in ("adapter", "merged") if f in formats))
     if blocked:
