@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -27,9 +28,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _checkpoint(folder: Path, step: int, state: str | None = None) -> Path:
+    """A checkpoint folder; with a state, whole: stand-ins for the files a resume reads back (empty zip archives as
+    torch's, a safetensors file of no tensors)."""
     path = folder / f"checkpoint-{step}"
     path.mkdir(parents=True)
     if state is not None:
+        for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
+            zipfile.ZipFile(path / name, "w").close()
+        (path / "adapter_model.safetensors").write_bytes((2).to_bytes(8, "little") + b"{}")
+        (path / "adapter_config.json").write_text("{}")
         (path / "trainer_state.json").write_text(state)
     return path
 
@@ -91,6 +98,23 @@ def test_a_damaged_checkpoint_file_is_one_clear_line(tmp_path, name):
     (path / name).write_bytes(data[: len(data) - 100])
     with pytest.raises(CheckpointError, match=rf"--resume: .*{name} is damaged \(.*\); delete .*checkpoint-3 to"):
         resume_checkpoint(tmp_path, 10)
+
+
+@pytest.mark.parametrize("name", ["adapter_model.safetensors", "adapter_config.json", "optimizer.pt", "scheduler.pt",
+                                  "rng_state.pth"])
+def test_a_checkpoint_missing_a_file_is_one_clear_line(tmp_path, name):
+    """Without its adapter weights or config a resume failed in transformers or peft with a traceback ("Can't find a
+    valid checkpoint at"), after the base evaluation; without optimizer.pt, scheduler.pt or rng_state.pth it trained
+    on with a new optimizer, the schedule from step 0 and the RNG not where it was, without a word."""
+    path = _checkpoint(tmp_path, 2, json.dumps({"global_step": 2}))
+    (path / name).unlink()
+    with pytest.raises(CheckpointError, match=rf"^--resume: .*checkpoint-2 has no {name}; delete .*checkpoint-2 to "
+                                              r"resume from the checkpoint before it"):
+        resume_checkpoint(tmp_path, 4)
+    if name == "adapter_config.json":
+        (path / name).write_text('{"r": 1')  # cut short
+        with pytest.raises(CheckpointError, match=r"adapter_config.json is damaged"):
+            resume_checkpoint(tmp_path, 4)
 
 
 @pytest.mark.parametrize("override, message", [
@@ -203,6 +227,27 @@ def test_resume_with_another_optimizer_is_one_line(tmp_path):
     check_same_optimizer(_checkpoint(tmp_path / "trainer", 6, json.dumps(only_optim)), {**adamw, "learning_rate": 1})
 
 
+def test_the_optimizer_record_is_rebuilt_from_a_checkpoint():
+    """training.trl.restore_callback_states_from_checkpoint: transformers rebuilds each ExportableState callback as
+    `type(callback)(**args)`; the record took one dict, and a resume failed in training with `TypeError:
+    OptimizerRecord.__init__() got an unexpected keyword argument 'adam_beta1'`."""
+    from types import SimpleNamespace
+
+    from transformers import Trainer, TrainerControl
+    from transformers.trainer_callback import CallbackHandler
+
+    from toolkit.train import OptimizerRecord
+
+    record = OptimizerRecord({"optim": "adamw_torch_fused", "learning_rate": 5e-4, "adam_beta1": 0.9})
+    trainer = SimpleNamespace(args=SimpleNamespace(restore_callback_states_from_checkpoint=True),
+                              callback_handler=CallbackHandler([record], None, None, None, None),
+                              control=TrainerControl(), state=SimpleNamespace(stateful_callbacks={
+                                  "OptimizerRecord": json.loads(json.dumps(record.state()))}))
+    Trainer._load_callback_state(trainer)
+    [restored] = [cb for cb in trainer.callback_handler.callbacks if isinstance(cb, OptimizerRecord)]
+    assert restored is not record and restored.state() == record.state()
+
+
 def test_resume_with_another_learning_rate_is_one_line_before_anything_loads(tmp_path, capsys, monkeypatch):
     # The checkpoint's optimizer param groups and scheduler base rates replace the new rate on load: the resumed
     # steps trained at the old 5e-4 while report.json's recipe said 1e-5.
@@ -216,6 +261,10 @@ def test_resume_with_another_learning_rate_is_one_line_before_anything_loads(tmp
     assert settings["learning_rate"] == 5e-4 and settings["optim"] == "adamw_torch_fused"
     state = {"global_step": 2, "stateful_callbacks": {OPTIMIZER_RECORD: {"args": settings}}}
     path = _checkpoint(tmp_path / "trainer", 2, json.dumps(state))
+    lora = recipe.training.lora
+    (path / "adapter_config.json").write_text(json.dumps({
+        "r": lora.r, "lora_alpha": lora.alpha, "target_modules": lora.target_modules,
+        "layers_to_transform": lora.layers_to_transform}))
     monkeypatch.setattr("toolkit.prompts.build_splits", lambda recipe: pytest.fail("loaded data after a bad resume"))
     args = ["recipes/wine.yaml", f"output_dir={tmp_path}", "training.max_steps=4", "--resume"]
     assert toolkit.run.main([*args, "training.learning_rate=1e-5"]) == 2
@@ -224,6 +273,29 @@ def test_resume_with_another_learning_rate_is_one_line_before_anything_loads(tmp
     assert toolkit.run.main([*args, "training.trl={weight_decay: 0.1}"]) == 2
     assert "was trained with training.trl.weight_decay 0.0, the recipe asks for 0.1;" in " ".join(
         capsys.readouterr().err.split())
+
+
+def test_resume_with_another_seed_is_one_line(tmp_path, capsys, monkeypatch):
+    # The checkpoint's RNG state was restored while the data order came from the new seed: the trainer skipped the
+    # trained batches of another order (questions trained twice, others never) and report.json showed the new seed.
+    import toolkit.run
+    from toolkit.checkpoints import OPTIMIZER_RECORD
+    from toolkit.recipe import load_recipe
+    from toolkit.train import grpo_config, optimizer_settings
+
+    recipe = load_recipe(ROOT / "recipes" / "wine.yaml", [f"output_dir={tmp_path}"])
+    lora = recipe.training.lora
+    state = {"global_step": 2, "stateful_callbacks": {
+        OPTIMIZER_RECORD: {"args": optimizer_settings(grpo_config(recipe, tmp_path / "trainer"))}}}
+    path = _checkpoint(tmp_path / "trainer", 2, json.dumps(state))
+    (path / "adapter_config.json").write_text(json.dumps({
+        "r": lora.r, "lora_alpha": lora.alpha, "target_modules": lora.target_modules,
+        "layers_to_transform": lora.layers_to_transform}))
+    monkeypatch.setattr("toolkit.prompts.build_splits", lambda recipe: pytest.fail("loaded data after a bad resume"))
+    assert toolkit.run.main(["recipes/wine.yaml", f"output_dir={tmp_path}", "training.seed=7", "--resume"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"--resume: {path} was trained with training.seed 42, the recipe asks for 7; resume with the same seed" \
+        in err, err
 
 
 def test_fresh_run_removes_old_checkpoints(tmp_path):
@@ -520,3 +592,42 @@ def _readable(path: Path) -> bool:
         return "global_step" in json.loads(path.read_text())
     except (OSError, ValueError):
         return False
+
+
+def test_a_resumed_run_saves_and_logs_by_the_recipe_and_outlives_its_checkpoint(tmp_path):
+    """Two defects of a resumed train(), on the packaged model at tiny sizes. transformers loads the checkpoint's
+    trainer_state.json with its save and logging intervals, and saved and logged by those, not the recipe's. And
+    with two checkpoints kept, the one resumed from was removed once two more were saved, after which train()
+    read its step from it: `FileNotFoundError` after the whole training, and no report."""
+    from transformers import TrainerCallback
+
+    from toolkit.backends.hf import HFBackend
+    from toolkit.models import resolve_model
+    from toolkit.recipe import load_recipe
+    from toolkit.train import train
+
+    tiny = ["training.num_generations=2", "training.per_device_train_batch_size=2", "training.max_completion_length=4",
+            "rewards=[{name: length, params: {min_words: 1, max_words: 3}}]"]
+    rows = [{"prompt": [{"role": "user", "content": "Name a red grape."}]}] * 2
+    work = tmp_path / "trainer"
+
+    class Saves(TrainerCallback):
+        steps: list[int] = []
+
+        def on_save(self, args, state, control, **kwargs):
+            self.steps.append(state.global_step)
+
+    def run(overrides, **kwargs):
+        recipe = load_recipe(ROOT / "recipes" / "wine.yaml", [*tiny, *overrides])
+        model, tokenizer = HFBackend().load(recipe, resolve_model(recipe.model.name_or_path))
+        return train(recipe, model, tokenizer, rows, work, callbacks=[Saves()], **kwargs)[1]
+
+    run(["training.max_steps=2", "training.save_steps=1", "training.logging_steps=1"])
+    assert Saves.steps == [1, 2]
+    Saves.steps.clear()
+    result = run(["training.max_steps=5", "training.save_steps=2", "training.logging_steps=2"],
+                 resume_from=work / "checkpoint-2")
+    assert Saves.steps == [4, 5]  # every 2 steps and the last, as the recipe says now; were [3, 4, 5]
+    assert _steps(result.log_history) == [1, 2, 4, 5]  # 1-2 logged by the first run, then every 2 and the last
+    assert result.steps == 5 and result.resumed_from == 2
+    assert not (work / "checkpoint-2").exists()  # rotated away during training (two kept: 4 and 5)

@@ -78,6 +78,12 @@ def resume_checkpoint(folder: Path, max_steps: int) -> Path:
                 f"--resume: {file} is damaged ({problem}); delete {path} to resume from the checkpoint before it, "
                 "or run without --resume to start over"
             )
+    lacking = missing(path)
+    if lacking:
+        raise CheckpointError(
+            f"--resume: {path} has no {lacking}; delete {path} to resume from the checkpoint before it, or run "
+            "without --resume to start over"
+        )
     step = resumed_step(path)
     if step > max_steps:
         raise CheckpointError(
@@ -86,6 +92,21 @@ def resume_checkpoint(folder: Path, max_steps: int) -> Path:
         )
     logger.info("resuming from %s (step %d of %d)", path, step, max_steps)
     return path
+
+
+# What transformers reads back on resume, each as one of its names. Without the adapter's weights or config it
+# fails with a traceback after the base evaluation; without the others it starts afresh without a word: a new
+# optimizer (Adam's moments lost), the schedule from step 0, the RNG not where the run left it.
+NEEDED = (("adapter_config.json",), ("adapter_model.safetensors", "adapter_model.bin"), ("optimizer.pt",),
+          ("scheduler.pt",), ("rng_state.pth", "rng_state_0.pth"))
+
+
+def missing(checkpoint: Path) -> str | None:
+    """The first file of `NEEDED` a checkpoint lacks (deleted by hand, or lost in a copy), else None."""
+    for names in NEEDED:
+        if not any((checkpoint / name).is_file() for name in names):
+            return names[0]
+    return None
 
 
 def resumed_step(checkpoint: Path) -> int:
@@ -152,10 +173,13 @@ def check_same_base(checkpoint: Path, model_path: str, packaged: bool = False) -
 
 # What a resumed run takes from the checkpoint, not from the recipe: the optimizer's state and param groups
 # (transformers loads them over the new optimizer's) and the scheduler's base rates. A changed value would be
-# ignored while the report showed it. Recipe field of each GRPOConfig name, for the message.
+# ignored while the report showed it. And the RNG state, while the data order comes from the seed: resumed under
+# another seed, the trainer skips the trained batches of another order, so some questions train twice in the
+# epoch and others never. Recipe field of each GRPOConfig name, for the message.
 RESTORED = {"optim": "training.trl.optim", "learning_rate": "training.learning_rate",
             "weight_decay": "training.trl.weight_decay", "adam_beta1": "training.trl.adam_beta1",
-            "adam_beta2": "training.trl.adam_beta2", "adam_epsilon": "training.trl.adam_epsilon"}
+            "adam_beta2": "training.trl.adam_beta2", "adam_epsilon": "training.trl.adam_epsilon",
+            "seed": "training.seed"}
 
 
 def check_same_optimizer(checkpoint: Path, settings: dict) -> None:
@@ -174,7 +198,8 @@ def check_same_optimizer(checkpoint: Path, settings: dict) -> None:
         if key in saved and key in settings and saved[key] != settings[key]:
             raise CheckpointError(
                 f"--resume: {checkpoint} was trained with {field} {saved[key]!r}, the recipe asks for "
-                f"{settings[key]!r}; resume with the same optimizer settings, or run without --resume to start over"
+                f"{settings[key]!r}; resume with the same {'seed' if key == 'seed' else 'optimizer settings'}, or run "
+                "without --resume to start over"
             )
 
 
@@ -189,6 +214,8 @@ def damaged(file: Path) -> str | None:
     after the base evaluation. Both formats can be checked without them: torch's .pt/.pth files are zip
     archives with CRCs, and a .safetensors file is a length-prefixed JSON header whose offsets cover the file."""
     try:
+        if file.name == "adapter_config.json":
+            return None if isinstance(json.loads(file.read_text(encoding="utf-8")), dict) else "not a JSON object"
         if file.suffix in (".pt", ".pth") or (file.suffix == ".bin" and _starts_with(file, b"PK")):
             with zipfile.ZipFile(file) as archive:
                 bad = archive.testzip()

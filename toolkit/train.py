@@ -231,20 +231,30 @@ def check_finite(model, tokenizer, step: int, learning_rate: float) -> None:
 
 
 def optimizer_settings(config) -> dict:
-    """What a checkpoint's optimizer and scheduler state fix (`checkpoints.RESTORED`), from a GRPOConfig."""
+    """What a checkpoint's optimizer, scheduler and RNG state fix (`checkpoints.RESTORED`), from a GRPOConfig."""
     return {key: plain_value(getattr(config, key)) for key in RESTORED}
 
 
 class OptimizerRecord(TrainerCallback, ExportableState):
     """Keeps the optimizer's settings in every checkpoint: transformers saves an ExportableState callback's state
     in trainer_state.json (stateful_callbacks), where `checkpoints.check_same_optimizer` reads them on --resume.
-    The checkpoint's training_args.bin has them too, but only as a pickle."""
+    The checkpoint's training_args.bin has them too, but only as a pickle. Rebuilt from a checkpoint's state
+    (training.trl.restore_callback_states_from_checkpoint), transformers passes them back as keywords."""
 
-    def __init__(self, settings: dict):
-        self.settings = settings
+    def __init__(self, settings: dict | None = None, **saved):
+        self.settings = dict(settings) if settings is not None else saved
 
     def state(self) -> dict:
         return {"args": dict(self.settings), "attributes": {}}
+
+
+class RecipeSteps(TrainerCallback):
+    """training.save_steps and training.logging_steps on --resume: transformers loads the checkpoint's
+    trainer_state.json over its own state, intervals included, and then saved and logged at the interval of the
+    run that wrote the checkpoint, whatever the recipe said now (only a warning that they differ)."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        state.compute_steps(args, state.max_steps)
 
 
 def train(recipe: Recipe, model, tokenizer, rows: list[dict], work_dir: Path, resume_from: Path | None = None,
@@ -270,6 +280,8 @@ def train(recipe: Recipe, model, tokenizer, rows: list[dict], work_dir: Path, re
     set_seed(recipe.training.seed)
     config = config or grpo_config(recipe, work_dir, backend)
     settings = optimizer_settings(config)
+    # Read now: with save_total_limit the trainer removes the checkpoint it resumed from once it has saved two more.
+    resumed_from = resumed_step(resume_from) if resume_from is not None else None
     if resume_from is not None:
         check_same_optimizer(resume_from, settings)
     live = LiveMetrics()
@@ -280,12 +292,12 @@ def train(recipe: Recipe, model, tokenizer, rows: list[dict], work_dir: Path, re
         reward_funcs=recipe.build_rewards() if rewards is None else rewards,
         args=config,
         train_dataset=Dataset.from_list(rows),
-        callbacks=[live, OptimizerRecord(settings), *(callbacks or [])],
+        callbacks=[live, OptimizerRecord(settings), RecipeSteps(), *(callbacks or [])],
     )
     # With tqdm off, transformers prints every raw log dict; the live table and the report replace it.
     trainer.remove_callback(PrinterCallback)
     start = time.perf_counter()
-    if resume_from is not None and resumed_step(resume_from) >= recipe.training.max_steps:
+    if resume_from is not None and resumed_from >= recipe.training.max_steps:
         # A run killed after its last checkpoint (in the tuned evaluation, say) has nothing left to train, but
         # transformers' loop checks max_steps only after a step, so train() would take one step past it.
         live.close()
@@ -301,6 +313,6 @@ def train(recipe: Recipe, model, tokenizer, rows: list[dict], work_dir: Path, re
     seconds = time.perf_counter() - start
     check_finite(trainer.model, tokenizer, trainer.state.global_step, recipe.training.learning_rate)
     result = TrainResult(trainer.state.global_step, round(seconds, 1), list(trainer.state.log_history),
-                         resumed_from=resumed_step(resume_from) if resume_from is not None else None)
+                         resumed_from=resumed_from)
     logger.info("%s", result.summary())
     return trainer, result
