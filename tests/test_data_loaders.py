@@ -335,3 +335,54 @@ def test_a_source_named_by_its_headings_as_written_points_at_the_markdown_id(tmp
         load_dataset(data_section(corpus=[str(tmp_path / "grapes.md")], train=train, eval=one))
     assert ("1 question names a source that is no corpus document (the first: 'nowhere'); retrieval recall counts it "
             "as a miss") in caplog.text
+
+
+def test_generated_questions_whose_document_lacks_the_answer_are_warned_about(winemag_csv, caplog):
+    # The row template leaves `points` out: no retrieved context can answer "How many points...?".
+    entry = {"path": str(winemag_csv()), "template": "{title}: a {variety} from {country}. {description}",
+             "id_column": "id", "questions": {"templates": [
+                 {"question": "Which grape variety is '{title}'?", "answer": "variety"},
+                 {"question": "How many points did '{title}' get?", "answer": "points"}]}}
+    with caplog.at_level("WARNING", logger="toolkit.data"):
+        load_dataset(data_section(corpus=[entry]))
+    assert "8 of 16 questions generated from CSV rows have an answer their row's document does not hold" in caplog.text
+    assert "How many points" in caplog.text
+    caplog.clear()
+    entry["questions"]["templates"].pop()
+    with caplog.at_level("WARNING", logger="toolkit.data"):
+        load_dataset(data_section(corpus=[entry]))
+    assert not caplog.records
+
+
+def test_generated_questions_from_a_single_row_say_why_eval_is_empty(winemag_csv):
+    # The CSV is not empty: its one row with questions goes to training, and nothing is left to hold out.
+    entry = {"path": str(winemag_csv(rows=WINEMAG_ROWS[:1])), "template": "{title}: a {variety}. {description}",
+             "questions": {"templates": [{"question": "Which grape variety is '{title}'?", "answer": "variety"}]}}
+    with pytest.raises(DataError, match="^no eval questions: the questions generated from CSV rows all come from one "
+                                        "row, which goes to training"):
+        load_dataset(data_section(corpus=[entry]))
+    load_dataset(data_section(corpus=[entry], eval=WINE / "eval.jsonl"))  # a question file fills the eval side
+
+
+def test_a_question_that_rows_of_two_csv_entries_generate_is_dropped(tmp_path, winemag_csv):
+    # One wine reviewed in two files: each entry splits its own rows, so its copies could land on both sides.
+    first, second = winemag_csv(name="2019.csv"), winemag_csv(name="2020.csv", rows=WINEMAG_ROWS[:2])
+    questions = {"templates": [{"question": "Which grape variety is '{title}'?", "answer": "variety"}],
+                 "eval_fraction": 0.5}
+    data = data_section(corpus=[{"path": str(path), "template": "{title}: a {variety}. {description}",
+                                 "id_column": "id", "questions": questions} for path in (first, second)])
+    dataset = load_dataset(data)
+    asked = [qa.question for qa in dataset.train + dataset.eval]
+    assert len(asked) == len(set(asked)) == 6  # the first file's 8 questions less the 2 the second file asks too
+    assert not any(title in question for title in (WINEMAG_ROWS[0][11], WINEMAG_ROWS[1][11]) for question in asked)
+
+
+def test_rows_that_give_no_question_are_counted(winemag_csv, caplog):
+    entry = {"path": str(winemag_csv()), "template": "{title}: a {variety}. {description}", "id_column": "id",
+             "questions": {"templates": [{"question": "Which grape variety is '{title}'?", "answer": "variety"}],
+                           "eval_fraction": 0.25}}
+    with caplog.at_level("INFO", logger="toolkit.data"):
+        load_dataset(data_section(corpus=[entry]))
+    # The two rows sharing a title: their question is ambiguous, so neither gives one.
+    assert "reviews.csv: 2 of 10 rows give no question" in caplog.text
+    assert "of the rest, 2 are held out for eval" in caplog.text

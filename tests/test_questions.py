@@ -90,3 +90,13 @@ def test_no_rows_no_questions(winemag_csv):
 
 def test_question_columns():
     assert question_columns(TEMPLATES) == ["title", "variety", "country"]
+
+
+def test_a_title_differing_only_in_spacing_or_case_is_one_question_of_two_rows():
+    # Two reviews of one wine, one title written with a double space (as in the Kaggle file): were they two
+    # questions, one could land in training and its copy in eval.
+    titles = ["Nicosia 2013 Vulkà Bianco  (Etna)", "Nicosia 2013 Vulkà Bianco (Etna)",
+              "NICOSIA 2013 Vulkà Bianco (Etna)", "Rainstorm 2013 Pinot Gris", "St. Julian 2013 Riesling"]
+    rows = [Row(f"r#{i}", {"title": title, "variety": "White Blend"}, i + 2) for i, title in enumerate(titles)]
+    train, held_out = row_questions(rows, TEMPLATES[:1], 0.5, seed=0)
+    assert sorted(qa.source for qa in train + held_out) == ["r#3", "r#4"]

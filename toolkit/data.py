@@ -39,11 +39,17 @@ def load_documents(sources: list[CorpusSource | str | Path]) -> list[Document]:
 def load_dataset(data: DataSection) -> Dataset:
     """The recipe's documents and its train/eval questions: the question files plus questions from CSV rows."""
     documents, generated = _load_corpus(data.corpus)
+    generated = _drop_shared_questions(generated)
     train = (load_qa(data.train) if data.train else []) + [qa for split, _ in generated for qa in split]
     held_out = (load_qa(data.eval) if data.eval else []) + [qa for _, split in generated for qa in split]
+    if train and not held_out and any(split for split, _ in generated):
+        # One row with questions: the split keeps it for training, as it holds out at most all rows but one.
+        raise DataError("no eval questions: the questions generated from CSV rows all come from one row, which goes to "
+                        "training (a split needs 2 rows with questions); add rows, or give a data.eval file")
     if not train or not held_out:
         raise DataError(f"no {'training' if not train else 'eval'} questions: the question files and the "
                         "questions generated from CSV rows are all empty")
+    _warn_if_not_in_document(documents, [qa for pair in generated for split in pair for qa in split])
     ids = {doc.id for doc in documents}
     unknown = [qa.source for qa in train + held_out if qa.source and qa.source not in ids]
     if unknown:
@@ -61,6 +67,33 @@ def _id_hint(source: str, ids: set[str]) -> str:
     file, sep, headings = source.partition("#")
     slugged = f"{file}#{heading_path(headings.split('/'))}" if sep else None
     return f"; did you mean {slugged!r}? Markdown ids are slugs" if slugged != source and slugged in ids else ""
+
+
+def _drop_shared_questions(generated: list[tuple[list[QA], list[QA]]]) -> list[tuple[list[QA], list[QA]]]:
+    """Each entry's questions less those another entry's rows ask too (one wine in two CSV files): as within an
+    entry, their source is ambiguous, and each entry splits its own rows, so the copies could land on both sides."""
+    sources: dict[str, set[str]] = {}
+    everything = [qa for pair in generated for split in pair for qa in split]
+    for qa in everything:
+        sources.setdefault(_asked(qa), set()).add(qa.source)
+    shared = {asked for asked, found in sources.items() if len(found) > 1}
+    if not shared:
+        return generated
+    logger.warning("dropped %d questions that rows of more than one corpus entry generate (first: %r): their source "
+                   "is ambiguous", len(shared), next(qa.question for qa in everything if _asked(qa) in shared))
+    return [tuple([qa for qa in split if _asked(qa) not in shared] for split in pair) for pair in generated]
+
+
+def _warn_if_not_in_document(documents: list[Document], generated: list[QA]) -> None:
+    """A question generated from a row whose answer its document never states (an answer column the row template
+    leaves out): the retrieved context cannot answer it, yet it is trained on or counts in the eval."""
+    texts = {doc.id: " ".join(doc.text.lower().split()) for doc in documents}
+    missing = [qa for qa in generated if " ".join(qa.answer.lower().split()) not in texts.get(qa.source, "")]
+    if missing:
+        logger.warning("%d of %d questions generated from CSV rows have an answer their row's document does not hold "
+                       "(first: %r, answer %r, source %r): put the answer column in the row template, or no retrieved "
+                       "context can answer them", len(missing), len(generated), missing[0].question,
+                       missing[0].answer, missing[0].source)
 
 
 def _asked(qa: QA) -> str:
@@ -126,7 +159,13 @@ def _load_corpus(sources) -> tuple[list[Document], list[tuple[list[QA], list[QA]
                 documents.append(doc)
             rows += loaded.rows
         if questions:
-            generated.append(row_questions(rows, questions.templates, questions.eval_fraction, questions.seed))
+            pair = row_questions(rows, questions.templates, questions.eval_fraction, questions.seed)
+            asked = {qa.source for split in pair for qa in split}
+            if len(asked) < len(rows):
+                logger.info("%s: %d of %d rows give no question (each template's answer or a placeholder blank, or "
+                            "its question asked by another row too); of the rest, %d are held out for eval", spec.path,
+                            len(rows) - len(asked), len(rows), len({qa.source for qa in pair[1]}))
+            generated.append(pair)
     if not documents:
         raise DataError(f"no documents in {', '.join(str(getattr(s, 'path', s)) for s in sources)}")
     return documents, generated

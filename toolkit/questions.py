@@ -53,22 +53,26 @@ def row_questions(rows: list[Row], templates, eval_fraction: float, seed: int) -
 
     `templates` are items with `question` (a `{column}` template) and `answer` (a column name). A row gets no
     question from a template whose answer or placeholders are blank in it. A question that several rows would
-    produce (two reviews of the same wine: a duplicate title) is dropped for all of them: its source is
-    ambiguous. Rows are ranked by a hash of the seed and the row's document id; the first `eval_fraction` of the
-    rows that have questions are held out. Questions come ordered by that rank, so taking the first N is a
-    random sample that does not depend on file order.
+    produce (two reviews of the same wine: a duplicate title, also one differing only in case or spacing) is
+    dropped for all of them: its source is ambiguous, and its copies could land on both sides of the split. Rows
+    are ranked by a hash of the seed and the row's document id; the first `eval_fraction` of the rows that have
+    questions are held out. Questions come ordered by that rank, so taking the first N is a random sample that
+    does not depend on file order (given ids from an id column: row numbers move with the rows).
     """
-    by_question: dict[str, list[tuple[Row, str]]] = defaultdict(list)
+    # Keyed as the eval reads a question (case and spacing aside): "Nicosia 2013  Red" and "Nicosia 2013 Red" are
+    # one question, and two rows asking it are ambiguous.
+    by_question: dict[str, list[tuple[Row, str, str]]] = defaultdict(list)
     for row in rows:
         for template in templates:
             answer = row.values[template.answer].strip()
             if not answer or not all(row.values[name].strip() for name in template_fields(template.question)):
                 continue
-            by_question[render(template.question, row.values)].append((row, answer))
+            question = render(template.question, row.values)
+            by_question[" ".join(question.lower().split())].append((row, question, answer))
     per_row: dict[str, list[QA]] = defaultdict(list)
-    for question, found in by_question.items():
-        if len({row.doc_id for row, _ in found}) == 1:
-            row, answer = found[0]
+    for found in by_question.values():
+        if len({row.doc_id for row, _, _ in found}) == 1:
+            row, question, answer = found[0]
             per_row[row.doc_id].append(QA(question, answer, [], row.doc_id))
     if not per_row:
         return [], []
