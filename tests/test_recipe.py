@@ -634,6 +634,8 @@ def test_trl_passthrough_refuses_typos_and_mapped_fields(trl, expected):
 @pytest.mark.parametrize("trl, expected", [
     ("{eval_strategy: steps}", "training.trl.eval_strategy: GRPOTrainer gets no eval_dataset here"),
     ("{save_strategy: best}", "training.trl.save_strategy: 'best' needs an evaluation during training"),
+    # save_steps stayed transformers' 500: no checkpoint in a 28-step run.
+    ("{save_strategy: steps}", "training.trl.save_strategy: set training.save_steps instead"),
     ("{do_eval: true}", "training.trl.do_eval: GRPOTrainer gets no eval_dataset here"),
     ("{eval_on_start: true}", "training.trl.eval_on_start: GRPOTrainer gets no eval_dataset here"),
     ("{fsdp: full_shard}", "training.trl.fsdp: FSDP needs distributed training"),
@@ -643,6 +645,10 @@ def test_trl_passthrough_refuses_typos_and_mapped_fields(trl, expected):
     ("{save_only_model: true}", "training.trl.save_only_model: its checkpoints would lack the optimizer"),
     ("{resume_from_checkpoint: runs/wine/trainer/checkpoint-2}", "pass --resume to toolkit.run instead"),
     ("{push_to_hub: true}", "training.trl.push_to_hub: the run saves its adapter in <output_dir>/adapter"),
+    # training.max_steps (always set) overrides it: the run trained 30 steps whatever this said.
+    ("{num_train_epochs: 2}", "training.trl.num_train_epochs: training.max_steps sets the length of training"),
+    # Dropped the answer and context columns: every reward scored None, the loss was 0, nothing was learned.
+    ("{remove_unused_columns: true}", "training.trl.remove_unused_columns: the rewards read the dataset's other"),
     # Accepted by transformers and then unused: they would silently do nothing.
     ("{eval_steps: 5}", "training.trl.eval_steps: GRPOTrainer gets no eval_dataset here"),
     ("{metric_for_best_model: reward}", "training.trl.metric_for_best_model: there is no evaluation during training"),
@@ -651,6 +657,7 @@ def test_trl_passthrough_refuses_typos_and_mapped_fields(trl, expected):
     ("{eval_accumulation_steps: 4}", "training.trl.eval_accumulation_steps: GRPOTrainer gets no eval_dataset here"),
     ("{prediction_loss_only: true}", "training.trl.prediction_loss_only: GRPOTrainer gets no eval_dataset here"),
     ("{per_device_eval_batch_size: 4}", "in batches of eval.batch_size: set that"),
+    ("{num_generations_eval: 2}", "training.trl.num_generations_eval: GRPOTrainer gets no eval_dataset here"),
     # wine.yaml's schedule is constant, which transformers builds without these kwargs.
     ("{lr_scheduler_kwargs: {num_cycles: 0.5}}",
      "training.trl.lr_scheduler_kwargs: training.lr_scheduler_type constant takes no settings"),
@@ -660,13 +667,42 @@ def test_trl_values_the_run_cannot_honour_are_refused(trl, expected):
     with pytest.raises(RecipeError) as err:
         load_recipe(WINE, [f"training.trl={trl}"])
     assert expected in str(err.value) and "\n" not in str(err.value)
-    kept = "training.trl={eval_strategy: 'no', save_strategy: epoch, save_only_model: false, do_eval: false}"
+    kept = ("training.trl={eval_strategy: 'no', save_strategy: epoch, save_only_model: false, do_eval: false, "
+            "remove_unused_columns: false}")
     assert load_recipe(WINE, [kept]).training.trl == {"eval_strategy": "no", "save_strategy": "epoch",
-                                                      "save_only_model": False, "do_eval": False}
+                                                      "save_only_model": False, "do_eval": False,
+                                                      "remove_unused_columns": False}
     cosine = load_recipe(WINE, ["training.lr_scheduler_type=cosine",
                                 "training.trl={lr_scheduler_kwargs: {num_cycles: 0.25}}"])
     assert cosine.training.trl == {"lr_scheduler_kwargs": {"num_cycles": 0.25}}
     assert load_recipe(WINE, ["training.trl={lr_scheduler_kwargs: {}, eval_steps: null}"]).training.trl
+    # With training.save_steps the recipe's own strategy is "steps": saying so again changes nothing.
+    assert load_recipe(WINE, ["training.save_steps=4", "training.trl={save_strategy: steps}"]).training.trl
+
+
+@pytest.mark.parametrize("trl, expected", [
+    # TRL lets generation_kwargs override its own sampling settings; the loss still scaled the logits by
+    # training.temperature, so the replies were sampled at one temperature and scored at another.
+    ("{generation_kwargs: {temperature: 0.3}}",
+     "training.trl.generation_kwargs: set by the recipe, not here: temperature (use training.temperature)"),
+    ("{generation_kwargs: {top_p: 0.9, max_new_tokens: 500}}",
+     "top_p (use training.top_p), max_new_tokens (use training.max_completion_length)"),
+    ("{generation_kwargs: '{\"max_tokens\": 500}'}", "max_tokens (use training.max_completion_length)"),
+    ("{generation_kwargs: {do_sample: false}}", "training.trl.generation_kwargs: do_sample must stay true"),
+    # Kept by GRPOConfig; GRPOTrainer failed on it with a traceback when built, after the base evaluation.
+    ("{generation_kwargs: 5}", "training.trl.generation_kwargs: must be a mapping of generation settings"),
+    ("{generation_kwargs: nojson}", "training.trl.generation_kwargs: must be a mapping of generation settings"),
+    # Only TRL's sampling prompts got them: the evaluation rendered the template without.
+    ("{chat_template_kwargs: {enable_thinking: false}}",
+     "training.trl.chat_template_kwargs: only TRL's training prompts would get them"),
+])
+def test_trl_settings_that_would_override_the_recipe_or_split_train_and_eval_prompts_are_refused(trl, expected):
+    with pytest.raises(RecipeError) as err:
+        load_recipe(WINE, [f"training.trl={trl}"])
+    assert expected in str(err.value) and "\n" not in str(err.value)
+    kept = load_recipe(WINE, ["training.trl={generation_kwargs: {suppress_tokens: [3], do_sample: true}, "
+                              "chat_template_kwargs: {}}"])
+    assert kept.training.trl["generation_kwargs"] == {"suppress_tokens": [3], "do_sample": True}
 
 
 def test_an_unquoted_no_for_a_strategy_is_taken_as_no():

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import logging
 import math
 import types
@@ -63,6 +64,7 @@ REFUSED_VALUES = {
     "eval_delay": (lambda v: bool(v), f"{NO_EVAL_DATASET}; leave it out"),
     "eval_accumulation_steps": (lambda v: v is not None, f"{NO_EVAL_DATASET}; leave it out"),
     "prediction_loss_only": (lambda v: v is True, f"{NO_EVAL_DATASET}; leave it out"),
+    "num_generations_eval": (lambda v: v is not None, f"{NO_EVAL_DATASET}, greedily; leave it out"),
     "per_device_eval_batch_size": (lambda v: True, f"{NO_EVAL_DATASET}, in batches of eval.batch_size: set that"),
     "metric_for_best_model": (lambda v: v is not None, f"there is no evaluation during training to pick a best "
                                                        f"checkpoint by: {NO_EVAL_DATASET}"),
@@ -76,9 +78,25 @@ REFUSED_VALUES = {
                                              "that --resume restores"),
     "resume_from_checkpoint": (lambda v: v is not None, "pass --resume to toolkit.run instead: it continues from the "
                                                         "latest checkpoint in <output_dir>/trainer, checked first"),
+    # TrainingArguments: max_steps, which the recipe always sets (training.max_steps), overrides it without a word.
+    "num_train_epochs": (lambda v: True, "training.max_steps sets the length of training and overrides it; set that"),
+    # Would drop every dataset column but the prompt: the rewards then get no answer, context, ... and score None,
+    # the loss is 0 and the run learns nothing (TRL only logs a warning).
+    "remove_unused_columns": (lambda v: v is True, "the rewards read the dataset's other columns (answer, aliases, "
+                                                   "context, ...); without them they score nothing and nothing is "
+                                                   "learned"),
     "push_to_hub": (lambda v: v is True, "the run saves its adapter in <output_dir>/adapter; export it (python -m "
                                          "toolkit.export) and upload that"),
 }
+# training.trl.generation_kwargs keys TRL lets override the recipe's own sampling settings without a word (transformers'
+# GenerationConfig and vLLM's SamplingParams names): the loss would still scale the logits by training.temperature.
+GENERATION_KWARGS_MAPPED = {"temperature": "training.temperature", "top_p": "training.top_p",
+                            "max_new_tokens": "training.max_completion_length",
+                            "max_tokens": "training.max_completion_length"}
+# chat_template_kwargs reach only TRL's sampling prompts: the evaluation, toolkit.chat and the export render the
+# template without them, so the model would be scored on prompts it was not trained on.
+CHAT_TEMPLATE_KWARGS = ("only TRL's training prompts would get them: the evaluation, toolkit.chat and the exported "
+                        "model render the chat template without them, so the model would be scored on other prompts")
 # Schedules transformers builds without `lr_scheduler_kwargs`, dropping them without a word.
 NO_SCHEDULER_KWARGS = ("constant", "constant_with_warmup")
 # Counts GRPOConfig takes without checking them: 0 trains nothing (exit 0), a negative fails deep in torch's sampler.
@@ -147,6 +165,14 @@ def check_trl_passthrough(recipe: Recipe) -> None:
             refused = REFUSED_VALUES.get(key)
             if reason is None and refused is not None and refused[0](plain_value(recipe.training.trl[key])):
                 reason = refused[1]
+            if reason is None and key == "save_strategy" and plain_value(recipe.training.trl[key]) == "steps" \
+                    and recipe.training.save_steps is None:
+                # Without training.save_steps transformers' save_steps is 500: no checkpoint in a run this short.
+                reason = "set training.save_steps instead: it turns on a checkpoint every N steps, keeping the last two"
+            if reason is None and key == "generation_kwargs":
+                reason = generation_kwargs_problem(recipe.training.trl[key])
+            if reason is None and key == "chat_template_kwargs" and recipe.training.trl[key]:
+                reason = CHAT_TEMPLATE_KWARGS
             if reason is None and key == "lr_scheduler_kwargs" and value \
                     and recipe.training.lr_scheduler_type in NO_SCHEDULER_KWARGS:
                 reason = (f"training.lr_scheduler_type {recipe.training.lr_scheduler_type} takes no settings, so "
@@ -170,6 +196,27 @@ def check_trl_passthrough(recipe: Recipe) -> None:
     if problems:
         # Raised as a ValidationError, not a ValueError, so each problem keeps its own `training.trl.<key>` path.
         raise ValidationError.from_exception_data("Recipe", problems)
+
+
+def generation_kwargs_problem(value: Any) -> str | None:
+    """Why training.trl.generation_kwargs cannot be used as given: a key that would override a recipe field (TRL
+    lets generation_kwargs win over its own sampling settings), or do_sample off (GRPO compares sampled replies)."""
+    if isinstance(value, str):  # GRPOConfig reads a JSON string as the dict
+        try:
+            value = json.loads(value)
+        except ValueError:
+            pass
+    if value is None:
+        return None
+    if not isinstance(value, dict):  # GRPOConfig keeps it; GRPOTrainer fails on it when built, after the base eval
+        return "must be a mapping of generation settings, e.g. {suppress_tokens: [3]}"
+    clashes = [f"{key} (use {GENERATION_KWARGS_MAPPED[key]})" for key in value if key in GENERATION_KWARGS_MAPPED]
+    if clashes:
+        return f"set by the recipe, not here: {', '.join(clashes)}"
+    if value.get("do_sample", True) is not True:
+        return ("do_sample must stay true: GRPO learns from the differences between a group's sampled replies, and "
+                "greedy ones are all the same")
+    return None
 
 
 def check_overlong_limits(recipe: Recipe) -> None:
