@@ -19,6 +19,7 @@ from toolkit.prompts import (
     prepare_replies,
     prompt_length,
     reply_prefix,
+    warn_if_examples_cut,
     warn_over_context,
 )
 from toolkit.recipe import FewShotExample, PromptSection, load_recipe
@@ -219,6 +220,27 @@ def test_without_open_think_the_template_is_untouched():
     rows = [{"answer": "Nebbiolo"}]
     assert prepare_replies(tokenizer, rows, PROMPT) == ""
     assert tokenizer.chat_template == template and "completion_prefix" not in rows[0]
+
+
+def test_a_template_that_drops_an_examples_think_block_is_warned_about(caplog):
+    # DeepSeek-R1-Distill's template keeps only what follows "</think>" in an assistant turn: the worked example
+    # reached the model as "<answer>Sangiovese</answer>", without a word.
+    tokenizer = _packaged_tokenizer()
+    rows = [{"answer": "Nebbiolo"}]
+    with caplog.at_level("WARNING", logger="toolkit.prompts"):
+        assert warn_if_examples_cut(tokenizer, PROMPT) == []
+        prepare_replies(tokenizer, rows, PROMPT)
+    assert "worked example" not in caplog.text
+    tokenizer.chat_template = (
+        "{% for m in messages %}{% set content = m['content'] %}{% if m['role'] == 'assistant' and '</think>' in "
+        "content %}{% set content = content.split('</think>')[-1] %}{% endif %}<|{{ m['role'] }}|>{{ content }}"
+        "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+    )
+    with caplog.at_level("WARNING", logger="toolkit.prompts"):
+        assert warn_if_examples_cut(tokenizer, PROMPT) == [1]
+        caplog.clear()
+        prepare_replies(tokenizer, rows, PROMPT)
+    assert "does not show the whole reply of worked example 1" in caplog.text
 
 
 def test_open_think_without_a_chat_template_is_a_clear_error():

@@ -119,7 +119,26 @@ def prepare_replies(tokenizer, rows: list[dict], recipe_prompt: PromptSection) -
     """The recipe's reply opening on the tokenizer, then each row's `completion_prefix` (`add_reply_prefix`)."""
     if recipe_prompt.open_think:
         open_think(tokenizer)
+    if rows:
+        warn_if_examples_cut(tokenizer, recipe_prompt)
     return add_reply_prefix(rows, tokenizer)
+
+
+def warn_if_examples_cut(tokenizer, prompt: PromptSection) -> list[int]:
+    """Warn about (and return the numbers of) worked examples whose reply the chat template does not render whole.
+    DeepSeek-R1's template, and Qwen3's for earlier turns, drop everything up to "</think>" from an assistant turn:
+    the model is then shown the example's answer without the think block the strict format asks for."""
+    if not prompt.examples or getattr(tokenizer, "chat_template", None) is None:
+        return []
+    rendered = tokenizer.apply_chat_template(build_messages(prompt, "?", []), add_generation_prompt=True,
+                                             tokenize=False)
+    cut = [i for i, example in enumerate(prompt.examples, 1) if example.reply.strip() not in rendered]
+    if cut:
+        logger.warning(
+            "the chat template does not show the whole reply of worked example %s (a template that drops the "
+            "<think> block of earlier assistant turns, as DeepSeek-R1's does): the model sees a shorter example than "
+            "the recipe's; put the example in prompt.system to show it whole", ", ".join(map(str, cut)))
+    return cut
 
 
 def add_reply_prefix(rows: list[dict], tokenizer) -> str:
