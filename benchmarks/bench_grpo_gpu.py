@@ -228,6 +228,12 @@ def main() -> int:
     backends = [name.strip() for name in args.backends.split(",") if name.strip()]
     if not backends or set(backends) - {"unsloth", "hf"}:
         parser.error(f"--backends: expected a comma-separated list of unsloth and hf, got {args.backends!r}")
+    # Before any GPU work: --steps 0 measured nothing (nulls after a whole run), --warmup -1 measured only the last
+    # step (steps[-1:]) of one step fewer than asked.
+    for name, least in (("steps", 1), ("warmup", 0), ("generations", 1), ("batch", 1), ("completion", 1),
+                        ("max_seq_length", 1)):
+        if getattr(args, name) < least:
+            parser.error(f"--{name.replace('_', '-')} must be at least {least}, got {getattr(args, name)}")
     for name in ("rows", "tokenizer", "log_dir"):  # relative to where the user ran it, before the chdir below
         if getattr(args, name):
             setattr(args, name, str(Path(getattr(args, name)).resolve()))

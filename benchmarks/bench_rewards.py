@@ -95,8 +95,12 @@ def _completion(rng: random.Random, q: dict, sentences: list[str], golds: list[s
 
 
 def _clear_caches() -> None:
-    for fn in (builtin._context_forms, text.gold_forms):
-        fn.cache_clear()
+    # Every memo of the reward modules (context forms, gold forms, question and example tokens), not a list of
+    # them that a new cache would silently miss: a cache left warm from the previous pass makes that pass cheaper.
+    for module in (builtin, text):
+        for fn in vars(module).values():
+            if callable(getattr(fn, "cache_clear", None)):
+                fn.cache_clear()
 
 
 def _seconds(fn, batches: list[tuple[list, dict]]) -> float:

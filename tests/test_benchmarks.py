@@ -63,6 +63,10 @@ def test_help_prints_usage_and_the_whole_first_paragraph(script, tmp_path):
     # Refused before the model loads (0 rounds failed after it with KeyError: 'plain').
     ("bench_generation.py", ["--rounds", "0"], "--rounds must be at least 1, got 0"),
     ("bench_generation.py", ["--groups", "-1"], "--groups must be at least 1, got -1"),
+    # Checked before any GPU work (and before the CUDA check): --steps 0 measured nothing after a whole run, and
+    # --warmup -1 measured only the last step.
+    ("bench_grpo_gpu.py", ["--steps", "0"], "--steps must be at least 1, got 0"),
+    ("bench_grpo_gpu.py", ["--warmup", "-1"], "--warmup must be at least 0, got -1"),
     # --from-report reads a finished run: what would shape a new one was accepted and did nothing.
     ("learning_curve.py", ["--from-report", "report.json", "--recipe", "r.yaml", "training.max_steps=1"],
      "--from-report reads a finished run; --recipe, --output-dir, training.max_steps=1 would do nothing with it"),
@@ -118,3 +122,25 @@ def test_bench_export_reports_a_failed_training_run_by_its_own_error_line():
              "print('ZeroDivisionError: division by zero', file=sys.stderr); sys.exit(1)"]
     with pytest.raises(bench.ChildFailed, match=r"exit 1.*ZeroDivisionError: division by zero$"):
         bench.run_child(crash, "toolkit.run (the 1-step run to export)")
+
+
+def test_bench_rewards_clears_every_reward_cache_before_a_timed_pass():
+    # "The row caches are cleared before each timed pass": the question and example token caches were left warm,
+    # so every pass after the first timed no_example_copy and exclude_question with their lookups already done.
+    import random
+
+    from toolkit.rewards import builtin, text
+
+    bench = load_script(BENCHMARKS / "bench_rewards.py")
+    rows = bench.make_rows(random.Random(0))[:64]
+    completions = [[{"role": "assistant", "content": r["text"]}] for r in rows]
+    columns = {key: [r[key] for r in rows] for key in ("question", "answer", "aliases", "context")}
+    columns |= {"examples": [[bench.EXAMPLE]] * len(rows), "prompts": [[{"role": "user", "content": "."}]] * len(rows),
+                "completion_ids": [list(range(min(len(r["text"]) // 4, 64))) for r in rows]}
+    for name, (reward, params) in bench.VARIANTS.items():
+        bench.build_reward(reward, params, name)(completions, **columns)
+    caches = {name: fn for module in (builtin, text) for name, fn in vars(module).items() if hasattr(fn, "cache_info")}
+    assert {"_tokens_of", "_question_tokens", "_context_forms", "gold_forms"} <= caches.keys()
+    assert all(fn.cache_info().currsize for fn in caches.values())  # every one was used
+    bench._clear_caches()
+    assert {name: fn.cache_info().currsize for name, fn in caches.items()} == dict.fromkeys(caches, 0)

@@ -167,3 +167,17 @@ def test_reused_rows_built_from_other_prompt_settings_are_refused(sweep, tmp_pat
     del built["built_from"]  # written before the files recorded their settings
     (tmp_path / "rows-recipe.json").write_text(json.dumps(built))
     assert "an older seed_sweep" in sweep.stale_rows(tmp_path / "rows-recipe.json", [], recipe_path)
+
+
+def test_the_paired_interval_of_many_seeds_uses_students_t(sweep, tmp_path):
+    # 16 seeds (as the wine recipe's max_grad_norm sweep ran): t(15 df) = 2.131, not the normal 1.96 used past 11.
+    seeds = list(range(1, 17))
+    results = [_result("recipe", None, 0.05)]
+    for seed in seeds:
+        results += [_result("recipe", seed, 0.20), _result("variant", seed, 0.20 + (0.1 if seed % 2 else 0.0))]
+    args = Namespace(recipe="recipes/wine.yaml", overrides=[], seeds=seeds, variant=[["training.x=1"]], parallel=2)
+    paired = sweep.summary(results, args, 1.0, tmp_path)["arms"]["variant"]["paired"]
+    # differences 0.1, 0, 0.1, ...: mean 0.05, sd sqrt(16 * 0.05**2 / 15) = 0.05164; half-width 2.131 * 0.05164 / 4
+    assert paired["mean"] == 0.05
+    assert paired["ci95"] == [0.0225, 0.0775]
+    assert [round(sweep.t95(df), 3) for df in (1, 7, 15, 30)] == [12.706, 2.365, 2.131, 2.042]  # the t tables'
