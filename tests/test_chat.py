@@ -372,3 +372,29 @@ def test_a_question_too_long_for_the_gguf_is_one_line_and_the_session_goes_on(tm
         model.close()
     assert err.getvalue().count("the prompt is too long for the GGUF model") == 1, err.getvalue()
     assert out.getvalue().count("sources:") == 1, out.getvalue()
+
+
+def test_an_embedder_that_cannot_load_ends_the_session(monkeypatch):
+    # The index loads its embedder at the first search; one that cannot load (offline, package gone) is no fault of
+    # the question: "ask again" for every question and exit 0 would hide it. It ends the session (exit 2 in main).
+    from rich.console import Console
+
+    from toolkit.models import ModelError
+
+    class Index:
+        searched = 0
+
+        def search(self, queries, k):
+            self.searched += 1
+            raise ModelError("cannot load embedder 'packaged:all-minilm-l6-v2': We couldn't connect")
+
+    class Model:
+        def complete(self, messages):
+            return "<answer>Nebbiolo</answer>"
+
+    index = Index()
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"{QUESTION}\n{QUESTION}\n"))
+    with pytest.raises(ModelError, match="^cannot load embedder"):
+        chat._answer_questions(load_recipe(RECIPE), index, Model(), None, None, Console(file=io.StringIO()),
+                               Console(file=io.StringIO()))
+    assert index.searched == 1

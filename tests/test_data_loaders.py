@@ -386,3 +386,16 @@ def test_rows_that_give_no_question_are_counted(winemag_csv, caplog):
     # The two rows sharing a title: their question is ambiguous, so neither gives one.
     assert "reviews.csv: 2 of 10 rows give no question" in caplog.text
     assert "of the rest, 2 are held out for eval" in caplog.text
+
+
+def test_two_csv_entries_of_one_row_each_are_not_called_one_row(winemag_csv):
+    # Each entry splits its own rows, so each keeps its one row for training; the message said they "all come from
+    # one row", sending the user to look for a single row in two files.
+    entries = [{"path": str(winemag_csv(name=f"{i}.csv", rows=WINEMAG_ROWS[i:i + 1])),
+                "template": "{title}: a {variety}. {description}",
+                "questions": {"templates": [{"question": "Which grape variety is '{title}'?", "answer": "variety"}]}}
+               for i in range(2)]
+    with pytest.raises(DataError, match="^no eval questions: the questions generated from CSV rows come from 2 rows, "
+                                        "but each corpus entry splits its own rows") as err:
+        load_dataset(data_section(corpus=entries))
+    assert "one row" not in str(err.value)

@@ -113,3 +113,16 @@ def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys, tmp_path):
     captured = capsys.readouterr()
     assert code == 130 and not captured.out
     assert captured.err.strip() == "interrupted"
+
+
+def test_a_reward_label_is_not_markup_in_the_score_table():
+    # As in the run's console and live tables: "len[/short]" raised MarkupError, "[v2]" vanished.
+    import io
+
+    from rich.console import Console
+
+    from toolkit.rewards.__main__ import _table
+
+    out = io.StringIO()
+    Console(file=out, width=120).print(_table([("len[/short]", 1.0, 0.5), ("fmt[v2]", 0.5, None)]))
+    assert "len[/short]" in out.getvalue() and "fmt[v2]" in out.getvalue(), out.getvalue()

@@ -38,6 +38,11 @@ class Reply:
         return list(dict.fromkeys(hit.source for hit in self.hits))
 
 
+class QuestionError(ModelError):
+    """A question that cannot be asked (not text, too long for the model's context); in a session the next one can
+    be. Any other ModelError (an embedder that cannot load, say) ends the session: asking again would not help."""
+
+
 class GGUFChat:
     """An exported GGUF in llama.cpp, prompted through the chat template stored in the file."""
 
@@ -59,7 +64,7 @@ class GGUFChat:
         except ValueError as err:  # llama-cpp-python's "Requested tokens (N) exceed context window of 4096"
             if "context window" not in str(err):
                 raise
-            raise ModelError(f"the prompt is too long for the GGUF model ({first_line(err)}); ask a shorter "
+            raise QuestionError(f"the prompt is too long for the GGUF model ({first_line(err)}); ask a shorter "
                              "question or retrieve fewer chunks (-k)") from None
         return self.prefix + (out["choices"][0]["message"]["content"] or "")
 
@@ -132,7 +137,7 @@ def check_question(question: str) -> None:
     try:
         question.encode("utf-8")
     except UnicodeEncodeError as err:
-        raise ModelError(f"the question is not valid UTF-8 text (a bad byte at character {err.start + 1})") from None
+        raise QuestionError(f"the question is not valid UTF-8 text (a bad byte at character {err.start + 1})") from None
 
 
 def _answer_questions(recipe: Recipe, index, model, question: str | None, k: int | None, out, console) -> None:
@@ -160,7 +165,7 @@ def _answer_questions(recipe: Recipe, index, model, question: str | None, k: int
         try:
             check_question(question)
             reply = ask(recipe, index, model, question, k)
-        except ModelError as err:  # a question that is not text, or too long for the model: the session goes on
+        except QuestionError as err:  # not text, or too long for the model: the next question can be asked
             from rich.markup import escape
 
             console.print(f"[red]error:[/] {escape(str(err))}; ask again", highlight=False, soft_wrap=True)

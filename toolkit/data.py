@@ -43,9 +43,14 @@ def load_dataset(data: DataSection) -> Dataset:
     train = (load_qa(data.train) if data.train else []) + [qa for split, _ in generated for qa in split]
     held_out = (load_qa(data.eval) if data.eval else []) + [qa for _, split in generated for qa in split]
     if train and not held_out and any(split for split, _ in generated):
-        # One row with questions: the split keeps it for training, as it holds out at most all rows but one.
-        raise DataError("no eval questions: the questions generated from CSV rows all come from one row, which goes to "
-                        "training (a split needs 2 rows with questions); add rows, or give a data.eval file")
+        # One row with questions: the split keeps it for training, as it holds out at most all rows but one. Each
+        # corpus entry splits its own rows: two files of one row each hold out nothing either.
+        rows = {qa.source for split, _ in generated for qa in split}
+        where = ("all come from one row, which goes" if len(rows) == 1 else
+                 f"come from {len(rows)} rows, but each corpus entry splits its own rows and none held one out: each "
+                 "entry's rows go")
+        raise DataError(f"no eval questions: the questions generated from CSV rows {where} to training (a split needs "
+                        "2 rows with questions in one entry); add rows, or give a data.eval file")
     if not train or not held_out:
         raise DataError(f"no {'training' if not train else 'eval'} questions: the question files and the "
                         "questions generated from CSV rows are all empty")

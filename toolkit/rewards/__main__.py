@@ -15,6 +15,7 @@ import sys
 
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
 from toolkit.rewards.registry import RewardError
@@ -79,6 +80,7 @@ def _table(scores: list[tuple[str, float, float | None]]) -> Table:
         table.add_column(name, justify=justify)
     total = 0.0
     for label, weight, value in scores:
+        label = escape(label)  # a reward label is no markup: "len[/short]" raised MarkupError, "[v2]" vanished
         if value is None:  # "not applicable": TRL leaves it out of the sum, and so does this total
             table.add_row(label, f"{weight:g}", "n/a", "—")
         else:
