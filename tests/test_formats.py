@@ -113,6 +113,7 @@ def test_empty_file_is_an_error_only_when_named(tmp_path, name, message):
         # Chroma refused these only when the index wrote its batch, with its own traceback.
         ({"#tags": "red"}, "metadata key '#tags' cannot be stored in the index (Chroma refuses a key that is empty"),
         ({"chroma:document": "x"}, "metadata key 'chroma:document' cannot be stored in the index"),
+        ({"chroma:note": "x"}, "metadata key 'chroma:note' cannot be stored in the index"),  # Chroma dropped it
         ({"tags": ["a", "b"]}, "metadata 'tags' must be a string, number or boolean, got list"),
         ("Italy", "'metadata' must be an object"),
         # json reads NaN and Infinity, and Chroma dropped them without a word.

@@ -28,9 +28,9 @@ def metadata_key_problem(key: str) -> str | None:
     batch fails mid-sync otherwise)."""
     if key in RESERVED_METADATA:
         return "is reserved for the index"
-    if not key or key[0] in "#$" or key == "chroma:document":
-        return "cannot be stored in the index (Chroma refuses a key that is empty, starts with '#' or '$', or is " \
-               "'chroma:document')"
+    if not key or key[0] in "#$" or key.startswith("chroma:"):
+        return "cannot be stored in the index (Chroma refuses a key that is empty or starts with '#' or '$', and " \
+               "drops one that starts with 'chroma:')"
     return None
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
