@@ -126,3 +126,23 @@ def test_a_reward_label_is_not_markup_in_the_score_table():
     out = io.StringIO()
     Console(file=out, width=120).print(_table([("len[/short]", 1.0, 0.5), ("fmt[v2]", 0.5, None)]))
     assert "len[/short]" in out.getvalue() and "fmt[v2]" in out.getvalue(), out.getvalue()
+
+
+def test_the_datas_text_is_not_markup(monkeypatch, capsys, tmp_path):
+    row = {"question": "Which [/b] grape?", "answer": "[v2]", "aliases": ["a[/i]"], "context_ids": ["doc[/x]:0:ab"]}
+
+    def scored(*args, **kwargs):
+        return row, [("answer_match", 1.0, 0.0)]
+
+    monkeypatch.setattr("toolkit.rewards.__main__.score_completion", scored)
+    assert main(["recipes/wine.yaml", "--completion", "<answer>[/u]</answer>", f"output_dir={tmp_path}"]) == 0
+    out = capsys.readouterr().out
+    for text in ("Which [/b] grape?", "[v2] (aliases: a[/i])", "doc[/x]:0:ab", "'[/u]'"):
+        assert text in out, out
+
+    def failing(*args, **kwargs):
+        raise ValueError("data[/x].jsonl:3: bad")
+
+    monkeypatch.setattr("toolkit.rewards.__main__.score_completion", failing)
+    assert main(["recipes/wine.yaml", "--completion", "x", f"output_dir={tmp_path}"]) == 2
+    assert "data[/x].jsonl:3: bad" in capsys.readouterr().err

@@ -113,17 +113,18 @@ def main(argv: list[str] | None = None) -> int:
         recipe = load_recipe(args.recipe, args.overrides)
         row, scores = score_completion(recipe, completion, args.question_index, args.split, args.tokens)
     except (ValueError, OSError, RewardError) as err:  # RecipeError, DataError, ModelError are ValueErrors
-        err_console.print(f"[red]error:[/] {' '.join(str(err).split())}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]error:[/] {escape(' '.join(str(err).split()))}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:  # Ctrl-C while indexing or loading a reward model: the usual exit status, no traceback
         err_console.print("interrupted")
         return 130
     console = Console()
     aliases = f" (aliases: {', '.join(row['aliases'])})" if row["aliases"] else ""
-    console.print(f"[bold]question[/] {row['question']}", highlight=False)
-    console.print(f"[bold]gold[/] {row['answer']}{aliases}", highlight=False)
-    console.print(f"[bold]context[/] {', '.join(row['context_ids']) or '(none)'}", highlight=False)
-    console.print(f"[bold]extracted answer[/] {extract_answer(completion)!r}", highlight=False)
+    # The data's text is no markup: a question with "[/b]" in it raised MarkupError, "[v2]" vanished.
+    console.print(f"[bold]question[/] {escape(row['question'])}", highlight=False)
+    console.print(f"[bold]gold[/] {escape(row['answer'] + aliases)}", highlight=False)
+    console.print(f"[bold]context[/] {escape(', '.join(row['context_ids']) or '(none)')}", highlight=False)
+    console.print(f"[bold]extracted answer[/] {escape(repr(extract_answer(completion)))}", highlight=False)
     console.print(_table(scores))
     return 0
 
