@@ -385,6 +385,12 @@ def _finished_run(tmp_path) -> Path:
     return run
 
 
+def test_a_run_folder_with_brackets_is_named_as_it_is(tmp_path, capsys):
+    run = _finished_run(tmp_path).rename(tmp_path / "run[b]")  # "[b]" vanished as a rich markup tag
+    assert export_mod.main(["recipes/wine.yaml", "--run", str(run), "--formats", "adapter"]) == 0
+    assert f"manifest: {run / 'export' / 'manifest.json'}" in " ".join(capsys.readouterr().out.split())
+
+
 def test_an_export_folder_that_is_a_file_is_one_line(tmp_path, capsys):
 
     run = _finished_run(tmp_path)

@@ -341,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"{entry['seconds']:.1f}", verdict)
     out = Console()
     out.print(table)
-    out.print(f"manifest: {Path(manifest['run']) / 'export' / 'manifest.json'}", highlight=False, soft_wrap=True)
+    out.print(f"manifest: {Path(manifest['run']) / 'export' / 'manifest.json'}", highlight=False, soft_wrap=True,
+              markup=False)  # a run folder may be named "run[b]", which rich would read as markup
     if not manifest["ok"]:
         console.print(f"[red]error:[/] {manifest['exact_format']} does not reproduce the merged model's greedy tokens")
         return 1
