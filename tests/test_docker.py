@@ -156,3 +156,20 @@ def test_readme_gives_the_build_and_run_commands():
     for mount in (":/app/runs", f":{env()['HF_HOME']}"):
         assert mount in command, (mount, command)
     assert "toolkit-cuda" in command and "recipes/" in command
+
+
+def test_pyproject_torch_floor_is_one_transformers_runs_with():
+    # `torch>=2.4` let pip keep a torch 2.4 already installed, with which transformers 5 disables PyTorch ("PyTorch
+    # >= 2.5 is required") and every model load fails.
+    from importlib.metadata import requires
+
+    from packaging.requirements import Requirement
+
+    def floor(requirements) -> tuple[int, ...]:
+        [spec] = [s for r in map(Requirement, requirements) if r.name == "torch" for s in r.specifier
+                  if s.operator == ">="]
+        return version_tuple(spec.version)
+
+    ours = floor(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"])
+    transformers_floor = max(floor([r]) for r in requires("transformers") if Requirement(r).name == "torch")
+    assert ours >= transformers_floor, (ours, transformers_floor)

@@ -190,6 +190,22 @@ def test_an_override_fills_in_a_section_left_empty(tmp_path):
         load_recipe(recipe, ["eval.limit=5", "eval.limit.x=1"])  # a value in the way is still an error
 
 
+def test_an_override_changes_one_use_of_an_anchored_mapping_not_every_alias(tmp_path):
+    # `params: *p` is the anchor's very object: an override of one reward's params (dotted or merged) changed the
+    # other reward's too, without a word.
+    recipe = _write(tmp_path / "r.yaml", f"""
+extends: {WINE}
+rewards:
+  - {{name: length, weight: 0.25, params: &p {{min_words: 3, max_words: 40}}}}
+  - {{name: length, label: length2, weight: 0.25, params: *p}}
+""")
+    for override in ("rewards.0.params.max_words=10", "rewards.0.params={max_words: 10}",
+                     "rewards.0={params: {max_words: 10}}"):
+        loaded = load_recipe(recipe, [override])
+        assert loaded.rewards[0].params == {"min_words": 3, "max_words": 10}, override
+        assert loaded.rewards[1].params == {"min_words": 3, "max_words": 40}, override
+
+
 def test_exponents_without_a_dot_are_floats(tmp_path):
     # YAML 1.1 (PyYAML) read 1e-3 as a string: pydantic's float fields coerced it, but a reward param refused it
     # ("param 'tolerance' must be a number, got '1e-3'"). Read as YAML 1.2 does.
@@ -331,6 +347,32 @@ def test_invalid_yaml_names_the_line(tmp_path):
     with pytest.raises(RecipeError) as err:
         load_recipe(path)
     assert str(err.value).startswith(f"{path}:3: invalid YAML")
+
+
+def test_a_control_character_is_one_line_naming_the_line(tmp_path):
+    # PyYAML's ReaderError has no `problem`: the message was its str(), two lines and no line number.
+    path = tmp_path / "bell.yaml"
+    path.write_text(f"extends: {WINE}\nmodel:\n  dtype: float\x0732\n")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    assert str(err.value) == (f"{path}:3: invalid YAML: unacceptable character #x0007: special characters are not "
+                              "allowed")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(WINE, ["prompt.system=a\x07b"])
+    assert str(err.value) == (f"{WINE}: override prompt.system: value is not valid YAML (unacceptable character "
+                              "#x0007: special characters are not allowed)")
+
+
+def test_an_int_beyond_python_s_digit_limit_is_one_line(tmp_path):
+    # PyYAML's int() raised a plain ValueError (over 4300 digits), which no command reports: a traceback.
+    path = _write(tmp_path / "big.yaml", f"extends: {WINE}\ntraining:\n  seed: {'1' * 5000}\n")
+    with pytest.raises(RecipeError, match=re.escape(f"{path}: cannot read the recipe: Exceeds the limit")):
+        load_recipe(path)
+    with pytest.raises(RecipeError, match=re.escape(f"{WINE}: override training.seed: Exceeds the limit")):
+        load_recipe(WINE, [f"training.seed={'1' * 5000}"])
+    child = _write(tmp_path / "nul.yaml", 'extends: "wine\\0.yaml"\n')  # a NUL in the parent's path
+    with pytest.raises(RecipeError, match=re.escape(f"{child}: extends: 'wine\\x00.yaml': embedded null byte")):
+        load_recipe(child)
 
 
 def test_a_key_given_twice_is_an_error_not_a_silent_drop(tmp_path):
@@ -535,6 +577,14 @@ def test_extends_missing_parent_names_the_child(tmp_path):
     with pytest.raises(RecipeError) as err:
         load_recipe(child)
     assert str(err.value) == f"{child}: extends: recipe file not found: {tmp_path / 'nope.yaml'}"
+
+
+def test_extends_from_an_unknown_user_s_home_is_one_line(tmp_path):
+    # Path.expanduser raises RuntimeError for "~nosuchuser/...": it was a traceback.
+    child = _write(tmp_path / "child.yaml", "extends: ~nosuchuser-toolkit/wine.yaml\n")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(child)
+    assert str(err.value) == f"{child}: extends: '~nosuchuser-toolkit/wine.yaml': Could not determine home directory."
 
 
 @pytest.mark.parametrize("value", ["3", "''", "[wine.yaml]"])

@@ -57,14 +57,34 @@ _UniqueKeyLoader.add_implicit_resolver(
 )
 
 
+def _problem(err: yaml.YAMLError) -> str:
+    """What is wrong, in one line: a ReaderError (a control character) has no `problem`, and its str() runs over
+    two lines."""
+    if isinstance(err, yaml.reader.ReaderError):
+        return f"unacceptable character #x{err.character:04x}: {err.reason}"
+    return str(getattr(err, "problem", None) or err)
+
+
+def _line(err: yaml.YAMLError, text: str) -> int | None:
+    """The 1-based line of a YAML error, where it has one."""
+    mark = getattr(err, "problem_mark", None)
+    if mark is not None:
+        return mark.line + 1
+    if isinstance(err, yaml.reader.ReaderError):  # position: an index into the text
+        return text.count("\n", 0, err.position) + 1
+    return None
+
+
 def parse_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 def read_yaml(path: Path, missing: str) -> dict:
     """One recipe file as a mapping; `missing` is the message when the file does not exist."""
+    text = ""
     try:
-        raw = parse_yaml(path.read_bytes().decode("utf-8"))
+        text = path.read_bytes().decode("utf-8")
+        raw = parse_yaml(text)
     except FileNotFoundError:
         raise RecipeError(missing) from None
     except OSError as err:  # a folder, no read permission, ...
@@ -73,9 +93,11 @@ def read_yaml(path: Path, missing: str) -> dict:
         byte = err.object[err.start]
         raise RecipeError(f"{path}: not UTF-8 text (byte 0x{byte:02x} at offset {err.start})") from None
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark else ""
-        raise RecipeError(f"{path}{where}: invalid YAML: {getattr(err, 'problem', err)}") from None
+        line = _line(err, text)
+        where = f":{line}" if line else ""
+        raise RecipeError(f"{path}{where}: invalid YAML: {_problem(err)}") from None
+    except ValueError as err:  # an int of over 4300 digits; a NUL in the path (a YAML "\0" in `extends`)
+        raise RecipeError(f"{path}: cannot read the recipe: {err}") from None
     if not isinstance(raw, dict):
         raise RecipeError(f"{path}: a recipe must be a mapping of sections, got {type(raw).__name__}")
     return raw
@@ -92,8 +114,12 @@ def read_with_parents(path: Path, chain: tuple[Path, ...], child: Path | None = 
     if not isinstance(parent_name, str) or not parent_name.strip():
         raise RecipeError(f"{path}: extends: must be the path of a recipe file, relative to this one "
                           f"(got {parent_name!r})")
-    parent = Path(os.path.normpath(path.parent / Path(parent_name).expanduser()))
-    if any(parent.resolve() == seen.resolve() for seen in chain):
+    try:
+        parent = Path(os.path.normpath(path.parent / Path(parent_name).expanduser()))
+        resolved = parent.resolve()
+    except (RuntimeError, ValueError) as err:  # "~nosuchuser/wine.yaml"; a NUL (a YAML "\0")
+        raise RecipeError(f"{path}: extends: {parent_name!r}: {err}") from None
+    if any(resolved == seen.resolve() for seen in chain):
         raise RecipeError(f"{path}: extends: cycle: {' -> '.join(str(p) for p in (*chain, parent))}")
     merged, origins = read_with_parents(parent, chain, child=path)
     deep_merge(merged, raw, origins, path, ())
@@ -105,6 +131,9 @@ def deep_merge(base: dict, child: dict, origins: dict, child_path: Path, prefix:
     for key, value in child.items():
         here = (*prefix, key)
         if isinstance(value, dict) and isinstance(base.get(key), dict):
+            # A copy: a mapping written once with an anchor (`&p`) and used again by alias (`*p`) is one object,
+            # and merging into it in place would change every place that uses it.
+            base[key] = dict(base[key])
             deep_merge(base[key], value, origins, child_path, here)
             continue
         for known in [k for k in origins if k[: len(here)] == here]:
@@ -151,14 +180,19 @@ def apply_override(raw: dict, override: str, path: Path, origins: dict) -> None:
         if last:
             try:
                 value = parse_yaml(text) if text else ""
+            except ValueError as err:  # an int of over 4300 digits: no YAMLError, but Python's own limit
+                raise RecipeError(f"{path}: override {key}: {err}") from None
             except yaml.YAMLError as err:
-                hint = "" if isinstance(err, _RepeatedKey) else f"; quote it, e.g. {key}='\"...\"'"
+                # Quoting helps neither a repeated key nor a control character (which YAML refuses anywhere).
+                unquotable = isinstance(err, (_RepeatedKey, yaml.reader.ReaderError))
+                hint = "" if unquotable else f"; quote it, e.g. {key}='\"...\"'"
                 raise RecipeError(
-                    f"{path}: override {key}: value is not valid YAML ({getattr(err, 'problem', err)}){hint}"
+                    f"{path}: override {key}: value is not valid YAML ({_problem(err)}){hint}"
                 ) from None
             here = tuple(located)
             existing = node.get(part) if isinstance(node, dict) else node[part]
             if isinstance(value, dict) and isinstance(existing, dict):
+                node[part] = existing = dict(existing)  # a copy, as below
                 deep_merge(existing, value, origins, path, here)
             else:
                 node[part] = value
@@ -169,4 +203,8 @@ def apply_override(raw: dict, override: str, path: Path, origins: dict) -> None:
             child = node.get(part) if isinstance(node, dict) else node[part]
             if child is None:  # absent, or a section left empty (`export:`), which takes its defaults: fill it in
                 child = node[part] = {}
+            elif isinstance(child, (dict, list)):
+                # A copy on the way down: an alias (`params: *p`) is the anchor's very object, and setting
+                # `rewards.1.params.max_words` in place would change every reward that shares it.
+                child = node[part] = child.copy()
             node = child
