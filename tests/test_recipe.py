@@ -363,6 +363,19 @@ def test_a_control_character_is_one_line_naming_the_line(tmp_path):
                               "#x0007: special characters are not allowed)")
 
 
+def test_yaml_1_1_octal_and_base_60_ints_are_refused_not_misread(tmp_path):
+    # PyYAML reads YAML 1.1: `max_steps: 010` trained 8 steps and `seed: 1:30` seeded 90, without a word.
+    path = _write(tmp_path / "octal.yaml", f"extends: {WINE}\ntraining:\n  max_steps: 010\n")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    assert str(err.value) == (f"{path}:3: invalid YAML: 010 is an octal number in YAML 1.1 (8): write 10 for the "
+                              "decimal, or quote it for text")
+    with pytest.raises(RecipeError, match=re.escape("override training.seed: value is not valid YAML (1:30 is a "
+                                                    "base-60 number in YAML 1.1 (90): quote it for text")):
+        load_recipe(WINE, ["training.seed=1:30"])
+    assert load_recipe(WINE, ["training.seed=10", "training.max_steps=0x1c"]).training.max_steps == 28
+
+
 def test_an_int_beyond_python_s_digit_limit_is_one_line(tmp_path):
     # PyYAML's int() raised a plain ValueError (over 4300 digits), which no command reports: a traceback.
     path = _write(tmp_path / "big.yaml", f"extends: {WINE}\ntraining:\n  seed: {'1' * 5000}\n")
