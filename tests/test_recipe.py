@@ -585,6 +585,17 @@ def test_extends_cycle_is_one_line_error(tmp_path, files, start, expected):
     assert "\n" not in message
 
 
+def test_an_override_where_the_recipe_goes_says_so():
+    # `toolkit.run training.max_steps=2 recipes/wine.yaml` said only "training.max_steps=2: recipe file not found".
+    with pytest.raises(RecipeError) as err:
+        load_recipe("training.max_steps=2", ["recipes/wine.yaml"])
+    assert str(err.value) == ("training.max_steps=2: recipe file not found (this looks like an override: the recipe "
+                              "path comes first, then the overrides)")
+    with pytest.raises(RecipeError) as err:
+        load_recipe("nope.yaml")
+    assert str(err.value) == "nope.yaml: recipe file not found"
+
+
 def test_extends_missing_parent_names_the_child(tmp_path):
     child = _write(tmp_path / "child.yaml", "extends: nope.yaml\n")
     with pytest.raises(RecipeError) as err:

@@ -128,6 +128,9 @@ def read_yaml(path: Path, missing: str) -> dict:
 def read_with_parents(path: Path, chain: tuple[Path, ...], child: Path | None = None) -> tuple[dict, dict]:
     """The recipe at `path` merged over its `extends` parents, and which file set each key path (tuple -> file)."""
     missing = f"{child}: extends: recipe file not found: {path}" if child else f"{path}: recipe file not found"
+    if child is None and "=" in str(path) and not path.suffix.startswith((".yaml", ".yml")):
+        # `toolkit.run training.max_steps=2 recipes/wine.yaml`: an override where the recipe goes
+        missing += " (this looks like an override: the recipe path comes first, then the overrides)"
     raw = read_yaml(path, missing)
     chain = (*chain, path)
     parent_name = raw.pop("extends", None)
