@@ -585,6 +585,21 @@ def test_extends_cycle_is_one_line_error(tmp_path, files, start, expected):
     assert "\n" not in message
 
 
+@pytest.mark.parametrize(("override", "expected"), [
+    # pathlib reads a NUL path as absent, so it loaded and failed in mkdir after minutes (YAML's "\0" escape).
+    ('output_dir="a\\0b"', "output_dir: a path cannot hold a NUL character"),
+    ('model.cache_dir="c\\0"', "model.cache_dir: a path cannot hold a NUL character"),
+    ('data.train="q\\0.jsonl"', "data.train: a path cannot hold a NUL character"),
+    # peft took -1 and the model check refused it only after loading the model.
+    ("training.lora.layers_to_transform=[-1, 3]", "training.lora.layers_to_transform.0: Input should be greater than "
+                                                  "or equal to 0"),
+])
+def test_a_path_with_a_nul_or_a_negative_layer_is_refused_at_load(override, expected):
+    with pytest.raises(RecipeError) as err:
+        load_recipe(WINE, ["training.lora.target_modules=[q_proj]", override])
+    assert expected in str(err.value) and "\n" not in str(err.value)
+
+
 def test_an_override_where_the_recipe_goes_says_so():
     # `toolkit.run training.max_steps=2 recipes/wine.yaml` said only "training.max_steps=2: recipe file not found".
     with pytest.raises(RecipeError) as err:

@@ -14,7 +14,7 @@ import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
@@ -176,7 +176,7 @@ class LoraSection(_Section):
     target_modules: list[str] | Literal["all-linear"] = Field(
         "all-linear", description="Module names to adapt, or 'all-linear'."
     )
-    layers_to_transform: list[int] | None = Field(
+    layers_to_transform: list[Annotated[int, Field(ge=0)]] | None = Field(
         None,
         description="Adapt only these layer indices (peft's option). Backpropagation then stops at the lowest "
         "adapted layer, so adapting the upper half roughly halves the backward pass on a CPU. Needs a list of "

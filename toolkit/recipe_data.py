@@ -70,6 +70,8 @@ def _takes_number(annotation: Any) -> bool:
 
 def expand_home(path: Path) -> Path:
     """`~/reviews.csv` given on the command line (`data.train=~/q.jsonl`): the shell leaves that ~ alone."""
+    if "\0" in str(path):  # no file system takes it: pathlib says a folder is not there, and mkdir fails later
+        raise ValueError("a path cannot hold a NUL character")
     try:
         return path.expanduser()
     except RuntimeError as err:  # "~nosuchuser/...": pydantic reports ValueErrors only, with the field
