@@ -120,6 +120,20 @@ def test_a_cache_implementation_goes_to_plain_generate(model_and_prompts):
     assert torch.equal(out, plain)
 
 
+@pytest.mark.parametrize("setting", [{"use_cache": False}, {"return_dict_in_generate": True}])
+def test_no_cache_or_a_dict_output_goes_to_plain_generate(model_and_prompts, setting):
+    # Without a cache generate reads each row from its first column again, the prefix moved before the pads
+    # (other completions); a dict output has no columns to put the prompts back into (a TypeError).
+    model, tokenizer, batch = model_and_prompts
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    plain, out, seen = plain_and_shared(model, ids, mask, max_new_tokens=4, do_sample=False, temperature=None,
+                                        top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id, **setting)
+    if setting.get("return_dict_in_generate"):
+        plain, out = plain.sequences, out.sequences
+    assert torch.equal(out, plain)
+    assert seen[0] == tuple(ids.shape)  # the whole batch, as plain generate reads it
+
+
 @pytest.mark.parametrize("setting", [{"no_repeat_ngram_size": 2}, {"bad_words_ids": [[9, 10]]},
                                      {"sequence_bias": {(9, 10): -5.0}}])
 def test_a_filter_on_token_sequences_goes_to_plain_generate(model_and_prompts, setting):

@@ -55,8 +55,9 @@ def generate_sharing_prefix(model, input_ids, attention_mask, *, generate=None, 
     """`model.generate(input_ids=..., attention_mask=..., **generate_kwargs)` for a left-padded batch, with the
     prompt prefix all rows share computed once. Returns what `generate` returns: the prompts as given, then the
     completions. Batches with one row, a short shared prefix, beams, several sequences per prompt, a cache of
-    their own or a filter on token sequences (`SEQUENCE_FILTERS`) go to plain `generate`. `generate`: the
-    generate function to call (default `model.generate`)."""
+    their own, no cache (`use_cache=False`), a dict output (`return_dict_in_generate`) or a filter on token
+    sequences (`SEQUENCE_FILTERS`) go to plain `generate`. `generate`: the generate function to call (default
+    `model.generate`)."""
     import torch
     from transformers import DynamicCache
 
@@ -69,6 +70,10 @@ def generate_sharing_prefix(model, input_ids, attention_mask, *, generate=None, 
         or generate_kwargs.get("cache_implementation") or config.cache_implementation  # e.g. TRL's "static"
         or (generate_kwargs.get("num_beams") or config.num_beams or 1) > 1
         or (generate_kwargs.get("num_return_sequences") or config.num_return_sequences or 1) > 1
+        # Without a cache generate reads every row from its first column again, not after the cached prefix; and
+        # a dict output (scores, logits) is not a tensor this function can put the prompts back into.
+        or generate_kwargs.get("use_cache", config.use_cache) is False
+        or generate_kwargs.get("return_dict_in_generate", config.return_dict_in_generate)
         # Filters that read token sequences, not single tokens: the pads moved between prefix and own tokens
         # would make n-grams (and a banned sequence's tail) that the plain batch does not have.
         or any(generate_kwargs.get(key) or getattr(config, key, None) for key in SEQUENCE_FILTERS)
