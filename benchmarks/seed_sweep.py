@@ -116,7 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         parser.error(f"--rows {args.rows}: no {', '.join(missing)} there (an earlier sweep's --output-dir holds them)")
     for arm, over in arms.items() if args.rows else ():
-        field = stale_rows(args.rows / f"rows-{arm}.json", over, args.recipe)
+        try:
+            field = stale_rows(args.rows / f"rows-{arm}.json", over, args.recipe)
+        except ERRORS as err:
+            return fail(console, err)
         if field:
             parser.error(f"--rows {args.rows}: rows-{arm}.json was built with another {field} than arm {arm!r} "
                          "sets (drop --rows to build its prompts)")
@@ -191,9 +194,17 @@ def stale_rows(path: Path, overrides: list[str], recipe_path: str) -> str | None
     """The first field (dotted, e.g. `prompt.system`) whose value in the arm's recipe differs from the one the
     rows file was built with, or None: reused prompts would otherwise silently drop a variant's prompt or
     retrieval change."""
+    from toolkit.data import DataError
     from toolkit.recipe import load_recipe
 
-    built = json.loads(path.read_text()).get("built_from")
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:  # a damaged or hand-edited file: a traceback before
+        raise DataError(f"--rows: {path} is unreadable ({(str(err) or type(err).__name__).splitlines()[0]})") \
+            from None
+    if not isinstance(found, dict):
+        raise DataError(f"--rows: {path} is not a rows file (a JSON object), got {type(found).__name__}")
+    built = found.get("built_from")
     if built is None:
         return "recipe (the file does not record which: an older seed_sweep wrote it)"
     return first_difference(built, prompt_settings(load_recipe(recipe_path, overrides)))

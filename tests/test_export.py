@@ -728,3 +728,21 @@ def test_a_full_disk_mid_way_is_one_line_and_leaves_no_export(tmp_path, capsys, 
     err = " ".join(capsys.readouterr().err.split())
     assert f"the export to {run / 'export'} failed: No space left on device" in err, err
     assert not (run / "export").exists()
+
+
+def test_a_full_disk_while_saving_the_merged_weights_is_one_line(tmp_path, capsys, monkeypatch):
+    # safetensors reports ENOSPC as its own SafetensorError, not an OSError: it came out of main as a traceback.
+    import transformers.modeling_utils
+    from safetensors import SafetensorError
+
+    run = _finished_run(tmp_path)
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", full)
+    assert export_mod.main(["recipes/wine.yaml", "--run", str(run), "--formats", "merged"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"error: the export to {run / 'export'} failed: Error while serializing: I/O error: No space left on " \
+           "device (os error 28)" in err, err
+    assert not (run / "export").exists()

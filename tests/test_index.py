@@ -620,3 +620,27 @@ def test_the_index_command_prints_a_bracketed_folder_as_it_is(built, capsys, tmp
     out = tmp_path / "o [bold]x[/bold] [x]"
     code, printed, _ = run_index(capsys, WINEMAG_RECIPE, built[1][0], f"output_dir={out}")
     assert code == 0 and f"index {out / 'index'} (collection winemag" in printed
+
+
+def test_a_full_disk_while_writing_the_chunk_memo_is_one_line(tmp_path, capsys, monkeypatch):
+    # write_atomic's OSError came out of the command (and of run and evaluate, which build the index) as a traceback.
+    import errno
+
+    import toolkit.report
+
+    real = os.fdopen
+
+    def full(fd, *args, **kwargs):
+        if os.readlink(f"/proc/self/fd/{fd}").rsplit("/", 1)[-1].startswith(".winemag.chunks.json."):
+            os.close(fd)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd, *args, **kwargs)
+
+    monkeypatch.setattr(toolkit.report.os, "fdopen", full)
+    out = tmp_path / "out"
+    code, _, err = run_index(capsys, "recipes/winemag.yaml", f"data.corpus.0.path={write_csv(tmp_path / 'r.csv')}",
+                             f"output_dir={out}")
+    assert code == 2
+    assert f"error: cannot write the chunk memo {out / 'index' / 'winemag.chunks.json'}: No space left on device" \
+        in " ".join(err.split()), err
+    assert not list((out / "index").glob(".winemag.chunks.json.*"))  # no temp file left

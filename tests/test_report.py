@@ -284,3 +284,28 @@ def test_reward_labels_with_markup_or_pipes_stay_one_cell():
     console.print(comparison_table(report))  # raised MarkupError on "[/exact]"
     shown = console.export_text()
     assert "reward/match[/exact]" in shown and "reward/[v2]" in shown  # "[v2]" vanished as a markup tag
+
+
+def test_a_full_disk_while_writing_the_report_is_one_line_and_keeps_the_earlier_one(tmp_path, monkeypatch):
+    # write_report's OSError came out of toolkit.run and toolkit.evaluate as a traceback, after the whole run, and
+    # left new predictions (and plots) under the earlier report.json and report.md.
+    import errno
+
+    from toolkit.recipe_yaml import RecipeError
+
+    report = {"recipe": {"output_dir": str(tmp_path), "model": {"name_or_path": "m"}}, "eval": {"questions": 1}}
+    write_report(tmp_path, report, [{"question": "old"}])
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    real = os.fdopen
+
+    def full(fd, mode="r", **kwargs):
+        f = real(fd, mode, **kwargs)
+        if os.readlink(f"/proc/self/fd/{fd}").rsplit("/", 1)[-1].startswith(".report.md."):
+            f.close()
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return f
+
+    monkeypatch.setattr(os, "fdopen", full)
+    with pytest.raises(RecipeError, match=f"^cannot write the report in {tmp_path}: No space left on device"):
+        write_report(tmp_path, report, [{"question": "new"}])
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before  # no temp file, nothing new

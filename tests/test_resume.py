@@ -81,6 +81,17 @@ def test_resume_flag_fails_before_loading_anything(tmp_path, capsys):
     assert not (tmp_path / "index").exists()
 
 
+@pytest.mark.parametrize("step", ["null", '"4"', "[4]", "4.5", "true"])
+def test_a_hand_edited_global_step_is_one_line(tmp_path, capsys, step):
+    # int() of it raised TypeError or ValueError out of main, a traceback (4.5 and "4" were taken as step 4).
+    path = _checkpoint(tmp_path / "trainer", 4, f'{{"global_step": {step}}}')
+    from toolkit.run import main
+
+    assert main(["recipes/wine.yaml", f"output_dir={tmp_path}", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert f"{path / 'trainer_state.json'}: global_step must be a step number" in " ".join(err.split()), err
+
+
 @pytest.mark.parametrize("name", ["optimizer.pt", "adapter_model.safetensors", "training_args.bin"])
 def test_a_damaged_checkpoint_file_is_one_clear_line(tmp_path, name):
     """A truncated optimizer or adapter file used to fail inside torch or safetensors with a traceback, after the
@@ -306,6 +317,26 @@ def test_fresh_run_removes_old_checkpoints(tmp_path):
     start_fresh(tmp_path / "missing")  # nothing to do on a first run
 
 
+def test_an_old_checkpoint_that_cannot_be_removed_is_one_line_and_left_whole(tmp_path, monkeypatch):
+    # shutil.rmtree's OSError (a folder of another user's, a busy network mount) came out of toolkit.run as a
+    # traceback, with the checkpoint half removed.
+    import errno
+    import shutil
+
+    old = _checkpoint(tmp_path, 20, json.dumps({"global_step": 20}))
+    monkeypatch.setattr(Path, "rename", lambda self, target: (_ for _ in ()).throw(
+        PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))))
+    with pytest.raises(CheckpointError, match=f"^output_dir: cannot remove the earlier run's checkpoint {old} "
+                                              r"\(Permission denied\); move it away or set another output_dir$"):
+        start_fresh(tmp_path)
+    assert latest_checkpoint(tmp_path) == old
+    monkeypatch.undo()
+    monkeypatch.setattr(shutil, "rmtree", lambda path, *a, **k: (_ for _ in ()).throw(OSError(errno.EBUSY, "busy")))
+    with pytest.raises(CheckpointError, match="cannot remove the earlier run's checkpoint .*checkpoint-20 \\(busy\\)"):
+        start_fresh(tmp_path)
+    assert latest_checkpoint(tmp_path) is None  # renamed away whole: no half-removed one for a --resume to take
+
+
 def test_a_run_that_fails_before_training_keeps_the_old_checkpoints(tmp_path, capsys):
     # They go only when the new run starts training: a bad data file must not cost the earlier run's --resume.
     from toolkit.run import main
@@ -455,6 +486,20 @@ def test_eval_key_changes_when_a_helper_the_reward_imports_is_edited(tmp_path, m
     (tmp_path / f"crhelp_{tag}.py").write_text("V = 0.7\n")
     changed = eval_key(recipe, "/m", rows, "hf")
     assert {name for name in key if key[name] != changed[name]} == {"reward_code"}
+
+
+def test_a_full_disk_while_saving_the_base_evaluation_is_one_line(tmp_path, monkeypatch):
+    # write_atomic's OSError came out of toolkit.run as a traceback, after the base columns' minutes.
+    import errno
+
+    def full(fd, *args, **kwargs):
+        os.close(fd)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fdopen", full)
+    with pytest.raises(CheckpointError, match=f"^cannot write {tmp_path / 'base_eval.json'}: No space left on device$"):
+        base_results(tmp_path, "k", False, lambda: {"base": []})
+    assert list(tmp_path.iterdir()) == []  # no temp file left
 
 
 def test_base_results_reused_only_on_resume_with_the_same_key(tmp_path):

@@ -322,3 +322,26 @@ def test_earlier_outputs_go_whole_or_not_at_all_and_links_stay(tmp_path, monkeyp
     assert not (run / "adapter").exists() and not list(run.glob(".adapter*"))
     assert (run / "plots").is_symlink() and sorted(p.name for p in plots.iterdir()) == ["mine.txt"]
     assert f"removed the earlier run's adapter/, plots/ from {run}" in caplog.text
+
+
+def test_a_full_disk_while_saving_the_adapter_is_one_line_and_keeps_the_earlier_one(tmp_path):
+    # peft writes the adapter with safetensors, whose ENOSPC is a SafetensorError: it came out of toolkit.run as a
+    # traceback, after the whole training.
+    from types import SimpleNamespace
+
+    from safetensors import SafetensorError
+
+    from toolkit.recipe import RecipeError
+    from toolkit.run import save_adapter
+
+    def full(model, path):
+        (path / "adapter_config.json").write_text("{}")
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "adapter_config.json").write_text('{"earlier": true}')
+    with pytest.raises(RecipeError, match=f"^output_dir: cannot write the adapter {tmp_path / 'adapter'}: Error "
+                                          r"while serializing: I/O error: No space left on device \(os error 28\)$"):
+        save_adapter(tmp_path / "adapter", SimpleNamespace(save_adapter=full), None)
+    assert [p.name for p in tmp_path.iterdir()] == ["adapter"]  # no temporary folder left
+    assert (tmp_path / "adapter" / "adapter_config.json").read_text() == '{"earlier": true}'

@@ -181,3 +181,17 @@ def test_the_paired_interval_of_many_seeds_uses_students_t(sweep, tmp_path):
     assert paired["mean"] == 0.05
     assert paired["ci95"] == [0.0225, 0.0775]
     assert [round(sweep.t95(df), 3) for df in (1, 7, 15, 30)] == [12.706, 2.365, 2.131, 2.042]  # the t tables'
+
+
+@pytest.mark.parametrize("text, message", [("{bad", "is unreadable (Expecting property name"),
+                                           ("[1]", "is not a rows file (a JSON object), got list")])
+def test_a_damaged_rows_file_is_one_line(tmp_path, text, message):
+    # json.loads raised JSONDecodeError, and a list's .get AttributeError, out of main as a traceback.
+    (tmp_path / "rows-recipe.json").write_text(text)
+    out = tmp_path / "sweep"
+    done = subprocess.run([sys.executable, str(SCRIPT), "--rows", str(tmp_path), "--output-dir", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert " ".join(done.stderr.split()).startswith(f"error: --rows: {tmp_path / 'rows-recipe.json'} {message}"), \
+        done.stderr
+    assert not out.exists()

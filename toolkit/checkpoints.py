@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
 import zipfile
@@ -111,7 +112,12 @@ def missing(checkpoint: Path) -> str | None:
 
 def resumed_step(checkpoint: Path) -> int:
     """The step a complete checkpoint was saved at."""
-    return int(json.loads((checkpoint / STATE).read_text(encoding="utf-8"))["global_step"])
+    step = json.loads((checkpoint / STATE).read_text(encoding="utf-8"))["global_step"]
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:  # hand-edited: int() raised a traceback
+        raise CheckpointError(f"--resume: {checkpoint / STATE}: global_step must be a step number, got {step!r}; "
+                              f"delete {checkpoint} to resume from the checkpoint before it, or run without --resume "
+                              "to start over")
+    return step
 
 
 def adapter_config(folder: Path) -> dict | None:
@@ -240,7 +246,13 @@ def start_fresh(folder: Path) -> None:
     picked by a later --resume."""
     old = checkpoints(folder)
     for _, path in old:
-        shutil.rmtree(path)
+        try:  # renamed away first, as toolkit.run does with the earlier adapter: never left half removed
+            away = path.with_name(f".{path.name}.removing-{os.getpid()}")
+            path.rename(away)
+            shutil.rmtree(away)
+        except OSError as err:  # not the user's to read as a traceback: a folder of another user's, a busy mount
+            raise CheckpointError(f"output_dir: cannot remove the earlier run's checkpoint {path} "
+                                  f"({err.strerror or err}); move it away or set another output_dir") from None
     if old:
         logger.info("removed %d checkpoint(s) of an earlier run from %s (use --resume to continue a run instead)",
                     len(old), folder)
@@ -305,5 +317,8 @@ def base_results(folder: Path, key: dict | str, resume: bool, evaluate: Callable
             why = f"{path} is not a saved evaluation"
         logger.info("evaluating the base columns again: %s", why)
     results = evaluate()
-    write_atomic(path, json.dumps({"key": key, "results": results}))
+    try:
+        write_atomic(path, json.dumps({"key": key, "results": results}))
+    except OSError as err:  # a full disk after the base evaluation: one line, not a traceback
+        raise CheckpointError(f"cannot write {path}: {err.strerror or err}") from None
     return results

@@ -131,9 +131,12 @@ def export(recipe: Recipe, run_dir: str | Path | None = None, formats: list[str]
     except BaseException as err:
         if created:  # everything in it is this failed export's: no export/ without a manifest
             shutil.rmtree(out, ignore_errors=True)
-        if isinstance(err, OSError):  # a full disk while writing hundreds of MB, a file gone: one line, not a traceback
-            raise ExportError(f"the export to {out} failed: {err.strerror or first_line(err)}"
-                              + (f" ({err.filename})" if err.filename else "")) from None
+        # A full disk while writing hundreds of MB, a file gone: one line, not a traceback. safetensors (the merged
+        # weights) reports a full disk as its own error, "I/O error: No space left on device (os error 28)".
+        if isinstance(err, OSError) or type(err).__name__ == "SafetensorError":
+            filename = getattr(err, "filename", None)
+            raise ExportError(f"the export to {out} failed: {getattr(err, 'strerror', None) or first_line(err)}"
+                              + (f" ({filename})" if filename else "")) from None
         raise
     return manifest
 

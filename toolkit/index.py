@@ -302,8 +302,12 @@ class Index:
             return {}
 
     def _write_memo(self, chunk_ids: dict[str, list[str]]) -> None:
-        write_atomic(self._memo_path(), json.dumps({"chunker": CHUNKER_VERSION, "documents": chunk_ids},
-                                                   separators=(",", ":")))
+        try:
+            write_atomic(self._memo_path(), json.dumps({"chunker": CHUNKER_VERSION, "documents": chunk_ids},
+                                                       separators=(",", ":")))
+        except OSError as err:  # a full disk: one line, not a traceback; the chunks stored so far are kept
+            raise IndexUnavailable(f"cannot write the chunk memo {self._memo_path()}: {err.strerror or err}") \
+                from None
 
     # -------------------------------------------------------------------------------------------- reading
 

@@ -68,6 +68,16 @@ def cannot_write(path: Path) -> str | None:
 
 
 def write_atomic(path: Path, text: str | bytes) -> None:
+    tmp = _staged(path, text)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _staged(path: Path, text: str | bytes) -> Path:
+    """`text` written to a fresh temporary name beside `path` (removed again when the write fails)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     # Created with mode 0666 for the kernel to apply the umask, as a plain open() would (0644 under umask 022);
     # mkstemp's file stays 0600 once renamed.
@@ -77,10 +87,10 @@ def write_atomic(path: Path, text: str | bytes) -> None:
         binary = isinstance(text, bytes)
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
             f.write(text)
-        os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    return tmp
 
 
 def save_dir_atomic(path: Path, save: Callable[[Path], None]) -> None:
@@ -303,13 +313,28 @@ def write_report(output_dir: Path, report: dict, predictions: list[dict], images
     report.md: the report comes last, so every file it names already exists."""
     # NaN and inf (a reward that returned None for a whole batch logs a NaN mean; a diverging KL, inf) are not JSON:
     # json.dumps would write NaN and Infinity, which strict readers (jq, JavaScript) refuse. They become null.
+    from toolkit.recipe_yaml import RecipeError
+
     predictions, report = _finite(predictions), _finite(report)
     predictions_path = output_dir / report["eval"].get("predictions", "eval/predictions.jsonl")
-    write_atomic(predictions_path, "".join(json.dumps(p) + "\n" for p in predictions))
-    for path, data in (images or {}).items():
-        write_atomic(output_dir / path, data)
-    write_atomic(output_dir / "report.json", json.dumps(report, indent=2) + "\n")
-    write_atomic(output_dir / "report.md", render_markdown(report))
+    files = [(predictions_path, "".join(json.dumps(p) + "\n" for p in predictions)),
+             *((output_dir / path, data) for path, data in (images or {}).items()),
+             (output_dir / "report.json", json.dumps(report, indent=2) + "\n"),
+             (output_dir / "report.md", render_markdown(report))]
+    # Every file is written before any is renamed into place: a full disk (or an unwritable folder) then leaves
+    # the earlier report and predictions as they were, not new predictions under the old report, and is one line.
+    staged = []
+    try:
+        for path, text in files:
+            staged.append((_staged(path, text), path))
+        for tmp, path in staged:
+            os.replace(tmp, path)
+    except OSError as err:
+        raise RecipeError(f"cannot write the report in {output_dir}: {err.strerror or err}"
+                          + (f" ({err.filename})" if err.filename else "")) from None
+    finally:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
 
 
 def _finite(value):

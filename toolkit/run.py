@@ -143,7 +143,7 @@ def run(recipe: Recipe, console: Console, resume: bool = False) -> dict:
     tuned = backend.for_inference(trainer.model, tokenizer)
     results |= evaluate_columns(recipe, tuned, tokenizer, eval_rows, ("tuned",), share, rewards)
 
-    save_dir_atomic(out / "adapter", lambda path: backend.save_adapter(trainer.model, path))
+    save_adapter(out / "adapter", backend, trainer.model)
     evaluation, predictions = compare(recipe, eval_rows, results)
     curves = training_curves(trained.log_history)
     images = render_plots(curves)
@@ -174,6 +174,20 @@ def run(recipe: Recipe, console: Console, resume: bool = False) -> dict:
     if recipe.export.formats:
         export_run(recipe, console)
     return report
+
+
+def save_adapter(path: Path, backend, model) -> None:
+    """The trained adapter at `path`, whole or not at all; a full disk is one line naming it, not a traceback
+    (safetensors reports one as its own SafetensorError, not an OSError)."""
+    try:
+        save_dir_atomic(path, lambda tmp: backend.save_adapter(model, tmp))
+    except Exception as err:
+        if not isinstance(err, OSError) and type(err).__name__ != "SafetensorError":
+            raise
+        from toolkit.models import first_line
+
+        raise RecipeError(f"output_dir: cannot write the adapter {path}: "
+                          f"{getattr(err, 'strerror', None) or first_line(err)}") from None
 
 
 def export_run(recipe: Recipe, console: Console) -> dict:
