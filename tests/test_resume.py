@@ -337,6 +337,19 @@ def test_an_old_checkpoint_that_cannot_be_removed_is_one_line_and_left_whole(tmp
     assert latest_checkpoint(tmp_path) is None  # renamed away whole: no half-removed one for a --resume to take
 
 
+def test_a_leftover_of_an_earlier_removal_does_not_block_the_next(tmp_path, monkeypatch):
+    # A pid-named folder (".checkpoint-20.removing-1") left by a removal that failed half way made the next run's
+    # rename fail with "Directory not empty" in a container, where every run is pid 1.
+    old = _checkpoint(tmp_path, 20, json.dumps({"global_step": 20}))
+    leftover = tmp_path / ".checkpoint-20.removing-1" / "checkpoint-20"
+    leftover.mkdir(parents=True)
+    (leftover / "optimizer.pt").write_text("x")
+    monkeypatch.setattr(os, "getpid", lambda: 1)
+    start_fresh(tmp_path)
+    assert latest_checkpoint(tmp_path) is None and not old.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".checkpoint-20.removing-1"]  # nothing new left behind
+
+
 def test_a_run_that_fails_before_training_keeps_the_old_checkpoints(tmp_path, capsys):
     # They go only when the new run starts training: a bad data file must not cost the earlier run's --resume.
     from toolkit.run import main

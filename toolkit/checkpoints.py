@@ -17,9 +17,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import shutil
+import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -247,8 +247,13 @@ def start_fresh(folder: Path) -> None:
     old = checkpoints(folder)
     for _, path in old:
         try:  # renamed away first, as toolkit.run does with the earlier adapter: never left half removed
-            away = path.with_name(f".{path.name}.removing-{os.getpid()}")
-            path.rename(away)
+            # into a fresh folder: a pid-named one could be left by an earlier run (in Docker every pid is 1)
+            away = Path(tempfile.mkdtemp(prefix=f".{path.name}.removing-", dir=folder))
+            try:
+                path.rename(away / path.name)
+            except OSError:
+                away.rmdir()
+                raise
             shutil.rmtree(away)
         except OSError as err:  # not the user's to read as a traceback: a folder of another user's, a busy mount
             raise CheckpointError(f"output_dir: cannot remove the earlier run's checkpoint {path} "

