@@ -18,13 +18,11 @@ import hashlib
 import json
 import logging
 import re
-import shutil
-import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-from toolkit.report import write_atomic
+from toolkit.report import remove_whole, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -246,15 +244,8 @@ def start_fresh(folder: Path) -> None:
     picked by a later --resume."""
     old = checkpoints(folder)
     for _, path in old:
-        try:  # renamed away first, as toolkit.run does with the earlier adapter: never left half removed
-            # into a fresh folder: a pid-named one could be left by an earlier run (in Docker every pid is 1)
-            away = Path(tempfile.mkdtemp(prefix=f".{path.name}.removing-", dir=folder))
-            try:
-                path.rename(away / path.name)
-            except OSError:
-                away.rmdir()
-                raise
-            shutil.rmtree(away)
+        try:  # as toolkit.run removes the earlier adapter: never left half removed
+            remove_whole(path)
         except OSError as err:  # not the user's to read as a traceback: a folder of another user's, a busy mount
             raise CheckpointError(f"output_dir: cannot remove the earlier run's checkpoint {path} "
                                   f"({err.strerror or err}); move it away or set another output_dir") from None

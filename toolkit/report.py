@@ -119,6 +119,15 @@ def save_dir_atomic(path: Path, save: Callable[[Path], None]) -> None:
         raise
 
 
+def remove_whole(path: Path) -> None:
+    """Remove a folder whole or not at all: it is renamed to a fresh hidden name first (pid and random bytes, so a
+    leftover of an earlier failed removal never blocks the rename), so a removal that fails half way leaves no
+    half folder under `path` (an adapter_config.json without its weights). Raises OSError."""
+    away = _fresh_name(path)
+    path.rename(away)
+    shutil.rmtree(away)
+
+
 def _remove(path: Path) -> None:
     """Remove a folder, a file or a link (the link only, never what it points to); nothing there is fine."""
     if path.is_symlink() or path.is_file():

@@ -6,8 +6,6 @@ One builder per stage, called in order; each stage lives in its own module.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -29,7 +27,15 @@ from toolkit.checkpoints import (
 )
 from toolkit.cli import ERRORS, Parser, fail, setup_logging
 from toolkit.recipe import Recipe, RecipeError, load_recipe
-from toolkit.report import PREDICTIONS, comparison_table, in_the_way, save_dir_atomic, table_console, write_report
+from toolkit.report import (
+    PREDICTIONS,
+    comparison_table,
+    in_the_way,
+    remove_whole,
+    save_dir_atomic,
+    table_console,
+    write_report,
+)
 
 logger = logging.getLogger("toolkit.run")  # not __main__ under python -m: the toolkit logger shows
 
@@ -55,9 +61,7 @@ def remove_earlier_outputs(out: Path) -> None:
                 if not pngs:
                     continue
             elif path.is_dir() and not path.is_symlink():
-                away = path.with_name(f".{name}.removing-{os.getpid()}")
-                path.rename(away)
-                shutil.rmtree(away)
+                remove_whole(path)
             elif path.exists() or path.is_symlink():
                 path.unlink()
             else:
