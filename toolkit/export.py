@@ -42,7 +42,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from toolkit.export_folder import GGUF_FILES, check_outputs, dir_entry, file_entry, remove_leftovers
-from toolkit.models import check_adapter, first_line, load_adapter, loading
+from toolkit.models import check_adapter, load_adapter, loading, write_failure
 from toolkit.prompts import prepare_replies
 from toolkit.recipe import ExportFormat, PromptSection, Recipe
 from toolkit.report import save_dir_atomic, write_atomic
@@ -131,12 +131,9 @@ def export(recipe: Recipe, run_dir: str | Path | None = None, formats: list[str]
     except BaseException as err:
         if created:  # everything in it is this failed export's: no export/ without a manifest
             shutil.rmtree(out, ignore_errors=True)
-        # A full disk while writing hundreds of MB, a file gone: one line, not a traceback. safetensors (the merged
-        # weights) reports a full disk as its own error, "I/O error: No space left on device (os error 28)".
-        if isinstance(err, OSError) or type(err).__name__ == "SafetensorError":
-            filename = getattr(err, "filename", None)
-            raise ExportError(f"the export to {out} failed: {getattr(err, 'strerror', None) or first_line(err)}"
-                              + (f" ({filename})" if filename else "")) from None
+        reason = write_failure(err)  # a full disk while writing hundreds of MB, a file gone: one line
+        if reason:
+            raise ExportError(f"the export to {out} failed: {reason}") from None
         raise
     return manifest
 

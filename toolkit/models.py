@@ -41,6 +41,17 @@ def first_line(err: BaseException) -> str:
     return lines[0]
 
 
+def write_failure(err: BaseException) -> str | None:
+    """One line for a failure to write files (a full disk, a read-only folder), or None for any other error: an
+    OSError, or safetensors' own SafetensorError ("I/O error: No space left on device (os error 28)"), which is
+    none."""
+    if isinstance(err, OSError):
+        return (err.strerror or first_line(err)) + (f" ({err.filename})" if err.filename else "")
+    if type(err).__name__ == "SafetensorError":
+        return first_line(err)
+    return None
+
+
 @contextlib.contextmanager
 def loading(what: str):
     """Report a failure inside the block as one ModelError line starting with `what`. transformers, peft, the hub

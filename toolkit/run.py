@@ -186,12 +186,12 @@ def save_adapter(path: Path, backend, model) -> None:
     try:
         save_dir_atomic(path, lambda tmp: backend.save_adapter(model, tmp))
     except Exception as err:
-        if not isinstance(err, OSError) and type(err).__name__ != "SafetensorError":
-            raise
-        from toolkit.models import first_line
+        from toolkit.models import write_failure
 
-        raise RecipeError(f"output_dir: cannot write the adapter {path}: "
-                          f"{getattr(err, 'strerror', None) or first_line(err)}") from None
+        reason = write_failure(err)
+        if not reason:
+            raise
+        raise RecipeError(f"output_dir: cannot write the adapter {path}: {reason}") from None
 
 
 def export_run(recipe: Recipe, console: Console) -> dict:
