@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from toolkit.formats import heading_path, load_file
 from toolkit.loaders import DataError, Document, Row, expand, read_jsonl
-from toolkit.questions import QA, load_qa, question_columns, row_questions
+from toolkit.questions import QA, folded, load_qa, question_columns, row_questions
 
 if TYPE_CHECKING:
     from toolkit.recipe import CorpusSource, DataSection
@@ -92,8 +92,8 @@ def _drop_shared_questions(generated: list[tuple[list[QA], list[QA]]]) -> list[t
 def _warn_if_not_in_document(documents: list[Document], generated: list[QA]) -> None:
     """A question generated from a row whose answer its document never states (an answer column the row template
     leaves out): the retrieved context cannot answer it, yet it is trained on or counts in the eval."""
-    texts = {doc.id: " ".join(doc.text.lower().split()) for doc in documents}
-    missing = [qa for qa in generated if " ".join(qa.answer.lower().split()) not in texts.get(qa.source, "")]
+    texts = {doc.id: folded(doc.text) for doc in documents}
+    missing = [qa for qa in generated if folded(qa.answer) not in texts.get(qa.source, "")]
     if missing:
         logger.warning("%d of %d questions generated from CSV rows have an answer their row's document does not hold "
                        "(first: %r, answer %r, source %r): put the answer column in the row template, or no retrieved "
@@ -102,7 +102,7 @@ def _warn_if_not_in_document(documents: list[Document], generated: list[QA]) -> 
 
 
 def _asked(qa: QA) -> str:
-    return " ".join(qa.question.lower().split())
+    return folded(qa.question)
 
 
 def _warn_if_repeated(split: list[QA], name: str, effect: str) -> None:

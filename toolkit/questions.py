@@ -23,6 +23,11 @@ class QA:
     source: str = ""  # id of the document that answers it
 
 
+def folded(text: str) -> str:
+    """`text` as the question checks compare it: lowercased, each run of whitespace one space."""
+    return " ".join(text.lower().split())
+
+
 def load_qa(path: Path) -> list[QA]:
     """Question/answer rows; `aliases` (list of strings) and `source` (a document id) are optional."""
     rows = []
@@ -68,7 +73,7 @@ def row_questions(rows: list[Row], templates, eval_fraction: float, seed: int) -
             if not answer or not all(row.values[name].strip() for name in template_fields(template.question)):
                 continue
             question = render(template.question, row.values)
-            by_question[" ".join(question.lower().split())].append((row, question, answer))
+            by_question[folded(question)].append((row, question, answer))
     per_row: dict[str, list[QA]] = defaultdict(list)
     for found in by_question.values():
         if len({row.doc_id for row, _, _ in found}) == 1:
