@@ -103,6 +103,25 @@ def test_empty_file_is_an_error_only_when_named(tmp_path, name, message):
     assert docs_of(tmp_path / name, explicit=False) == []
 
 
+@pytest.mark.parametrize(
+    "name, content, kwargs, message",
+    [
+        # An export that wrote the header and nothing else, and rows with nothing in the template's columns: named
+        # beside other entries, such a file added nothing, without a word.
+        ("reviews.csv", "id,title,variety\r\n", {"template": "{title}"}, "no documents: no row below the header has "
+         "a value in the template's columns (title)"),
+        ("reviews.csv", "id,title,variety\n1,,Red\n2, ,White\n", {"template": "{title}"},
+         "no documents: no row below the header has a value in the template's columns (title)"),
+        ("outline.md", "# Wine\n\n## Grapes\n", {}, "no documents: only headings, with no text under them"),
+    ],
+)
+def test_a_named_file_that_gives_no_document_is_an_error(tmp_path, name, content, kwargs, message):
+    (tmp_path / name).write_text(content)
+    with pytest.raises(DataError, match=f"{name}: {re.escape(message)}$"):
+        docs_of(tmp_path / name, **kwargs)
+    assert docs_of(tmp_path / name, explicit=False, **kwargs) == []  # in a folder or glob, left out as an empty file
+
+
 # ------------------------------------------------------------------------------------------- jsonl
 
 

@@ -481,7 +481,7 @@ def test_index_command_eval_without_gold_sources_says_so(tmp_path, capsys):
         ("latin1", "{csv}:2: not UTF-8 text (byte 0xe0 at offset"),
         ("empty", "{csv}: empty CSV file (no header)"),
         ("missing", "data.corpus.0.path: file not found: {csv}"),
-        ("no_rows", "no documents in {csv}"),
+        ("no_rows", "{csv}: no documents: no row below the header has a value in the template's columns"),
     ],
 )
 def test_bad_input_is_one_line_and_leaves_the_index(built, capsys, case, expected):

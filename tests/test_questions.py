@@ -100,3 +100,13 @@ def test_a_title_differing_only_in_spacing_or_case_is_one_question_of_two_rows()
     rows = [Row(f"r#{i}", {"title": title, "variety": "White Blend"}, i + 2) for i, title in enumerate(titles)]
     train, held_out = row_questions(rows, TEMPLATES[:1], 0.5, seed=0)
     assert sorted(qa.source for qa in train + held_out) == ["r#3", "r#4"]
+
+
+def test_a_title_spelled_with_a_combining_accent_is_one_question_of_two_rows():
+    # "à" as one character and as "a" + U+0300 look the same and tokenize the same: as two questions, one row
+    # could be trained on and the other held out.
+    titles = ["Nicosia 2013 Vulkà Bianco (Etna)", "Nicosia 2013 Vulka\u0300 Bianco (Etna)",
+              "Rainstorm 2013 Pinot Gris", "St. Julian 2013 Riesling"]
+    rows = [Row(f"r#{i}", {"title": title, "variety": "White Blend"}, i + 2) for i, title in enumerate(titles)]
+    train, held_out = row_questions(rows, TEMPLATES[:1], 0.5, seed=0)
+    assert sorted(qa.source for qa in train + held_out) == ["r#2", "r#3"]

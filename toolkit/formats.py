@@ -61,8 +61,11 @@ def load_file(
     if suffix == ".csv":
         if template is None:
             raise DataError(f"{path}: a .csv corpus file needs a row template: {{path: {path}, template: '…'}}")
-        return _load_csv(path, file_id, template, id_column, list(metadata_columns), list(row_columns))
-    if suffix == ".jsonl":
+        loaded = _load_csv(path, file_id, template, id_column, list(metadata_columns), list(row_columns))
+        if explicit and not loaded.documents:  # a header alone (a failed export), or the template's columns blank
+            raise DataError(f"{path}: no documents: no row below the header has a value in the template's columns "
+                            f"({', '.join(template_fields(template))})")
+    elif suffix == ".jsonl":
         loaded = Loaded(_load_jsonl(path, file_id))
         if explicit and not loaded.documents:
             raise DataError(f"{path}: empty document (no JSON lines)")
@@ -74,6 +77,8 @@ def load_file(
             return Loaded([])
         if suffix == ".md":
             loaded = Loaded(_markdown_sections(path, file_id, text))
+            if explicit and not loaded.documents:
+                raise DataError(f"{path}: no documents: only headings, with no text under them")
         else:
             loaded = Loaded([(Document(file_id, text, file_id), str(path))])
     return loaded

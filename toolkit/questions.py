@@ -8,6 +8,7 @@ row's document, so retrieval recall can be measured against the index.
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +25,10 @@ class QA:
 
 
 def folded(text: str) -> str:
-    """`text` as the question checks compare it: lowercased, each run of whitespace one space."""
-    return " ".join(text.lower().split())
+    """`text` as the question checks compare it: lowercased, each run of whitespace one space, and in NFC form:
+    "à" typed as one character or as "a" and a combining accent (as macOS file names and some exports spell it)
+    is one letter to a reader and to the model's tokenizer."""
+    return " ".join(unicodedata.normalize("NFC", text).lower().split())
 
 
 def load_qa(path: Path) -> list[QA]:
@@ -58,14 +61,14 @@ def row_questions(rows: list[Row], templates, eval_fraction: float, seed: int) -
 
     `templates` are items with `question` (a `{column}` template) and `answer` (a column name). A row gets no
     question from a template whose answer or placeholders are blank in it. A question that several rows would
-    produce (two reviews of the same wine: a duplicate title, also one differing only in case or spacing) is
-    dropped for all of them: its source is ambiguous, and its copies could land on both sides of the split. Rows
-    are ranked by a hash of the seed and the row's document id; the first `eval_fraction` of the rows that have
-    questions are held out. Questions come ordered by that rank, so taking the first N is a random sample that
-    does not depend on file order (given ids from an id column: row numbers move with the rows).
+    produce (two reviews of the same wine: a duplicate title, also one differing only in case, spacing or how an
+    accent is encoded) is dropped for all of them: its source is ambiguous, and its copies could land on both sides
+    of the split. Rows are ranked by a hash of the seed and the row's document id; the first `eval_fraction` of the
+    rows that have questions are held out. Questions come ordered by that rank, so taking the first N is a random
+    sample that does not depend on file order (given ids from an id column: row numbers move with the rows).
     """
-    # Keyed as the eval reads a question (case and spacing aside): "Nicosia 2013  Red" and "Nicosia 2013 Red" are
-    # one question, and two rows asking it are ambiguous.
+    # Keyed as the eval reads a question (case, spacing and accent encoding aside): "Nicosia 2013  Red" and
+    # "Nicosia 2013 Red" are one question, and two rows asking it are ambiguous.
     by_question: dict[str, list[tuple[Row, str, str]]] = defaultdict(list)
     for row in rows:
         for template in templates:
