@@ -93,6 +93,76 @@ def test_markdown_line_numbers_count_only_line_breaks(tmp_path):
         load_documents([path, other])
 
 
+FRONT_MATTER = (
+    "---\n"
+    "title: Barolo notes\n"
+    "# a YAML comment, not a heading\n"
+    "tags: [wine, nebbiolo]\n"
+    "cellar: {row: 3}\n"
+    "date: 2024-05-01\n"
+    "vintage: 2016\n"
+    "rating: 4.5\n"
+    "score: .nan\n"  # Chroma would drop all of the chunk's metadata, `source` too
+    "open: false\n"
+    "source: https://example.com/barolo\n"  # the index's own key: left out, not an error
+    "note:\n"
+    "---\n"
+)
+
+
+def test_markdown_front_matter_is_metadata_not_text(tmp_path):
+    # It was a document of its own ("title: Barolo notes\n..."), and its comment a heading.
+    path = tmp_path / "notes.md"
+    path.write_text(FRONT_MATTER + "Kept since 2019.\n\n# Barolo\n\nNebbiolo from Piedmont.\n")
+    loaded = load_file(path, "notes").documents
+    assert [(doc.id, doc.text, where) for doc, where in loaded] == [
+        ("notes", "Kept since 2019.", str(path)),
+        ("notes#barolo", "# Barolo\n\nNebbiolo from Piedmont.", f"{path}:16"),  # lines counted from the file's top
+    ]
+    # Scalars only (Chroma metadata holds no list or mapping); a date as ISO text; no None.
+    metadata = {"title": "Barolo notes", "date": "2024-05-01", "vintage": 2016, "rating": 4.5, "open": False}
+    assert [doc.metadata for doc, _ in loaded] == [metadata, metadata]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "\ufeff---\ntitle: x\n---\n# A\nbody\n",  # after a BOM
+        "---\r\ntitle: x\r\n...\r\n# A\r\nbody\r\n",  # closed by `...`, CRLF line ends
+    ],
+)
+def test_markdown_front_matter_after_a_bom_or_closed_by_dots(tmp_path, content):
+    path = tmp_path / "notes.md"
+    path.write_bytes(content.encode())
+    assert [(doc.id, doc.text, doc.metadata) for doc in docs_of(path)] == [("notes#a", "# A\nbody", {"title": "x"})]
+
+
+def test_markdown_unclosed_front_matter_is_text(tmp_path):
+    # A guard, not a fix: with no closing line the `---` is a thematic break, and everything stays text as before.
+    path = tmp_path / "notes.md"
+    path.write_text("---\ntitle: x\n\n# A\nbody\n")
+    assert [(doc.id, doc.text, doc.metadata) for doc in docs_of(path)] == [
+        ("notes", "---\ntitle: x", {}), ("notes#a", "# A\nbody", {})
+    ]
+
+
+def test_markdown_front_matter_that_is_invalid_yaml_is_a_one_line_error(tmp_path):
+    path = tmp_path / "notes.md"
+    path.write_text("---\ntitle: x\ntags: [a\ndate: 2024\n---\n# A\nbody\n")
+    message = ":4: invalid YAML in the front matter: expected ',' or ']', but got ':'"
+    with pytest.raises(DataError, match=f"^{re.escape(str(path) + message)}$"):
+        docs_of(path)
+
+
+@pytest.mark.parametrize("between", ["Just a paragraph between two rules.", "- a list\n- of points"])
+def test_text_between_two_rules_at_the_top_is_no_front_matter(tmp_path, between):
+    # YAML reads a paragraph as a string and a Markdown list as a list; only key: value lines make front matter.
+    path = tmp_path / "notes.md"
+    path.write_text(f"---\n{between}\n---\n# A\nbody\n")
+    docs = [(doc.id, doc.text) for doc in docs_of(path)]
+    assert docs == [("notes", f"---\n{between}\n---"), ("notes#a", "# A\nbody")]
+
+
 @pytest.mark.parametrize(
     "name, message", [("empty.md", "empty document"), ("empty.jsonl", r"empty document \(no JSON lines\)")]
 )
@@ -113,6 +183,8 @@ def test_empty_file_is_an_error_only_when_named(tmp_path, name, message):
         ("reviews.csv", "id,title,variety\n1,,Red\n2, ,White\n", {"template": "{title}"},
          "no documents: no row below the header has a value in the template's columns (title)"),
         ("outline.md", "# Wine\n\n## Grapes\n", {}, "no documents: only headings, with no text under them"),
+        ("note.md", "---\ntitle: Barolo\n---\n\n# Barolo\n", {},
+         "no documents: no text outside the front matter and headings"),
     ],
 )
 def test_a_named_file_that_gives_no_document_is_an_error(tmp_path, name, content, kwargs, message):

@@ -2,7 +2,8 @@
 
 - `.md`: one document per heading section (`# …` to `######`; headings inside code fences don't count), id
   `file#heading/subheading` of slugs (`grapes#grapes/pinot-noir`; a repeated one `-2`); text before the first
-  heading is the document `file`.
+  heading is the document `file`. A YAML front matter block (`---` … `---` or `...` at the very start) is no text:
+  its scalar values are metadata of each of the file's documents.
 - `.txt`: one document per file, id `file` (the chunker keeps its paragraphs together where they fit).
 - `.jsonl`: one document per line: `text`, optional `id` (default `file#line`), `title`, `metadata` (an object of
   strings, numbers and booleans).
@@ -16,12 +17,15 @@
 from __future__ import annotations
 
 import csv
+import datetime
 import io
 import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import yaml
 
 from toolkit.loaders import (
     DataError,
@@ -36,6 +40,7 @@ from toolkit.loaders import (
     string_field,
     template_fields,
 )
+from toolkit.recipe_yaml import yaml_line, yaml_problem
 
 
 @dataclass
@@ -76,9 +81,12 @@ def load_file(
                 raise DataError(f"{path}: empty document")
             return Loaded([])
         if suffix == ".md":
-            loaded = Loaded(_markdown_sections(path, file_id, text))
+            lines = split_lines(text)  # a form feed or U+2028 in a line stays in it
+            metadata, start = _front_matter(path, lines)
+            loaded = Loaded(_markdown_sections(path, file_id, lines, start, metadata))
             if explicit and not loaded.documents:
-                raise DataError(f"{path}: no documents: only headings, with no text under them")
+                raise DataError(f"{path}: no documents: " + ("no text outside the front matter and headings" if start
+                                                             else "only headings, with no text under them"))
         else:
             loaded = Loaded([(Document(file_id, text, file_id), str(path))])
     return loaded
@@ -133,13 +141,57 @@ _HEADING = re.compile(r"^ {0,3}(#{1,6})[ \t]+(.*?)(?:[ \t]+#+)?[ \t]*$")
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})(.*)$")
 
 
-def _markdown_sections(path: Path, file_id: str, text: str) -> list[tuple[Document, str]]:
-    """A document per heading section; headings above a section name it (`file#wine/sherry`)."""
+_FRONT_MATTER_OPEN = re.compile(r"---[ \t]*")
+_FRONT_MATTER_CLOSE = re.compile(r"(?:---|\.\.\.)[ \t]*")
+
+
+def _front_matter(path: Path, lines: list[str]) -> tuple[dict, int]:
+    """The metadata of a YAML front matter block (Hugo, Jekyll, Obsidian, MkDocs) and the number of lines it takes
+    (0 without one). Only its scalar values are kept: Chroma metadata cannot hold a list or a mapping (`tags:
+    [red]`), and a key the index cannot store (`source`, as notes often have) is left out, as a CSV column that is no
+    metadata column is: these keys were written for another tool, not chosen for the index."""
+    if not lines or not _FRONT_MATTER_OPEN.fullmatch(lines[0]):
+        return {}, 0
+    end = next((i for i in range(1, len(lines)) if _FRONT_MATTER_CLOSE.fullmatch(lines[i])), None)
+    if end is None:
+        return {}, 0  # never closed: as in Markdown, the `---` is a thematic break and the rest is text
+    content = "\n".join(lines[1:end])
+    try:
+        raw = yaml.safe_load(content)
+    except yaml.YAMLError as err:
+        line = (yaml_line(err, content) or 0) + 1
+        raise DataError(f"{path}:{line}: invalid YAML in the front matter: {yaml_problem(err)}") from None
+    except ValueError as err:  # an int of over 4300 digits: Python's own limit, not a YAMLError
+        raise DataError(f"{path}:1: invalid front matter: {err}") from None
+    if raw is None:
+        return {}, end + 1  # `---` then `---`: front matter with nothing in it
+    if not isinstance(raw, dict):
+        # A paragraph or a list between two thematic breaks is plain Markdown, which YAML also reads (as a string or
+        # a list): only `key: value` lines make front matter, as in Pandoc.
+        return {}, 0
+    metadata = {}
+    for key, value in raw.items():
+        if isinstance(value, datetime.date):  # `date: 2024-05-01`, a datetime too: Chroma stores no dates
+            value = value.isoformat()
+        if not isinstance(key, str) or metadata_key_problem(key) or not isinstance(value, (str, int, float, bool)):
+            continue
+        if (isinstance(value, str) and not value.strip()) or (isinstance(value, float) and not math.isfinite(value)):
+            continue  # no value (Chroma drops a NaN or infinity, and with it all of the chunk's metadata)
+        if isinstance(value, str):
+            check_text(value, f"front matter {key!r}", str(path))
+        metadata[key] = value
+    return metadata, end + 1
+
+
+def _markdown_sections(
+    path: Path, file_id: str, lines: list[str], start: int, metadata: dict
+) -> list[tuple[Document, str]]:
+    """A document per heading section of `lines[start:]`; headings above a section name it (`file#wine/sherry`)."""
     sections: list[tuple[int, list[str], list[str]]] = []  # (heading line, heading path, lines)
     current: tuple[int, list[str], list[str]] = (0, [], [])
     stack: list[tuple[int, str]] = []  # (level, title) of the enclosing headings
     fence = ""  # the open code fence; as in CommonMark, only the same character, at least as many, closes it
-    for lineno, line in enumerate(split_lines(text), 1):  # a form feed or U+2028 in a line stays in it
+    for lineno, line in enumerate(lines[start:], start + 1):
         marks = _FENCE.match(line)
         if marks and not fence and not ("`" in marks.group(1) and "`" in marks.group(2)):
             fence, heading = marks.group(1), None
@@ -158,8 +210,8 @@ def _markdown_sections(path: Path, file_id: str, text: str) -> list[tuple[Docume
     sections.append(current)
 
     docs, used = [], set()
-    for lineno, titles, lines in sections:
-        body = "\n".join(lines[1:] if titles else lines)
+    for lineno, titles, section in sections:
+        body = "\n".join(section[1:] if titles else section)
         if not body.strip():
             continue  # a heading directly followed by another, or nothing before the first heading
         if titles:
@@ -171,7 +223,7 @@ def _markdown_sections(path: Path, file_id: str, text: str) -> list[tuple[Docume
             doc_id, title, where = f"{file_id}#{slug}", " › ".join(titles), f"{path}:{lineno}"
         else:
             doc_id, title, where = file_id, file_id, str(path)
-        docs.append((Document(doc_id, "\n".join(lines).strip("\n"), title), where))
+        docs.append((Document(doc_id, "\n".join(section).strip("\n"), title, dict(metadata)), where))
     return docs
 
 

@@ -79,7 +79,7 @@ def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
 _UniqueKeyLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 
 
-def _problem(err: yaml.YAMLError) -> str:
+def yaml_problem(err: yaml.YAMLError) -> str:
     """What is wrong, in one line: a ReaderError (a control character) has no `problem`, and its str() runs over
     two lines."""
     if isinstance(err, yaml.reader.ReaderError):
@@ -87,7 +87,7 @@ def _problem(err: yaml.YAMLError) -> str:
     return str(getattr(err, "problem", None) or err)
 
 
-def _line(err: yaml.YAMLError, text: str) -> int | None:
+def yaml_line(err: yaml.YAMLError, text: str) -> int | None:
     """The 1-based line of a YAML error, where it has one."""
     mark = getattr(err, "problem_mark", None)
     if mark is not None:
@@ -115,9 +115,9 @@ def read_yaml(path: Path, missing: str) -> dict:
         byte = err.object[err.start]
         raise RecipeError(f"{path}: not UTF-8 text (byte 0x{byte:02x} at offset {err.start})") from None
     except yaml.YAMLError as err:
-        line = _line(err, text)
+        line = yaml_line(err, text)
         where = f":{line}" if line else ""
-        raise RecipeError(f"{path}{where}: invalid YAML: {_problem(err)}") from None
+        raise RecipeError(f"{path}{where}: invalid YAML: {yaml_problem(err)}") from None
     except ValueError as err:  # an int of over 4300 digits; a NUL in the path (a YAML "\0" in `extends`)
         raise RecipeError(f"{path}: cannot read the recipe: {err}") from None
     if not isinstance(raw, dict):
@@ -212,7 +212,7 @@ def apply_override(raw: dict, override: str, path: Path, origins: dict) -> None:
                 unquotable = isinstance(err, (_RepeatedKey, yaml.reader.ReaderError))
                 hint = "" if unquotable else f"; quote it, e.g. {key}='\"...\"'"
                 raise RecipeError(
-                    f"{path}: override {key}: value is not valid YAML ({_problem(err)}){hint}"
+                    f"{path}: override {key}: value is not valid YAML ({yaml_problem(err)}){hint}"
                 ) from None
             here = tuple(located)
             existing = node.get(part) if isinstance(node, dict) else node[part]
