@@ -137,6 +137,13 @@ def test_markdown_front_matter_after_a_bom_or_closed_by_dots(tmp_path, content):
     assert [(doc.id, doc.text, doc.metadata) for doc in docs_of(path)] == [("notes#a", "# A\nbody", {"title": "x"})]
 
 
+def test_markdown_front_matter_keeps_a_leading_zero_and_a_clock_time_as_written(tmp_path):
+    # YAML 1.1 (PyYAML's safe_load) read `01234` as the octal 668 and `1:30` as the base-60 90.
+    path = tmp_path / "notes.md"
+    path.write_text("---\nzip: 01234\ntime: 1:30\nyear: 2016\nhex: 0x1f\n---\nbody\n")
+    assert docs_of(path)[0].metadata == {"zip": "01234", "time": "1:30", "year": 2016, "hex": 31}
+
+
 def test_markdown_unclosed_front_matter_is_text(tmp_path):
     # A guard, not a fix: with no closing line the `---` is a thematic break, and everything stays text as before.
     path = tmp_path / "notes.md"

@@ -145,6 +145,22 @@ _FRONT_MATTER_OPEN = re.compile(r"---[ \t]*")
 _FRONT_MATTER_CLOSE = re.compile(r"(?:---|\.\.\.)[ \t]*")
 
 
+class _FrontMatterLoader(yaml.SafeLoader):
+    """safe_load, less YAML 1.1's two int surprises, which YAML 1.2 (Hugo's reader) does not have: `zip: 01234`
+    would be the octal 668 and `time: 1:30` the base-60 90. Both stay the text that was written."""
+
+
+def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int | str:
+    text = loader.construct_scalar(node)
+    digits = text.lstrip("+-").replace("_", "")
+    if ":" in digits or (len(digits) > 1 and digits[0] == "0" and digits[1] not in "xXbB"):
+        return text
+    return yaml.SafeLoader.construct_yaml_int(loader, node)
+
+
+_FrontMatterLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+
+
 def _front_matter(path: Path, lines: list[str]) -> tuple[dict, int]:
     """The metadata of a YAML front matter block (Hugo, Jekyll, Obsidian, MkDocs) and the number of lines it takes
     (0 without one). Only its scalar values are kept: Chroma metadata cannot hold a list or a mapping (`tags:
@@ -157,7 +173,7 @@ def _front_matter(path: Path, lines: list[str]) -> tuple[dict, int]:
         return {}, 0  # never closed: as in Markdown, the `---` is a thematic break and the rest is text
     content = "\n".join(lines[1:end])
     try:
-        raw = yaml.safe_load(content)
+        raw = yaml.load(content, Loader=_FrontMatterLoader)
     except yaml.YAMLError as err:
         line = (yaml_line(err, content) or 0) + 1
         raise DataError(f"{path}:{line}: invalid YAML in the front matter: {yaml_problem(err)}") from None
