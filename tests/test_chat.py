@@ -80,13 +80,13 @@ def test_ask_prompts_in_the_training_format():
     class Model:
         def complete(self, messages):
             self.messages = messages
-            return "<think>The context says so.</think><answer>Nebbiolo</answer>"
+            return "<think>The context says so.</think><answer>Nebbiolo</answer>", None
 
     model = Model()
     reply = chat.ask(recipe, Index(), model, QUESTION)
     assert model.messages == build_messages(recipe.prompt, QUESTION, ["Barolo is made from Nebbiolo."])
     assert reply.answer == "Nebbiolo" and reply.sources == ["region-barolo"]
-    assert _reply_block(chat.render(reply)) == {"answer": "Nebbiolo", "reply": model.complete([]),
+    assert _reply_block(chat.render(reply)) == {"answer": "Nebbiolo", "reply": model.complete([])[0],
                                                 "sources": ["region-barolo"]}
 
 
@@ -173,13 +173,14 @@ def test_gguf_reply_opened_by_its_template_is_shown_whole(monkeypatch):
             self.metadata = {"tokenizer.chat_template": template}
 
         def create_chat_completion(self, **kwargs):
-            return {"choices": [{"message": {"content": "Nebbiolo</think><answer>Nebbiolo</answer>"}}]}
+            return {"choices": [{"message": {"content": "Nebbiolo</think><answer>Nebbiolo</answer>"},
+                                 "finish_reason": "stop"}]}
 
     for template, prefix in ((tokenizer.chat_template, "<think>"), (plain, "")):
         monkeypatch.setattr(verify, "load_llama", lambda path, n_ctx, template=template: Llama(template))
         model = chat.GGUFChat(__file__, 8)  # any existing file: the loader is the stand-in above
         assert model.prefix == prefix
-        assert model.complete([]) == prefix + "Nebbiolo</think><answer>Nebbiolo</answer>"
+        assert model.complete([]) == (prefix + "Nebbiolo</think><answer>Nebbiolo</answer>", None)
 
 
 @pytest.mark.parametrize("flag", ["--gguf", "--adapter", "--run"])
@@ -211,7 +212,7 @@ def test_interactive_bad_bytes_are_reported_and_the_session_goes_on(monkeypatch)
 
     class Model:
         def complete(self, messages):
-            return "<think>The context says so.</think><answer>Nebbiolo</answer>"
+            return "<think>The context says so.</think><answer>Nebbiolo</answer>", None
 
     monkeypatch.setattr("sys.stdin", io.StringIO(f"caf\udcff\n{QUESTION}\n\n"))
     out, err = io.StringIO(), io.StringIO()
@@ -233,7 +234,7 @@ def test_blank_lines_are_skipped_and_exit_ends_the_session(monkeypatch):
 
         def complete(self, messages):
             self.asked += 1
-            return "<think>The context says so.</think><answer>Nebbiolo</answer>"
+            return "<think>The context says so.</think><answer>Nebbiolo</answer>", None
 
     from rich.console import Console
 
@@ -260,7 +261,7 @@ def test_the_prompt_is_shown_only_to_a_terminal(monkeypatch, capsys, tty):
 
     class Model:
         def complete(self, messages):
-            return "<think>The context says so.</think><answer>Nebbiolo</answer>"
+            return "<think>The context says so.</think><answer>Nebbiolo</answer>", None
 
     class Index:
         def search(self, queries, k):
@@ -390,7 +391,7 @@ def test_an_embedder_that_cannot_load_ends_the_session(monkeypatch):
 
     class Model:
         def complete(self, messages):
-            return "<answer>Nebbiolo</answer>"
+            return "<answer>Nebbiolo</answer>", None
 
     index = Index()
     monkeypatch.setattr("sys.stdin", io.StringIO(f"{QUESTION}\n{QUESTION}\n"))

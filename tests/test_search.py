@@ -80,6 +80,9 @@ def test_a_k_past_the_chunks_gives_them_all(overrides, capsys, k):
         (["  "], "error: the query is empty"),
         (["Malbec", "-k", "0"], "error: -k must be at least 1, got 0"),
         (["Malbec", "retrieval.top_kk=2"], "retrieval.top_kk: unknown field (did you mean 'top_k'?)"),
+        # Chunks cut otherwise than the recipe says: answered from them, silently, before the chunking was recorded.
+        (["Malbec", "retrieval.chunk_size=100"], "was built with retrieval.chunk_size 200, not 100; build it with: "),
+        (["Malbec", "retrieval.chunk_overlap=8"], "was built with retrieval.chunk_overlap 32, not 8; build it with: "),
     ],
 )
 def test_errors_are_one_line(overrides, capsys, tmp_path, argv, expected):
@@ -89,6 +92,33 @@ def test_errors_are_one_line(overrides, capsys, tmp_path, argv, expected):
     [line] = [line for line in err.splitlines() if line.strip()]
     assert expected.format(tmp=tmp_path) in line, line
     assert not (tmp_path / "nowhere").exists()  # searching never creates an index
+
+
+def test_a_partly_built_index_is_refused_until_the_build_completes(overrides, capsys, monkeypatch, tmp_path):
+    # A build stopped after some batches left an index that answered from those alone, with exit 0.
+    from toolkit import index
+    from toolkit.index import main as index_main
+
+    built = [overrides[0], f"output_dir={tmp_path}", "retrieval.write_batch_size=4"]
+    embed, batches = index.Index.embed, []
+
+    def stopped_at_the_third_batch(self, texts):
+        batches.append(texts)
+        if len(batches) == 3:
+            raise KeyboardInterrupt
+        return embed(self, texts)
+
+    monkeypatch.setattr(index.Index, "embed", stopped_at_the_third_batch)
+    assert index_main([RECIPE, *built]) == 130
+    monkeypatch.setattr(index.Index, "embed", embed)
+    capsys.readouterr()
+    code, out, err = search(capsys, RECIPE, "Malbec", *built)
+    assert code == 2 and not out
+    assert err.strip() == f"error: the index at {tmp_path}/index is incomplete (its last build failed or was " \
+                          f"stopped); build it with: {index_command(RECIPE, built)}"
+    assert index_main([RECIPE, *built]) == 0  # the command the error names completes it
+    code, out, _ = search(capsys, RECIPE, "Malbec", "-k", "100", *built)
+    assert code == 0 and len(re.findall(r"^\d+\. ", out, flags=re.MULTILINE)) == 10
 
 
 def test_format_hit():

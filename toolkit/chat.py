@@ -32,6 +32,7 @@ class Reply:
     completion: str
     answer: str | None  # the text inside <answer>…</answer>, when the model used the format
     hits: list[Hit]
+    cut: str | None = None  # why the reply stops before the model ended it (`cut_note`)
 
     @property
     def sources(self) -> list[str]:
@@ -43,19 +44,35 @@ class QuestionError(ModelError):
     be. Any other ModelError (an embedder that cannot load, say) ends the session: asking again would not help."""
 
 
+# llama.cpp allocates the KV cache of the whole context when it loads (Llama 3.1 would ask for 131072 tokens: 16 GB
+# for an 8B model), so a GGUF is given its trained context only up to this.
+GGUF_CONTEXT = 8192
+
+
+def cut_note(new_tokens: int, limit: int, context: int | None) -> str:
+    """Why a reply of `new_tokens` stopped before the model ended it: the new-token limit, or the context filling."""
+    if new_tokens >= limit:
+        return f"at the {limit}-token limit (--max-new-tokens); raise it to see more"
+    return (f"after {new_tokens} tokens, when the {context}-token context was full; ask a shorter question or "
+            "retrieve fewer chunks (-k)")
+
+
 class GGUFChat:
     """An exported GGUF in llama.cpp, prompted through the chat template stored in the file."""
 
     def __init__(self, path: str | Path, max_new_tokens: int):
-        from toolkit.verify import load_llama
+        from toolkit.verify import load_llama, trained_context
 
         if not Path(path).is_file():
             raise ModelError(f"no GGUF file at {path}")
-        self.llm = load_llama(Path(path), n_ctx=4096)
+        # Not a fixed 4096: past the context the model was trained for, llama.cpp's replies degrade without a word.
+        trained = trained_context(Path(path))
+        self.llm = load_llama(Path(path), n_ctx=min(trained or GGUF_CONTEXT, GGUF_CONTEXT))
         self.prefix = gguf_reply_prefix(self.llm)  # "<think>" after a prompt.open_think run: shown as trained
         self.max_new_tokens = max_new_tokens
 
-    def complete(self, messages: list[dict]) -> str:
+    def complete(self, messages: list[dict]) -> tuple[str, str | None]:
+        """The reply, and why it was cut (None when the model ended it)."""
         # temperature 0 is llama.cpp's greedy sampler; no repeat penalty, as in the transformers evaluation.
         try:
             out = self.llm.create_chat_completion(
@@ -66,7 +83,12 @@ class GGUFChat:
                 raise
             raise QuestionError(f"the prompt is too long for the GGUF model ({first_line(err)}); ask a shorter "
                              "question or retrieve fewer chunks (-k)") from None
-        return self.prefix + (out["choices"][0]["message"]["content"] or "")
+        choice = out["choices"][0]
+        text = self.prefix + (choice["message"]["content"] or "")
+        # "length" is also where llama.cpp stops when the prompt left less room than max_tokens in the context.
+        if choice["finish_reason"] != "length":
+            return text, None
+        return text, cut_note(out["usage"]["completion_tokens"], self.max_new_tokens, self.llm.n_ctx())
 
     def close(self) -> None:
         self.llm.close()  # now, not in a destructor at interpreter exit, where llama-cpp-python's fails
@@ -102,15 +124,27 @@ class AdapterChat:
         # loaded without the run's overrides), not refused, since trying another prompt can be the point.
         warn_if_asked_otherwise(recipe, adapter, "chat")
         model, self.tokenizer = load_model(base_model_path(recipe, recipe.output_dir), recipe.model.dtype)
+        # transformers generates past the context the model was trained for without a word, and replies degrade
+        # there: it is held to it, as llama.cpp is.
+        self.context = getattr(model.config, "max_position_embeddings", None)
         self.prefix = prepare_replies(self.tokenizer, [], recipe.prompt)  # the reply opening, shown as trained
         self.model = load_adapter(model, adapter)
         self.max_new_tokens = max_new_tokens
 
-    def complete(self, messages: list[dict]) -> str:
+    def complete(self, messages: list[dict]) -> tuple[str, str | None]:
+        """The reply, and why it was cut (None when the model ended it)."""
         from toolkit.evaluate import generate
 
-        texts, _, _ = generate(self.model, self.tokenizer, [messages], self.max_new_tokens, 1)
-        return self.prefix + texts[0]
+        limit = self.max_new_tokens
+        if self.context:
+            prompt = len(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                            return_dict=True)["input_ids"])
+            if prompt >= self.context:
+                raise QuestionError(f"the prompt is too long for the model ({prompt} tokens, its context is "
+                                    f"{self.context}); ask a shorter question or retrieve fewer chunks (-k)")
+            limit = min(limit, self.context - prompt)
+        texts, lengths, truncated = generate(self.model, self.tokenizer, [messages], limit, 1)
+        return self.prefix + texts[0], cut_note(lengths[0], self.max_new_tokens, self.context) if truncated[0] else None
 
     def close(self) -> None:
         pass
@@ -120,13 +154,16 @@ def ask(recipe: Recipe, index, model, question: str, top_k: int | None = None) -
     """Retrieve context for `question`, prompt `model` in the training format, return the reply and its sources."""
     hits = index.search([question], top_k if top_k is not None else recipe.retrieval.top_k)[0]
     messages = build_messages(recipe.prompt, question, [hit.text for hit in hits])
-    completion = model.complete(messages)
-    return Reply(question, completion, extracted(completion), hits)
+    completion, cut = model.complete(messages)
+    return Reply(question, completion, extracted(completion), hits, cut)
 
 
 def render(reply: Reply) -> str:
     lines = [f"answer: {reply.answer if reply.answer is not None else '(no <answer> tag)'}",
-             f"reply:  {reply.completion.strip()}", "sources:"]
+             f"reply:  {reply.completion.strip()}"]
+    if reply.cut:
+        lines.append(f"cut:    {reply.cut}")
+    lines.append("sources:")
     lines += [f"  {rank}. {hit.source}  (score {hit.score:.3f})" for rank, hit in enumerate(reply.hits, 1)]
     return "\n".join(lines)
 

@@ -4,8 +4,9 @@
   chunks whose ids the collection lacks and deletes those no document gives any more.
 - Chroma always receives precomputed embeddings (adds and queries): without them it falls back to its own ONNX
   embedder, which downloads a model. The collection uses cosine distance.
-- The collection's metadata is the manifest: the embedder's name and dimension. Opening it for another embedder
-  rebuilds it, and says so.
+- The collection's metadata is the manifest: the embedder's name and dimension, the chunking (`chunk_size`,
+  `chunk_overlap`) and `complete`, false while a sync is writing. Opening it for another embedder rebuilds it, and
+  says so; reading one that is incomplete or chunked otherwise is an error.
 - New chunks are embedded and written in batches of `write_batch_size`, longest first (as one big `encode` call
   would order them), each batch one Chroma write: a process killed mid-index keeps every finished batch, and the
   next run embeds only what is missing.
@@ -141,6 +142,10 @@ class Index:
                 # The readers (search, chat) add the command that builds it, with their recipe and overrides.
                 raise IndexUnavailable(f"the index at {self.path} holds no chunks (its first build failed or was "
                                        "stopped)")
+            # Only some of the corpus's chunks, or a mix of old and new ones: answers would silently miss documents.
+            if (existing.metadata or {}).get("complete") is False:
+                raise IndexUnavailable(f"the index at {self.path} is incomplete (its last build failed or was "
+                                       "stopped)")
         elif existing is not None and (built_with != embedder_name or refit):
             self.embedder  # noqa: B018 -- load the new embedder first: if it fails, the old index stays
             if refit:
@@ -163,6 +168,11 @@ class Index:
     @property
     def manifest(self) -> dict:
         return dict(self.collection.metadata or {})
+
+    def _record(self, **fields) -> None:
+        """Change these manifest fields; Chroma replaces a collection's metadata whole, so the rest is passed on."""
+        with _readable(self.path):
+            self.collection.modify(metadata={**self.manifest, **fields})
 
     @property
     def embedder(self):
@@ -230,7 +240,7 @@ class Index:
                 by_source.setdefault(chunk.source, []).append(chunk.id)
             for doc, digest in todo:
                 chunk_ids[digest] = by_source.get(doc.id, [])
-        counts = self._sync(chunks, have, kept, progress)
+        counts = self._sync(chunks, have, kept, progress, {"chunk_size": size, "chunk_overlap": overlap})
         if chunk_ids != memo:
             self._write_memo(chunk_ids)
         return counts
@@ -241,7 +251,7 @@ class Index:
             have = set(self.collection.get(include=[])["ids"])
         return self._sync(chunks, have, set(), progress)
 
-    def _sync(self, chunks: list[Chunk], have: set[str], kept: set[str], progress) -> SyncCounts:
+    def _sync(self, chunks: list[Chunk], have: set[str], kept: set[str], progress, chunking=None) -> SyncCounts:
         want = {chunk.id: chunk for chunk in chunks}
         if len(want) != len(chunks):
             raise ValueError("duplicate chunk ids: are two documents sharing an id?")
@@ -258,6 +268,9 @@ class Index:
             deleted=sum(_key(i) not in want_keys for i in stale),
             unchanged=len(wanted) - len(new),
         )
+        done = {"complete": True, **(chunking or {})}
+        if stale or new:  # marked before the first write: a sync killed on the way leaves an index readers refuse
+            self._record(complete=False)
         for start in range(0, len(stale), _DELETE_BATCH):
             self.collection.delete(ids=stale[start : start + _DELETE_BATCH])
         # Longest first, as sentence-transformers orders one big encode call: batches of similar lengths pad little.
@@ -276,6 +289,8 @@ class Index:
             )
             if progress is not None:
                 progress(start + len(batch), len(new))
+        if any(self.manifest.get(key) != value for key, value in done.items()):
+            self._record(**done)
         return counts
 
     def _memo_path(self) -> Path:
@@ -379,7 +394,7 @@ def open_index(recipe, *, create: bool = True) -> Index:
     from toolkit.models import resolve_embedder
 
     cfg = recipe.retrieval
-    return Index(
+    index = Index(
         recipe.output_dir / "index",
         cfg.collection,
         cfg.embedder,
@@ -388,6 +403,14 @@ def open_index(recipe, *, create: bool = True) -> Index:
         write_batch_size=cfg.write_batch_size,
         create=create,
     )
+    if not create:  # a build updates the chunking; a reader's chunks must be the ones the recipe makes
+        built = index.manifest
+        for key in ("chunk_size", "chunk_overlap"):
+            # An index built before the chunking was recorded has none to compare and is used as it is.
+            if key in built and built[key] != getattr(cfg, key):
+                raise IndexUnavailable(f"the index at {index.path} was built with retrieval.{key} {built[key]}, "
+                                       f"not {getattr(cfg, key)}")
+    return index
 
 
 def build_index(recipe, docs: list[Document], progress=None) -> tuple[Index, SyncCounts]:

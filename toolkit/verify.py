@@ -98,6 +98,21 @@ def stop_ids(generation_config, tokenizer) -> set[int]:
     return ids
 
 
+def trained_context(path: Path) -> int | None:
+    """The context a GGUF's model was trained for (`<arch>.context_length`, what llama.cpp's `-c 0` takes); None
+    when the file does not say, or is no GGUF gguf can read (llama.cpp's own load then says what is wrong)."""
+    from gguf import GGUFReader
+
+    try:
+        fields = GGUFReader(path).fields
+    except (OSError, ValueError) as err:
+        logger.debug("%s: no trained context length read (%s)", path, err)
+        return None
+    arch = fields.get("general.architecture")
+    length = arch is not None and fields.get(f"{arch.contents()}.context_length")
+    return int(length.contents()) if length else None
+
+
 def load_llama(path: Path, n_ctx: int = 4096, **kwargs):
     """A llama.cpp model on the CPU; close() it when done (its destructor fails at interpreter exit).
 
