@@ -17,6 +17,7 @@ from toolkit.rewards import (
     format_reward,
     is_exact_match,
     length,
+    no_example_copy,
     repetition,
 )
 from toolkit.rewards.text import normalize, number_marks, words_number
@@ -30,7 +31,7 @@ def reference_normalize(text):
     """The plain per-character definition that normalize()'s translate tables must reproduce exactly."""
     text = number_marks(unicodedata.normalize("NFKD", text)).lower()
     text = "".join(" " if unicodedata.category(ch).startswith("P") or ch in string.punctuation else ch
-                   for ch in text if not unicodedata.combining(ch))
+                   for ch in text if not unicodedata.combining(ch) and unicodedata.category(ch) != "Cf")
     return " ".join(tok for tok in text.split() if tok not in {"a", "an", "the"})
 
 
@@ -141,6 +142,10 @@ def test_words_number(tokens, expected):
     ("<answer>1990–1995</answer>", "1990", {}, 1.0),
     ("<answer>4,800 bottles</answer>", "4 800 bottles", {}, 1.0), ("<answer>1,000</answer>", "1 000", {}, 1.0),
     ("<answer>in 1998 200 bottles</answer>", "1998200", {}, 0.0),
+    # ... in the answer's number too, whatever space typeset text puts between the groups.
+    ("<answer>1 000</answer>", "1000", {}, 1.0), ("<answer>4\u00a0800 bottles</answer>", "4,800", {}, 1.0),
+    ("<answer>about 10\u202f000</answer>", "10000", {}, 1.0), ("<answer>1\u2009000</answer>", "1 000", {}, 1.0),
+    ("<answer>1 000</answer>", "1", {}, 0.0), ("<answer>in 1998 200 bottles</answer>", "1998", {}, 1.0),
 ])
 def test_answer_match_numbers(text, gold, params, expected):
     assert answer_match([text], answer=[gold], **params) == [expected]
@@ -273,6 +278,22 @@ def test_the_sign_before_a_currency_or_a_bare_decimal_is_kept_by_normalize():
     assert normalize("1990−1995") == normalize("1990-1995") == "1990 1995" and normalize("--7") == "7"
     assert context_grounding(["<answer>-$5</answer>", "<answer>−$5</answer>"], context=[["a fee of $5"]] * 2) == [
         0.0, 0.0]
+
+
+@pytest.mark.parametrize("mark", ["\u200b", "\u00ad", "\ufeff", "\u2060"])
+def test_invisible_format_characters_are_no_part_of_a_word(mark):
+    # Scraped text holds zero-width spaces and soft hyphens: a word with one inside is the same word, for the
+    # answer (an honest copy of the context's spelling) and for the worked-example copy check (a copy laced with
+    # them scored 0.88 instead of 0.38, strict format 1.0).
+    answer = f"<think>Barolo is made from Nebbiolo.</think><answer>Neb{mark}biolo{mark}</answer>"
+    assert answer_match([answer], answer=[GOLD]) == [1.0]
+    assert context_grounding([answer], context=[[f"Barolo is made from Neb{mark}biolo grapes."]],
+                             answer=[GOLD]) == [1.0]
+    example = "<think>Rioja is a wine region in northern Spain that follows the Ebro River.</think>" \
+              "<answer>Ebro River</answer>"
+    laced = example.replace("io", f"i{mark}o").replace("br", f"b{mark}r")
+    assert no_example_copy([laced], examples=[[example]], context=[CONTEXT]) == \
+        no_example_copy([example], examples=[[example]], context=[CONTEXT]) == [0.0]
 
 
 def test_a_number_grounds_with_or_without_its_separators():

@@ -33,7 +33,9 @@ MINUS = "\u2212"  # the minus sign of typeset text ("−5 °C"), not the ASCII h
 # Only these become ASCII for the number match: NFKC would also turn "1992¹" into 19921 and "2½" into 21.
 # The en dash too: typeset text writes "–11 °C" with it (a range's en dash is no sign: "1990–1995" is 1990).
 _NUMBER_CHARS = str.maketrans({**{chr(0xFF10 + d): str(d) for d in range(10)}, MINUS: "-", "\u2013": "-",
-                               "\uff0d": "-", "\ufe63": "-", "\u207b": "-", "\uff0e": ".", "\uff0c": ","})
+                               "\uff0d": "-", "\ufe63": "-", "\u207b": "-", "\uff0e": ".", "\uff0c": ",",
+                               # the spaces typeset text puts between digit groups ("4 800"; NFKD's space too)
+                               "\u00a0": " ", "\u2007": " ", "\u2009": " ", "\u202f": " "})
 _WORD_SIGNS = ("minus", "negative")
 _NEGATED = re.compile(rf"\b(?:{'|'.join(_WORD_SIGNS)})\s*[$€£]?$", re.IGNORECASE)  # "minus 5", "minus $5"
 # A number in words does not run on past the end of a clause: "The test was negative. Five cases." is 5.
@@ -95,14 +97,16 @@ def row(column: Sequence[Any] | None, i: int) -> Any:
 # --------------------------------------------------------------------------------------------- normalization
 class _FoldTable(dict):
     """Character → folded form for normalize(), filled on first sight of each character: combining marks vanish
-    (accent folding after NFKD), punctuation becomes a space, everything else stays. Punctuation is Unicode's
-    (category P) and ASCII's (``string.punctuation``, which SQuAD strips: it has symbols such as ``$ + < = > ^ ` |
-    ~`` that Unicode files under S, so a `Nebbiolo` quoted as Markdown code still matches). Other symbols (€, £,
-    emoji) stay. Building it for all of Unicode up front would cost a second at import."""
+    (accent folding after NFKD), and so do invisible format characters (category Cf: zero-width space, soft hyphen,
+    BOM; scraped text holds them, and a word with one inside was another word: a copied answer no match, a copy of
+    the worked example laced with them no copy); punctuation becomes a space, everything else stays. Punctuation
+    is Unicode's (category P) and ASCII's (``string.punctuation``, which SQuAD strips: it has symbols such as ``$ +
+    < = > ^ ` | ~`` that Unicode files under S, so a `Nebbiolo` quoted as Markdown code still matches). Other
+    symbols (€, £, emoji) stay. Building it for all of Unicode up front would cost a second at import."""
 
     def __missing__(self, ch: str) -> str:
         punctuation = ch in string.punctuation or unicodedata.category(ch).startswith("P")
-        value = "" if unicodedata.combining(ch) else " " if punctuation else ch
+        value = "" if unicodedata.combining(ch) or unicodedata.category(ch) == "Cf" else " " if punctuation else ch
         self[ch] = value
         return value
 
@@ -258,10 +262,14 @@ def _words_run(tokens: Sequence[str]) -> tuple[float | None, int, int]:
 
 
 def _number_text(text: str) -> str:
-    # Digits and signs as _NUMBER reads them: full-width digits and the typeset minus become ASCII, and a sign
-    # before a currency symbol moves onto the number.
+    # Digits and signs as _NUMBER reads them: full-width digits, the typeset minus and the spaces between digit
+    # groups become ASCII, digit groups split by a space are one number (as in normalize: an answer "1 000" was 1,
+    # no match for a gold "1000", though a gold "1 000" matched an answer "1000"), and a sign before a currency
+    # symbol moves onto the number.
     if not text.isascii():
         text = text.translate(_NUMBER_CHARS)
+    if " " in text:
+        text = _SPACED_GROUPS.sub(lambda m: m.group().replace(" ", ""), text)
     return _SIGNED_CURRENCY.sub("-", text) if "-" in text else text  # "-$5" is "-5"
 
 
