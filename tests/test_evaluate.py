@@ -242,6 +242,25 @@ def test_cli_refuses_outputs_in_the_way_and_a_dangling_out_link_before_evaluatin
     assert not (tmp_path / "run" / "index").exists()
 
 
+def test_cli_refuses_an_out_folder_inside_the_corpus_before_evaluating(tmp_path, capsys, monkeypatch):
+    # Its report.md and predictions.jsonl became documents of the next index.
+    import shutil
+
+    monkeypatch.setattr(evaluate, "evaluate_recipe", lambda *a: pytest.fail("evaluated first"))
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    shutil.copy("data/wine/docs.jsonl", docs)
+    argv = ["recipes/wine.yaml", f"data.corpus=[{docs}]", "--limit", "1"]
+    assert evaluate.main([*argv, "--out", str(docs / "eval")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"--out: {docs / 'eval'} is inside the corpus entry {docs} (data.corpus)" in err, err
+    assert evaluate.main([*argv, f"output_dir={docs / 'run'}"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"output_dir: {docs / 'run' / 'evaluate'} is inside the corpus entry {docs} " in err, err
+    assert "pass --out DIR outside it" in err and sorted(p.name for p in docs.iterdir()) == ["docs.jsonl"]
+
+
 def test_cli_never_writes_over_a_training_runs_report_or_predictions(tmp_path, capsys, monkeypatch):
     # The default used to be <output_dir>/eval, where the run keeps the predictions its report.json points to, and
     # --out <run> replaced the run's report.json (training history and tuned column gone), both without a word.

@@ -129,3 +129,24 @@ def test_a_reward_label_is_not_markup():
     _run(callback, [{"step": 1, "reward": 0.1, "rewards/match[/exact]/mean": 0.5, "rewards/[v2]/mean": 0.25}])
     header = out.getvalue().splitlines()[0]
     assert "match[/exact]" in header and "[v2]" in header
+
+
+@pytest.mark.parametrize("width", [80, 160])
+def test_no_number_is_cut_however_narrow_the_terminal_or_long_the_labels(width):
+    # The KL column was 6 wide: LoRA's usual 0.000123 showed as "0.000…" and an exploding 1234.5 as "1.23e…"; a
+    # total reward of -12.35 as "-12.3…". On an 80-column terminal the wine recipe's 6 rewards squeezed every
+    # column, step and reward included, to "…".
+    out = io.StringIO()
+    callback = LiveMetrics(console=Console(file=out, width=width), progress_bar=False)
+    labels = ("answer_match", "format_strict", "format_soft", "context_grounding", "length", "no_example_copy",
+              "a_reward_label_far_longer_than_any_number_in_its_column")
+    for step, kl in ((10, 0.000123), (20, -1234.5)):
+        callback.record(step, {"reward": -12.3456, **{f"rewards/{label}/mean": 0.5 for label in labels},
+                               "frac_reward_zero_std": 0.25, "kl": kl, "completions/mean_length": 31.0,
+                               "completions/clipped_ratio": 0.1})
+    text = out.getvalue()
+    assert "…" not in text
+    rows = [line.split() for line in text.splitlines() if line.split() and line.split()[0] in ("10", "20")]
+    assert [row[:2] for row in rows] == [["10", "-12.346"], ["20", "-12.346"]]
+    assert [row[-5:] for row in rows] == [["0.25", "0.000123", "31", "0.10", "–"],
+                                          ["0.25", "-1.23e+03", "31", "0.10", "0.0"]]

@@ -689,3 +689,15 @@ def test_a_resumed_run_saves_and_logs_by_the_recipe_and_outlives_its_checkpoint(
     assert _steps(result.log_history) == [1, 2, 4, 5]  # 1-2 logged by the first run, then every 2 and the last
     assert result.steps == 5 and result.resumed_from == 2
     assert not (work / "checkpoint-2").exists()  # rotated away during training (two kept: 4 and 5)
+
+
+def test_a_linked_old_checkpoint_goes_as_a_link(tmp_path):
+    # Since start_fresh shared toolkit.run's remove_whole, a checkpoint-N that is a link (a checkpoint moved to a
+    # bigger disk and linked back) failed the run: "Cannot call rmtree on a symbolic link", the link left renamed
+    # to a hidden name. The link goes; what it points to is not this run's to delete.
+    elsewhere = _checkpoint(tmp_path / "disk", 20, json.dumps({"global_step": 20}))
+    trainer = tmp_path / "trainer"
+    trainer.mkdir()
+    (trainer / "checkpoint-20").symlink_to(elsewhere)
+    start_fresh(trainer)
+    assert list(trainer.iterdir()) == [] and latest_checkpoint(elsewhere.parent) == elsewhere

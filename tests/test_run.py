@@ -269,6 +269,26 @@ def test_an_output_in_the_way_is_refused_before_any_work(tmp_path, capsys, name,
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # not even the index
 
 
+@pytest.mark.parametrize("corpus", ["docs", "docs/**/*.*"])
+def test_an_output_dir_inside_the_corpus_is_refused_before_any_work(tmp_path, capsys, monkeypatch, corpus):
+    # The run wrote report.md, eval/predictions.jsonl and adapter/README.md among the documents: the next run,
+    # evaluate or chat indexed the report as a document, or failed on the predictions' missing 'text'.
+    import shutil
+
+    from toolkit import run as run_mod
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    shutil.copy(ROOT / "data" / "wine" / "docs.jsonl", docs)
+    out = docs / "run"
+    monkeypatch.setattr("toolkit.prompts.build_splits", lambda recipe: pytest.fail("loaded data first"))
+    assert run_mod.main(["recipes/wine.yaml", f"output_dir={out}", f"data.corpus=[{tmp_path / corpus}]"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"output_dir: {out} is inside the corpus entry {tmp_path / corpus} (data.corpus), which would read the " \
+           "run's report.md and eval/predictions.jsonl as documents; set an output_dir outside it" in err, err
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("rate, what", [("1e308", "of the adapter's"), ("1e30", "the adapted model's logits are")])
 def test_a_diverged_run_fails_and_saves_no_adapter(tmp_path, capsys, rate, what):
     """learning_rate 1e308 turns the LoRA weights into NaN/inf in one step, 1e30 into finite weights whose logits

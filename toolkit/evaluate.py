@@ -25,6 +25,7 @@ from pathlib import Path
 from rich.markup import escape
 
 from toolkit.generation import generate_sharing_prefix
+from toolkit.loaders import corpus_taking
 from toolkit.metrics import extracted, retrieval_hit, score_completions, summarize
 from toolkit.models import ModelError
 from toolkit.prompts import build_messages
@@ -252,6 +253,11 @@ def main(argv: list[str] | None = None) -> int:
         blocked = None if args.out else in_the_way(out, files=EVAL_FILES) or run_outputs(out)
         if blocked:  # --out was checked as it was parsed
             raise RecipeError(f"output_dir: {blocked}; move it away or pass --out DIR")
+        corpus = corpus_taking(recipe.data.corpus, out, ("report.md", "predictions.jsonl"))
+        if corpus is not None:  # the next command would index this report as documents
+            raise RecipeError(f"{'--out' if args.out else 'output_dir'}: {out} is inside the corpus entry {corpus} "
+                              "(data.corpus), which would read report.md and predictions.jsonl as documents; "
+                              f"{'pass another --out' if args.out else 'pass --out DIR outside it'}")
         report = evaluate_recipe(recipe, dataset, args.adapter, out)
     except ERRORS as err:
         return fail(console, err)

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from rich import box
 from rich.console import Console
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 from transformers import TrainerCallback
@@ -29,6 +30,12 @@ logger = logging.getLogger(__name__)
 # a row is a pattern, not bad luck with one question.
 ZERO_STD_LIMIT = 0.75
 ZERO_STD_STEPS = 3
+# The widest text `_cell` writes for a column (6 by default, e.g. "-0.25"): a KL such as "0.000123" or "-1.23e+03"
+# and a total reward such as "-12.500" were cut to "0.000…" and "-12.5…" in 6. A longer reward label than
+# LABEL_WIDTH folds over header lines instead of widening its column further.
+VALUE_WIDTHS = {"reward": 8, "kl": 9}
+LABEL_WIDTH = 20
+UNLIMITED = 10_000  # a width no table row reaches: measured at it, a table takes what its columns need
 
 
 def live_console() -> Console:
@@ -131,17 +138,19 @@ class LiveMetrics(TrainerCallback):
             columns += [("kl", "kl")]
         columns += [("len", "completions/mean_length"), ("clipped", "completions/clipped_ratio"),
                     ("s/step", "step_seconds")]
-        return [(header, key, max(len(header), 6)) for header, key in columns]
+        return [(header, key, max(VALUE_WIDTHS.get(key, 6), min(len(header), LABEL_WIDTH))) for header, key in columns]
 
     def _print(self, row: dict, header: bool) -> None:
         # One small table per row with fixed column widths: rows printed separately still line up, and each is
-        # final the moment it is printed (nothing to redraw in a log file).
+        # final the moment it is printed (nothing to redraw in a log file). The table's own width is all its
+        # columns need: on a narrower terminal rich squeezed every column to "…"; now the terminal wraps the line.
         table = Table(box=box.SIMPLE_HEAD, show_header=header, show_edge=False, pad_edge=False, header_style="bold")
         for title, _, width in self.columns:
             # A reward label is no markup: "len[/short]" would raise in the first log, "[x]" would vanish.
-            table.add_column(escape(title), justify="right", width=width, no_wrap=True, overflow="ellipsis")
+            table.add_column(escape(title), justify="right", width=width, overflow="fold")
         table.add_row(*(self._cell(key, row.get(key)) for _, key, _ in self.columns))
-        self.console.print(table, highlight=False)
+        table.width = Measurement.get(self.console, self.console.options.update_width(UNLIMITED), table).maximum
+        self.console.print(table, highlight=False, crop=False)
 
     def _cell(self, key: str, value) -> str:
         if value is None:

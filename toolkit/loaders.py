@@ -9,6 +9,7 @@ Reading never touches the index.
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import json
 import logging
@@ -96,6 +97,42 @@ def expand(path: str | Path, taken: dict[Path, Path] | None = None) -> list[tupl
     if path.suffix.lower() not in SUFFIXES:
         raise DataError(f"{path}: unsupported corpus file type {path.suffix!r} (use {', '.join(SUFFIXES)})")
     return [(path, path.stem, True)] if _once([path], taken) else []
+
+
+def takes(entry: str | Path, path: Path) -> bool:
+    """Whether the corpus entry (a file, folder or glob, as `expand` reads it) would read `path`, a file that need
+    not exist yet: a command writing a Markdown report into the corpus would have it indexed as a document."""
+    text = str(entry)
+    if path.suffix.lower() not in SUFFIXES:
+        return False
+    pattern: tuple[str, ...] = ("**", "*")  # a folder: every file under it
+    base = Path(entry)
+    if is_glob(text) and not base.exists():
+        parts = base.parts
+        fixed = next(i for i, part in enumerate(parts) if is_glob(part))
+        base, pattern = Path(*parts[:fixed]) if fixed else Path("."), parts[fixed:]
+    elif not base.is_dir():
+        return False  # one file: that file alone
+    real, folder = path.resolve(), base.resolve()
+    if not real.is_relative_to(folder):
+        return False
+    relative = real.relative_to(folder).parts
+    return not any(part.startswith(".") for part in relative) and _matches(pattern, relative)
+
+
+def corpus_taking(corpus, folder: Path, names: tuple[str, ...]) -> Path | None:
+    """The first corpus entry (`data.corpus`) that would read any file `names` once written into `folder`."""
+    paths = [getattr(source, "path", source) for source in corpus]
+    return next((Path(entry) for entry in paths if any(takes(entry, folder / name) for name in names)), None)
+
+
+def _matches(pattern: tuple[str, ...], parts: tuple[str, ...]) -> bool:
+    """Whether path `parts` match glob `pattern` parts, `**` standing for any number of folders."""
+    if not pattern:
+        return not parts
+    if pattern[0] == "**":
+        return any(_matches(pattern[1:], parts[i:]) for i in range(len(parts) + 1))
+    return bool(parts) and fnmatch.fnmatchcase(parts[0], pattern[0]) and _matches(pattern[1:], parts[1:])
 
 
 def _through_link(path: Path, base: Path) -> bool:

@@ -122,7 +122,11 @@ def save_dir_atomic(path: Path, save: Callable[[Path], None]) -> None:
 def remove_whole(path: Path) -> None:
     """Remove a folder whole or not at all: it is renamed to a fresh hidden name first (pid and random bytes, so a
     leftover of an earlier failed removal never blocks the rename), so a removal that fails half way leaves no
-    half folder under `path` (an adapter_config.json without its weights). Raises OSError."""
+    half folder under `path` (an adapter_config.json without its weights). A link goes as a link: where it points
+    is not the caller's to delete. Raises OSError."""
+    if path.is_symlink():
+        path.unlink()
+        return
     away = _fresh_name(path)
     path.rename(away)
     shutil.rmtree(away)

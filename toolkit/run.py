@@ -26,6 +26,7 @@ from toolkit.checkpoints import (
     start_fresh,
 )
 from toolkit.cli import ERRORS, Parser, fail, setup_logging
+from toolkit.loaders import corpus_taking
 from toolkit.recipe import Recipe, RecipeError, load_recipe
 from toolkit.report import (
     PREDICTIONS,
@@ -104,6 +105,10 @@ def run(recipe: Recipe, console: Console, resume: bool = False) -> dict:
                          whole=("adapter",))
     if blocked:  # found now, not when the report is written after training
         raise RecipeError(f"output_dir: {blocked}; move it away or set another output_dir")
+    corpus = corpus_taking(recipe.data.corpus, out, ("report.md", PREDICTIONS, "adapter/README.md"))
+    if corpus is not None:  # the next run, evaluate or chat would index this run's outputs as documents
+        raise RecipeError(f"output_dir: {out} is inside the corpus entry {corpus} (data.corpus), which would read "
+                          "the run's report.md and eval/predictions.jsonl as documents; set an output_dir outside it")
     if recipe.export.formats:
         from toolkit.export import check_export_ready, check_outputs
 
