@@ -31,7 +31,8 @@ from rich.console import Console
 from toolkit.chunking import chunk_documents
 from toolkit.cli import ERRORS, Parser, fail, path_arg
 from toolkit.data import load_dataset
-from toolkit.index import _load_embedder, open_index
+from toolkit.index import open_index
+from toolkit.index_store import _load_embedder
 from toolkit.metrics import retrieval_metrics
 from toolkit.models import resolve_embedder
 from toolkit.recipe import load_recipe

@@ -14,7 +14,7 @@ from export_run import RECIPE, exported_run
 
 from toolkit import chat
 from toolkit.cli import index_command
-from toolkit.index import Hit
+from toolkit.index_store import Hit
 from toolkit.prompts import build_messages
 from toolkit.recipe import load_recipe
 

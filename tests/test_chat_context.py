@@ -15,7 +15,7 @@ from export_run import RECIPE
 from test_export import _finished_run, _tiny_model
 
 from toolkit import chat
-from toolkit.index import Hit
+from toolkit.index_store import Hit
 from toolkit.recipe import load_recipe
 
 QUESTION = "Which grape is Barolo made from?"
@@ -116,9 +116,10 @@ def test_chat_refuses_an_index_whose_build_was_stopped(tmp_path, capsys, monkeyp
     # It answered from the chunks the stopped build had stored, as if they were the corpus.
     from toolkit import index
     from toolkit.cli import index_command
+    from toolkit.index_store import Index
 
     overrides = [f"output_dir={tmp_path}", "retrieval.write_batch_size=16"]
-    embed, batches = index.Index.embed, []
+    embed, batches = Index.embed, []
 
     def stopped_at_the_second_batch(self, texts):
         batches.append(texts)
@@ -126,7 +127,7 @@ def test_chat_refuses_an_index_whose_build_was_stopped(tmp_path, capsys, monkeyp
             raise KeyboardInterrupt
         return embed(self, texts)
 
-    monkeypatch.setattr(index.Index, "embed", stopped_at_the_second_batch)
+    monkeypatch.setattr(Index, "embed", stopped_at_the_second_batch)
     assert index.main(["recipes/wine.yaml", *overrides]) == 130
     capsys.readouterr()
     assert chat.main(["recipes/wine.yaml", *overrides, "--question", QUESTION]) == 2

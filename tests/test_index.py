@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 from conftest import WINEMAG_COLUMNS, WINEMAG_ROWS
 
+from toolkit.chunking import Chunk, chunk_documents
 from toolkit.data import QA, DataError, Document, load_documents, load_qa
-from toolkit.index import Chunk, Index, IndexUnavailable, SyncCounts, chunk_documents
+from toolkit.index_store import Index, IndexUnavailable, SyncCounts
 from toolkit.metrics import retrieval_metrics
 from toolkit.models import ModelError, folder_fingerprint, resolve_embedder
 

@@ -89,7 +89,7 @@ def test_rewards_get_the_columns_training_passes(recipe, tmp_path):
 
 def test_reward_columns_are_the_rows_training_uses(recipe):
     # TRL passes every dataset column but `prompt` (as `prompts`): evaluation must pass the same ones.
-    from toolkit.index import Hit
+    from toolkit.index_store import Hit
     from toolkit.prompts import build_rows
 
     class Index:

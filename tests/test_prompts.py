@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from toolkit.chunking import chunk_documents
 from toolkit.data import QA, Document
-from toolkit.index import Index, chunk_documents
+from toolkit.index_store import Index
 from toolkit.models import resolve_embedder
 from toolkit.prompts import (
     add_reply_prefix,

@@ -13,7 +13,7 @@ import pytest
 from conftest import WINEMAG_COLUMNS, WINEMAG_ROWS
 
 from toolkit.cli import index_command
-from toolkit.index import Hit
+from toolkit.index_store import Hit
 from toolkit.search import format_hit, main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,11 +96,11 @@ def test_errors_are_one_line(overrides, capsys, tmp_path, argv, expected):
 
 def test_a_partly_built_index_is_refused_until_the_build_completes(overrides, capsys, monkeypatch, tmp_path):
     # A build stopped after some batches left an index that answered from those alone, with exit 0.
-    from toolkit import index
     from toolkit.index import main as index_main
+    from toolkit.index_store import Index
 
     built = [overrides[0], f"output_dir={tmp_path}", "retrieval.write_batch_size=4"]
-    embed, batches = index.Index.embed, []
+    embed, batches = Index.embed, []
 
     def stopped_at_the_third_batch(self, texts):
         batches.append(texts)
@@ -108,9 +108,9 @@ def test_a_partly_built_index_is_refused_until_the_build_completes(overrides, ca
             raise KeyboardInterrupt
         return embed(self, texts)
 
-    monkeypatch.setattr(index.Index, "embed", stopped_at_the_third_batch)
+    monkeypatch.setattr(Index, "embed", stopped_at_the_third_batch)
     assert index_main([RECIPE, *built]) == 130
-    monkeypatch.setattr(index.Index, "embed", embed)
+    monkeypatch.setattr(Index, "embed", embed)
     capsys.readouterr()
     code, out, err = search(capsys, RECIPE, "Malbec", *built)
     assert code == 2 and not out

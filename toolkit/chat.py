@@ -17,7 +17,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from toolkit.index import Hit, IndexUnavailable, open_index
+from toolkit.index import open_index
+from toolkit.index_store import Hit, IndexUnavailable
 from toolkit.metrics import extracted
 from toolkit.models import ModelError, first_line
 from toolkit.prompts import build_messages, opened_reply, prepare_replies

@@ -36,7 +36,7 @@ from toolkit.rewards import build_reward, completion_text, extract_answer, is_ex
 
 if TYPE_CHECKING:
     from toolkit.data import QA
-    from toolkit.index import Index
+    from toolkit.index_store import Index
 
 # The row columns a reward gets, as in training: TRL passes every dataset column (the rows of
 # toolkit.prompts.build_rows) but `prompt`, which it passes as `prompts`. A reward that trains must also evaluate.

@@ -12,7 +12,8 @@ import re
 from dataclasses import dataclass
 
 from toolkit.data import QA, Dataset, load_dataset
-from toolkit.index import Index, SyncCounts, build_index
+from toolkit.index import build_index
+from toolkit.index_store import Index, SyncCounts
 from toolkit.models import ModelError
 from toolkit.recipe import PromptSection, Recipe
 

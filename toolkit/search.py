@@ -9,7 +9,8 @@ import sys
 
 from rich.console import Console
 
-from toolkit.index import Hit, IndexUnavailable, open_index
+from toolkit.index import open_index
+from toolkit.index_store import Hit, IndexUnavailable
 
 # Metadata the index stores itself; the rest is the document's own (e.g. a CSV's metadata_columns).
 _OWN = ("source", "position")

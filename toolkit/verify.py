@@ -42,7 +42,8 @@ def verification_messages(recipe: Recipe, count: int) -> tuple[list[str], list[l
     """The first `count` eval questions (train when there are none) as chat prompts in the training format, with
     context from the run's index when it exists."""
     from toolkit.data import load_dataset
-    from toolkit.index import IndexUnavailable, open_index
+    from toolkit.index import open_index
+    from toolkit.index_store import IndexUnavailable
     from toolkit.prompts import build_messages
 
     dataset = load_dataset(recipe.data)
