@@ -55,6 +55,32 @@ def test_a_gguf_is_loaded_with_its_trained_context_at_most(tmp_path, trained, lo
         model.close()
 
 
+def test_a_gguf_cut_short_in_its_header_is_one_model_error(tmp_path):
+    # Reading its trained context, gguf's reader raised an IndexError (a header cut short: a copy or download that
+    # stopped) or a UnicodeDecodeError (an architecture name that is no UTF-8): a traceback, not llama.cpp's error.
+    pytest.importorskip("llama_cpp")
+    import gguf
+    import numpy as np
+
+    from toolkit.models import ModelError
+
+    whole = tmp_path / "whole.gguf"
+    writer = gguf.GGUFWriter(whole, "llama")
+    writer.add_context_length(512)
+    writer.add_tensor("t", np.zeros((4, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    data = whole.read_bytes()
+    for name, broken in (("cut.gguf", data[:40]), ("arch.gguf", data.replace(b"\x05" + b"\x00" * 7 + b"llama",
+                                                                              b"\x05" + b"\x00" * 7 + b"\xffama"))):
+        path = tmp_path / name
+        path.write_bytes(broken)
+        with pytest.raises(ModelError, match=f"^{re.escape(str(path))}: llama.cpp cannot load it"):
+            chat.GGUFChat(path, 8)
+
+
 def test_a_gguf_reply_cut_by_the_context_or_the_limit_says_so(tmp_path, monkeypatch):
     # llama.cpp stops where the context ends, however many tokens were asked for: the reply ended there silently.
     from rich.console import Console

@@ -296,6 +296,14 @@ def test_invisible_format_characters_are_no_part_of_a_word(mark):
         no_example_copy([example], examples=[[example]], context=[CONTEXT]) == [0.0]
 
 
+@pytest.mark.parametrize("mark", ["\u200b", "\u00ad", "\ufeff", "\u2060"])
+def test_invisible_format_characters_are_no_part_of_a_number(mark):
+    # A scraped gold "1992" with a zero-width space after it was no number, only text: "It was 1992." did not match
+    # it, though it matched the same gold without the mark; an answer "1<soft hyphen>000" was 1.
+    assert answer_match(["<answer>It was 1992.</answer>"], answer=[f"1992{mark}"]) == [1.0]
+    assert answer_match([f"<answer>about 1{mark}000 metres</answer>"], answer=["1000"]) == [1.0]
+
+
 def test_a_number_grounds_with_or_without_its_separators():
     context = [["The estate covers 1,000 hectares."]] * 2
     assert context_grounding(["<answer>1000</answer>", "<answer>1,000</answer>"], context=context,

@@ -106,12 +106,14 @@ def trained_context(path: Path) -> int | None:
 
     try:
         fields = GGUFReader(path).fields
-    except (OSError, ValueError) as err:
-        logger.debug("%s: no trained context length read (%s)", path, err)
+        arch = fields.get("general.architecture")
+        length = arch is not None and fields.get(f"{arch.contents()}.context_length")
+        return int(length.contents()) if length else None
+    # A file cut short in its header (a copy or download stopped) fails in gguf's reader with an IndexError, a
+    # repeated key with a KeyError, a name that is no UTF-8 with a UnicodeDecodeError (a ValueError).
+    except (OSError, ValueError, IndexError, KeyError) as err:
+        logger.debug("%s: no trained context length read (%s: %s)", path, type(err).__name__, err)
         return None
-    arch = fields.get("general.architecture")
-    length = arch is not None and fields.get(f"{arch.contents()}.context_length")
-    return int(length.contents()) if length else None
 
 
 def load_llama(path: Path, n_ctx: int = 4096, **kwargs):

@@ -30,12 +30,25 @@ _CURRENCY = "$€£%"
 # A sign right before a currency symbol belongs to the number: "-$5" is -5, not 5. Not "- $5": a list's bullet.
 _SIGNED_CURRENCY = re.compile(r"(?<![\w.,\-])-([$€£])(?=\.?\d)")
 MINUS = "\u2212"  # the minus sign of typeset text ("−5 °C"), not the ASCII hyphen-minus
+
+
+class _NumberTable(dict):
+    """A str.translate table that also drops invisible format characters (category Cf), as normalize does: a gold
+    "1992" scraped with a zero-width space after it was no number ("It was 1992." no match), "1\u00ad000" was 1."""
+
+    def __missing__(self, code: int) -> str | int:
+        value = "" if unicodedata.category(chr(code)) == "Cf" else code
+        self[code] = value
+        return value
+
+
 # Only these become ASCII for the number match: NFKC would also turn "1992¹" into 19921 and "2½" into 21.
 # The en dash too: typeset text writes "–11 °C" with it (a range's en dash is no sign: "1990–1995" is 1990).
-_NUMBER_CHARS = str.maketrans({**{chr(0xFF10 + d): str(d) for d in range(10)}, MINUS: "-", "\u2013": "-",
-                               "\uff0d": "-", "\ufe63": "-", "\u207b": "-", "\uff0e": ".", "\uff0c": ",",
-                               # the spaces typeset text puts between digit groups ("4 800"; NFKD's space too)
-                               "\u00a0": " ", "\u2007": " ", "\u2009": " ", "\u202f": " "})
+_NUMBER_CHARS = _NumberTable(str.maketrans({
+    **{chr(0xFF10 + d): str(d) for d in range(10)}, MINUS: "-", "\u2013": "-", "\uff0d": "-", "\ufe63": "-",
+    "\u207b": "-", "\uff0e": ".", "\uff0c": ",",
+    # the spaces typeset text puts between digit groups ("4 800"; NFKD's space too)
+    "\u00a0": " ", "\u2007": " ", "\u2009": " ", "\u202f": " "}))
 _WORD_SIGNS = ("minus", "negative")
 _NEGATED = re.compile(rf"\b(?:{'|'.join(_WORD_SIGNS)})\s*[$€£]?$", re.IGNORECASE)  # "minus 5", "minus $5"
 # A number in words does not run on past the end of a clause: "The test was negative. Five cases." is 5.
