@@ -90,7 +90,21 @@ def test_words_number(tokens, expected):
     ("<answer>-3</answer>", "3", {"partial": True}, 0.0),
     ("<answer>1,500</answer>", "1,000", {"partial": True}, 0.0),
     ("<answer>the 1,350 metres</answer>", "1,350 metres", {"partial": True}, 1.0),
-    ("<answer>1,200 metres</answer>", "1,350 metres", {"partial": True}, 0.5),  # a text gold keeps its F1
+    # A text gold keeps its F1, but only for an answer that holds its numbers: a wrong number, or the unit
+    # alone, is no near miss; the right number with other words is.
+    ("<answer>1,200 metres</answer>", "1,350 metres", {"partial": True}, 0.0),
+    ("<answer>metres</answer>", "1,350 metres", {"partial": True}, 0.0),
+    ("<answer>1350 m</answer>", "1,350 metres", {"partial": True}, 0.5),
+    ("<answer>11 degrees Celsius</answer>", "minus 11 degrees Celsius", {"partial": True}, 0.0),
+    ("<answer>-11 degrees Celsius</answer>", "minus 11 degrees Celsius", {"partial": True}, pytest.approx(4 / 7)),
+    ("<answer>14 January 2020 at minus 11 degrees Celsius</answer>", "minus 11 degrees Celsius", {"partial": True},
+     pytest.approx(2 / 3)),
+    ("<answer>15 January 2020</answer>", "14 January 2020", {"partial": True}, 0.0),
+    ("<answer>thirty-eight months in oak</answer>", "38 months", {"partial": True}, pytest.approx(2 / 7)),
+    ("<answer>Canadian dollars</answer>", "70 Canadian dollars", {"partial": True}, 0.0),
+    ("<answer>71 Canadian dollars</answer>", "70 Canadian dollars", {"partial": True}, 0.0),
+    ("<answer>71 Canadian dollars</answer>", "70 Canadian dollars", {"partial": True, "tolerance": 1},
+     pytest.approx(2 / 3)),  # within the tolerance, the number is no wrong one
     # The sign before a currency symbol, the typeset minus and full-width digits are read as a number's.
     ("<answer>5</answer>", "-$5", {}, 0.0),
     ("<answer>$5</answer>", "-$5", {}, 0.0),

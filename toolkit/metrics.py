@@ -5,7 +5,7 @@ hand-made predictions. The headline metrics are the same whatever the recipe's r
 
 - `answer_match`: the extracted `<answer>` equals the gold answer or an alias after normalization (exact match);
 - `token_f1`: SQuAD token F1 of the extracted answer against the best gold/alias (1 on an exact match, 0 when
-  several `<answer>` tags hedge, and 0 for a wrong number against a numeric gold: `answer_match`'s `partial`);
+  several `<answer>` tags hedge, and 0 for a wrong or missing number against a gold's: `answer_match`'s `partial`);
 - `context_grounding`: share of the answer's content words found in the question's retrieved chunks (for the
   no-context column too: there it tells whether the model's own answer agrees with the documents);
 - `format`: strict `<think>…</think><answer>…</answer>` and nothing else;

@@ -18,6 +18,7 @@ from toolkit.rewards.text import (
     extract_answer,
     gold_forms,
     golds,
+    holds_numbers,
     matches,
     normalize,
     row,
@@ -36,8 +37,8 @@ def answer_match(completions: Sequence[Any], *, partial: bool = False, tolerance
                  aliases: Sequence[Sequence[str] | None] | None = None, **kwargs: Any) -> list[float | None]:
     """1.0 when the extracted answer matches the gold or an alias (``is_exact_match``; numbers within
     ``tolerance`` absolute or ``rel_tolerance`` relative), else max token F1 over the gold and aliases that are
-    not numbers if ``partial``, else 0.0; 0.0 whenever the text has more than one ``<answer>`` tag; None without
-    gold."""
+    not numbers and whose numbers in digits the answer holds (``holds_numbers``) if ``partial``, else 0.0; 0.0
+    whenever the text has more than one ``<answer>`` tag; None without gold."""
     check_answer_match(tolerance=tolerance, rel_tolerance=rel_tolerance)
 
     def score(text: str, gold_list: list[str]) -> float:
@@ -51,8 +52,11 @@ def answer_match(completions: Sequence[Any], *, partial: bool = False, tolerance
         if not partial:
             return 0.0
         # A numeric gold is matched by value or not at all: a wrong number is no near miss, whatever words it
-        # shares with the gold ("-3" shared the "3" once signs were dropped). Text golds get their F1.
-        return max((token_f1(pred, g) for g in gold_list if gold_forms(g)[1] is None), default=0.0)
+        # shares with the gold ("-3" shared the "3" once signs were dropped). Text golds get their F1, but only
+        # when the answer holds their numbers too: for "38 months" the unit alone ("months") scored 0.67, more
+        # than "39 months", and for "minus 11 degrees Celsius" "11 degrees Celsius" 0.86, more than "-11 °C".
+        return max((token_f1(pred, g) for g in gold_list
+                    if gold_forms(g)[1] is None and holds_numbers(pred, g, tolerance, rel_tolerance)), default=0.0)
 
     return _score_golds(completions, answer, aliases, score)
 

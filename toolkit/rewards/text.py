@@ -300,13 +300,36 @@ def answer_numbers(pred: str) -> tuple[float | None, ...]:
     text = _number_text(pred)
     match = _SCALED_NUMBER.search(text)
     if match:
-        values = _readings(match)
-        # "minus 5", "negative 3": the sign in words. (A "-" before them would make "minus -5": left as -5.)
-        if _NEGATED.search(text, 0, match.start()):
-            values = tuple(-v if v is not None and v > 0 else v for v in values)
-        return values
+        return _signed_readings(text, match)
     tokens = [tok for clause in _CLAUSE_END.split(pred) for tok in (*normalize(clause).split(), _BREAK)]
     return (words_number(tokens),)
+
+
+def _signed_readings(text: str, match: re.Match[str]) -> tuple[float | None, ...]:
+    values = _readings(match)
+    # "minus 5", "negative 3": the sign in words. (A "-" before them would make "minus -5": left as -5.)
+    if _NEGATED.search(text, 0, match.start()):
+        values = tuple(-v if v is not None and v > 0 else v for v in values)
+    return values
+
+
+@functools.lru_cache(maxsize=4096)
+def _text_numbers(text: str) -> tuple[tuple[float | None, ...], ...]:
+    # The readings of every number in digits, as answer_numbers reads the first.
+    text = _number_text(text)
+    return tuple(_signed_readings(text, match) for match in _SCALED_NUMBER.finditer(text))
+
+
+def holds_numbers(pred: str, gold: str, tolerance: float = 0.0, rel_tolerance: float = 0.0) -> bool:
+    """Whether ``pred`` holds every number that ``gold`` writes in digits (by value, signed and scaled as the number
+    match reads them, within the tolerances): among ``pred``'s numbers in digits, or, when it has none, its number
+    in words. True for a gold without digits."""
+    wanted = [readings[0] for readings in _text_numbers(gold) if readings[0] is not None]
+    if not wanted:
+        return True
+    found = [v for readings in _text_numbers(pred) for v in readings if v is not None] or \
+        [v for v in answer_numbers(pred) if v is not None]
+    return all(any(math.isclose(v, w, rel_tol=rel_tolerance, abs_tol=tolerance) for v in found) for w in wanted)
 
 
 @functools.lru_cache(maxsize=4096)
