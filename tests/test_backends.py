@@ -35,7 +35,8 @@ def fake_unsloth(monkeypatch):
         @staticmethod
         def from_pretrained(**kwargs):
             calls["from_pretrained"] = kwargs
-            return "model", types.SimpleNamespace(pad_token=None, eos_token="</s>", padding_side="right")
+            return "model", types.SimpleNamespace(pad_token=None, eos_token="</s>", padding_side="right",
+                                                  chat_template=calls.get("chat_template", "{{ messages }}"))
 
         @staticmethod
         def get_peft_model(model, **kwargs):
@@ -277,6 +278,25 @@ def test_hf_backend_trains_one_real_step(tmp_path):
     assert config["r"] == recipe.training.lora.r and config["layers_to_transform"] == list(range(15, 30))
 
 
+def test_fewer_training_questions_than_a_generation_batch_is_refused_not_zero_steps(tmp_path):
+    """TRL's sampler drops an incomplete generation batch: 1 question where a batch samples 2 trained no step, and
+    the run went on to evaluate the base model as the tuned one."""
+    from toolkit.models import resolve_model
+    from toolkit.train import train
+
+    recipe = load_recipe(WINE, [
+        "training.max_steps=1", "training.num_generations=2", "training.per_device_train_batch_size=4",
+        "training.max_completion_length=8", "rewards=[{name: length, params: {min_words: 1, max_words: 3}}]",
+    ])
+    backend = HFBackend()
+    model, tokenizer = backend.load(recipe, resolve_model(recipe.model.name_or_path))
+    rows = [{"prompt": [{"role": "user", "content": "Name a red grape."}]}]
+    with pytest.raises(RecipeError) as err:
+        train(recipe, model, tokenizer, rows, tmp_path / "trainer", backend=backend)
+    assert str(err.value).startswith("training: 1 training question, but each generation batch samples 2 ")
+    assert "lower training.per_device_train_batch_size" in str(err.value)
+
+
 def test_training_seed_fixes_the_adapter_init_whatever_used_the_rng_before(tmp_path):
     """The same recipe gives the same adapter after a step even when the process drew random numbers before."""
     from toolkit.models import resolve_model
@@ -308,6 +328,15 @@ def test_unsloth_backend_loads_with_the_recipe_settings(fake_unsloth):
         "dtype": None,
     }
     assert tokenizer.pad_token == "</s>" and tokenizer.padding_side == "left"
+
+
+def test_unsloth_backend_refuses_a_tokenizer_without_a_chat_template(fake_unsloth):
+    # The hf backend refused it at load; here the first render of a prompt raised transformers' ValueError.
+    from toolkit.models import ModelError
+
+    fake_unsloth["chat_template"] = None
+    with pytest.raises(ModelError, match=r"^model /models/base: its tokenizer has no chat template; use an "):
+        UnslothBackend(fast_inference=False).load(load_recipe(WINE), "/models/base")
 
 
 def test_unsloth_backend_with_vllm_sizes_its_lora_slots(fake_unsloth):

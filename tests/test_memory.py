@@ -153,6 +153,29 @@ def test_preflight_on_a_fake_gpu_reports_an_unreadable_model_in_one_line(monkeyp
         assert "\n" not in message
 
 
+def test_preflight_on_a_fake_gpu_refuses_a_template_the_prompts_cannot_go_through(monkeypatch, tmp_path):
+    # It measures the prompts through the chat template before the model loads: a tokenizer without one, or a
+    # template that refuses a system turn (Gemma's), was a traceback there, before the one-line errors after it.
+    import shutil
+
+    import torch
+
+    from toolkit.models import ModelError, resolve_model
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    packaged = Path(resolve_model("packaged:smollm2-135m-instruct"))
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(packaged / name, tmp_path / name)
+    rows = [{"prompt": [{"role": "user", "content": "Which grape is Barolo made from?"}]}]
+    with pytest.raises(ModelError, match=f"^model {tmp_path}: its tokenizer has no chat template; use an "):
+        memory.preflight(load_recipe(WINE), str(tmp_path), rows)
+    (tmp_path / "chat_template.jinja").write_text(
+        "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+        "{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    with pytest.raises(ModelError, match=r"^prompt: the model's chat template refuses the recipe's messages \(System"):
+        memory.preflight(load_recipe(WINE), str(tmp_path), rows)
+
+
 def test_preflight_does_nothing_without_a_gpu(monkeypatch):
     import torch
 

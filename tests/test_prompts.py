@@ -254,6 +254,42 @@ def test_open_think_without_a_chat_template_is_a_clear_error():
         open_think(NoTemplate())
 
 
+# Gemma 2's template, shortened: no system turn, strictly alternating user and model turns.
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+    "{% endif %}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{{ '<start_of_turn>' + message['role'] + '\n' + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+
+
+def test_a_blank_system_prompt_sends_no_system_message():
+    # The recipe allows a blank prompt.system as "no system message"; it went out as an empty system turn, which
+    # Gemma's template refuses (and others render in place of their own default).
+    blank = PROMPT.model_copy(update={"system": " "})
+    messages = build_messages(blank, "Which grape is Barolo made from?", ["Barolo is made from Nebbiolo."])
+    assert [m["role"] for m in messages] == ["user", "assistant", "user"]
+    tokenizer = _packaged_tokenizer()
+    tokenizer.chat_template = GEMMA_TEMPLATE
+    prepare_replies(tokenizer, [{"answer": "Nebbiolo"}], blank)
+    rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert rendered.count("<start_of_turn>user") == 2 and rendered.endswith("<start_of_turn>model\n")
+
+
+def test_a_template_that_refuses_the_prompt_is_one_line_with_the_fix():
+    # It failed at the first real render (prompt lengths, after the model loaded) as a jinja traceback.
+    from toolkit.models import ModelError
+
+    tokenizer = _packaged_tokenizer()
+    tokenizer.chat_template = GEMMA_TEMPLATE
+    with pytest.raises(ModelError) as err:
+        prepare_replies(tokenizer, [{"answer": "Nebbiolo"}], PROMPT)
+    assert str(err.value) == ("prompt: the model's chat template refuses the recipe's messages (System role not "
+                              "supported); set prompt.system to '' (no system message) and put its instructions "
+                              "in prompt.user_template")
+
+
 def test_prompts_longer_than_the_context_are_warned_about(caplog):
     # Evaluated silently before: a model past its context answers from positions it never saw.
     tokenizer = _packaged_tokenizer()

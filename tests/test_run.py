@@ -244,6 +244,21 @@ def test_a_reward_model_that_cannot_load_fails_before_the_policy_model(tmp_path,
     assert "reward 'semantic_match': embedder " in err and "on device 'gpu': RuntimeError: " in err, err
 
 
+def test_too_few_training_questions_for_a_step_fail_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    # TRL drops an incomplete generation batch: the run trained 0 steps and reported the base model as tuned.
+    from toolkit import models
+    from toolkit import run as run_mod
+
+    def never(*args, **kwargs):
+        raise AssertionError("the policy model was resolved")
+
+    monkeypatch.setattr(models, "resolve_model", never)
+    overrides = ["data.max_train_questions=1", "training.per_device_train_batch_size=8"]
+    assert run_mod.main(["recipes/wine.yaml", f"output_dir={tmp_path}", *overrides]) == 2
+    err = capsys.readouterr().err
+    assert "training: 1 training question, but each generation batch samples 2 " in err, err
+
+
 @pytest.mark.parametrize("name, kind, message", [
     ("report.json", "folder", "report.json is a folder, and a file is written there"),
     ("adapter", "file", "adapter is a file, and a folder is written there"),

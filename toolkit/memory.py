@@ -182,13 +182,19 @@ def preflight(recipe: Recipe, model_path: str, rows: list[dict], backend: str = 
         return None
     from transformers import AutoConfig, AutoTokenizer
 
-    from toolkit.models import loading
+    from toolkit.models import ModelError, loading
+    from toolkit.prompts import check_template_takes
 
     # Before the backend loads the model (whose errors are one line): a hub id that cannot be reached, or a config
     # transformers cannot read, must be one line here too.
     with loading(f"model {model_path}: cannot read its config and tokenizer for the memory preflight"):
         config = AutoConfig.from_pretrained(model_path)
         tokenizer = AutoTokenizer.from_pretrained(model_path)
+    # The prompts are measured through the chat template, before the backend's load refuses a tokenizer without
+    # one or prepare_replies a template that refuses the recipe's messages: both were tracebacks here on CUDA.
+    if tokenizer.chat_template is None:
+        raise ModelError(f"model {model_path}: its tokenizer has no chat template; use an instruct/chat model")
+    check_template_takes(tokenizer, recipe.prompt)
     prompt_tokens = longest_prompt(tokenizer, rows)
     estimate = estimate_memory(config, recipe, prompt_tokens, backend)
     free, total = torch.cuda.mem_get_info()

@@ -26,8 +26,11 @@ def format_context(chunks: list[str]) -> str:
 
 
 def build_messages(prompt: PromptSection, question: str, context: list[str]) -> list[dict]:
-    """System message, few-shot turns, then the question with its context."""
-    messages = [{"role": "system", "content": prompt.system}]
+    """System message (none for a blank `prompt.system`), few-shot turns, then the question with its context."""
+    # A blank system prompt means no system message (the recipe allows it as a choice), not an empty one: a
+    # template that refuses a system turn (Gemma's) failed on it, and others rendered an empty turn instead of
+    # their own default.
+    messages = [{"role": "system", "content": prompt.system}] if prompt.system.strip() else []
     for example in prompt.examples:
         messages.append({"role": "user", "content": _user(prompt, example.question, example.context)})
         messages.append({"role": "assistant", "content": example.reply})
@@ -120,9 +123,26 @@ def prepare_replies(tokenizer, rows: list[dict], recipe_prompt: PromptSection) -
     """The recipe's reply opening on the tokenizer, then each row's `completion_prefix` (`add_reply_prefix`)."""
     if recipe_prompt.open_think:
         open_think(tokenizer)
+    check_template_takes(tokenizer, recipe_prompt)
     if rows:
         warn_if_examples_cut(tokenizer, recipe_prompt)
     return add_reply_prefix(rows, tokenizer)
+
+
+def check_template_takes(tokenizer, prompt: PromptSection) -> None:
+    """Render the recipe's layout of messages once: a chat template that refuses it (Gemma's raises on a system
+    turn) failed at the first real prompt, after the model loaded, as a jinja traceback."""
+    from jinja2 import TemplateError
+
+    if getattr(tokenizer, "chat_template", None) is None:
+        return
+    try:
+        tokenizer.apply_chat_template(build_messages(prompt, "?", []), add_generation_prompt=True, tokenize=False)
+    except TemplateError as err:
+        hint = ""
+        if prompt.system.strip() and "system" in str(err).lower():
+            hint = "; set prompt.system to '' (no system message) and put its instructions in prompt.user_template"
+        raise ModelError(f"prompt: the model's chat template refuses the recipe's messages ({err}){hint}") from None
 
 
 def warn_if_examples_cut(tokenizer, prompt: PromptSection) -> list[int]:

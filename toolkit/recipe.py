@@ -117,7 +117,8 @@ class FewShotExample(_Section):
 class PromptSection(_Section):
     _blank_ok = frozenset({"system"})  # no system message is a choice, not a mistake
 
-    system: str = Field(description="System message: the task and the required answer format.")
+    system: str = Field(description="System message: the task and the required answer format; blank for none "
+                        "(a template's own default system turn, if it has one, then applies).")
     user_template: str = Field(
         "Context:\n{context}\n\nQuestion: {question}",
         description="User message; {context} becomes the numbered chunks, {question} the question.",

@@ -92,6 +92,7 @@ def run(recipe: Recipe, console: Console, resume: bool = False) -> dict:
     from toolkit.models import PACKAGED_PREFIX, resolve_model
     from toolkit.prompts import build_splits, prepare_replies, warn_over_context
     from toolkit.train import (
+        check_enough_questions,
         check_lora_targets,
         check_trainer_settings,
         grpo_config,
@@ -122,6 +123,7 @@ def run(recipe: Recipe, console: Console, resume: bool = False) -> dict:
         check_same_optimizer(checkpoint, optimizer_settings(config))
     splits = build_splits(recipe)  # data, index sync, retrieval: one prompt row per train and eval question
     train_rows, eval_rows = splits.train, splits.eval
+    check_enough_questions(config, len(train_rows))  # before minutes of loading and the base evaluation
 
     # One set for evaluation and training, so a reward model loads once; loaded now, before the policy model.
     rewards = recipe.build_rewards(load=True)

@@ -148,6 +148,19 @@ def check_trainer_settings(config, model) -> None:
                           "false to generate with the backend's own generate")
 
 
+def check_enough_questions(config, questions: int) -> None:
+    """Refuse a training set smaller than one generation batch's questions (generation_batch_size /
+    num_generations). TRL's sampler drops an incomplete batch, so such a run would train no step at all, evaluate
+    the untouched base model as the tuned one and exit 0, with only a transformers log line saying so."""
+    needed = config.generation_batch_size // config.num_generations
+    if questions < needed:
+        raise RecipeError(
+            f"training: {plural(questions, 'training question')}, but each generation batch samples {needed} "
+            f"(generation_batch_size {config.generation_batch_size} / num_generations {config.num_generations}) and "
+            f"TRL drops an incomplete one, so no step would be trained; add training questions (or raise "
+            f"data.max_train_questions) or lower training.per_device_train_batch_size")
+
+
 def warn_changed(asked: dict, config, recipe: Recipe) -> None:
     """Warn about each setting the GRPOConfig class changed on the way in, naming the recipe field. Plain TRL
     keeps what it is given; Unsloth's patched GRPOConfig rewrites some (scale_rewards to False under
@@ -279,6 +292,7 @@ def train(recipe: Recipe, model, tokenizer, rows: list[dict], work_dir: Path, re
     # not reproduce a run.
     set_seed(recipe.training.seed)
     config = config or grpo_config(recipe, work_dir, backend)
+    check_enough_questions(config, len(rows))
     settings = optimizer_settings(config)
     # Read now: with save_total_limit the trainer removes the checkpoint it resumed from once it has saved two more.
     resumed_from = resumed_step(resume_from) if resume_from is not None else None
