@@ -127,6 +127,15 @@ def test_counts_below_one_are_one_line(tmp_path, capsys, flags, message):
     assert message in " ".join(err.split()) and len(err.strip().splitlines()) == 1, err
 
 
+def test_a_question_where_the_overrides_go_names_question_flag(tmp_path, capsys):
+    # `chat RECIPE "Which grape ...?"`, the way search takes its query, said only "override 'Which grape ...?' must
+    # look like section.field=value", not how to ask it.
+    assert chat.main(["recipes/wine.yaml", f"output_dir={tmp_path}", "Which grape makes Barolo?"]) == 2
+    err = capsys.readouterr().err
+    assert " ".join(err.split()) == ("error: 'Which grape makes Barolo?' is no section.field=value override; to ask "
+                                     "it, pass --question 'Which grape makes Barolo?'")
+
+
 def test_missing_adapter_or_gguf_is_one_line(tmp_path, capsys):
     # With the index there, the model is the next thing chat checks.
     from toolkit import index

@@ -407,6 +407,19 @@ def test_csv_header_problems(winemag_csv, header, message):
         load_file(path, "reviews", template="{title}")
 
 
+def test_a_question_file_in_the_corpus_says_so(tmp_path):
+    # A folder in data.corpus holding the question files too said "'text' must be a non-empty string, got none
+    # (the key is missing)", which names the symptom, not the file that does not belong there.
+    from toolkit.data import load_documents
+
+    (tmp_path / "notes.md").write_text("# Bees\n\nBees make wax.\n")
+    (tmp_path / "train.jsonl").write_text('{"question": "What do bees make?", "answer": "wax"}\n')
+    with pytest.raises(DataError) as err:
+        load_documents([tmp_path])
+    assert str(err.value) == (f"{tmp_path / 'train.jsonl'}:1: a question, not a document (no 'text'): question files "
+                              "go in data.train and data.eval; keep them out of the folders and globs of data.corpus")
+
+
 # ------------------------------------------------------------------------------------------- text that is not Unicode
 
 

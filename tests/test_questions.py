@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 
 import pytest
@@ -9,7 +10,7 @@ from conftest import WINEMAG_ROWS
 
 from toolkit.formats import load_file
 from toolkit.loaders import Row
-from toolkit.questions import QA, question_columns, row_questions
+from toolkit.questions import QA, load_qa, question_columns, row_questions
 from toolkit.recipe import RowQuestion
 
 TEMPLATES = [
@@ -110,3 +111,23 @@ def test_a_title_spelled_with_a_combining_accent_is_one_question_of_two_rows():
     rows = [Row(f"r#{i}", {"title": title, "variety": "White Blend"}, i + 2) for i, title in enumerate(titles)]
     train, held_out = row_questions(rows, TEMPLATES[:1], 0.5, seed=0)
     assert sorted(qa.source for qa in train + held_out) == ["r#2", "r#3"]
+
+
+def test_a_question_file_key_that_is_not_read_is_warned_about(tmp_path, caplog):
+    # "sources" for "source" left every question without its document, and retrieval recall silently unscored.
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"question": "Q1?", "answer": "a", "sources": "notes#bees", "topic": "x"}\n'
+                    '{"question": "Q2?", "answer": "b", "alias": ["B"], "sources": "notes#wax"}\n')
+    with caplog.at_level(logging.WARNING, logger="toolkit.questions"):
+        rows = load_qa(path)
+    assert rows == [QA("Q1?", "a"), QA("Q2?", "b")]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{path}:1: key 'sources' is not read (2 lines; did you mean 'source'?)",
+        f"{path}:1: key 'topic' is not read (1 line; the keys read are question, answer, aliases, source)",
+        f"{path}:2: key 'alias' is not read (1 line; did you mean 'aliases'?)",
+    ]
+    caplog.clear()
+    path.write_text('{"question": "Q?", "answer": "a", "aliases": null, "source": null}\n')
+    with caplog.at_level(logging.WARNING, logger="toolkit.questions"):
+        load_qa(path)
+    assert not caplog.records

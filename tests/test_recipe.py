@@ -922,3 +922,25 @@ def test_target_modules_error_is_one_message_without_pydantic_type_names(value):
 def test_a_blank_system_prompt_is_allowed():
     """No system message is a choice (prompt._blank_ok); every other text or path field refuses a blank value."""
     assert load_recipe(WINE, ["prompt.system=''"]).prompt.system == ""
+
+
+def test_a_relative_path_not_found_says_where_it_was_looked_for(tmp_path, monkeypatch):
+    # A recipe kept beside its data and run from the project root, as the README's commands are, said only
+    # "data.train: file not found: train.jsonl", not where it had looked nor that the recipe's folder has it.
+    own = tmp_path / "mine"
+    own.mkdir()
+    (own / "train.jsonl").write_text('{"question": "q", "answer": "a"}\n')
+    wine = ROOT / "data" / "wine"
+    recipe = _write(own / "r.yaml", f"extends: {WINE}\ndata: {{corpus: [{wine / 'docs.jsonl'}], train: train.jsonl, "
+                                    f"eval: {wine / 'eval.jsonl'}}}\n")
+    root = tmp_path / "root"
+    root.mkdir()
+    monkeypatch.chdir(root)
+    with pytest.raises(RecipeError) as err:
+        load_recipe(recipe)
+    assert str(err.value).endswith(f"data.train: file not found: train.jsonl (got 'train.jsonl') (relative paths in "
+                                   f"a recipe are read from the folder the command runs in, {root}; the recipe's "
+                                   f"folder {own} has train.jsonl: run from there, or write the paths from {root})")
+    with pytest.raises(RecipeError) as err:  # found nowhere: where it was looked for, no more
+        load_recipe(recipe, ["data.train=nope.jsonl"])
+    assert str(err.value).endswith(f"(relative paths in a recipe are read from the folder the command runs in, {root})")

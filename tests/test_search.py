@@ -187,3 +187,13 @@ def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys, tmp_path):
         pytest.fail("Ctrl-C escaped main() as a traceback")
     assert code == 130 and not out
     assert err.strip() == "interrupted"
+
+
+def test_an_override_where_the_query_goes_is_refused(overrides, capsys):
+    # `search RECIPE output_dir=runs/x "Malbec"` searched for "output_dir=runs/x" and printed its chunks, exit 0.
+    code, out, err = search(capsys, RECIPE, overrides[1], "Malbec", overrides[0])
+    assert code == 2 and not out
+    assert err.strip() == (f"error: the query {overrides[1]!r} looks like an override: the query comes right after "
+                           "the recipe, then the overrides")
+    code, out, _ = search(capsys, RECIPE, "E=mc2 Malbec", *overrides)  # an '=' in a question is no override
+    assert code == 0 and out.startswith("1. ")

@@ -13,6 +13,7 @@ Models: `--gguf FILE` runs an exported GGUF in llama.cpp (its own chat template,
 from __future__ import annotations
 
 import logging
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -239,6 +240,12 @@ def main(argv: list[str] | None = None) -> int:
         for flag, value in (("-k", args.k), ("--max-new-tokens", args.max_new_tokens)):
             if value is not None and value < 1:
                 raise ModelError(f"{flag} must be at least 1, got {value}")
+        # `chat RECIPE "Which grape ...?"`, as search takes its query, said only that the override must look like
+        # section.field=value.
+        asked = next((text for text in args.overrides if "=" not in text), None)
+        if asked is not None and args.question is None:
+            raise ModelError(f"{asked!r} is no section.field=value override; to ask it, pass "
+                             f"--question {shlex.quote(asked)}")
         recipe = load_recipe(args.recipe, args.overrides)
         if args.run:
             recipe = recipe.model_copy(update={"output_dir": Path(args.run)})

@@ -106,6 +106,10 @@ def _load_jsonl(path: Path, file_id: str) -> list[tuple[Document, str]]:
             doc_id = str(raw_id)
         else:
             doc_id = string_field(obj, "id", where)
+        if "text" not in obj and "question" in obj and "answer" in obj:
+            # A question file kept in a corpus folder: "'text' ... the key is missing" did not say what was wrong.
+            raise DataError(f"{where}: a question, not a document (no 'text'): question files go in data.train and "
+                            "data.eval; keep them out of the folders and globs of data.corpus")
         text = string_field(obj, "text", where)
         title = string_field(obj, "title", where, required=False)
         docs.append((Document(doc_id, text, title, _json_metadata(obj.get("metadata"), where)), where))

@@ -7,13 +7,18 @@ row's document, so retrieval recall can be measured against the index.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
+import logging
 import unicodedata
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from toolkit.loaders import DataError, Row, check_text, read_jsonl, render, string_field, template_fields
+
+logger = logging.getLogger(__name__)
+QA_KEYS = ("question", "answer", "aliases", "source")
 
 
 @dataclass(frozen=True)
@@ -34,8 +39,12 @@ def folded(text: str) -> str:
 def load_qa(path: Path) -> list[QA]:
     """Question/answer rows; `aliases` (list of strings) and `source` (a document id) are optional."""
     rows = []
+    unread: dict[str, tuple[int, int]] = {}  # key -> (first line, lines), in the order the file has them
     for lineno, obj in read_jsonl(path):
         where = f"{path}:{lineno}"
+        for key in (key for key in obj if key not in QA_KEYS):
+            first, count = unread.get(key, (lineno, 0))
+            unread[key] = (first, count + 1)
         aliases = obj.get("aliases")
         if aliases is None:  # null means none, as for `source`: pandas' to_json writes a missing value as null
             aliases = []
@@ -47,7 +56,18 @@ def load_qa(path: Path) -> list[QA]:
                        string_field(obj, "source", where, required=False)))
     if not rows:
         raise DataError(f"{path}: no questions")
+    _warn_unread(path, unread)
     return rows
+
+
+def _warn_unread(path: Path, unread: dict[str, tuple[int, int]]) -> None:
+    """Keys a question file has that are not read. Another tool's extra columns are fine, but a misspelt key
+    ("sources", "alias") silently left every question without its source document or aliases."""
+    for key, (first, count) in unread.items():
+        close = difflib.get_close_matches(key, QA_KEYS, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"the keys read are {', '.join(QA_KEYS)}"
+        logger.warning("%s:%d: key %r is not read (%d line%s; %s)", path, first, key, count,
+                       "" if count == 1 else "s", hint)
 
 
 def question_columns(templates) -> list[str]:

@@ -31,7 +31,7 @@ from toolkit.recipe_data import (  # noqa: F401  re-exported: the schema is one 
     _Section,
     expand_home,
 )
-from toolkit.recipe_yaml import RecipeError, apply_override, read_with_parents
+from toolkit.recipe_yaml import RecipeError, apply_override, missing_paths_hint, read_with_parents
 
 
 class ModelSection(_Section):
@@ -347,7 +347,8 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     try:
         return Recipe.model_validate(raw)
     except ValidationError as err:
-        raise RecipeError(f"{path}: {format_validation_error(err, inherited_from)}") from None
+        message = format_validation_error(err, inherited_from) + missing_paths_hint(err, path)
+        raise RecipeError(f"{path}: {message}") from None
 
 
 def format_validation_error(err: ValidationError, inherited_from=None) -> str:

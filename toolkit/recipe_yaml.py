@@ -19,6 +19,25 @@ class RecipeError(ValueError):
     """A recipe that cannot be used; the message is one line naming the file and the field."""
 
 
+_NOT_FOUND = re.compile(r"file not found: (.+)$")
+
+
+def missing_paths_hint(err, recipe_path: Path) -> str:
+    """What a "file not found" for a relative path was relative to, or "": a recipe kept beside its data and run
+    from the project root, as the README's commands are, reads `notes/` from the project root, and the bare path
+    in the error does not say so."""
+    missing = [Path(found[1]) for problem in err.errors() if (found := _NOT_FOUND.search(problem["msg"]))]
+    missing = [path for path in missing if not path.expanduser().is_absolute()]
+    if not missing:
+        return ""
+    here, beside = Path.cwd(), recipe_path.parent
+    hint = f" (relative paths in a recipe are read from the folder the command runs in, {here}"
+    there = [path for path in missing if (beside / path).exists()] if beside.resolve() != here.resolve() else []
+    if there:
+        hint += f"; the recipe's folder {beside} has {there[0]}: run from there, or write the paths from {here}"
+    return hint + ")"
+
+
 class _RepeatedKey(yaml.constructor.ConstructorError):
     """A key given twice in one mapping: a mistake to fix, not a string that wants quoting."""
 

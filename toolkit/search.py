@@ -25,7 +25,7 @@ def format_hit(rank: int, hit: Hit) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from toolkit.cli import ERRORS, Parser, fail, index_command, setup_logging
-    from toolkit.recipe import load_recipe
+    from toolkit.recipe import Recipe, load_recipe
 
     parser = Parser("python -m toolkit.search", __doc__)
     parser.add_argument("recipe", help="path to a recipe YAML, e.g. recipes/wine.yaml")
@@ -42,6 +42,11 @@ def main(argv: list[str] | None = None) -> int:
         except UnicodeEncodeError:
             # Bytes that are not UTF-8 reach argv as lone surrogates, which the tokenizer cannot take.
             raise IndexUnavailable("the query is not valid UTF-8 text") from None
+        field, sep, _ = args.query.partition("=")
+        if sep and field.split(".")[0] in Recipe.model_fields:
+            # `search RECIPE output_dir=runs/x "query"` took the override as the query and searched for it.
+            raise IndexUnavailable(f"the query {args.query!r} looks like an override: the query comes right after the "
+                                   "recipe, then the overrides")
         if args.k is not None and args.k < 1:
             raise IndexUnavailable(f"-k must be at least 1, got {args.k}")
         recipe = load_recipe(args.recipe, args.overrides)
