@@ -5,18 +5,16 @@ Every section forbids unknown keys, so a typo fails at load time with the dotted
 toolkit reads; nothing turns it back into a loose dict.
 
 Relative paths in a recipe are resolved against the current working directory (run from the project root).
+Reading the files and `load_recipe` live in toolkit/recipe_yaml.py; the data sections in toolkit/recipe_data.py.
 """
 
 from __future__ import annotations
 
-import difflib
 import re
-import types
-import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from toolkit import recipe_trl
 from toolkit import rewards as rewards_lib
@@ -31,7 +29,7 @@ from toolkit.recipe_data import (  # noqa: F401  re-exported: the schema is one 
     _Section,
     expand_home,
 )
-from toolkit.recipe_yaml import RecipeError, apply_override, missing_paths_hint, read_with_parents
+from toolkit.recipe_yaml import RecipeError, load_recipe  # noqa: F401  re-exported: the public names
 
 
 class ModelSection(_Section):
@@ -317,87 +315,3 @@ class Recipe(_Section):
         recipe_trl.check_trl_passthrough(self)  # here, not in TrainingSection: the backend decides the import order
         return self
 
-
-# ---------------------------------------------------------------------------------------------- loading
-
-
-def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
-    """Read a YAML recipe, apply `a.b.c=value` overrides (values parsed as YAML) and validate it.
-
-    A recipe may start from another one: `extends: wine.yaml` (relative to the recipe's own folder) loads that
-    recipe first (itself possibly extending another) and deep-merges this one over it: mappings merge key by key,
-    lists and scalars replace. Overrides apply to the merged recipe and merge the same way. A problem in a field
-    that only a parent set names that parent too, so the fix lands in the right file.
-    """
-    try:
-        path = expand_home(Path(path))  # a Python caller's or a quoted "~/r.yaml"; the shell expands the rest
-    except ValueError as err:
-        raise RecipeError(str(err)) from None
-    raw, origins = read_with_parents(path, ())
-    for override in overrides:
-        apply_override(raw, override, path, origins)
-
-    def inherited_from(loc: tuple) -> Path | None:
-        # The file that set this field: the longest prefix of `loc` anyone set, unless a key below it came from
-        # another file (then the problem may be either file's, and the recipe given is named alone).
-        found = next((origins[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in origins), None)
-        below = {file for key, file in origins.items() if len(key) > len(loc) and key[: len(loc)] == loc}
-        return found if found not in (None, path) and below <= {found} else None
-
-    try:
-        return Recipe.model_validate(raw)
-    except ValidationError as err:
-        message = format_validation_error(err, inherited_from) + missing_paths_hint(err, path)
-        raise RecipeError(f"{path}: {message}") from None
-
-
-def format_validation_error(err: ValidationError, inherited_from=None) -> str:
-    """One line per problem, joined with '; ': `training.lerning_rate: unknown field (did you mean ...)`.
-
-    `inherited_from(loc)` may name the parent recipe a field came from; it is shown after the field's path.
-    """
-    messages = []
-    for problem in err.errors():
-        loc = ".".join(str(p) for p in problem["loc"]) or "recipe"
-        parent = inherited_from(tuple(problem["loc"])) if inherited_from else None
-        if parent is not None:
-            loc = f"{loc} (inherited from {parent})"
-        if problem["type"] == "extra_forbidden":
-            field = str(problem["loc"][-1])
-            known = _field_names_at(problem["loc"][:-1])
-            close = difflib.get_close_matches(field, known, n=1)
-            hint = f"did you mean {close[0]!r}?" if close else f"known fields: {', '.join(known)}"
-            messages.append(f"{loc}: unknown field ({hint})")
-        elif problem["type"] == "missing":
-            messages.append(f"{loc}: required field is missing")
-        else:
-            msg = problem["msg"].removeprefix("Value error, ")
-            given = problem.get("input")
-            shown = "" if isinstance(given, (dict, list)) or given is None else f" (got {given!r})"
-            messages.append(f"{loc}: {msg}{shown}")
-    return "; ".join(messages)
-
-
-def _field_names_at(loc: tuple) -> list[str]:
-    """The field names of the recipe section at `loc`, for 'did you mean' suggestions."""
-    model: type[BaseModel] = Recipe
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        field = model.model_fields.get(part)
-        inner = _section_type(field.annotation) if field else None
-        if inner is None:
-            return []
-        model = inner
-    return sorted(model.model_fields)
-
-
-def _section_type(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    if typing.get_origin(annotation) in (list, typing.Union, types.UnionType):
-        for arg in typing.get_args(annotation):
-            found = _section_type(arg)
-            if found is not None:
-                return found
-    return None

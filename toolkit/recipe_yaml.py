@@ -1,18 +1,29 @@
-"""Recipe files as raw mappings, before validation: reading YAML, `extends` parents, dotted overrides.
+"""Loading a recipe: reading YAML, `extends` parents and dotted overrides into a raw mapping, then `load_recipe`,
+which validates it against the schema in `toolkit.recipe` and turns pydantic's errors into one line.
 
-`toolkit.recipe.load_recipe` validates what these build; errors here are `RecipeError`s that name the file (and
-the line, for invalid YAML), as the schema's do.
+Errors are `RecipeError`s that name the file (and the line, for invalid YAML) and the field. `toolkit.recipe`
+re-exports `load_recipe` and `RecipeError`; this module imports the schema only inside the functions that need
+it, since the schema module imports this one.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
+import types
+import typing
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+from pydantic import BaseModel, ValidationError
+
+from toolkit.recipe_data import expand_home
+
+if TYPE_CHECKING:
+    from toolkit.recipe import Recipe
 
 
 class RecipeError(ValueError):
@@ -252,3 +263,92 @@ def apply_override(raw: dict, override: str, path: Path, origins: dict) -> None:
                 # `rewards.1.params.max_words` in place would change every reward that shares it.
                 child = node[part] = child.copy()
             node = child
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    """Read a YAML recipe, apply `a.b.c=value` overrides (values parsed as YAML) and validate it.
+
+    A recipe may start from another one: `extends: wine.yaml` (relative to the recipe's own folder) loads that
+    recipe first (itself possibly extending another) and deep-merges this one over it: mappings merge key by key,
+    lists and scalars replace. Overrides apply to the merged recipe and merge the same way. A problem in a field
+    that only a parent set names that parent too, so the fix lands in the right file.
+    """
+    from toolkit.recipe import Recipe  # here: toolkit.recipe imports this module
+
+    try:
+        path = expand_home(Path(path))  # a Python caller's or a quoted "~/r.yaml"; the shell expands the rest
+    except ValueError as err:
+        raise RecipeError(str(err)) from None
+    raw, origins = read_with_parents(path, ())
+    for override in overrides:
+        apply_override(raw, override, path, origins)
+
+    def inherited_from(loc: tuple) -> Path | None:
+        # The file that set this field: the longest prefix of `loc` anyone set, unless a key below it came from
+        # another file (then the problem may be either file's, and the recipe given is named alone).
+        found = next((origins[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in origins), None)
+        below = {file for key, file in origins.items() if len(key) > len(loc) and key[: len(loc)] == loc}
+        return found if found not in (None, path) and below <= {found} else None
+
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as err:
+        message = format_validation_error(err, inherited_from) + missing_paths_hint(err, path)
+        raise RecipeError(f"{path}: {message}") from None
+
+
+def format_validation_error(err: ValidationError, inherited_from=None) -> str:
+    """One line per problem, joined with '; ': `training.lerning_rate: unknown field (did you mean ...)`.
+
+    `inherited_from(loc)` may name the parent recipe a field came from; it is shown after the field's path.
+    """
+    messages = []
+    for problem in err.errors():
+        loc = ".".join(str(p) for p in problem["loc"]) or "recipe"
+        parent = inherited_from(tuple(problem["loc"])) if inherited_from else None
+        if parent is not None:
+            loc = f"{loc} (inherited from {parent})"
+        if problem["type"] == "extra_forbidden":
+            field = str(problem["loc"][-1])
+            known = _field_names_at(problem["loc"][:-1])
+            close = difflib.get_close_matches(field, known, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"known fields: {', '.join(known)}"
+            messages.append(f"{loc}: unknown field ({hint})")
+        elif problem["type"] == "missing":
+            messages.append(f"{loc}: required field is missing")
+        else:
+            msg = problem["msg"].removeprefix("Value error, ")
+            given = problem.get("input")
+            shown = "" if isinstance(given, (dict, list)) or given is None else f" (got {given!r})"
+            messages.append(f"{loc}: {msg}{shown}")
+    return "; ".join(messages)
+
+
+def _field_names_at(loc: tuple) -> list[str]:
+    """The field names of the recipe section at `loc`, for 'did you mean' suggestions."""
+    from toolkit.recipe import Recipe
+
+    model: type[BaseModel] = Recipe
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        inner = _section_type(field.annotation) if field else None
+        if inner is None:
+            return []
+        model = inner
+    return sorted(model.model_fields)
+
+
+def _section_type(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) in (list, typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            found = _section_type(arg)
+            if found is not None:
+                return found
+    return None
