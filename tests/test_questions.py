@@ -131,3 +131,20 @@ def test_a_question_file_key_that_is_not_read_is_warned_about(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="toolkit.questions"):
         load_qa(path)
     assert not caplog.records
+
+
+def test_an_extra_column_beside_the_key_it_resembles_is_no_misspelling(tmp_path, caplog):
+    # A file exported with "question_id" and "source_url" beside "question" and "source" was told "did you mean
+    # 'question'?", as if the column were a typo to rename (into a repeated key); only a line without the key it
+    # resembles makes it one.
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"question_id": 7, "question": "Q1?", "answer": "a", "source": "notes#bees", '
+                    '"source_url": "https://example.org/bees"}\n'
+                    '{"question_id": 8, "question": "Q2?", "answer": "b", "source_url": "https://example.org/wax"}\n')
+    with caplog.at_level(logging.WARNING, logger="toolkit.questions"):
+        rows = load_qa(path)
+    assert rows == [QA("Q1?", "a", [], "notes#bees"), QA("Q2?", "b")]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{path}:1: key 'question_id' is not read (2 lines; the keys read are question, answer, aliases, source)",
+        f"{path}:1: key 'source_url' is not read (2 lines; did you mean 'source'?)",  # line 2 has no 'source'
+    ]

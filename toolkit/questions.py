@@ -39,12 +39,17 @@ def folded(text: str) -> str:
 def load_qa(path: Path) -> list[QA]:
     """Question/answer rows; `aliases` (list of strings) and `source` (a document id) are optional."""
     rows = []
-    unread: dict[str, tuple[int, int]] = {}  # key -> (first line, lines), in the order the file has them
+    unread: dict[str, tuple[int, int, bool]] = {}  # key -> (first line, lines, misspelt), in the file's order
+    resembled: dict[str, str | None] = {}  # key -> the read key it is close to, if any
     for lineno, obj in read_jsonl(path):
         where = f"{path}:{lineno}"
         for key in (key for key in obj if key not in QA_KEYS):
-            first, count = unread.get(key, (lineno, 0))
-            unread[key] = (first, count + 1)
+            if key not in resembled:
+                resembled[key] = next(iter(difflib.get_close_matches(key, QA_KEYS, n=1)), None)
+            first, count, misspelt = unread.get(key, (lineno, 0, False))
+            # Only where the line lacks the key it resembles: "question_id" beside "question" is a column of its own.
+            close = resembled[key]
+            unread[key] = (first, count + 1, misspelt or (close is not None and close not in obj))
         aliases = obj.get("aliases")
         if aliases is None:  # null means none, as for `source`: pandas' to_json writes a missing value as null
             aliases = []
@@ -56,16 +61,15 @@ def load_qa(path: Path) -> list[QA]:
                        string_field(obj, "source", where, required=False)))
     if not rows:
         raise DataError(f"{path}: no questions")
-    _warn_unread(path, unread)
+    _warn_unread(path, unread, resembled)
     return rows
 
 
-def _warn_unread(path: Path, unread: dict[str, tuple[int, int]]) -> None:
+def _warn_unread(path: Path, unread: dict[str, tuple[int, int, bool]], resembled: dict[str, str | None]) -> None:
     """Keys a question file has that are not read. Another tool's extra columns are fine, but a misspelt key
     ("sources", "alias") silently left every question without its source document or aliases."""
-    for key, (first, count) in unread.items():
-        close = difflib.get_close_matches(key, QA_KEYS, n=1)
-        hint = f"did you mean {close[0]!r}?" if close else f"the keys read are {', '.join(QA_KEYS)}"
+    for key, (first, count, misspelt) in unread.items():
+        hint = f"did you mean {resembled[key]!r}?" if misspelt else f"the keys read are {', '.join(QA_KEYS)}"
         logger.warning("%s:%d: key %r is not read (%d line%s; %s)", path, first, key, count,
                        "" if count == 1 else "s", hint)
 
