@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from export_run import FORMATS, RECIPE, exported_run
+from export_run import FORMATS, RECIPE, ROOT, exported_run
 
 from toolkit import export as export_mod
 from toolkit import run_record
@@ -312,6 +312,24 @@ def test_run_flags_take_a_home_folder_and_name_the_run_of_an_adapter(tmp_path, c
     err = " ".join(capsys.readouterr().err.split())
     assert f"no adapter in {tmp_path}/r/adapter/adapter: did you mean --run {tmp_path}/r?" in err, err
     assert not os.path.exists("~")
+
+
+def test_verification_without_context_says_why(tmp_path, caplog):
+    # An index refused as chunked otherwise (or incomplete) was logged as "no index under <run>".
+    from toolkit.data import load_documents
+    from toolkit.index import build_index
+
+    build_index(load_recipe(RECIPE, [f"output_dir={tmp_path}"]), load_documents([ROOT / "data/wine/docs.jsonl"]))
+    other = load_recipe(RECIPE, [f"output_dir={tmp_path}", "retrieval.chunk_size=64"])
+    with caplog.at_level("INFO", logger="toolkit.verify"):
+        questions, messages = verification_messages(other, 2)
+    assert len(questions) == len(messages) == 2
+    assert (f"the index at {tmp_path / 'index'} was built with retrieval.chunk_size 128, not 64: verification "
+            "prompts carry no context") in caplog.messages
+    caplog.clear()
+    with caplog.at_level("INFO", logger="toolkit.verify"):
+        verification_messages(load_recipe(RECIPE, [f"output_dir={tmp_path / 'none'}"]), 1)
+    assert caplog.messages == [f"no index at {tmp_path / 'none' / 'index'}: verification prompts carry no context"]
 
 
 def test_first_divergence():

@@ -157,6 +157,21 @@ def test_csv_missing_column_names_column_and_line(winemag_csv, kwargs, line, mes
     assert str(err.value).startswith(f"{path}:{line}: {message}")
 
 
+@pytest.mark.parametrize("delimiter", [";", "\t"])
+def test_csv_with_another_delimiter_says_so(tmp_path, delimiter):
+    # A European spreadsheet's export: the whole header is one column, and the error should say why.
+    path = tmp_path / "wines.csv"
+    path.write_text(f"id{delimiter}title{delimiter}variety\n1{delimiter}Tokaji{delimiter}Furmint\n", encoding="utf-8")
+    with pytest.raises(DataError) as err:
+        load_file(path, "wines", template="{title}: {variety}")
+    assert str(err.value).endswith(f"; the file looks {delimiter!r}-delimited, but a .csv corpus file must use commas")
+    # A comma-separated header that merely lacks the column gets no such guess.
+    path.write_text("id,title;note\n1,Tokaji;sweet\n", encoding="utf-8")
+    with pytest.raises(DataError) as err:
+        load_file(path, "wines", template="{variety}")
+    assert str(err.value).endswith("(columns: id, title;note)")
+
+
 def test_csv_short_row_names_its_line_and_the_missing_column(winemag_csv):
     rows = [WINEMAG_ROWS[0], WINEMAG_ROWS[1][:11]]  # a truncated record: no title, variety or winery
     path = winemag_csv(rows=rows)

@@ -45,6 +45,15 @@ def test_markdown_sections_by_heading(tmp_path):
     assert docs[0].text == "Tasting notes, kept since 2019."
 
 
+@pytest.mark.parametrize("name", ["notes.markdown", "NOTES.MARKDOWN", "notes.MD"])
+def test_markdown_is_read_under_either_suffix_in_any_case(tmp_path, name):
+    # A .markdown file (as some editors and static-site generators name them) was read as plain text, one document.
+    path = tmp_path / name
+    path.write_text("---\nregion: Jerez\n---\n# Sherry\n\n## Fino\n\nAged under flor.\n")
+    docs = docs_of(path, "notes")
+    assert [(d.id, d.metadata) for d in docs] == [("notes#sherry/fino", {"region": "Jerez"})]
+
+
 def test_markdown_fence_closes_only_on_its_own_kind(tmp_path):
     # A ``` inside a ~~~ block (or a shorter fence inside a longer one) is text, not the end of the block.
     path = tmp_path / "notes.md"

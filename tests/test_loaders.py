@@ -8,18 +8,21 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.loaders import DataError, expand, read_jsonl, read_text, render, template_fields
+from toolkit.loaders import DataError, expand, read_jsonl, read_text, render, takes, template_fields
 
 # ------------------------------------------------------------------------------------------- which files
 
 
 def test_expand_folder_recursively_skipping_hidden_and_other_files(tmp_path):
-    for name in ["a.md", "sub/b.txt", "sub/deeper/c.jsonl", "d.csv", ".hidden/e.md", "sub/.f.md", "g.pdf", "h"]:
+    for name in ["a.md", "sub/b.txt", "sub/deeper/c.jsonl", "d.csv", ".hidden/e.md", "sub/.f.md", "g.pdf", "h",
+                 "i.markdown", "sub/J.MARKDOWN"]:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("x")
     assert [(p.relative_to(tmp_path).as_posix(), file_id, explicit) for p, file_id, explicit in expand(tmp_path)] == [
         ("a.md", "a", False),
         ("d.csv", "d", False),
+        ("i.markdown", "i", False),  # a .markdown file was skipped without a word
+        ("sub/J.MARKDOWN", "sub/J", False),
         ("sub/b.txt", "sub/b", False),
         ("sub/deeper/c.jsonl", "sub/deeper/c", False),
     ]
@@ -81,6 +84,14 @@ def test_a_path_with_glob_characters_that_exists_is_that_path(tmp_path):
     assert recipe.data.corpus[0].path == folder / "docs.jsonl"
 
 
+@pytest.mark.parametrize("name, taken", [("report.md", True), ("report.markdown", True), ("REPORT.MARKDOWN", True),
+                                         ("report.html", False), (".hidden/report.md", False)])
+def test_takes_reads_a_future_file_as_expand_would(tmp_path, name, taken):
+    # An output folder inside the corpus: a .markdown report written there would be indexed like a .md one.
+    assert takes(tmp_path, tmp_path / "out" / name) is taken
+    assert takes(tmp_path / "**" / "*.markdown", tmp_path / "out" / name) is (taken and name.endswith("markdown"))
+
+
 def test_expand_one_file(tmp_path):
     (tmp_path / "Barolo Notes.md").write_text("x")
     assert expand(tmp_path / "Barolo Notes.md") == [(tmp_path / "Barolo Notes.md", "Barolo Notes", True)]
@@ -90,8 +101,8 @@ def test_expand_one_file(tmp_path):
     "entry, message",
     [
         ("missing.md", "missing.md: file not found"),
-        ("empty", "empty: no .md, .txt, .jsonl, .csv files in this folder"),
-        ("*.rst", r"\*.rst: no .md, .txt, .jsonl, .csv files match"),
+        ("empty", "empty: no .md, .markdown, .txt, .jsonl, .csv files in this folder"),
+        ("*.rst", r"\*.rst: no .md, .markdown, .txt, .jsonl, .csv files match"),
         ("notes.pdf", "notes.pdf: unsupported corpus file type '.pdf'"),
     ],
 )

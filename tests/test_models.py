@@ -130,6 +130,40 @@ def test_a_damaged_cached_conversion_is_made_again(tmp_path, monkeypatch, damage
     assert calls == ["model", "model"]  # a whole one is used as it is
 
 
+def test_a_conversion_removes_what_a_killed_one_left(tmp_path, monkeypatch, caplog):
+    # A conversion killed with SIGKILL (no `except` runs) left its ~540 MB temporary folder in the cache forever.
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    key, spec = "smollm2-135m-instruct", PACKAGED_LLMS["smollm2-135m-instruct"]
+    # A process that made its temporary folders as a conversion does, then died without removing them.
+    make = ("import sys, tempfile; from toolkit.models import _temp_prefix; "
+            "[tempfile.mkdtemp(prefix=_temp_prefix(sys.argv[1], kind), dir=sys.argv[2]) for kind in ('', 'stale-')]")
+    subprocess.run([sys.executable, "-c", make, key, str(tmp_path)], check=True)
+    killed = sorted(p.name for p in tmp_path.iterdir())
+    assert len(killed) == 2
+    (tmp_path / killed[0] / "model.safetensors").write_bytes(b"half")
+    host, dead = socket.gethostname(), killed[0].removeprefix(f".{key}-").split("@")[0]
+    kept = [f".{key}-{os.getpid()}@{host}-abcd1234",  # a conversion running now (this process)
+            f".{key}-{dead}@not-{host}-abcd1234",  # another machine's: the pid is gone here, not there
+            f".{key}-efgh5678",  # named by no process (an older version's), changed just now: may be running
+            f".{key}-{dead}@{host}-mnop3456"]  # a file: not something a conversion makes
+    old = f".{key}-ijkl9012"  # named by no process, untouched for two hours: no conversion takes that long
+    for name in [*kept[:3], old]:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.safetensors").write_bytes(b"half")
+    (tmp_path / kept[3]).write_text("")
+    os.utime(tmp_path / old, (time.time() - 7200, time.time() - 7200))
+    _stand_in_conversion(monkeypatch)
+    with caplog.at_level("INFO", logger="toolkit.models"):
+        target = _convert_packaged(key, spec, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([target.name, *kept])
+    assert f"removed {tmp_path / old}, left by an interrupted conversion of {key}" in caplog.messages
+
+
 # ------------------------------------------------------------------------------- bad model and adapter input
 
 

@@ -431,8 +431,10 @@ def test_accepted_params(name, expected):
                         "'path/to/file.py:function')"),
     ("zzz", {}, "unknown reward 'zzz'; known: answer_match, context_grounding, format, length, no_example_copy"),
     ("length", {"max_word": 10},
-     "reward 'length': unknown param 'max_word' (accepted: falloff, max_completion_length, max_words, min_words, "
-     "overlong_buffer, unit)"),
+     "reward 'length': unknown param 'max_word'; did you mean 'max_words'? (accepted: falloff, "
+     "max_completion_length, max_words, min_words, overlong_buffer, unit)"),
+    ("answer_match", {"partal": True}, "reward 'answer_match': unknown param 'partal'; did you mean 'partial'? "
+                                       "(accepted: partial, rel_tolerance, tolerance)"),
     ("answer_match", {"answer": ["x"]},
      "reward 'answer_match': unknown param 'answer' (accepted: partial, rel_tolerance, tolerance)"),
     ("answer_match", {"tolerance": -1}, "reward 'answer_match': tolerance must be a finite number >= 0, got -1"),

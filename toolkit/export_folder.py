@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
 import shutil
 from pathlib import Path
 
+from toolkit.models import process_running
 from toolkit.report import cannot_write, in_the_way
 from toolkit.verify import ExportError
 
@@ -50,7 +50,7 @@ def remove_leftovers(out: Path) -> list[str]:
     removed = []
     for path in sorted(out.iterdir()):
         pid = next((int(m.group(1)) for m in (p.fullmatch(path.name) for p in TEMP_NAMES) if m), None)
-        if pid is None or _running(pid):
+        if pid is None or process_running(pid):
             continue
         try:
             if path.is_dir() and not path.is_symlink():
@@ -66,18 +66,6 @@ def remove_leftovers(out: Path) -> list[str]:
     if removed:
         logger.info("removed what an interrupted export left in %s: %s", out, ", ".join(removed))
     return removed
-
-
-def _running(pid: int) -> bool:
-    if not 0 < pid < 2**31:  # 0 would signal our process group; larger ones overflow os.kill: not our pids
-        return True
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, but another user's
-        return True
-    return True
 
 
 def sha256_file(path: Path) -> str:

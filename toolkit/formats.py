@@ -1,9 +1,9 @@
 """Corpus file formats: the documents each file holds.
 
-- `.md`: one document per heading section (`# …` to `######`; headings inside code fences don't count), id
-  `file#heading/subheading` of slugs (`grapes#grapes/pinot-noir`; a repeated one `-2`); text before the first
-  heading is the document `file`. A YAML front matter block (`---` … `---` or `...` at the very start) is no text:
-  its scalar values are metadata of each of the file's documents.
+- `.md` (or `.markdown`): one document per heading section (`# …` to `######`; headings inside code fences don't
+  count), id `file#heading/subheading` of slugs (`grapes#grapes/pinot-noir`; a repeated one `-2`); text before the
+  first heading is the document `file`. A YAML front matter block (`---` … `---` or `...` at the very start) is no
+  text: its scalar values are metadata of each of the file's documents.
 - `.txt`: one document per file, id `file` (the chunker keeps its paragraphs together where they fit).
 - `.jsonl`: one document per line: `text`, optional `id` (default `file#line`), `title`, `metadata` (an object of
   strings, numbers and booleans).
@@ -28,6 +28,7 @@ from pathlib import Path
 import yaml
 
 from toolkit.loaders import (
+    MARKDOWN_SUFFIXES,
     DataError,
     Document,
     Row,
@@ -80,7 +81,7 @@ def load_file(
             if explicit:
                 raise DataError(f"{path}: empty document")
             return Loaded([])
-        if suffix == ".md":
+        if suffix in MARKDOWN_SUFFIXES:
             lines = split_lines(text)  # a form feed or U+2028 in a line stays in it
             metadata, start = _front_matter(path, lines)
             loaded = Loaded(_markdown_sections(path, file_id, lines, start, metadata))
@@ -280,11 +281,14 @@ def _read_csv(
         fields = template_fields(template)
         needed = {"template": fields, "id_column": [id_column] if id_column else [],
                   "metadata column": metadata_columns, "question column": row_columns}
+        # A semicolon- or tab-separated export reads as one column named by the whole header line.
+        delimiter = next((d for d in (";", "\t") if len(header) == 1 and d in header[0]), None)
+        hint = f"; the file looks {delimiter!r}-delimited, but a .csv corpus file must use commas" if delimiter else ""
         for what, names in needed.items():
             for name in names:
                 if name not in header:
                     raise DataError(
-                        f"{path}:1: {what} {name!r} is not a column of this file (columns: {', '.join(header)})"
+                        f"{path}:1: {what} {name!r} is not a column of this file (columns: {', '.join(header)}){hint}"
                     )
         wanted = list(dict.fromkeys(name for names in needed.values() for name in names))
         position = {name: header.index(name) for name in wanted}

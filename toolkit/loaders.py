@@ -19,7 +19,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SUFFIXES = (".md", ".txt", ".jsonl", ".csv")
+MARKDOWN_SUFFIXES = (".md", ".markdown")  # lowercased, as every suffix is compared
+SUFFIXES = (*MARKDOWN_SUFFIXES, ".txt", ".jsonl", ".csv")
 # Chunk metadata the index writes itself; a document's own metadata may not use these names.
 RESERVED_METADATA = ("source", "position")
 

@@ -13,8 +13,11 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
+import socket
 import tempfile
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,7 +198,8 @@ def _convert_packaged(key: str, spec: PackagedModel, cache_dir: Path) -> Path:
     hint = "set model.cache_dir (or XDG_CACHE_HOME) to a writable folder with 1 GB free"
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache_dir))
+        _remove_leftovers(key, cache_dir)
+        tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(key), dir=cache_dir))
     except OSError as err:
         raise ModelError(f"{unwritable} ({first_line(err)}); {hint}") from None
 
@@ -214,7 +218,7 @@ def _convert_packaged(key: str, spec: PackagedModel, cache_dir: Path) -> Path:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         if target.exists() and _incomplete(target) is not None:  # a damaged one: moved aside, then replaced
-            stale = Path(tempfile.mkdtemp(prefix=f".{key}-stale-", dir=cache_dir))
+            stale = Path(tempfile.mkdtemp(prefix=_temp_prefix(key, "stale-"), dir=cache_dir))
             os.replace(target, stale / target.name)
             shutil.rmtree(stale, ignore_errors=True)
         os.replace(tmp, target)
@@ -226,6 +230,52 @@ def _convert_packaged(key: str, spec: PackagedModel, cache_dir: Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def _temp_prefix(key: str, kind: str = "") -> str:
+    # The writer's pid and host, so that a later conversion can tell a folder a killed one left (~540 MB, removed)
+    # from one a concurrent conversion is still writing. The host because a cache in a home folder may be shared
+    # by machines, where a pid says nothing.
+    return f".{key}-{kind}{os.getpid()}@{socket.gethostname()}-"
+
+
+def _remove_leftovers(key: str, cache_dir: Path) -> None:
+    """Remove the temporary folders a conversion of `key` killed mid-way (kill -9, a lost machine: no `except`
+    ran) left in the cache. One is removed only when no running conversion can own it: it names this host and a
+    pid that is gone, or it names none (an older version's) and was last changed over an hour ago. Another host's
+    is left to that host."""
+    named = re.compile(rf"\.{re.escape(key)}-(?:stale-)?(\d+)@(.*)-[a-z0-9_]{{8}}")  # mkdtemp adds 8 of these
+    unnamed = re.compile(rf"\.{re.escape(key)}-(?:stale-)?[a-z0-9_]{{8}}")
+    host = socket.gethostname()
+    for path in sorted(cache_dir.iterdir()):
+        try:
+            if found := named.fullmatch(path.name):
+                if found.group(2) != host or process_running(int(found.group(1))):
+                    continue
+            elif not unnamed.fullmatch(path.name) or time.time() - path.stat().st_mtime < 3600:
+                continue  # a conversion takes minutes: one this recent may still be running
+            if not path.is_dir() or path.is_symlink():
+                continue
+            shutil.rmtree(path)
+        except FileNotFoundError:
+            continue  # another conversion starting at the same time removed it first
+        except OSError as err:
+            logger.warning("cannot remove %s, left by an interrupted conversion of %s: %s", path, key, err)
+            continue
+        logger.info("removed %s, left by an interrupted conversion of %s", path, key)
+
+
+def process_running(pid: int) -> bool:
+    """Whether a process `pid` exists on this machine (True for a pid no process of ours can have)."""
+    if not 0 < pid < 2**31:  # 0 would signal our process group; larger ones overflow os.kill: not our pids
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, but another user's
+        return True
+    return True
 
 
 def _converted(source: Path, key: str, spec: PackagedModel, target: Path):

@@ -124,7 +124,7 @@ class CorpusSource(_Section):
     """One corpus entry. In YAML a plain path stands for {path: ...}."""
 
     path: Path = Field(
-        description="A .md/.txt/.jsonl/.csv file, a folder (its files of those types, recursively) or a glob "
+        description="A .md/.markdown/.txt/.jsonl/.csv file, a folder (its files of those types, recursively) or a glob "
         "such as notes/**/*.md."
     )
     template: str | None = Field(
@@ -195,7 +195,7 @@ class CorpusSource(_Section):
 class DataSection(_Section):
     corpus: list[CorpusSource] = Field(
         description="Documents to index. Each entry is a path (file, folder or glob: .jsonl with {text, id?, "
-        "title?, metadata?} per line, .md split at headings, .txt one document per file) or a mapping "
+        "title?, metadata?} per line, .md/.markdown split at headings, .txt one document per file) or a mapping "
         "{path, template, id_column, metadata_columns, questions} for a CSV with one document per row.",
         min_length=1,
     )

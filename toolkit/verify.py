@@ -50,8 +50,9 @@ def verification_messages(recipe: Recipe, count: int) -> tuple[list[str], list[l
     questions = [qa.question for qa in (dataset.eval or dataset.train)[:count]]
     try:
         hits = open_index(recipe, create=False).search(questions, recipe.retrieval.top_k)
-    except IndexUnavailable:
-        logger.info("no index under %s: verification prompts carry no context", recipe.output_dir)
+    except IndexUnavailable as err:
+        # Not only a missing index: one refused as incomplete or chunked otherwise says so, or "no index" misleads.
+        logger.info("%s: verification prompts carry no context", err)
         hits = [[] for _ in questions]
     messages = [
         build_messages(recipe.prompt, q, [h.text for h in found]) for q, found in zip(questions, hits, strict=True)

@@ -271,7 +271,9 @@ def build_reward(name: str, params: dict[str, Any] | None = None, label: str | N
     defaults = {key: p.default for key, p in settable.items()}
     for key, value in params.items():
         if key not in defaults:
-            raise ValueError(f"reward {name!r}: unknown param {key!r} "
+            close = difflib.get_close_matches(key, defaults, n=1) if isinstance(key, str) else []
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"reward {name!r}: unknown param {key!r}{hint} "
                              f"(accepted: {', '.join(sorted(defaults)) or 'none'})")
         _check_kind(name, key, value, settable[key], whole=custom.is_custom(name))
     params = {k: tuple(v) if isinstance(v, list) and _wants_tuple(settable[k], custom.is_custom(name)) else v
