@@ -41,7 +41,7 @@ from toolkit.loaders import (
     string_field,
     template_fields,
 )
-from toolkit.recipe_yaml import yaml_line, yaml_problem
+from toolkit.recipe_yaml import yaml11_int_surprise, yaml_line, yaml_problem
 
 
 @dataclass
@@ -157,8 +157,7 @@ class _FrontMatterLoader(yaml.SafeLoader):
 
 def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int | str:
     text = loader.construct_scalar(node)
-    digits = text.lstrip("+-").replace("_", "")
-    if ":" in digits or (len(digits) > 1 and digits[0] == "0" and digits[1] not in "xXbB"):
+    if yaml11_int_surprise(text) is not None:
         return text
     return yaml.SafeLoader.construct_yaml_int(loader, node)
 

@@ -87,20 +87,30 @@ _UniqueKeyLoader.add_implicit_resolver(
 )
 
 
+def yaml11_int_surprise(text: str) -> str | None:
+    """What YAML 1.1 reads an int scalar as where YAML 1.2 would not ("an octal number" for a leading zero,
+    "a base-60 number" for colons), or None for an ordinary int."""
+    digits = text.lstrip("+-").replace("_", "")
+    if ":" in digits:
+        return "a base-60 number"
+    if len(digits) > 1 and digits[0] == "0" and digits[1] not in "xXbB":
+        return "an octal number"
+    return None
+
+
 def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
     """YAML 1.1's ints, less its two surprises: a leading zero is octal (`max_steps: 010` was 8) and colons count
     in base 60 (`seed: 1:30` was 90). YAML 1.2 reads neither so; here both are errors that say what to write."""
     text = loader.construct_scalar(node)
-    digits = text.lstrip("+-").replace("_", "")
-    sexagesimal = ":" in digits
-    if sexagesimal or (len(digits) > 1 and digits[0] == "0" and digits[1] not in "xXbB"):
+    kind = yaml11_int_surprise(text)
+    if kind is not None:
         value = yaml.SafeLoader.construct_yaml_int(loader, node)
-        if sexagesimal:
+        digits = text.lstrip("+-").replace("_", "")
+        if kind == "a base-60 number":
             fix = "quote it for text, or write the number you mean"
         else:
             fix = f"write {text[:len(text) - len(text.lstrip('+-'))]}{digits.lstrip('0') or '0'} for the decimal, " \
                   "or quote it for text"
-        kind = "a base-60 number" if sexagesimal else "an octal number"
         raise yaml.constructor.ConstructorError(problem=f"{text} is {kind} in YAML 1.1 ({value}): {fix}",
                                                 problem_mark=node.start_mark)
     return yaml.SafeLoader.construct_yaml_int(loader, node)
