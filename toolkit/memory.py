@@ -182,7 +182,7 @@ def preflight(recipe: Recipe, model_path: str, rows: list[dict], backend: str = 
         return None
     from transformers import AutoConfig, AutoTokenizer
 
-    from toolkit.models import ModelError, loading
+    from toolkit.models import loading, ready_tokenizer
     from toolkit.prompts import check_template_takes
 
     # Before the backend loads the model (whose errors are one line): a hub id that cannot be reached, or a config
@@ -192,8 +192,7 @@ def preflight(recipe: Recipe, model_path: str, rows: list[dict], backend: str = 
         tokenizer = AutoTokenizer.from_pretrained(model_path)
     # The prompts are measured through the chat template, before the backend's load refuses a tokenizer without
     # one or prepare_replies a template that refuses the recipe's messages: both were tracebacks here on CUDA.
-    if tokenizer.chat_template is None:
-        raise ModelError(f"model {model_path}: its tokenizer has no chat template; use an instruct/chat model")
+    ready_tokenizer(tokenizer, model_path)
     check_template_takes(tokenizer, recipe.prompt)
     prompt_tokens = longest_prompt(tokenizer, rows)
     estimate = estimate_memory(config, recipe, prompt_tokens, backend)

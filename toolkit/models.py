@@ -22,6 +22,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from toolkit.report import process_running, remove_left_behind
+
 logger = logging.getLogger(__name__)
 
 PACKAGED_PREFIX = "packaged:"
@@ -240,42 +242,24 @@ def _temp_prefix(key: str, kind: str = "") -> str:
 
 
 def _remove_leftovers(key: str, cache_dir: Path) -> None:
-    """Remove the temporary folders a conversion of `key` killed mid-way (kill -9, a lost machine: no `except`
-    ran) left in the cache. One is removed only when no running conversion can own it: it names this host and a
-    pid that is gone, or it names none (an older version's) and was last changed over an hour ago. Another host's
-    is left to that host."""
+    """Remove the temporary folders a conversion of `key` killed mid-way left in the cache. One is removed only
+    when no running conversion can own it: it names this host and a pid that is gone, or it names none (an older
+    version's) and was last changed over an hour ago. Another host's is left to that host."""
     named = re.compile(rf"\.{re.escape(key)}-(?:stale-)?(\d+)@(.*)-[a-z0-9_]{{8}}")  # mkdtemp adds 8 of these
     unnamed = re.compile(rf"\.{re.escape(key)}-(?:stale-)?[a-z0-9_]{{8}}")
     host = socket.gethostname()
-    for path in sorted(cache_dir.iterdir()):
-        try:
-            if found := named.fullmatch(path.name):
-                if found.group(2) != host or process_running(int(found.group(1))):
-                    continue
-            elif not unnamed.fullmatch(path.name) or time.time() - path.stat().st_mtime < 3600:
-                continue  # a conversion takes minutes: one this recent may still be running
-            if not path.is_dir() or path.is_symlink():
-                continue
-            shutil.rmtree(path)
-        except FileNotFoundError:
-            continue  # another conversion starting at the same time removed it first
-        except OSError as err:
-            logger.warning("cannot remove %s, left by an interrupted conversion of %s: %s", path, key, err)
-            continue
-        logger.info("removed %s, left by an interrupted conversion of %s", path, key)
 
+    def left(path: Path) -> bool:
+        if found := named.fullmatch(path.name):
+            if found.group(2) != host or process_running(int(found.group(1))):
+                return False
+        elif not unnamed.fullmatch(path.name) or time.time() - path.stat().st_mtime < 3600:
+            return False  # a conversion takes minutes: one this recent may still be running
+        return path.is_dir() and not path.is_symlink()
 
-def process_running(pid: int) -> bool:
-    """Whether a process `pid` exists on this machine (True for a pid no process of ours can have)."""
-    if not 0 < pid < 2**31:  # 0 would signal our process group; larger ones overflow os.kill: not our pids
-        return True
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, but another user's
-        return True
-    return True
+    by = f"an interrupted conversion of {key}"
+    for path in remove_left_behind(cache_dir, left, by, logger):
+        logger.info("removed %s, left by %s", path, by)
 
 
 def _converted(source: Path, key: str, spec: PackagedModel, target: Path):
@@ -324,6 +308,16 @@ def _incomplete(folder: Path) -> str | None:
     return None
 
 
+def ready_tokenizer(tokenizer, name_or_path: str) -> None:
+    """Left padding with a pad token (eos when the model has none) for batched generation, and a chat template:
+    every prompt is rendered through it, so a tokenizer without one is refused here, not at the first prompt."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ModelError(f"model {name_or_path}: its tokenizer has no chat template; use an instruct/chat model")
+
+
 def load_model(name_or_path: str, dtype: str = "float32", **from_pretrained_kwargs):
     """Load a causal LM and its tokenizer, ready for left-padded batched generation.
 
@@ -335,11 +329,7 @@ def load_model(name_or_path: str, dtype: str = "float32", **from_pretrained_kwar
     check_model_folder(name_or_path)
     with loading(f"model {name_or_path}: cannot load its tokenizer"):
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "left"
-    if tokenizer.chat_template is None:
-        raise ModelError(f"model {name_or_path}: its tokenizer has no chat template; use an instruct/chat model")
+    ready_tokenizer(tokenizer, name_or_path)
     with loading(f"model {name_or_path}: cannot load it"):
         model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=getattr(torch, dtype),
                                                      **from_pretrained_kwargs)

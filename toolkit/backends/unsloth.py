@@ -17,7 +17,7 @@ import importlib
 import logging
 
 from toolkit.backends import Backend
-from toolkit.models import ModelError
+from toolkit.models import ready_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -66,13 +66,7 @@ class UnslothBackend(Backend):
             dtype=None,
             **extra,
         )
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        tokenizer.padding_side = "left"
-        if getattr(tokenizer, "chat_template", None) is None:
-            # As the hf backend's load_model refuses it: every prompt is rendered through the template, and the
-            # first render (the reply prefix, before the base evaluation) was a ValueError traceback.
-            raise ModelError(f"model {model_path}: its tokenizer has no chat template; use an instruct/chat model")
+        ready_tokenizer(tokenizer, model_path)  # as the hf backend's load_model does
         return model, tokenizer
 
     def context_length(self, recipe, model) -> int | None:
