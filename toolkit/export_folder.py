@@ -7,11 +7,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-import shutil
 from pathlib import Path
 
-from toolkit.models import process_running
-from toolkit.report import cannot_write, in_the_way
+from toolkit.report import cannot_write, in_the_way, process_running, remove_left_behind
 from toolkit.verify import ExportError
 
 logger = logging.getLogger("toolkit.export")
@@ -45,24 +43,14 @@ def check_outputs(out: Path, formats: list[str]) -> None:
 
 
 def remove_leftovers(out: Path) -> list[str]:
-    """Remove from `out` what an export killed mid-way (kill -9, a lost machine: no `finally` ran) left under its
-    temporary names, and return those names; an export still running keeps its own (its pid is in the names)."""
-    removed = []
-    for path in sorted(out.iterdir()):
+    """Remove from `out` what an export killed mid-way left under its temporary names, and return those names; an
+    export still running keeps its own (its pid is in the names)."""
+
+    def left(path: Path) -> bool:
         pid = next((int(m.group(1)) for m in (p.fullmatch(path.name) for p in TEMP_NAMES) if m), None)
-        if pid is None or process_running(pid):
-            continue
-        try:
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
-        except FileNotFoundError:
-            pass  # another export starting at the same time removed it first
-        except OSError as err:
-            logger.warning("cannot remove %s, left by an interrupted export: %s", path, err)
-            continue
-        removed.append(path.name)
+        return pid is not None and not process_running(pid)
+
+    removed = [path.name for path in remove_left_behind(out, left, "an interrupted export", logger)]
     if removed:
         logger.info("removed what an interrupted export left in %s: %s", out, ", ".join(removed))
     return removed

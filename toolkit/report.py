@@ -10,6 +10,7 @@ interval spans zero.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import secrets
@@ -117,6 +118,40 @@ def save_dir_atomic(path: Path, save: Callable[[Path], None]) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def process_running(pid: int) -> bool:
+    """Whether a process `pid` exists on this machine (True for a pid no process of ours can have)."""
+    if not 0 < pid < 2**31:  # 0 would signal our process group; larger ones overflow os.kill: not our pids
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, but another user's
+        return True
+    return True
+
+
+def remove_left_behind(folder: Path, left: Callable[[Path], bool], by: str, log: logging.Logger) -> list[Path]:
+    """Remove each entry of `folder` that `left` says a writer killed mid-way (kill -9, a lost machine: no
+    `finally` ran) left behind, and return them; one that cannot be removed is warned about on `log` and kept."""
+    removed = []
+    for path in sorted(folder.iterdir()):
+        try:
+            if not left(path):
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except FileNotFoundError:
+            pass  # another writer starting at the same time removed it first
+        except OSError as err:
+            log.warning("cannot remove %s, left by %s: %s", path, by, err)
+            continue
+        removed.append(path)
+    return removed
 
 
 def remove_whole(path: Path) -> None:
