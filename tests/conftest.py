@@ -89,3 +89,28 @@ def winemag_csv(tmp_path):
         return path
 
     return write
+
+
+@pytest.fixture
+def stopped_index_build(monkeypatch):
+    """Runs `python -m toolkit.index ARGV` stopped as by Ctrl-C when its `at`-th batch is embedded, and returns the
+    command's exit status; the embedder is whole again afterwards."""
+    from toolkit import index
+    from toolkit.index_store import Index
+
+    def run(argv: list[str], at: int) -> int:
+        embed, batches = Index.embed, []
+
+        def stopped(self, texts):
+            batches.append(texts)
+            if len(batches) == at:
+                raise KeyboardInterrupt
+            return embed(self, texts)
+
+        monkeypatch.setattr(Index, "embed", stopped)
+        try:
+            return index.main(argv)
+        finally:
+            monkeypatch.setattr(Index, "embed", embed)
+
+    return run

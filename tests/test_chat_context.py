@@ -138,23 +138,12 @@ def test_an_adapter_is_held_to_its_trained_context_and_says_where_it_cut(tmp_pat
         "at the 3-token limit (--max-new-tokens); raise it to see more"
 
 
-def test_chat_refuses_an_index_whose_build_was_stopped(tmp_path, capsys, monkeypatch):
+def test_chat_refuses_an_index_whose_build_was_stopped(tmp_path, capsys, stopped_index_build):
     # It answered from the chunks the stopped build had stored, as if they were the corpus.
-    from toolkit import index
     from toolkit.cli import index_command
-    from toolkit.index_store import Index
 
     overrides = [f"output_dir={tmp_path}", "retrieval.write_batch_size=16"]
-    embed, batches = Index.embed, []
-
-    def stopped_at_the_second_batch(self, texts):
-        batches.append(texts)
-        if len(batches) == 2:
-            raise KeyboardInterrupt
-        return embed(self, texts)
-
-    monkeypatch.setattr(Index, "embed", stopped_at_the_second_batch)
-    assert index.main(["recipes/wine.yaml", *overrides]) == 130
+    assert stopped_index_build(["recipes/wine.yaml", *overrides], at=2) == 130
     capsys.readouterr()
     assert chat.main(["recipes/wine.yaml", *overrides, "--question", QUESTION]) == 2
     err = " ".join(capsys.readouterr().err.split())

@@ -94,23 +94,12 @@ def test_errors_are_one_line(overrides, capsys, tmp_path, argv, expected):
     assert not (tmp_path / "nowhere").exists()  # searching never creates an index
 
 
-def test_a_partly_built_index_is_refused_until_the_build_completes(overrides, capsys, monkeypatch, tmp_path):
+def test_a_partly_built_index_is_refused_until_the_build_completes(overrides, capsys, stopped_index_build, tmp_path):
     # A build stopped after some batches left an index that answered from those alone, with exit 0.
     from toolkit.index import main as index_main
-    from toolkit.index_store import Index
 
     built = [overrides[0], f"output_dir={tmp_path}", "retrieval.write_batch_size=4"]
-    embed, batches = Index.embed, []
-
-    def stopped_at_the_third_batch(self, texts):
-        batches.append(texts)
-        if len(batches) == 3:
-            raise KeyboardInterrupt
-        return embed(self, texts)
-
-    monkeypatch.setattr(Index, "embed", stopped_at_the_third_batch)
-    assert index_main([RECIPE, *built]) == 130
-    monkeypatch.setattr(Index, "embed", embed)
+    assert stopped_index_build([RECIPE, *built], at=3) == 130
     capsys.readouterr()
     code, out, err = search(capsys, RECIPE, "Malbec", *built)
     assert code == 2 and not out
