@@ -33,6 +33,7 @@ from toolkit.rewards.builtin import (
     reasoning_match,
     repetition,
 )
+from toolkit.rewards.completions import completion_text, extract_answer
 from toolkit.rewards.custom import default_label
 from toolkit.rewards.model_based import RewardModel, SemanticMatch
 from toolkit.rewards.registry import (
@@ -43,14 +44,7 @@ from toolkit.rewards.registry import (
     accepted_params,
     build_reward,
 )
-from toolkit.rewards.text import (
-    STOPWORDS,
-    completion_text,
-    extract_answer,
-    is_exact_match,
-    normalize,
-    token_f1,
-)
+from toolkit.rewards.text import STOPWORDS, is_exact_match, normalize, token_f1
 
 __all__ = [
     "MODEL_BASED", "REWARDS", "STOPWORDS", "BoundReward", "RewardError", "RewardModel", "SemanticMatch",

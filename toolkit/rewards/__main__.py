@@ -18,8 +18,8 @@ from rich.logging import RichHandler
 from rich.markup import escape
 from rich.table import Table
 
+from toolkit.rewards.completions import extract_answer
 from toolkit.rewards.registry import RewardError
-from toolkit.rewards.text import extract_answer
 
 MAX_TOKENS = 1_000_000  # far beyond any completion length a model is trained or evaluated with
 

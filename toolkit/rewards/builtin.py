@@ -11,18 +11,15 @@ import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from toolkit.rewards.completions import completion_text, extract_answer, row, think_text
 from toolkit.rewards.text import (
     STOPWORDS,
-    completion_text,
     content_tokens,
-    extract_answer,
     gold_forms,
     golds,
     holds_numbers,
     matches,
     normalize,
-    row,
-    think_text,
     token_f1,
 )
 

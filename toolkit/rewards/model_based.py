@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from toolkit.rewards.text import completion_text, extract_answer, golds, row
+from toolkit.rewards.completions import completion_text, extract_answer, row
+from toolkit.rewards.text import golds
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import Any
 from toolkit.models import ModelError
 from toolkit.report import plural
 from toolkit.rewards import builtin, custom, model_based
-from toolkit.rewards.text import completion_text, with_prefix
+from toolkit.rewards.completions import completion_text, with_prefix
 
 logger = logging.getLogger(__name__)
 
